@@ -1,0 +1,116 @@
+use pki_signer::pki::{self, InitOptions, Pki, Plan, Profile};
+use pki_signer::{Error, Result};
+
+use super::{print_json, PkiCmd};
+
+pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
+    match cmd {
+        PkiCmd::Init {
+            dir,
+            profile,
+            key_type,
+            uefi,
+            json,
+        } => {
+            let prof = match &profile {
+                Some(p) => Profile::load(p)?,
+                None => Profile::default(),
+            };
+            let plan = Plan::resolve(&prof, profile.as_deref(), key_type, uefi)?;
+            let report = pki::init(&InitOptions { dir: dir.dir, plan })?;
+            if json {
+                print_json(&report)?;
+            } else if report.status == "created" {
+                println!(
+                    "created PKI in {} ({} roles, {:.2}s)",
+                    report.dir.display(),
+                    report.roles.len(),
+                    report.seconds
+                );
+                for r in &report.roles {
+                    println!("  {:<16} {:<14} {}", r.role, r.key_type, r.subject);
+                }
+            } else {
+                let note = report
+                    .note
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default();
+                println!("PKI already present in {}{note}", report.dir.display());
+            }
+            Ok(0)
+        }
+        PkiCmd::Show { dir, json } => {
+            let rows = pki::show(&Pki::open(&dir.dir)?)?;
+            if json {
+                print_json(&rows)?;
+            } else {
+                for r in rows {
+                    println!("{} ({})", r.role, r.file.display());
+                    println!("  subject:     {}", r.info.subject);
+                    println!("  issuer:      {}", r.info.issuer);
+                    println!(
+                        "  key:         {}{}",
+                        r.info.key,
+                        if r.info.ca { ", CA" } else { "" }
+                    );
+                    println!("  sha256:      {}", r.info.fingerprint_sha256);
+                    println!(
+                        "  valid:       {} .. {}",
+                        r.info.not_before, r.info.not_after
+                    );
+                }
+            }
+            Ok(0)
+        }
+        PkiCmd::Check { dir, at, json } => {
+            let now = match at {
+                None => time::OffsetDateTime::now_utc(),
+                Some(t) => {
+                    time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| {
+                            Error::Usage(format!(
+                                "--at '{t}': {e} (want e.g. 2030-01-01T00:00:00Z)"
+                            ))
+                        })?
+                }
+            };
+            let report = pki::check(&Pki::open(&dir.dir)?, now)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                for it in &report.items {
+                    let tag = if !it.ok {
+                        "FAIL"
+                    } else if !it.warnings.is_empty() {
+                        "warn"
+                    } else {
+                        "ok"
+                    };
+                    println!("{tag:<5}{}", it.role);
+                    for p in &it.problems {
+                        println!("     problem: {p}");
+                    }
+                    for w in &it.warnings {
+                        println!("     warning: {w}");
+                    }
+                }
+                let bad = report.items.iter().filter(|i| !i.ok).count();
+                if report.ok {
+                    println!(
+                        "PKI in {}: OK ({} items)",
+                        report.dir.display(),
+                        report.items.len()
+                    );
+                } else {
+                    println!(
+                        "PKI in {}: {bad} of {} items FAILED",
+                        report.dir.display(),
+                        report.items.len()
+                    );
+                }
+            }
+            Ok(if report.ok { 0 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! One error type for the library. Every variant that concerns a file carries
+//! its path, so the CLI can print a single line saying what went wrong where.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operating system refused a read, write, rename, lock...
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file exists but its content is not what we need (bad PEM, bad DER,
+    /// wrong key type, malformed profile...).
+    #[error("{}: {msg}", path.display())]
+    Input { path: PathBuf, msg: String },
+    /// Bad combination of arguments or values that are not tied to a file.
+    #[error("{0}")]
+    Usage(String),
+    /// A check ran and the object failed it (signature, chain, expiry).
+    /// This is the only variant that maps to exit code 1.
+    #[error("{0}")]
+    Verify(String),
+    /// A cryptographic primitive failed where it should not (RNG, key
+    /// generation, signing with a key that parsed fine).
+    #[error("{0}")]
+    Crypto(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn input(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Input {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+
+    /// Exit status per the CLI contract: 1 = verification failed, 2 = usage or input error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Verify(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// Attach a path to an `io::Result`.
+pub trait IoContext<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

@@ -1,0 +1,315 @@
+//! Private keys and the one signing interface every signing path uses.
+//!
+//! Anything that signs (certificate issuance now; Authenticode, GuestOS
+//! manifests, EFI variables later) talks to a `dyn Signer`, so a key held in a
+//! file and a key held in an HSM are interchangeable.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
+
+use crate::error::{Error, IoContext, Result};
+
+/// A key algorithm and size, spelled as on the command line (`rsa:4096`, `ec:prime256v1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    Rsa(u32),
+    EcP256,
+    EcP384,
+}
+
+impl KeyType {
+    pub const ACCEPTED: &'static str = "rsa:4096, rsa:3072, rsa:2048, ec:prime256v1, ec:secp384r1";
+
+    pub fn is_rsa(self) -> bool {
+        matches!(self, KeyType::Rsa(_))
+    }
+
+    /// The signature scheme a key of this type uses unless told otherwise.
+    pub fn default_scheme(self) -> SigScheme {
+        match self {
+            KeyType::Rsa(_) => SigScheme::RsaPkcs1Sha256,
+            KeyType::EcP256 => SigScheme::EcdsaSha256,
+            KeyType::EcP384 => SigScheme::EcdsaSha384,
+        }
+    }
+
+    /// Relative cost of generating a key, used to start the slowest first.
+    fn generation_cost(self) -> u32 {
+        match self {
+            KeyType::Rsa(bits) => bits,
+            _ => 1,
+        }
+    }
+
+    /// Generate a fresh private key, returned as PKCS#8 DER.
+    pub fn generate(self) -> Result<Vec<u8>> {
+        let der = match self {
+            KeyType::Rsa(bits) => {
+                let size = match bits {
+                    2048 => aws_lc_rs::rsa::KeySize::Rsa2048,
+                    3072 => aws_lc_rs::rsa::KeySize::Rsa3072,
+                    4096 => aws_lc_rs::rsa::KeySize::Rsa4096,
+                    _ => return Err(Error::Usage(format!("unsupported RSA size {bits}"))),
+                };
+                let kp = RsaKeyPair::generate(size)
+                    .map_err(|_| Error::Crypto(format!("RSA-{bits} key generation failed")))?;
+                use aws_lc_rs::encoding::AsDer;
+                let der: aws_lc_rs::encoding::Pkcs8V1Der = kp
+                    .as_der()
+                    .map_err(|_| Error::Crypto("RSA key encoding failed".into()))?;
+                der.as_ref().to_vec()
+            }
+            KeyType::EcP256 | KeyType::EcP384 => {
+                let alg = ecdsa_signing_alg(self);
+                let kp = EcdsaKeyPair::generate(alg)
+                    .map_err(|_| Error::Crypto("EC key generation failed".into()))?;
+                kp.to_pkcs8v1()
+                    .map_err(|_| Error::Crypto("EC key encoding failed".into()))?
+                    .as_ref()
+                    .to_vec()
+            }
+        };
+        Ok(der)
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyType::Rsa(bits) => write!(f, "rsa:{bits}"),
+            KeyType::EcP256 => f.write_str("ec:prime256v1"),
+            KeyType::EcP384 => f.write_str("ec:secp384r1"),
+        }
+    }
+}
+
+impl FromStr for KeyType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "rsa:4096" => Ok(KeyType::Rsa(4096)),
+            "rsa:3072" => Ok(KeyType::Rsa(3072)),
+            "rsa:2048" => Ok(KeyType::Rsa(2048)),
+            "ec:prime256v1" | "ec:p-256" | "ec:secp256r1" => Ok(KeyType::EcP256),
+            "ec:secp384r1" | "ec:p-384" => Ok(KeyType::EcP384),
+            _ => Err(format!(
+                "unknown key type '{s}' (accepted: {})",
+                KeyType::ACCEPTED
+            )),
+        }
+    }
+}
+
+impl serde::Serialize for KeyType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Generate keys for several types at once, on all cores: RSA generation
+/// dominates `pki init`, and the keys are independent. Results keep input order.
+pub fn generate_many(types: &[KeyType]) -> Result<Vec<Vec<u8>>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    let mut order: Vec<usize> = (0..types.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(types[i].generation_cost()));
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<Result<Vec<u8>>>>> =
+        Mutex::new((0..types.len()).map(|_| None).collect());
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(types.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = order.get(k) else { break };
+                let r = types[i].generate();
+                out.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    out.into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::Crypto("key generation did not run".into()))))
+        .collect()
+}
+
+/// Signature schemes the signing paths ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SigScheme {
+    RsaPkcs1Sha256,
+    RsaPkcs1Sha384,
+    RsaPkcs1Sha512,
+    EcdsaSha256,
+    EcdsaSha384,
+}
+
+/// Something that can sign: a key file now, a PKCS#11 object later.
+/// Implementations must never expose private key material.
+pub trait Signer: Send + Sync {
+    fn key_type(&self) -> KeyType;
+    /// The subjectPublicKey BIT STRING content: PKCS#1 RSAPublicKey for RSA,
+    /// the uncompressed point for EC.
+    fn public_key(&self) -> &[u8];
+    fn sign(&self, scheme: SigScheme, msg: &[u8]) -> Result<Vec<u8>>;
+    /// Where the key lives (path or URI), for messages. Never key material.
+    fn origin(&self) -> String;
+}
+
+enum FileKeyInner {
+    Rsa(RsaKeyPair),
+    Ec(EcdsaKeyPair),
+}
+
+/// A private key read from (or generated for) a PKCS#8 file.
+pub struct FileKey {
+    inner: FileKeyInner,
+    key_type: KeyType,
+    origin: String,
+}
+
+fn ecdsa_signing_alg(t: KeyType) -> &'static signature::EcdsaSigningAlgorithm {
+    match t {
+        KeyType::EcP384 => &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+        _ => &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+    }
+}
+
+impl FileKey {
+    /// Parse an unencrypted PKCS#8 DER private key. `origin` names it in errors.
+    pub fn from_pkcs8(der: &[u8], origin: &Path) -> Result<FileKey> {
+        if let Ok(kp) = RsaKeyPair::from_pkcs8(der) {
+            let bits = (kp.public_modulus_len() * 8) as u32;
+            return Ok(FileKey {
+                inner: FileKeyInner::Rsa(kp),
+                key_type: KeyType::Rsa(bits),
+                origin: origin.display().to_string(),
+            });
+        }
+        for t in [KeyType::EcP256, KeyType::EcP384] {
+            if let Ok(kp) = EcdsaKeyPair::from_pkcs8(ecdsa_signing_alg(t), der) {
+                return Ok(FileKey {
+                    inner: FileKeyInner::Ec(kp),
+                    key_type: t,
+                    origin: origin.display().to_string(),
+                });
+            }
+        }
+        Err(Error::input(
+            origin,
+            "not a supported private key (expected PKCS#8 RSA, EC P-256 or EC P-384)",
+        ))
+    }
+
+    /// Read a PEM ("PRIVATE KEY") or DER PKCS#8 key file.
+    pub fn load(path: &Path) -> Result<FileKey> {
+        let bytes = std::fs::read(path).at(path)?;
+        let der = if bytes.starts_with(b"-----BEGIN") {
+            let block = pem::parse_many(&bytes)
+                .map_err(|e| Error::input(path, format!("bad PEM: {e}")))?
+                .into_iter()
+                .find(|p| p.tag().ends_with("PRIVATE KEY"))
+                .ok_or_else(|| Error::input(path, "no PRIVATE KEY block in PEM file"))?;
+            match block.tag() {
+                "PRIVATE KEY" => block.into_contents(),
+                "ENCRYPTED PRIVATE KEY" => {
+                    return Err(Error::input(
+                        path,
+                        "encrypted private keys are not supported yet",
+                    ))
+                }
+                other => {
+                    return Err(Error::input(
+                        path,
+                        format!("'{other}' keys are not supported; convert to PKCS#8 (openssl pkcs8 -topk8 -nocrypt)"),
+                    ))
+                }
+            }
+        } else {
+            bytes
+        };
+        FileKey::from_pkcs8(&der, path)
+    }
+}
+
+impl Signer for FileKey {
+    fn key_type(&self) -> KeyType {
+        self.key_type
+    }
+
+    fn public_key(&self) -> &[u8] {
+        match &self.inner {
+            FileKeyInner::Rsa(k) => k.public_key().as_ref(),
+            FileKeyInner::Ec(k) => k.public_key().as_ref(),
+        }
+    }
+
+    fn sign(&self, scheme: SigScheme, msg: &[u8]) -> Result<Vec<u8>> {
+        let fail = || Error::Crypto(format!("signing with {} failed", self.origin));
+        match (&self.inner, scheme) {
+            (FileKeyInner::Rsa(k), s) => {
+                let pad: &'static dyn signature::RsaEncoding = match s {
+                    SigScheme::RsaPkcs1Sha256 => &signature::RSA_PKCS1_SHA256,
+                    SigScheme::RsaPkcs1Sha384 => &signature::RSA_PKCS1_SHA384,
+                    SigScheme::RsaPkcs1Sha512 => &signature::RSA_PKCS1_SHA512,
+                    _ => {
+                        return Err(Error::Usage(format!(
+                            "{} is an RSA key; {s:?} needs EC",
+                            self.origin
+                        )))
+                    }
+                };
+                let mut sig = vec![0u8; k.public_modulus_len()];
+                k.sign(pad, &SystemRandom::new(), msg, &mut sig)
+                    .map_err(|_| fail())?;
+                Ok(sig)
+            }
+            (FileKeyInner::Ec(k), s) => {
+                let want = match s {
+                    SigScheme::EcdsaSha256 => KeyType::EcP256,
+                    SigScheme::EcdsaSha384 => KeyType::EcP384,
+                    _ => {
+                        return Err(Error::Usage(format!(
+                            "{} is an EC key; {s:?} needs RSA",
+                            self.origin
+                        )))
+                    }
+                };
+                if want != self.key_type {
+                    return Err(Error::Usage(format!(
+                        "{} is {}; {s:?} is not supported for it",
+                        self.origin, self.key_type
+                    )));
+                }
+                Ok(k.sign(&SystemRandom::new(), msg)
+                    .map_err(|_| fail())?
+                    .as_ref()
+                    .to_vec())
+            }
+        }
+    }
+
+    fn origin(&self) -> String {
+        self.origin.clone()
+    }
+}
+
+/// PEM-encode a PKCS#8 private key.
+pub fn pkcs8_pem(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("PRIVATE KEY", der.to_vec()))
+}

@@ -1,0 +1,10 @@
+//! pki-signer: development PKI generation and signing for secure-boot images.
+
+pub mod efivar;
+pub mod error;
+pub mod fsutil;
+pub mod keys;
+pub mod pki;
+pub mod x509;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1290 @@
+//! The development PKI: which roles exist, generating them once (safely under
+//! parallel bitbake tasks), and inspecting / checking a PKI directory.
+//!
+//! Layout and file names follow GyroidOS's gen_dev_certs.sh (`NAME.cert` with
+//! the chain up to but excluding the root, `NAME.key` PKCS#8), so existing
+//! build configurations find the files where they expect them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::efivar::{self, Guid};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, DirLock, KEY_MODE, PUBLIC_MODE};
+use crate::keys::{self, FileKey, KeyType, Signer};
+use crate::x509::{self, CertSpec, Subject};
+
+pub const MANIFEST: &str = "pki.json";
+/// Owner GUID written into signature lists unless the profile sets one.
+/// Fixed, so that ESL/.auth output is reproducible.
+pub const DEFAULT_OWNER_GUID: &str = "6e2d1f0b-3c4a-4b8e-9f5d-2a7c8e1b4d60";
+const DEFAULT_ORG: &str = "Development PKI";
+const DEFAULT_COUNTRY: &str = "DE";
+const DEFAULT_OU: &str = "Development";
+/// UEFI firmware handles RSA-2048 best; PK/KEK/DB and the TPM policy key use it.
+const UEFI_KEY_TYPE: KeyType = KeyType::Rsa(2048);
+const TPM_PCR_PRIVATE: &str = "tpm2-pcr-private.pem";
+const TPM_PCR_PUBLIC: &str = "tpm2-pcr-public.pem";
+/// `pki check` warns when a certificate expires within this many days.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleKind {
+    /// GyroidOS-style `NAME.cert` (PEM chain) + `NAME.key`.
+    X509,
+    /// UEFI Secure Boot key: `NAME.crt` (PEM), `NAME.cer` (DER), `NAME.key`.
+    Uefi,
+}
+
+/// A role fully resolved from the built-in table, the profile and the CLI.
+#[derive(Clone, Debug)]
+pub struct RoleSpec {
+    pub name: String,
+    pub hierarchy: String,
+    pub kind: RoleKind,
+    /// None for self-signed roots.
+    pub issuer: Option<String>,
+    pub ca: bool,
+    pub days: u32,
+    pub key_type: KeyType,
+    pub subject: Subject,
+    pub key_usage: Vec<Ku>,
+    pub eku: Vec<Eku>,
+}
+
+struct Builtin {
+    name: &'static str,
+    cn: &'static str,
+    hierarchy: &'static str,
+    kind: RoleKind,
+    issuer: Option<&'static str>,
+    ca: bool,
+    days: u32,
+    key_usage: &'static [&'static str],
+    eku: &'static [&'static str],
+}
+
+const CA_KU: &[&str] = &["keyCertSign", "cRLSign"];
+const LEAF_KU: &[&str] = &["digitalSignature"];
+
+const fn ca(
+    name: &'static str,
+    cn: &'static str,
+    hierarchy: &'static str,
+    issuer: Option<&'static str>,
+    days: u32,
+) -> Builtin {
+    Builtin {
+        name,
+        cn,
+        hierarchy,
+        kind: RoleKind::X509,
+        issuer,
+        ca: true,
+        days,
+        key_usage: CA_KU,
+        eku: &[],
+    }
+}
+
+const fn leaf(
+    name: &'static str,
+    cn: &'static str,
+    hierarchy: &'static str,
+    issuer: &'static str,
+    eku: &'static [&'static str],
+) -> Builtin {
+    Builtin {
+        name,
+        cn,
+        hierarchy,
+        kind: RoleKind::X509,
+        issuer: Some(issuer),
+        ca: false,
+        days: 1095,
+        key_usage: LEAF_KU,
+        eku,
+    }
+}
+
+const fn uefi(name: &'static str, cn: &'static str) -> Builtin {
+    // Self-signed like `openssl req -x509` makes them for efitools/sbctl; DB
+    // also signs EFI binaries directly, hence digitalSignature on all three.
+    Builtin {
+        name,
+        cn,
+        hierarchy: "uefi",
+        kind: RoleKind::Uefi,
+        issuer: None,
+        ca: true,
+        days: 3650,
+        key_usage: &["digitalSignature", "keyCertSign", "cRLSign"],
+        eku: &[],
+    }
+}
+
+const SSIG: &str = "software-signing";
+const CUSTOMER: &str = "customer";
+
+const BUILTIN: &[Builtin] = &[
+    ca("ssig_rootca", "Software Signing Root CA", SSIG, None, 3650),
+    // The sub CA signs kernels/UKIs itself (its certificate sits in db), so it
+    // also needs digitalSignature.
+    Builtin {
+        key_usage: &["digitalSignature", "keyCertSign", "cRLSign"],
+        ..ca(
+            "ssig_subca",
+            "Software Signing Sub CA",
+            SSIG,
+            Some("ssig_rootca"),
+            2190,
+        )
+    },
+    ca(
+        "ssig_subca_cml",
+        "CML Signing Sub CA",
+        SSIG,
+        Some("ssig_rootca"),
+        2190,
+    ),
+    leaf(
+        "ssig",
+        "Software Signing Certificate",
+        SSIG,
+        "ssig_subca",
+        &["codeSigning"],
+    ),
+    leaf(
+        "ssig_cml",
+        "CML Signing Certificate",
+        SSIG,
+        "ssig_subca_cml",
+        &["codeSigning"],
+    ),
+    ca("gen_rootca", "General Root CA", CUSTOMER, None, 3650),
+    ca(
+        "device_subca",
+        "Device Sub CA",
+        CUSTOMER,
+        Some("gen_rootca"),
+        730,
+    ),
+    ca(
+        "user_subca",
+        "User Sub CA",
+        CUSTOMER,
+        Some("gen_rootca"),
+        2190,
+    ),
+    ca(
+        "backend_subca",
+        "Backend Sub CA",
+        CUSTOMER,
+        Some("gen_rootca"),
+        2190,
+    ),
+    leaf(
+        "backend",
+        "Backend Certificate",
+        CUSTOMER,
+        "backend_subca",
+        &["serverAuth"],
+    ),
+];
+
+const BUILTIN_UEFI: &[Builtin] = &[
+    uefi("PK", "Platform Key"),
+    uefi("KEK", "Key Exchange Key"),
+    uefi("DB", "Signature Database Key"),
+];
+
+/// Profile JSON: everything optional; see README "Profile".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub org: Option<String>,
+    pub country: Option<String>,
+    pub org_unit: Option<String>,
+    pub key_type: Option<KeyType>,
+    pub uefi: Option<bool>,
+    pub owner_guid: Option<Guid>,
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleOverride>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleOverride {
+    /// Issuing role, or "self" for a new root.
+    pub issuer: Option<String>,
+    pub ca: Option<bool>,
+    pub days: Option<u32>,
+    pub key_type: Option<KeyType>,
+    pub cn: Option<String>,
+    pub org: Option<String>,
+    pub org_unit: Option<String>,
+    pub country: Option<String>,
+    pub key_usage: Option<Vec<String>>,
+    pub eku: Option<Vec<String>>,
+    pub hierarchy: Option<String>,
+}
+
+impl Profile {
+    pub fn load(path: &Path) -> Result<Profile> {
+        let text = fs::read_to_string(path).at(path)?;
+        serde_json::from_str(&text).map_err(|e| Error::input(path, format!("bad profile: {e}")))
+    }
+}
+
+fn parse_ku(s: &str) -> std::result::Result<Ku, String> {
+    Ok(match s {
+        "digitalSignature" => Ku::DigitalSignature,
+        "nonRepudiation" | "contentCommitment" => Ku::ContentCommitment,
+        "keyEncipherment" => Ku::KeyEncipherment,
+        "dataEncipherment" => Ku::DataEncipherment,
+        "keyAgreement" => Ku::KeyAgreement,
+        "keyCertSign" => Ku::KeyCertSign,
+        "cRLSign" => Ku::CrlSign,
+        _ => return Err(format!("unknown key usage '{s}'")),
+    })
+}
+
+fn parse_eku(s: &str) -> std::result::Result<Eku, String> {
+    Ok(match s {
+        "serverAuth" => Eku::ServerAuth,
+        "clientAuth" => Eku::ClientAuth,
+        "codeSigning" => Eku::CodeSigning,
+        "emailProtection" => Eku::EmailProtection,
+        "timeStamping" => Eku::TimeStamping,
+        "OCSPSigning" => Eku::OcspSigning,
+        _ => return Err(format!("unknown extended key usage '{s}'")),
+    })
+}
+
+fn valid_role_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+        && n != MANIFEST
+}
+
+/// What `pki init` will create.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Issuers before the certificates they issue.
+    pub roles: Vec<RoleSpec>,
+    pub uefi: bool,
+    pub owner_guid: Guid,
+}
+
+impl Plan {
+    /// Resolve built-ins + profile + CLI flags. `profile_path` is only for messages.
+    pub fn resolve(
+        profile: &Profile,
+        profile_path: Option<&Path>,
+        cli_key_type: Option<KeyType>,
+        cli_uefi: bool,
+    ) -> Result<Plan> {
+        let perr = |msg: String| match profile_path {
+            Some(p) => Error::input(p, msg),
+            None => Error::Usage(msg),
+        };
+        let uefi = cli_uefi || profile.uefi.unwrap_or(false);
+        let default_kt = cli_key_type
+            .or(profile.key_type)
+            .unwrap_or(KeyType::Rsa(4096));
+        let org = profile.org.clone().unwrap_or_else(|| DEFAULT_ORG.into());
+        let country = profile
+            .country
+            .clone()
+            .unwrap_or_else(|| DEFAULT_COUNTRY.into());
+        let ou = profile
+            .org_unit
+            .clone()
+            .unwrap_or_else(|| DEFAULT_OU.into());
+
+        let builtins = BUILTIN.iter().chain(if uefi { BUILTIN_UEFI } else { &[] });
+        let mut specs: Vec<RoleSpec> = builtins
+            .map(|b| RoleSpec {
+                name: b.name.into(),
+                hierarchy: b.hierarchy.into(),
+                kind: b.kind,
+                issuer: b.issuer.map(Into::into),
+                ca: b.ca,
+                days: b.days,
+                key_type: if b.kind == RoleKind::Uefi {
+                    UEFI_KEY_TYPE
+                } else {
+                    default_kt
+                },
+                subject: Subject {
+                    country: Some(country.clone()),
+                    org: Some(org.clone()),
+                    org_unit: Some(ou.clone()),
+                    common_name: b.cn.into(),
+                },
+                key_usage: b
+                    .key_usage
+                    .iter()
+                    .map(|k| parse_ku(k).expect("builtin"))
+                    .collect(),
+                eku: b
+                    .eku
+                    .iter()
+                    .map(|k| parse_eku(k).expect("builtin"))
+                    .collect(),
+            })
+            .collect();
+
+        for (name, o) in &profile.roles {
+            if !valid_role_name(name) {
+                return Err(perr(format!(
+                    "role name '{name}' must be 1-64 of [A-Za-z0-9_-]"
+                )));
+            }
+            let idx = match specs.iter().position(|s| &s.name == name) {
+                Some(i) => i,
+                None => {
+                    if BUILTIN_UEFI.iter().any(|b| b.name == name) {
+                        return Err(perr(format!(
+                            "role '{name}' is a UEFI role: enable it with --uefi or \"uefi\": true"
+                        )));
+                    }
+                    let ca = o.ca.ok_or_else(|| {
+                        perr(format!("new role '{name}' needs \"ca\": true|false"))
+                    })?;
+                    let issuer = o.issuer.clone().ok_or_else(|| {
+                        perr(format!(
+                            "new role '{name}' needs \"issuer\" (a role, or \"self\")"
+                        ))
+                    })?;
+                    let issuer_hier = specs
+                        .iter()
+                        .find(|s| s.name == issuer)
+                        .map(|s| s.hierarchy.clone());
+                    specs.push(RoleSpec {
+                        name: name.clone(),
+                        hierarchy: issuer_hier.unwrap_or_else(|| name.clone()),
+                        kind: RoleKind::X509,
+                        issuer: Some(issuer),
+                        ca,
+                        days: if ca { 2190 } else { 1095 },
+                        key_type: default_kt,
+                        subject: Subject {
+                            country: Some(country.clone()),
+                            org: Some(org.clone()),
+                            org_unit: Some(ou.clone()),
+                            common_name: name.clone(),
+                        },
+                        key_usage: if ca {
+                            vec![Ku::KeyCertSign, Ku::CrlSign]
+                        } else {
+                            vec![Ku::DigitalSignature]
+                        },
+                        eku: vec![],
+                    });
+                    specs.len() - 1
+                }
+            };
+            let s = &mut specs[idx];
+            if let Some(i) = &o.issuer {
+                s.issuer = if i == "self" { None } else { Some(i.clone()) };
+            }
+            if let Some(v) = o.ca {
+                s.ca = v;
+            }
+            if let Some(v) = o.days {
+                if v == 0 {
+                    return Err(perr(format!("role '{name}': days must be > 0")));
+                }
+                s.days = v;
+            }
+            if let Some(v) = o.key_type {
+                if s.kind == RoleKind::Uefi && !v.is_rsa() {
+                    return Err(perr(format!("role '{name}': UEFI keys must be RSA")));
+                }
+                s.key_type = v;
+            }
+            if let Some(v) = &o.cn {
+                s.subject.common_name = v.clone();
+            }
+            if let Some(v) = &o.org {
+                s.subject.org = Some(v.clone());
+            }
+            if let Some(v) = &o.org_unit {
+                s.subject.org_unit = Some(v.clone());
+            }
+            if let Some(v) = &o.country {
+                s.subject.country = Some(v.clone());
+            }
+            if let Some(v) = &o.hierarchy {
+                s.hierarchy = v.clone();
+            }
+            if let Some(v) = &o.key_usage {
+                s.key_usage = v
+                    .iter()
+                    .map(|k| parse_ku(k))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| perr(format!("role '{name}': {e}")))?;
+            }
+            if let Some(v) = &o.eku {
+                s.eku = v
+                    .iter()
+                    .map(|k| parse_eku(k))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| perr(format!("role '{name}': {e}")))?;
+            }
+        }
+
+        // Order issuers first and reject unknown issuers, non-CA issuers and cycles.
+        let mut ordered: Vec<RoleSpec> = Vec::with_capacity(specs.len());
+        let mut pending = specs;
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut rest = Vec::new();
+            for s in pending {
+                match &s.issuer {
+                    None => ordered.push(s),
+                    Some(i) => match ordered.iter().find(|o| &o.name == i) {
+                        Some(iss) if !iss.ca => {
+                            return Err(perr(format!(
+                                "role '{}': issuer '{i}' is not a CA",
+                                s.name
+                            )))
+                        }
+                        Some(_) => ordered.push(s),
+                        None => rest.push(s),
+                    },
+                }
+            }
+            if rest.len() == before {
+                let names: Vec<String> = rest
+                    .iter()
+                    .map(|s| format!("{} (issuer {})", s.name, s.issuer.as_deref().unwrap_or("?")))
+                    .collect();
+                return Err(perr(format!(
+                    "unknown or circular issuers: {}",
+                    names.join(", ")
+                )));
+            }
+            pending = rest;
+        }
+        Ok(Plan {
+            roles: ordered,
+            uefi,
+            owner_guid: profile
+                .owner_guid
+                .unwrap_or_else(|| DEFAULT_OWNER_GUID.parse().expect("valid")),
+        })
+    }
+
+    fn role(&self, name: &str) -> Option<&RoleSpec> {
+        self.roles.iter().find(|r| r.name == name)
+    }
+
+    /// Every file a complete PKI of this plan has, manifest included.
+    pub fn expected_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .roles
+            .iter()
+            .flat_map(|r| role_files(&r.name, r.kind).all())
+            .collect();
+        v.extend(self.extra_files().into_iter().map(|f| f.path));
+        v.push(MANIFEST.into());
+        v
+    }
+
+    /// Non-role files: signature lists and the TPM PCR-policy key pair.
+    fn extra_files(&self) -> Vec<FileEntry> {
+        if !self.uefi {
+            return vec![];
+        }
+        let mut v = vec![];
+        // Only built-in UEFI roles are wired up; profiles cannot remove them.
+        let esl = |path: &str, roles: &[&str]| FileEntry {
+            path: path.into(),
+            kind: "esl".into(),
+            roles: roles.iter().map(|s| s.to_string()).collect(),
+        };
+        if self.role("ssig_subca").is_some() {
+            v.push(esl("ssig_subca.esl", &["ssig_subca"]));
+            v.push(esl("DB.esl", &["DB", "ssig_subca"]));
+        } else {
+            v.push(esl("DB.esl", &["DB"]));
+        }
+        v.push(esl("KEK.esl", &["KEK"]));
+        v.push(esl("PK.esl", &["PK"]));
+        v.push(FileEntry {
+            path: TPM_PCR_PRIVATE.into(),
+            kind: "tpm-pcr-private-key".into(),
+            roles: vec![],
+        });
+        v.push(FileEntry {
+            path: TPM_PCR_PUBLIC.into(),
+            kind: "tpm-pcr-public-key".into(),
+            roles: vec![],
+        });
+        v
+    }
+}
+
+/// The files of one role.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleFiles {
+    pub cert: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub der: Option<String>,
+}
+
+impl RoleFiles {
+    fn all(&self) -> Vec<String> {
+        let mut v = vec![self.cert.clone(), self.key.clone()];
+        v.extend(self.der.clone());
+        v
+    }
+}
+
+pub fn role_files(name: &str, kind: RoleKind) -> RoleFiles {
+    match kind {
+        RoleKind::X509 => RoleFiles {
+            cert: format!("{name}.cert"),
+            key: format!("{name}.key"),
+            der: None,
+        },
+        RoleKind::Uefi => RoleFiles {
+            cert: format!("{name}.crt"),
+            key: format!("{name}.key"),
+            der: Some(format!("{name}.cer")),
+        },
+    }
+}
+
+/// `pki.json`: what is in the directory and how the roles relate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub generator: String,
+    /// Development PKIs are refused as production keys by `resign`.
+    pub development: bool,
+    pub created: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_guid: Option<Guid>,
+    pub roles: Vec<RoleEntry>,
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoleEntry {
+    pub role: String,
+    pub hierarchy: String,
+    pub kind: RoleKind,
+    pub issuer: Option<String>,
+    pub ca: bool,
+    pub key_type: String,
+    pub subject: String,
+    pub fingerprint_sha256: String,
+    #[serde(flatten)]
+    pub files: RoleFiles,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+impl Manifest {
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let p = dir.join(MANIFEST);
+        let text = fs::read_to_string(&p).at(&p)?;
+        serde_json::from_str(&text).map_err(|e| Error::input(&p, format!("bad manifest: {e}")))
+    }
+
+    fn all_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.roles.iter().flat_map(|r| r.files.all()).collect();
+        v.extend(self.files.iter().map(|f| f.path.clone()));
+        v
+    }
+
+    pub fn role(&self, name: &str) -> Option<&RoleEntry> {
+        self.roles.iter().find(|r| r.role == name)
+    }
+}
+
+/// A PKI directory opened for reading: ours (with pki.json) or a GyroidOS-style
+/// one made by gen_dev_certs.sh (roles found by file name).
+pub struct Pki {
+    pub dir: PathBuf,
+    pub manifest: Option<Manifest>,
+    pub roles: Vec<RoleEntryRef>,
+}
+
+/// A role as found on disk.
+#[derive(Clone, Debug)]
+pub struct RoleEntryRef {
+    pub role: String,
+    pub issuer: Option<String>,
+    pub cert: PathBuf,
+    pub key: Option<PathBuf>,
+}
+
+impl Pki {
+    pub fn open(dir: &Path) -> Result<Pki> {
+        let md = fs::metadata(dir).at(dir)?;
+        if !md.is_dir() {
+            return Err(Error::input(dir, "not a directory"));
+        }
+        if dir.join(MANIFEST).exists() {
+            let m = Manifest::load(dir)?;
+            let roles = m
+                .roles
+                .iter()
+                .map(|r| RoleEntryRef {
+                    role: r.role.clone(),
+                    issuer: r.issuer.clone(),
+                    cert: dir.join(&r.files.cert),
+                    key: Some(dir.join(&r.files.key)),
+                })
+                .collect();
+            return Ok(Pki {
+                dir: dir.into(),
+                manifest: Some(m),
+                roles,
+            });
+        }
+        // No manifest: every NAME.cert / NAME.crt is a role; issuers are found by name matching in `check`.
+        let mut roles = vec![];
+        let mut entries: Vec<_> = fs::read_dir(dir)
+            .at(dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext != "cert" && ext != "crt" {
+                continue;
+            }
+            let stem = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("")
+                .to_string();
+            let key = dir.join(format!("{stem}.key"));
+            roles.push(RoleEntryRef {
+                role: stem,
+                issuer: None,
+                key: key.exists().then_some(key),
+                cert: p,
+            });
+        }
+        if roles.is_empty() {
+            return Err(Error::input(
+                dir,
+                format!("no {MANIFEST} and no *.cert/*.crt files: not a PKI directory"),
+            ));
+        }
+        Ok(Pki {
+            dir: dir.into(),
+            manifest: None,
+            roles,
+        })
+    }
+
+    pub fn role(&self, name: &str) -> Result<&RoleEntryRef> {
+        self.roles.iter().find(|r| r.role == name).ok_or_else(|| {
+            let known: Vec<&str> = self.roles.iter().map(|r| r.role.as_str()).collect();
+            Error::input(
+                &self.dir,
+                format!("no role '{name}' (known: {})", known.join(", ")),
+            )
+        })
+    }
+}
+
+/// Options of `pki init`.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub dir: PathBuf,
+    pub plan: Plan,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InitReport {
+    /// "created" or "present".
+    pub status: &'static str,
+    pub dir: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub roles: Vec<RoleEntry>,
+    pub seconds: f64,
+}
+
+enum DirState {
+    Absent,
+    Empty,
+    Complete(Option<Manifest>),
+    Partial(String),
+}
+
+fn list_missing(dir: &Path, files: &[String]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|f| !dir.join(f).exists())
+        .cloned()
+        .collect()
+}
+
+fn summarize(v: &[String]) -> String {
+    if v.len() <= 6 {
+        v.join(", ")
+    } else {
+        format!("{} and {} more", v[..6].join(", "), v.len() - 6)
+    }
+}
+
+fn inspect(dir: &Path, plan: &Plan) -> Result<DirState> {
+    let md = match fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if fs::symlink_metadata(dir).is_ok() {
+                return Ok(DirState::Partial("it is a dangling symlink".into()));
+            }
+            return Ok(DirState::Absent);
+        }
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    if !md.is_dir() {
+        return Err(Error::input(dir, "exists and is not a directory"));
+    }
+    if dir.join(MANIFEST).exists() {
+        let m = Manifest::load(dir)?;
+        let missing = list_missing(dir, &m.all_files());
+        if !missing.is_empty() {
+            return Ok(DirState::Partial(format!(
+                "missing {}",
+                summarize(&missing)
+            )));
+        }
+        let lacking: Vec<String> = plan
+            .roles
+            .iter()
+            .filter(|r| m.role(&r.name).is_none())
+            .map(|r| r.name.clone())
+            .collect();
+        if !lacking.is_empty() {
+            return Ok(DirState::Partial(format!(
+                "its {MANIFEST} has no role {} (requested by the profile or --uefi); generate into another --dir",
+                summarize(&lacking)
+            )));
+        }
+        return Ok(DirState::Complete(Some(m)));
+    }
+    let mut expected = plan.expected_files();
+    expected.retain(|f| f != MANIFEST);
+    let missing = list_missing(dir, &expected);
+    if missing.is_empty() {
+        return Ok(DirState::Complete(None));
+    }
+    if fs::read_dir(dir).at(dir)?.next().is_none() {
+        return Ok(DirState::Empty);
+    }
+    Ok(DirState::Partial(format!(
+        "no {MANIFEST}, missing {}",
+        summarize(&missing)
+    )))
+}
+
+fn present(dir: &Path, m: Option<Manifest>, started: std::time::Instant) -> InitReport {
+    let note = m
+        .is_none()
+        .then(|| format!("no {MANIFEST}: using an existing GyroidOS-style PKI"));
+    InitReport {
+        status: "present",
+        dir: dir.into(),
+        note,
+        roles: m.map(|m| m.roles).unwrap_or_default(),
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Generate the PKI in `opts.dir` unless it is already there.
+///
+/// Safe under concurrency: the state is re-checked under an exclusive lock on
+/// `DIR.lock`, the PKI is built in a private temp directory beside DIR and
+/// published with one rename, so other processes see either nothing or all of it.
+pub fn init(opts: &InitOptions) -> Result<InitReport> {
+    let started = std::time::Instant::now();
+    let dir = normalize(&opts.dir);
+    let is_symlink = fs::symlink_metadata(&dir)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false);
+
+    // Fast path without touching anything (a release PKI may be read-only).
+    match inspect(&dir, &opts.plan)? {
+        DirState::Complete(m) => return Ok(present(&dir, m, started)),
+        DirState::Partial(why) if is_symlink => {
+            return Err(Error::input(&dir, format!("is a symlink (a release PKI?) and incomplete: {why}; pki-signer never writes through it")))
+        }
+        _ if is_symlink => {
+            return Err(Error::input(&dir, "is a symlink to an empty directory; pki-signer never writes through it"))
+        }
+        _ => {}
+    }
+
+    let parent = fsutil::parent_dir(&dir);
+    fs::create_dir_all(&parent).at(&parent)?;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("{}: not a directory name", dir.display())))?
+        .to_string_lossy()
+        .to_string();
+    let lock_path = parent.join(format!("{name}.lock"));
+    let _lock = DirLock::acquire(&lock_path)?;
+
+    match inspect(&dir, &opts.plan)? {
+        DirState::Complete(m) => return Ok(present(&dir, m, started)),
+        DirState::Partial(why) => {
+            return Err(Error::input(
+                &dir,
+                format!("incomplete PKI ({why}); refusing to overwrite: remove it or fix it"),
+            ))
+        }
+        DirState::Absent | DirState::Empty => {}
+    }
+
+    // Holding the lock, any temp dir of ours is a leftover of a killed run.
+    let tmp_prefix = format!(".{name}.tmp.");
+    if let Ok(rd) = fs::read_dir(&parent) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&tmp_prefix) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let tmp = parent.join(format!("{tmp_prefix}{}", std::process::id()));
+    fs::create_dir(&tmp).at(&tmp)?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700)).at(&tmp)?;
+    let result = generate_into(&tmp, &opts.plan).and_then(|m| {
+        fsutil::sync_dir(&tmp)?;
+        // rename(2) atomically replaces an empty directory, too.
+        fs::rename(&tmp, &dir).at(&dir)?;
+        fsutil::sync_dir(&parent)?;
+        Ok(m)
+    });
+    match result {
+        Ok(m) => Ok(InitReport {
+            status: "created",
+            dir,
+            note: None,
+            roles: m.roles,
+            seconds: started.elapsed().as_secs_f64(),
+        }),
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// "pki/" and "pki" are the same directory; the lock and temp names need the bare name.
+fn normalize(p: &Path) -> PathBuf {
+    let s = p.to_string_lossy();
+    let t = s.trim_end_matches('/');
+    if t.is_empty() {
+        PathBuf::from("/")
+    } else {
+        PathBuf::from(t)
+    }
+}
+
+fn chain_pem(plan: &Plan, ders: &HashMap<String, Vec<u8>>, role: &RoleSpec) -> String {
+    let mut out = x509::pem_cert(&ders[&role.name]);
+    let mut cur = role;
+    while let Some(iss) = cur.issuer.as_deref().and_then(|i| plan.role(i)) {
+        if iss.issuer.is_none() {
+            break; // the root is distributed on its own, never in chains
+        }
+        out.push_str(&x509::pem_cert(&ders[&iss.name]));
+        cur = iss;
+    }
+    out
+}
+
+fn generate_into(tmp: &Path, plan: &Plan) -> Result<Manifest> {
+    let mut types: Vec<KeyType> = plan.roles.iter().map(|r| r.key_type).collect();
+    if plan.uefi {
+        types.push(UEFI_KEY_TYPE); // TPM PCR-policy key
+    }
+    let pkcs8s = keys::generate_many(&types)?;
+    let signers: Vec<FileKey> = pkcs8s
+        .iter()
+        .zip(
+            plan.roles
+                .iter()
+                .map(|r| r.name.as_str())
+                .chain(["tpm2-pcr"]),
+        )
+        .map(|(der, name)| FileKey::from_pkcs8(der, Path::new(name)))
+        .collect::<Result<_>>()?;
+
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .map_err(|e| Error::Crypto(e.to_string()))?;
+    let mut ders: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut entries = vec![];
+    for (i, role) in plan.roles.iter().enumerate() {
+        let spec = CertSpec {
+            subject: role.subject.clone(),
+            ca: role.ca,
+            not_before: now,
+            days: role.days,
+            key_usage: role.key_usage.clone(),
+            eku: role.eku.clone(),
+        };
+        let issuer = match &role.issuer {
+            None => None,
+            Some(iname) => {
+                let j = plan
+                    .roles
+                    .iter()
+                    .position(|r| &r.name == iname)
+                    .expect("plan is ordered");
+                Some((ders[iname].as_slice(), &signers[j] as &dyn Signer))
+            }
+        };
+        let der = x509::issue(&spec, &signers[i], issuer)?;
+        let files = role_files(&role.name, role.kind);
+        fsutil::write_new(
+            &tmp.join(&files.key),
+            keys::pkcs8_pem(&pkcs8s[i]).as_bytes(),
+            KEY_MODE,
+        )?;
+        if let Some(d) = &files.der {
+            fsutil::write_new(&tmp.join(d), &der, PUBLIC_MODE)?;
+        }
+        let info = x509::describe(&der, &tmp.join(&files.cert))?;
+        entries.push(RoleEntry {
+            role: role.name.clone(),
+            hierarchy: role.hierarchy.clone(),
+            kind: role.kind,
+            issuer: role.issuer.clone(),
+            ca: role.ca,
+            key_type: role.key_type.to_string(),
+            subject: info.subject,
+            fingerprint_sha256: info.fingerprint_sha256,
+            files,
+        });
+        ders.insert(role.name.clone(), der);
+    }
+    for (role, e) in plan.roles.iter().zip(&entries) {
+        fsutil::write_new(
+            &tmp.join(&e.files.cert),
+            chain_pem(plan, &ders, role).as_bytes(),
+            PUBLIC_MODE,
+        )?;
+    }
+
+    let extra = plan.extra_files();
+    for f in &extra {
+        let path = tmp.join(&f.path);
+        match f.kind.as_str() {
+            "esl" => {
+                let data: Vec<u8> = f
+                    .roles
+                    .iter()
+                    .flat_map(|r| efivar::esl_x509(plan.owner_guid, &ders[r]))
+                    .collect();
+                fsutil::write_new(&path, &data, PUBLIC_MODE)?;
+            }
+            "tpm-pcr-private-key" => {
+                fsutil::write_new(
+                    &path,
+                    keys::pkcs8_pem(pkcs8s.last().expect("tpm key")).as_bytes(),
+                    KEY_MODE,
+                )?;
+            }
+            "tpm-pcr-public-key" => {
+                let spki = x509::spki_der(signers.last().expect("tpm key"));
+                fsutil::write_new(
+                    &path,
+                    pem::encode(&pem::Pem::new("PUBLIC KEY", spki)).as_bytes(),
+                    PUBLIC_MODE,
+                )?;
+            }
+            _ => unreachable!("unknown extra file kind"),
+        }
+    }
+
+    let manifest = Manifest {
+        format: 1,
+        generator: format!("pki-signer {}", env!("CARGO_PKG_VERSION")),
+        development: true,
+        created: now
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        owner_guid: plan.uefi.then_some(plan.owner_guid),
+        roles: entries,
+        files: extra,
+    };
+    let json =
+        serde_json::to_string_pretty(&manifest).map_err(|e| Error::Crypto(e.to_string()))? + "\n";
+    fsutil::write_new(&tmp.join(MANIFEST), json.as_bytes(), PUBLIC_MODE)?;
+    Ok(manifest)
+}
+
+/// One row of `pki show`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShowRow {
+    pub role: String,
+    pub file: PathBuf,
+    #[serde(flatten)]
+    pub info: x509::CertInfo,
+}
+
+pub fn show(pki: &Pki) -> Result<Vec<ShowRow>> {
+    pki.roles
+        .iter()
+        .map(|r| {
+            let certs = x509::read_certs(&r.cert)?;
+            Ok(ShowRow {
+                role: r.role.clone(),
+                file: r.cert.clone(),
+                info: x509::describe(&certs[0], &r.cert)?,
+            })
+        })
+        .collect()
+}
+
+/// Result of checking one role (or one extra file).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckItem {
+    pub role: String,
+    pub ok: bool,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckReport {
+    pub dir: PathBuf,
+    pub ok: bool,
+    pub items: Vec<CheckItem>,
+}
+
+/// Verify chains, key/cert pairs, validity and signature lists.
+pub fn check(pki: &Pki, now: OffsetDateTime) -> Result<CheckReport> {
+    // Load every role's certificate chain up front; a file that does not parse is a problem of that role.
+    let mut chains: Vec<std::result::Result<Vec<Vec<u8>>, String>> = vec![];
+    for r in &pki.roles {
+        chains.push(x509::read_certs(&r.cert).map_err(|e| e.to_string()));
+    }
+    let mut by_subject: HashMap<String, usize> = HashMap::new();
+    for (i, c) in chains.iter().enumerate() {
+        if let Ok(c) = c {
+            if let Ok(p) = x509::parse(&c[0], &pki.roles[i].cert) {
+                by_subject.entry(p.subject().to_string()).or_insert(i);
+            }
+        }
+    }
+    let mut items = vec![];
+    for (i, r) in pki.roles.iter().enumerate() {
+        let mut it = CheckItem {
+            role: r.role.clone(),
+            ..Default::default()
+        };
+        match &chains[i] {
+            Err(e) => it.problems.push(e.clone()),
+            Ok(chain) => check_role(pki, r, chain, &chains, &by_subject, now, &mut it),
+        }
+        it.ok = it.problems.is_empty();
+        items.push(it);
+    }
+    if let Some(m) = &pki.manifest {
+        for f in m.files.iter().filter(|f| f.kind == "esl") {
+            let mut it = CheckItem {
+                role: f.path.clone(),
+                ..Default::default()
+            };
+            check_esl(pki, m, f, &mut it);
+            it.ok = it.problems.is_empty();
+            items.push(it);
+        }
+    }
+    Ok(CheckReport {
+        dir: pki.dir.clone(),
+        ok: items.iter().all(|i| i.ok),
+        items,
+    })
+}
+
+fn check_role(
+    pki: &Pki,
+    r: &RoleEntryRef,
+    chain: &[Vec<u8>],
+    chains: &[std::result::Result<Vec<Vec<u8>>, String>],
+    by_subject: &HashMap<String, usize>,
+    now: OffsetDateTime,
+    it: &mut CheckItem,
+) {
+    let parsed: Vec<_> = match chain
+        .iter()
+        .map(|d| x509::parse(d, &r.cert))
+        .collect::<Result<Vec<_>>>()
+    {
+        Ok(p) => p,
+        Err(e) => return it.problems.push(e.to_string()),
+    };
+    let leaf = &parsed[0];
+    // Validity of every certificate in the file.
+    for c in &parsed {
+        let nb = c.validity().not_before.to_datetime();
+        let na = c.validity().not_after.to_datetime();
+        if now < nb {
+            it.problems.push(format!(
+                "'{}' is not valid before {}",
+                c.subject(),
+                x509::rfc3339(&c.validity().not_before)
+            ));
+        } else if now > na {
+            it.problems.push(format!(
+                "'{}' expired {}",
+                c.subject(),
+                x509::rfc3339(&c.validity().not_after)
+            ));
+        } else if na - now < time::Duration::days(EXPIRY_WARNING_DAYS) {
+            it.warnings.push(format!(
+                "'{}' expires {} (within {EXPIRY_WARNING_DAYS} days)",
+                c.subject(),
+                x509::rfc3339(&c.validity().not_after)
+            ));
+        }
+    }
+    // Walk the chain in the file, then up to a root from the directory.
+    for pair in parsed.windows(2) {
+        if let Err(e) = x509::verify_signed_by(&pair[0], &pair[1]) {
+            it.problems.push(format!(
+                "chain in file: '{}' not signed by '{}': {e}",
+                pair[0].subject(),
+                pair[1].subject()
+            ));
+        }
+        if !x509::is_ca(&pair[1]) {
+            it.problems.push(format!(
+                "chain in file: issuer '{}' is not a CA",
+                pair[1].subject()
+            ));
+        }
+    }
+    let top = parsed.last().expect("non-empty");
+    if top.subject() == top.issuer() {
+        if let Err(e) = x509::verify_signed_by(top, top) {
+            it.problems.push(format!("self-signature: {e}"));
+        }
+    } else {
+        // The role's own issuer when the file holds no chain; otherwise whoever issued the top of the chain.
+        let idx = match (parsed.len(), r.issuer.as_deref()) {
+            (1, Some(name)) => pki.roles.iter().position(|x| x.role == name),
+            _ => by_subject.get(&top.issuer().to_string()).copied(),
+        };
+        let issuer_der = idx.and_then(|j| chains[j].as_ref().ok().map(|c| (j, &c[0])));
+        match issuer_der {
+            None => it.problems.push(format!(
+                "issuer '{}' not found in {}",
+                top.issuer(),
+                pki.dir.display()
+            )),
+            Some((j, der)) => match x509::parse(der, &pki.roles[j].cert) {
+                Err(e) => it.problems.push(e.to_string()),
+                Ok(issuer_cert) => {
+                    if let Err(e) = x509::verify_signed_by(top, &issuer_cert) {
+                        it.problems.push(format!(
+                            "'{}' not signed by '{}': {e}",
+                            top.subject(),
+                            issuer_cert.subject()
+                        ));
+                    } else if !x509::is_ca(&issuer_cert) {
+                        it.problems
+                            .push(format!("issuer '{}' is not a CA", issuer_cert.subject()));
+                    }
+                }
+            },
+        }
+    }
+    // The private key must belong to the certificate.
+    match &r.key {
+        None => it.warnings.push("no private key file".into()),
+        Some(kp) => {
+            if let Ok(md) = fs::metadata(kp) {
+                if md.mode() & 0o077 != 0 {
+                    it.warnings.push(format!(
+                        "{} is readable by group/others (mode {:o})",
+                        kp.display(),
+                        md.mode() & 0o777
+                    ));
+                }
+            }
+            match FileKey::load(kp) {
+                Err(e) => it.problems.push(e.to_string()),
+                Ok(k) => {
+                    if k.public_key() != leaf.public_key().subject_public_key.data.as_ref() {
+                        it.problems.push(format!(
+                            "{} does not match the certificate's public key",
+                            kp.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_esl(pki: &Pki, m: &Manifest, f: &FileEntry, it: &mut CheckItem) {
+    let path = pki.dir.join(&f.path);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => return it.problems.push(Error::io(&path, e).to_string()),
+    };
+    let entries = match efivar::parse_esl(&bytes, &path) {
+        Ok(e) => e,
+        Err(e) => return it.problems.push(e.to_string()),
+    };
+    let mut want: Vec<Vec<u8>> = vec![];
+    for r in &f.roles {
+        let Some(re) = m.role(r) else {
+            return it.problems.push(format!("lists unknown role {r}"));
+        };
+        match x509::read_certs(&pki.dir.join(&re.files.cert)) {
+            Ok(c) => want.push(c[0].clone()),
+            Err(e) => return it.problems.push(e.to_string()),
+        }
+    }
+    let got: Vec<Vec<u8>> = entries
+        .iter()
+        .filter(|e| e.is_x509())
+        .map(|e| e.data.clone())
+        .collect();
+    if got != want {
+        it.problems.push(format!(
+            "certificates differ from those of {}",
+            f.roles.join(" + ")
+        ));
+    }
+    if let Some(g) = m.owner_guid {
+        if entries.iter().any(|e| e.owner != g) {
+            it.warnings.push(format!("owner GUID differs from {g}"));
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! X.509 certificates: issuing them with any `Signer`, reading them back,
+//! checking signatures, and describing them for `show` commands.
+
+use std::path::Path;
+
+use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
+use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, Issuer, KeyIdMethod};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::time::ASN1Time;
+
+use crate::error::{Error, IoContext, Result};
+use crate::keys::{KeyType, Signer};
+
+/// Lets rcgen sign and embed public keys through our `Signer` trait, so
+/// certificate issuance works the same for file and HSM keys.
+struct RcgenKey<'a> {
+    key: &'a dyn Signer,
+    alg: &'static rcgen::SignatureAlgorithm,
+}
+
+impl<'a> RcgenKey<'a> {
+    fn new(key: &'a dyn Signer) -> Self {
+        let alg = match key.key_type() {
+            KeyType::Rsa(_) => &rcgen::PKCS_RSA_SHA256,
+            KeyType::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyType::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        };
+        RcgenKey { key, alg }
+    }
+}
+
+impl rcgen::PublicKeyData for RcgenKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.key.public_key()
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.alg
+    }
+}
+
+impl rcgen::SigningKey for RcgenKey<'_> {
+    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        self.key
+            .sign(self.key.key_type().default_scheme(), msg)
+            .map_err(|_| rcgen::Error::RemoteKeyError)
+    }
+}
+
+/// SubjectPublicKeyInfo DER of a signer's public key.
+pub fn spki_der(key: &dyn Signer) -> Vec<u8> {
+    rcgen::PublicKeyData::subject_public_key_info(&RcgenKey::new(key))
+}
+
+/// Subject name fields in the order they are encoded.
+#[derive(Clone, Debug, Default)]
+pub struct Subject {
+    pub country: Option<String>,
+    pub org: Option<String>,
+    pub org_unit: Option<String>,
+    pub common_name: String,
+}
+
+impl Subject {
+    fn to_dn(&self) -> Result<DistinguishedName> {
+        let mut dn = DistinguishedName::new();
+        if let Some(c) = &self.country {
+            // RFC 5280: countryName is a PrintableString.
+            let p = rcgen::string::PrintableString::try_from(c.as_str())
+                .map_err(|_| Error::Usage(format!("country '{c}' is not printable")))?;
+            dn.push(DnType::CountryName, DnValue::PrintableString(p));
+        }
+        if let Some(o) = &self.org {
+            dn.push(DnType::OrganizationName, o.as_str());
+        }
+        if let Some(ou) = &self.org_unit {
+            dn.push(DnType::OrganizationalUnitName, ou.as_str());
+        }
+        dn.push(DnType::CommonName, self.common_name.as_str());
+        Ok(dn)
+    }
+}
+
+/// What a certificate says about itself, beyond the subject.
+#[derive(Clone, Debug)]
+pub struct CertSpec {
+    pub subject: Subject,
+    pub ca: bool,
+    pub not_before: OffsetDateTime,
+    pub days: u32,
+    pub key_usage: Vec<rcgen::KeyUsagePurpose>,
+    pub eku: Vec<rcgen::ExtendedKeyUsagePurpose>,
+}
+
+/// 16 random bytes, forced positive and full-length so the encoding is always 16 bytes.
+fn random_serial() -> Result<rcgen::SerialNumber> {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| Error::Crypto("RNG failed".into()))?;
+    b[0] = (b[0] & 0x7f) | 0x40;
+    Ok(rcgen::SerialNumber::from_slice(&b))
+}
+
+/// Issue a certificate for `subject_key`. With `issuer = None` it is self-signed;
+/// otherwise `issuer` is the issuing CA's certificate (DER) and key, and the AKI
+/// is copied from that certificate's SKI.
+pub fn issue(
+    spec: &CertSpec,
+    subject_key: &dyn Signer,
+    issuer: Option<(&[u8], &dyn Signer)>,
+) -> Result<Vec<u8>> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = spec.subject.to_dn()?;
+    p.not_before = spec.not_before;
+    p.not_after = spec.not_before + time::Duration::days(i64::from(spec.days));
+    p.serial_number = Some(random_serial()?);
+    p.is_ca = if spec.ca {
+        rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+    } else {
+        rcgen::IsCa::ExplicitNoCa
+    };
+    p.key_usages = spec.key_usage.clone();
+    p.extended_key_usages = spec.eku.clone();
+    p.key_identifier_method = KeyIdMethod::Sha256;
+    let subject = RcgenKey::new(subject_key);
+    let err =
+        |e: rcgen::Error| Error::Crypto(format!("issuing '{}': {e}", spec.subject.common_name));
+    let cert = match issuer {
+        None => p.self_signed(&subject).map_err(err)?,
+        Some((issuer_der, issuer_key)) => {
+            p.use_authority_key_identifier_extension = true;
+            let issuer =
+                Issuer::from_ca_cert_der(&issuer_der.to_vec().into(), RcgenKey::new(issuer_key))
+                    .map_err(err)?;
+            p.signed_by(&subject, &issuer).map_err(err)?
+        }
+    };
+    Ok(cert.der().to_vec())
+}
+
+pub fn pem_cert(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+/// Read every certificate from a PEM file (in order) or a single DER certificate.
+pub fn read_certs(path: &Path) -> Result<Vec<Vec<u8>>> {
+    let bytes = std::fs::read(path).at(path)?;
+    parse_certs(&bytes, path)
+}
+
+pub fn parse_certs(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u8>>> {
+    let certs: Vec<Vec<u8>> =
+        if bytes.starts_with(b"-----BEGIN") || bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+            pem::parse_many(bytes)
+                .map_err(|e| Error::input(path, format!("bad PEM: {e}")))?
+                .into_iter()
+                .filter(|p| p.tag() == "CERTIFICATE" || p.tag() == "X509 CERTIFICATE")
+                .map(|p| p.into_contents())
+                .collect()
+        } else {
+            vec![bytes.to_vec()]
+        };
+    if certs.is_empty() {
+        return Err(Error::input(path, "no CERTIFICATE in file"));
+    }
+    for c in &certs {
+        parse(c, path)?;
+    }
+    Ok(certs)
+}
+
+pub fn parse<'a>(der: &'a [u8], path: &Path) -> Result<X509Certificate<'a>> {
+    match X509Certificate::from_der(der) {
+        Ok(([], c)) => Ok(c),
+        Ok(_) => Err(Error::input(path, "trailing bytes after certificate")),
+        Err(e) => Err(Error::input(path, format!("not an X.509 certificate: {e}"))),
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+/// Describe a public key as "RSA 4096" / "EC P-256", plus its `KeyType` if we support it.
+pub fn key_description(cert: &X509Certificate<'_>) -> (String, Option<KeyType>) {
+    let spki = cert.public_key();
+    match spki.parsed() {
+        Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => {
+            let bits = rsa.key_size() as u32;
+            let kt = format!("rsa:{bits}").parse().ok();
+            (format!("RSA {bits}"), kt)
+        }
+        Ok(x509_parser::public_key::PublicKey::EC(_)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string());
+            match curve.as_deref() {
+                Some("1.2.840.10045.3.1.7") => ("EC P-256".into(), Some(KeyType::EcP256)),
+                Some("1.3.132.0.34") => ("EC P-384".into(), Some(KeyType::EcP384)),
+                Some(c) => (format!("EC {c}"), None),
+                None => ("EC (unknown curve)".into(), None),
+            }
+        }
+        _ => (format!("{}", spki.algorithm.algorithm), None),
+    }
+}
+
+/// Verify that `child` carries a valid signature by `issuer`'s key.
+/// Returns a short reason on failure.
+pub fn verify_signed_by(
+    child: &X509Certificate<'_>,
+    issuer: &X509Certificate<'_>,
+) -> std::result::Result<(), String> {
+    if child.issuer() != issuer.subject() {
+        return Err(format!(
+            "issuer name '{}' does not match '{}'",
+            child.issuer(),
+            issuer.subject()
+        ));
+    }
+    let (_, key_type) = key_description(issuer);
+    let oid = child.signature_algorithm.algorithm.to_id_string();
+    let alg: &'static dyn sig::VerificationAlgorithm = match (oid.as_str(), key_type) {
+        ("1.2.840.113549.1.1.11", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA256,
+        ("1.2.840.113549.1.1.12", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA384,
+        ("1.2.840.113549.1.1.13", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA512,
+        ("1.2.840.113549.1.1.10", Some(KeyType::Rsa(_))) => {
+            let alg = x509_parser::signature_algorithm::SignatureAlgorithm::try_from(
+                &child.signature_algorithm,
+            )
+            .map_err(|e| format!("bad RSA-PSS parameters: {e}"))?;
+            let x509_parser::signature_algorithm::SignatureAlgorithm::RSASSA_PSS(p) = alg else {
+                return Err("bad RSA-PSS parameters".into());
+            };
+            match p.hash_algorithm_oid().to_id_string().as_str() {
+                "2.16.840.1.101.3.4.2.1" => &sig::RSA_PSS_2048_8192_SHA256,
+                "2.16.840.1.101.3.4.2.2" => &sig::RSA_PSS_2048_8192_SHA384,
+                "2.16.840.1.101.3.4.2.3" => &sig::RSA_PSS_2048_8192_SHA512,
+                h => return Err(format!("unsupported RSA-PSS hash {h}")),
+            }
+        }
+        ("1.2.840.10045.4.3.2", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA256_ASN1,
+        ("1.2.840.10045.4.3.3", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA384_ASN1,
+        ("1.2.840.10045.4.3.4", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA512_ASN1,
+        ("1.2.840.10045.4.3.2", Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA256_ASN1,
+        ("1.2.840.10045.4.3.3", Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA384_ASN1,
+        ("1.2.840.10045.4.3.4", Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA512_ASN1,
+        (o, k) => {
+            return Err(format!(
+                "unsupported signature algorithm {o} for issuer key {}",
+                k.map(|k| k.to_string())
+                    .unwrap_or_else(|| "of unknown type".into())
+            ))
+        }
+    };
+    let key = UnparsedPublicKey::new(alg, issuer.public_key().subject_public_key.data.as_ref());
+    key.verify(
+        child.tbs_certificate.as_ref(),
+        child.signature_value.data.as_ref(),
+    )
+    .map_err(|_| "signature does not verify".to_string())
+}
+
+pub fn is_ca(cert: &X509Certificate<'_>) -> bool {
+    matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
+}
+
+pub fn rfc3339(t: &ASN1Time) -> String {
+    t.to_datetime()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// A certificate summarised for `show` output.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CertInfo {
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    pub key: String,
+    pub ca: bool,
+    pub fingerprint_sha256: String,
+    pub not_before: String,
+    pub not_after: String,
+}
+
+pub fn describe(der: &[u8], path: &Path) -> Result<CertInfo> {
+    let c = parse(der, path)?;
+    Ok(CertInfo {
+        subject: c.subject().to_string(),
+        issuer: c.issuer().to_string(),
+        serial: hex(c.raw_serial()),
+        key: key_description(&c).0,
+        ca: is_ca(&c),
+        fingerprint_sha256: sha256_hex(der),
+        not_before: rfc3339(&c.validity().not_before),
+        not_after: rfc3339(&c.validity().not_after),
+    })
+}
