@@ -1,0 +1,1 @@
+//! Authenticode signatures: PKCS#7 SignedData over SpcIndirectDataContent.

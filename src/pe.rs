@@ -1,0 +1,1 @@
+//! PE/COFF images: header parsing, the Authenticode digest, and the certificate table.
