@@ -311,5 +311,5 @@ impl Signer for FileKey {
 
 /// PEM-encode a PKCS#8 private key.
 pub fn pkcs8_pem(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("PRIVATE KEY", der.to_vec()))
+    crate::x509::pem_encode("PRIVATE KEY", der)
 }

@@ -1020,7 +1020,7 @@ fn generate_into(tmp: &Path, plan: &Plan) -> Result<Manifest> {
                 let spki = x509::spki_der(signers.last().expect("tpm key"));
                 fsutil::write_new(
                     &path,
-                    pem::encode(&pem::Pem::new("PUBLIC KEY", spki)).as_bytes(),
+                    x509::pem_encode("PUBLIC KEY", &spki).as_bytes(),
                     PUBLIC_MODE,
                 )?;
             }

@@ -139,7 +139,14 @@ pub fn issue(
 }
 
 pub fn pem_cert(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+    pem_encode("CERTIFICATE", der)
+}
+
+/// PEM with LF line endings (the `pem` crate defaults to CRLF, which openssl
+/// tolerates but diff, sha256sum-based caches and humans do not).
+pub fn pem_encode(tag: &str, der: &[u8]) -> String {
+    let cfg = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(tag, der.to_vec()), cfg)
 }
 
 /// Read every certificate from a PEM file (in order) or a single DER certificate.

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command: installs the peer tools the tests check our output with,
+# then runs formatting/lint checks and every test.
+#   scripts/test.sh            # everything
+#   scripts/test.sh pki        # only tests whose name matches "pki" (cargo test filter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+
+ensure_cargo
+# Peers: openssl (x509/verify/pkey), efitools (ESL/auth), sbsigntool, osslsigncode, pesign.
+ensure_apt openssl efitools sbsigntool osslsigncode pesign
+
+# Tests fail (instead of skipping) when a peer tool is missing.
+export PKI_SIGNER_REQUIRE_PEERS=1
+
+cargo fmt --all -- --check
+cargo clippy --quiet --all-targets -- -D warnings
+cargo test --all-targets "$@"

@@ -1,0 +1,631 @@
+//! `pki init/show/check`, checked with openssl and efitools.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// (role, issuer root) of every non-UEFI role of the default PKI.
+const CHAINS: &[(&str, &str)] = &[
+    ("ssig_rootca", "ssig_rootca"),
+    ("ssig_subca", "ssig_rootca"),
+    ("ssig_subca_cml", "ssig_rootca"),
+    ("ssig", "ssig_rootca"),
+    ("ssig_cml", "ssig_rootca"),
+    ("gen_rootca", "gen_rootca"),
+    ("device_subca", "gen_rootca"),
+    ("user_subca", "gen_rootca"),
+    ("backend_subca", "gen_rootca"),
+    ("backend", "gen_rootca"),
+];
+
+fn verify_chains(dir: &Path) {
+    let ossl = openssl();
+    for (role, root) in CHAINS {
+        // The role's file holds its chain up to (excluding) the root.
+        let out = peer_ok(
+            &ossl,
+            &[
+                "verify",
+                "-CAfile",
+                &format!("{root}.cert"),
+                "-untrusted",
+                &format!("{role}.cert"),
+                &format!("{role}.cert"),
+            ],
+            dir,
+        );
+        assert!(out.contains(": OK"), "{role}: {out}");
+    }
+}
+
+fn x509_text(dir: &Path, file: &str) -> String {
+    peer_ok(&openssl(), &["x509", "-in", file, "-noout", "-text"], dir)
+}
+
+fn pubkey_of_cert(dir: &Path, file: &str) -> String {
+    peer_ok(&openssl(), &["x509", "-in", file, "-noout", "-pubkey"], dir)
+}
+
+fn pubkey_of_key(dir: &Path, file: &str) -> String {
+    peer_ok(&openssl(), &["pkey", "-in", file, "-pubout"], dir)
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn default_pki_with_uefi_is_accepted_by_openssl_and_efitools() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = stdout(&ok(run_in(tmp.path(), &["pki", "init", "--uefi"])));
+    assert!(out.starts_with("created PKI in pki"), "{out}");
+    let dir = tmp.path().join("pki");
+    assert_eq!(mode(&dir), 0o700);
+
+    verify_chains(&dir);
+    let ossl = openssl();
+    for (role, _) in CHAINS.iter().chain(&[("PK", ""), ("KEK", ""), ("DB", "")]) {
+        let (cert, key) = if ["PK", "KEK", "DB"].contains(role) {
+            (format!("{role}.crt"), format!("{role}.key"))
+        } else {
+            (format!("{role}.cert"), format!("{role}.key"))
+        };
+        assert_eq!(mode(&dir.join(&key)), 0o600, "{key}");
+        assert!(peer_ok(&ossl, &["pkey", "-check", "-noout", "-in", &key], &dir).contains("valid"));
+        assert_eq!(
+            pubkey_of_cert(&dir, &cert),
+            pubkey_of_key(&dir, &key),
+            "{role}: key does not match cert"
+        );
+        let text = x509_text(&dir, &cert);
+        let subject_line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("Subject:"))
+            .unwrap();
+        assert!(
+            subject_line.contains("C = DE, O = Development PKI, OU = Development, CN = "),
+            "{subject_line}"
+        );
+        // 16-byte positive serial: openssl prints it as 16 colon-separated bytes.
+        let serial = text
+            .lines()
+            .skip_while(|l| !l.contains("Serial Number:"))
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_string();
+        assert_eq!(serial.split(':').count(), 16, "{role} serial {serial}");
+        assert!(text.contains("X509v3 Subject Key Identifier"), "{role}");
+        let is_root = matches!(*role, "ssig_rootca" | "gen_rootca" | "PK" | "KEK" | "DB");
+        assert_eq!(
+            text.contains("X509v3 Authority Key Identifier"),
+            !is_root,
+            "{role} AKI"
+        );
+        let is_leaf = matches!(*role, "ssig" | "ssig_cml" | "backend");
+        if is_leaf {
+            assert!(
+                text.contains("X509v3 Basic Constraints: critical\n                CA:FALSE"),
+                "{role}\n{text}"
+            );
+            assert!(
+                text.contains("X509v3 Key Usage: critical\n                Digital Signature\n"),
+                "{role}\n{text}"
+            );
+        } else {
+            assert!(
+                text.contains("X509v3 Basic Constraints: critical\n                CA:TRUE"),
+                "{role}\n{text}"
+            );
+            let ku = text
+                .lines()
+                .skip_while(|l| !l.contains("X509v3 Key Usage: critical"))
+                .nth(1)
+                .unwrap();
+            assert!(ku.contains("Certificate Sign, CRL Sign"), "{role}: {ku}");
+        }
+        match *role {
+            "ssig" | "ssig_cml" => assert!(text.contains("Code Signing"), "{role}"),
+            "backend" => assert!(text.contains("TLS Web Server Authentication"), "{role}"),
+            "PK" | "KEK" | "DB" => assert!(text.contains("Public-Key: (2048 bit)"), "{role}"),
+            _ => assert!(text.contains("Public-Key: (4096 bit)"), "{role}"),
+        }
+    }
+    // DER copies of the UEFI certs are the same certificates.
+    for k in ["PK", "KEK", "DB"] {
+        let from_pem = Command::new(&ossl)
+            .args(["x509", "-in", &format!("{k}.crt"), "-outform", "DER"])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+            .stdout;
+        assert_eq!(
+            from_pem,
+            fs::read(dir.join(format!("{k}.cer"))).unwrap(),
+            "{k}.cer"
+        );
+    }
+    // The TPM PCR-policy key pair belongs together.
+    assert_eq!(mode(&dir.join("tpm2-pcr-private.pem")), 0o600);
+    assert_eq!(
+        pubkey_of_key(&dir, "tpm2-pcr-private.pem"),
+        fs::read_to_string(dir.join("tpm2-pcr-public.pem")).unwrap()
+    );
+
+    // Signature lists are byte-identical to efitools' cert-to-efi-sig-list with the same owner GUID.
+    if let Some(c2e) = peer("cert-to-efi-sig-list") {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join("pki.json")).unwrap()).unwrap();
+        let guid = manifest["owner_guid"].as_str().unwrap().to_string();
+        let efitools_esl = |cert: &str| {
+            let out = tmp.path().join(format!("{cert}.efitools.esl"));
+            peer_ok(&c2e, &["-g", &guid, cert, out.to_str().unwrap()], &dir);
+            fs::read(out).unwrap()
+        };
+        // ssig_subca.cert holds the sub CA first; efitools wants a single cert.
+        let sub = Command::new(&ossl)
+            .args(["x509", "-in", "ssig_subca.cert"])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+            .stdout;
+        fs::write(tmp.path().join("subca.pem"), sub).unwrap();
+        let sub_esl = efitools_esl(tmp.path().join("subca.pem").to_str().unwrap());
+        assert_eq!(sub_esl, fs::read(dir.join("ssig_subca.esl")).unwrap());
+        for k in ["PK", "KEK"] {
+            assert_eq!(
+                efitools_esl(&format!("{k}.crt")),
+                fs::read(dir.join(format!("{k}.esl"))).unwrap(),
+                "{k}.esl"
+            );
+        }
+        let mut db = efitools_esl("DB.crt");
+        db.extend(sub_esl);
+        assert_eq!(
+            db,
+            fs::read(dir.join("DB.esl")).unwrap(),
+            "DB.esl = DB + ssig_subca"
+        );
+    }
+
+    // show --json agrees with openssl's fingerprints; check passes.
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&ok(run_in(tmp.path(), &["pki", "show", "--json"])))).unwrap();
+    let rows = shown.as_array().unwrap();
+    assert_eq!(rows.len(), 13);
+    for r in rows {
+        let file = r["file"].as_str().unwrap();
+        let fp = peer_ok(
+            &ossl,
+            &["x509", "-in", file, "-noout", "-fingerprint", "-sha256"],
+            tmp.path(),
+        );
+        let fp = fp
+            .trim()
+            .rsplit('=')
+            .next()
+            .unwrap()
+            .replace(':', "")
+            .to_lowercase();
+        assert_eq!(r["fingerprint_sha256"].as_str().unwrap(), fp, "{file}");
+    }
+    let check = stdout(&ok(run_in(tmp.path(), &["pki", "check"])));
+    assert!(check.contains("OK (17 items)"), "{check}");
+}
+
+#[test]
+fn ec_pki_verifies_and_second_init_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(run_in(
+        tmp.path(),
+        &[
+            "pki",
+            "init",
+            "--dir",
+            "ecpki",
+            "--key-type",
+            "ec:prime256v1",
+        ],
+    ));
+    let dir = tmp.path().join("ecpki");
+    verify_chains(&dir);
+    let text = x509_text(&dir, "device_subca.cert");
+    assert!(
+        text.contains("id-ecPublicKey")
+            && text.contains("prime256v1")
+            && text.contains("ecdsa-with-SHA256"),
+        "{text}"
+    );
+
+    let before: Vec<(String, Vec<u8>)> = sorted_files(&dir);
+    let again = stdout(&ok(run_in(
+        tmp.path(),
+        &[
+            "pki",
+            "init",
+            "--dir",
+            "ecpki/",
+            "--key-type",
+            "ec:prime256v1",
+        ],
+    )));
+    assert!(again.contains("already present"), "{again}");
+    assert_eq!(before, sorted_files(&dir));
+}
+
+fn sorted_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn sixteen_concurrent_inits_make_exactly_one_pki() {
+    let tmp = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..16)
+        .map(|_| {
+            Command::new(bin())
+                .args(["pki", "init", "--json", "--key-type", "ec:prime256v1"])
+                .env("PKI_SIGNER_DIR", tmp.path().join("shared"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut created = 0;
+    for c in children {
+        let o = ok(c.wait_with_output().unwrap());
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        match v["status"].as_str().unwrap() {
+            "created" => created += 1,
+            "present" => {}
+            s => panic!("status {s}"),
+        }
+    }
+    assert_eq!(created, 1, "exactly one process generates");
+    // Nothing but the PKI and its lock file is left beside it.
+    let mut names: Vec<String> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["shared", "shared.lock"]);
+    verify_chains(&tmp.path().join("shared"));
+}
+
+#[test]
+fn incomplete_dir_is_refused_and_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(run_in(
+        tmp.path(),
+        &["pki", "init", "--key-type", "ec:prime256v1"],
+    ));
+    let dir = tmp.path().join("pki");
+    fs::remove_file(dir.join("ssig.key")).unwrap();
+    let before = sorted_files(&dir);
+    let err = fails(
+        run_in(tmp.path(), &["pki", "init", "--key-type", "ec:prime256v1"]),
+        2,
+    );
+    assert!(
+        err.contains("pki: incomplete PKI (missing ssig.key)"),
+        "{err}"
+    );
+    assert_eq!(before, sorted_files(&dir));
+
+    // A directory with foreign files and no manifest names what is missing.
+    let other = tmp.path().join("other");
+    fs::create_dir(&other).unwrap();
+    fs::write(other.join("notes.txt"), "x").unwrap();
+    let err = fails(run_in(tmp.path(), &["pki", "init", "--dir", "other"]), 2);
+    assert!(
+        err.contains("no pki.json, missing ssig_rootca.cert"),
+        "{err}"
+    );
+
+    // An empty directory (e.g. made by a recipe) is filled.
+    fs::create_dir(tmp.path().join("empty")).unwrap();
+    ok(run_in(
+        tmp.path(),
+        &[
+            "pki",
+            "init",
+            "--dir",
+            "empty",
+            "--key-type",
+            "ec:prime256v1",
+        ],
+    ));
+    verify_chains(&tmp.path().join("empty"));
+}
+
+#[test]
+fn symlinked_release_pki_is_never_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("release-empty")).unwrap();
+    symlink("release-empty", tmp.path().join("pki")).unwrap();
+    let err = fails(run_in(tmp.path(), &["pki", "init"]), 2);
+    assert!(err.contains("symlink"), "{err}");
+    assert_eq!(
+        fs::read_dir(tmp.path().join("release-empty"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    ok(run_in(
+        tmp.path(),
+        &[
+            "pki",
+            "init",
+            "--dir",
+            "real",
+            "--key-type",
+            "ec:prime256v1",
+        ],
+    ));
+    symlink("real", tmp.path().join("link")).unwrap();
+    let before = sorted_files(&tmp.path().join("real"));
+    let out = stdout(&ok(run_in(
+        tmp.path(),
+        &[
+            "pki",
+            "init",
+            "--dir",
+            "link",
+            "--key-type",
+            "ec:prime256v1",
+        ],
+    )));
+    assert!(out.contains("already present"), "{out}");
+    assert_eq!(before, sorted_files(&tmp.path().join("real")));
+    assert!(
+        !tmp.path().join("link.lock").exists(),
+        "nothing written beside a complete release PKI"
+    );
+}
+
+#[test]
+fn profile_sets_org_validity_key_types_and_adds_a_sub_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/profile-example.json");
+    ok(run_in(
+        tmp.path(),
+        &["pki", "init", "--profile", profile.to_str().unwrap()],
+    ));
+    let dir = tmp.path().join("pki");
+    let ossl = openssl();
+    // The added sub CA chains to the software-signing root.
+    let out = peer_ok(
+        &ossl,
+        &[
+            "verify",
+            "-CAfile",
+            "ssig_rootca.cert",
+            "-untrusted",
+            "ssig_subca_arm.cert",
+            "ssig_subca_arm.cert",
+        ],
+        &dir,
+    );
+    assert!(out.contains("OK"), "{out}");
+    let text = x509_text(&dir, "ssig_subca_arm.cert");
+    assert!(
+        text.contains("O = Example Corp, OU = Firmware, CN = Software Signing Sub CA (arm64)"),
+        "{text}"
+    );
+    assert!(text.contains("ASN1 OID: secp384r1"), "{text}");
+    // 400 days: valid in 399 days, expired in 401.
+    let checkend = |days: u64| {
+        Command::new(&ossl)
+            .args([
+                "x509",
+                "-in",
+                "ssig_subca_arm.cert",
+                "-noout",
+                "-checkend",
+                &(days * 86400).to_string(),
+            ])
+            .current_dir(&dir)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(checkend(399) && !checkend(401));
+    let dev = x509_text(&dir, "device_subca.cert");
+    assert!(
+        dev.contains("prime256v1") && dev.contains("O = Example Corp"),
+        "{dev}"
+    );
+    let root = x509_text(&dir, "ssig_rootca.cert");
+    assert!(
+        root.contains("Public-Key: (3072 bit)"),
+        "profile key_type applies to the rest"
+    );
+    ok(run_in(tmp.path(), &["pki", "check"]));
+}
+
+#[test]
+fn bad_arguments_and_profiles_give_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run_in(tmp.path(), &["pki", "init", "--key-type", "rsa:1024"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown key type 'rsa:1024'"));
+
+    let write = |name: &str, body: &str| {
+        let p = tmp.path().join(name);
+        fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let p = write(
+        "unknown-issuer.json",
+        r#"{"roles": {"extra": {"issuer": "nope", "ca": false}}}"#,
+    );
+    let err = fails(run_in(tmp.path(), &["pki", "init", "--profile", &p]), 2);
+    assert!(
+        err.contains("unknown-issuer.json: unknown or circular issuers: extra (issuer nope)"),
+        "{err}"
+    );
+    let p = write("typo.json", r#"{"orgg": "x"}"#);
+    let err = fails(run_in(tmp.path(), &["pki", "init", "--profile", &p]), 2);
+    assert!(
+        err.contains("typo.json: bad profile: unknown field `orgg`"),
+        "{err}"
+    );
+    let p = write(
+        "leaf-issuer.json",
+        r#"{"roles": {"extra": {"issuer": "ssig", "ca": false}}}"#,
+    );
+    let err = fails(run_in(tmp.path(), &["pki", "init", "--profile", &p]), 2);
+    assert!(err.contains("issuer 'ssig' is not a CA"), "{err}");
+    assert!(
+        !tmp.path().join("pki").exists(),
+        "nothing generated on a bad profile"
+    );
+    let err = fails(run_in(tmp.path(), &["pki", "show", "--dir", "missing"]), 2);
+    assert!(err.contains("missing: No such file or directory"), "{err}");
+}
+
+#[test]
+fn check_finds_wrong_keys_expiry_and_near_expiry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("short.json");
+    fs::write(
+        &p,
+        r#"{"key_type": "ec:prime256v1", "roles": {"backend": {"days": 10}}}"#,
+    )
+    .unwrap();
+    ok(run_in(
+        tmp.path(),
+        &["pki", "init", "--profile", p.to_str().unwrap()],
+    ));
+    let out = stdout(&ok(run_in(tmp.path(), &["pki", "check"])));
+    assert!(
+        out.contains("warn backend") && out.contains("within 30 days"),
+        "{out}"
+    );
+
+    let o = run_in(
+        tmp.path(),
+        &["pki", "check", "--at", "2099-01-01T00:00:00Z", "--json"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["items"][0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
+
+    let dir = tmp.path().join("pki");
+    fs::copy(dir.join("device_subca.key"), dir.join("user_subca.key")).unwrap();
+    let o = run_in(tmp.path(), &["pki", "check"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("user_subca.key does not match the certificate's public key"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// A PKI made by openssl the way GyroidOS's gen_dev_certs.sh does (no pki.json)
+/// is readable by show and check.
+#[test]
+fn gyroidos_style_directory_made_by_openssl_is_understood() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let ossl = openssl();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-subj",
+        "/C=DE/O=OSS Release/OU=Development/CN=GyroidOS Software Signing Root CA",
+        "-keyout",
+        "ssig_rootca.key",
+        "-out",
+        "ssig_rootca.cert",
+        "-days",
+        "30",
+    ];
+    args.extend(ec);
+    peer_ok(&ossl, &args, d);
+    let mut args = vec![
+        "req",
+        "-new",
+        "-subj",
+        "/C=DE/O=OSS Release/OU=Development/CN=GyroidOS Software Signing Sub CA",
+        "-keyout",
+        "ssig_subca.key",
+        "-out",
+        "sub.csr",
+    ];
+    args.extend(ec);
+    peer_ok(&ossl, &args, d);
+    fs::write(
+        d.join("ext.cnf"),
+        "basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    peer_ok(
+        &ossl,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "sub.csr",
+            "-CA",
+            "ssig_rootca.cert",
+            "-CAkey",
+            "ssig_rootca.key",
+            "-CAcreateserial",
+            "-days",
+            "365",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "sub.pem",
+        ],
+        d,
+    );
+    // GyroidOS appends the root to the sub CA's file.
+    let chain = fs::read_to_string(d.join("sub.pem")).unwrap()
+        + &fs::read_to_string(d.join("ssig_rootca.cert")).unwrap();
+    fs::write(d.join("ssig_subca.cert"), chain).unwrap();
+
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&ok(run_in(
+        d,
+        &["pki", "show", "--dir", ".", "--json"],
+    ))))
+    .unwrap();
+    let roles: Vec<&str> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["ssig_rootca", "ssig_subca"]);
+    let out = stdout(&ok(run_in(d, &["pki", "check", "--dir", "."])));
+    assert!(out.contains("OK (2 items)"), "{out}");
+}
