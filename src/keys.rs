@@ -155,6 +155,9 @@ pub enum SigScheme {
     RsaPkcs1Sha256,
     RsaPkcs1Sha384,
     RsaPkcs1Sha512,
+    /// RSA-PSS with MGF1 of the same hash and salt length = hash length.
+    RsaPssSha256,
+    RsaPssSha512,
     EcdsaSha256,
     EcdsaSha384,
 }
@@ -167,6 +170,10 @@ pub trait Signer: Send + Sync {
     /// the uncompressed point for EC.
     fn public_key(&self) -> &[u8];
     fn sign(&self, scheme: SigScheme, msg: &[u8]) -> Result<Vec<u8>>;
+    /// Keys typed id-RSASSA-PSS may only make PSS signatures.
+    fn rsa_pss_only(&self) -> bool {
+        false
+    }
     /// Where the key lives (path or URI), for messages. Never key material.
     fn origin(&self) -> String;
 }
@@ -176,10 +183,13 @@ enum FileKeyInner {
     Ec(EcdsaKeyPair),
 }
 
-/// A private key read from (or generated for) a PKCS#8 file.
+/// A private key read from (or generated for) a key file.
 pub struct FileKey {
     inner: FileKeyInner,
     key_type: KeyType,
+    /// The key is typed id-RSASSA-PSS (GyroidOS's "secondary" keys): it must
+    /// only sign with PSS padding.
+    rsa_pss: bool,
     origin: String,
 }
 
@@ -190,60 +200,137 @@ fn ecdsa_signing_alg(t: KeyType) -> &'static signature::EcdsaSigningAlgorithm {
     }
 }
 
+const OID_RSA_PSS: pkcs8::ObjectIdentifier =
+    pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
+const OID_RSA: pkcs8::ObjectIdentifier =
+    pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+
+/// Key passwords come from a file or the environment, never from argv
+/// (which every user on the machine can read in /proc).
+pub const KEY_PASS_ENV: &str = "PKI_SIGNER_KEY_PASS";
+
+/// The password for encrypted keys: `--key-pass-file` (first line) or `$PKI_SIGNER_KEY_PASS`.
+pub fn key_password(pass_file: Option<&Path>) -> Result<Option<zeroize::Zeroizing<String>>> {
+    if let Some(p) = pass_file {
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(p).at(p)?);
+        let line = text.lines().next().unwrap_or("");
+        return Ok(Some(zeroize::Zeroizing::new(line.to_string())));
+    }
+    Ok(std::env::var(KEY_PASS_ENV)
+        .ok()
+        .map(zeroize::Zeroizing::new))
+}
+
 impl FileKey {
-    /// Parse an unencrypted PKCS#8 DER private key. `origin` names it in errors.
+    /// Parse a PKCS#8 DER private key (RSA, RSA-PSS, EC P-256/P-384). `origin` names it in errors.
     pub fn from_pkcs8(der: &[u8], origin: &Path) -> Result<FileKey> {
-        if let Ok(kp) = RsaKeyPair::from_pkcs8(der) {
-            let bits = (kp.public_modulus_len() * 8) as u32;
-            return Ok(FileKey {
-                inner: FileKeyInner::Rsa(kp),
-                key_type: KeyType::Rsa(bits),
-                origin: origin.display().to_string(),
-            });
+        let info = pkcs8::PrivateKeyInfo::try_from(der)
+            .map_err(|e| Error::input(origin, format!("not a PKCS#8 private key: {e}")))?;
+        if info.algorithm.oid == OID_RSA_PSS {
+            // The key material is a plain RSAPrivateKey; only the type differs.
+            return Self::from_rsa(RsaKeyPair::from_der(info.private_key), true, origin);
+        }
+        if info.algorithm.oid == OID_RSA {
+            return Self::from_rsa(RsaKeyPair::from_pkcs8(der), false, origin);
         }
         for t in [KeyType::EcP256, KeyType::EcP384] {
             if let Ok(kp) = EcdsaKeyPair::from_pkcs8(ecdsa_signing_alg(t), der) {
-                return Ok(FileKey {
-                    inner: FileKeyInner::Ec(kp),
-                    key_type: t,
-                    origin: origin.display().to_string(),
-                });
+                return Ok(Self::ec(kp, t, origin));
             }
         }
         Err(Error::input(
             origin,
-            "not a supported private key (expected PKCS#8 RSA, EC P-256 or EC P-384)",
+            format!(
+                "unsupported private key algorithm {} (expected RSA, RSA-PSS, EC P-256 or EC P-384)",
+                info.algorithm.oid
+            ),
         ))
     }
 
-    /// Read a PEM ("PRIVATE KEY") or DER PKCS#8 key file.
-    pub fn load(path: &Path) -> Result<FileKey> {
-        let bytes = std::fs::read(path).at(path)?;
-        let der = if bytes.starts_with(b"-----BEGIN") {
-            let block = pem::parse_many(&bytes)
-                .map_err(|e| Error::input(path, format!("bad PEM: {e}")))?
-                .into_iter()
-                .find(|p| p.tag().ends_with("PRIVATE KEY"))
-                .ok_or_else(|| Error::input(path, "no PRIVATE KEY block in PEM file"))?;
-            match block.tag() {
-                "PRIVATE KEY" => block.into_contents(),
-                "ENCRYPTED PRIVATE KEY" => {
+    fn from_rsa(
+        kp: std::result::Result<RsaKeyPair, aws_lc_rs::error::KeyRejected>,
+        rsa_pss: bool,
+        origin: &Path,
+    ) -> Result<FileKey> {
+        let kp = kp.map_err(|e| Error::input(origin, format!("RSA key rejected: {e}")))?;
+        let bits = (kp.public_modulus_len() * 8) as u32;
+        Ok(FileKey {
+            inner: FileKeyInner::Rsa(kp),
+            key_type: KeyType::Rsa(bits),
+            rsa_pss,
+            origin: origin.display().to_string(),
+        })
+    }
+
+    fn ec(kp: EcdsaKeyPair, t: KeyType, origin: &Path) -> FileKey {
+        FileKey {
+            inner: FileKeyInner::Ec(kp),
+            key_type: t,
+            rsa_pss: false,
+            origin: origin.display().to_string(),
+        }
+    }
+
+    /// Read a key file: PEM (PKCS#8, encrypted PKCS#8, PKCS#1 "RSA PRIVATE KEY",
+    /// SEC1 "EC PRIVATE KEY") or PKCS#8 DER. `password` decrypts encrypted PKCS#8.
+    pub fn load(path: &Path, password: Option<&str>) -> Result<FileKey> {
+        let bytes = zeroize::Zeroizing::new(std::fs::read(path).at(path)?);
+        if !bytes.starts_with(b"-----BEGIN") {
+            return FileKey::from_pkcs8(&bytes, path);
+        }
+        let block = pem::parse_many(&bytes[..])
+            .map_err(|e| Error::input(path, format!("bad PEM: {e}")))?
+            .into_iter()
+            .find(|p| p.tag().ends_with("PRIVATE KEY"))
+            .ok_or_else(|| Error::input(path, "no PRIVATE KEY block in PEM file"))?;
+        if block.headers().get("Proc-Type").is_some() {
+            return Err(Error::input(
+                path,
+                "legacy PEM encryption is not supported; convert with: openssl pkcs8 -topk8 -in KEY -out KEY.p8",
+            ));
+        }
+        let der = zeroize::Zeroizing::new(block.contents().to_vec());
+        match block.tag() {
+            "PRIVATE KEY" => FileKey::from_pkcs8(&der, path),
+            "ENCRYPTED PRIVATE KEY" => {
+                let Some(pass) = password else {
                     return Err(Error::input(
                         path,
-                        "encrypted private keys are not supported yet",
-                    ))
-                }
-                other => {
-                    return Err(Error::input(
+                        format!("key is encrypted: set {KEY_PASS_ENV} or pass --key-pass-file"),
+                    ));
+                };
+                let enc = pkcs8::EncryptedPrivateKeyInfo::try_from(&der[..])
+                    .map_err(|e| Error::input(path, format!("bad encrypted key: {e}")))?;
+                let doc = enc.decrypt(pass.as_bytes()).map_err(|_| {
+                    Error::input(
                         path,
-                        format!("'{other}' keys are not supported; convert to PKCS#8 (openssl pkcs8 -topk8 -nocrypt)"),
-                    ))
-                }
+                        "wrong password for encrypted key (or unsupported cipher)",
+                    )
+                })?;
+                FileKey::from_pkcs8(doc.as_bytes(), path)
             }
-        } else {
-            bytes
-        };
-        FileKey::from_pkcs8(&der, path)
+            "RSA PRIVATE KEY" => Self::from_rsa(RsaKeyPair::from_der(&der), false, path),
+            "EC PRIVATE KEY" => {
+                for t in [KeyType::EcP256, KeyType::EcP384] {
+                    if let Ok(kp) = EcdsaKeyPair::from_private_key_der(ecdsa_signing_alg(t), &der) {
+                        return Ok(Self::ec(kp, t, path));
+                    }
+                }
+                Err(Error::input(
+                    path,
+                    "unsupported EC key (expected P-256 or P-384)",
+                ))
+            }
+            other => Err(Error::input(
+                path,
+                format!("unsupported key type '{other}'"),
+            )),
+        }
+    }
+
+    /// True for id-RSASSA-PSS typed keys, which must sign with PSS.
+    pub fn is_rsa_pss(&self) -> bool {
+        self.rsa_pss
     }
 }
 
@@ -263,10 +350,18 @@ impl Signer for FileKey {
         let fail = || Error::Crypto(format!("signing with {} failed", self.origin));
         match (&self.inner, scheme) {
             (FileKeyInner::Rsa(k), s) => {
+                if self.rsa_pss && !matches!(s, SigScheme::RsaPssSha256 | SigScheme::RsaPssSha512) {
+                    return Err(Error::Usage(format!(
+                        "{} is an RSA-PSS key and cannot make {s:?} signatures",
+                        self.origin
+                    )));
+                }
                 let pad: &'static dyn signature::RsaEncoding = match s {
                     SigScheme::RsaPkcs1Sha256 => &signature::RSA_PKCS1_SHA256,
                     SigScheme::RsaPkcs1Sha384 => &signature::RSA_PKCS1_SHA384,
                     SigScheme::RsaPkcs1Sha512 => &signature::RSA_PKCS1_SHA512,
+                    SigScheme::RsaPssSha256 => &signature::RSA_PSS_SHA256,
+                    SigScheme::RsaPssSha512 => &signature::RSA_PSS_SHA512,
                     _ => {
                         return Err(Error::Usage(format!(
                             "{} is an RSA key; {s:?} needs EC",
@@ -306,6 +401,10 @@ impl Signer for FileKey {
 
     fn origin(&self) -> String {
         self.origin.clone()
+    }
+
+    fn rsa_pss_only(&self) -> bool {
+        self.rsa_pss
     }
 }
 

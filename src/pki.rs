@@ -1085,7 +1085,8 @@ pub struct CheckReport {
 }
 
 /// Verify chains, key/cert pairs, validity and signature lists.
-pub fn check(pki: &Pki, now: OffsetDateTime) -> Result<CheckReport> {
+/// `password` decrypts encrypted keys (GyroidOS encrypts its general PKI keys).
+pub fn check(pki: &Pki, now: OffsetDateTime, password: Option<&str>) -> Result<CheckReport> {
     // Load every role's certificate chain up front; a file that does not parse is a problem of that role.
     let mut chains: Vec<std::result::Result<Vec<Vec<u8>>, String>> = vec![];
     for r in &pki.roles {
@@ -1099,6 +1100,13 @@ pub fn check(pki: &Pki, now: OffsetDateTime) -> Result<CheckReport> {
             }
         }
     }
+    let ctx = CheckCtx {
+        pki,
+        chains: &chains,
+        by_subject: &by_subject,
+        now,
+        password,
+    };
     let mut items = vec![];
     for (i, r) in pki.roles.iter().enumerate() {
         let mut it = CheckItem {
@@ -1107,7 +1115,7 @@ pub fn check(pki: &Pki, now: OffsetDateTime) -> Result<CheckReport> {
         };
         match &chains[i] {
             Err(e) => it.problems.push(e.clone()),
-            Ok(chain) => check_role(pki, r, chain, &chains, &by_subject, now, &mut it),
+            Ok(chain) => check_role(&ctx, r, chain, &mut it),
         }
         it.ok = it.problems.is_empty();
         items.push(it);
@@ -1130,15 +1138,23 @@ pub fn check(pki: &Pki, now: OffsetDateTime) -> Result<CheckReport> {
     })
 }
 
-fn check_role(
-    pki: &Pki,
-    r: &RoleEntryRef,
-    chain: &[Vec<u8>],
-    chains: &[std::result::Result<Vec<Vec<u8>>, String>],
-    by_subject: &HashMap<String, usize>,
+/// What every role check looks at besides the role itself.
+struct CheckCtx<'a> {
+    pki: &'a Pki,
+    chains: &'a [std::result::Result<Vec<Vec<u8>>, String>],
+    by_subject: &'a HashMap<String, usize>,
     now: OffsetDateTime,
-    it: &mut CheckItem,
-) {
+    password: Option<&'a str>,
+}
+
+fn check_role(ctx: &CheckCtx<'_>, r: &RoleEntryRef, chain: &[Vec<u8>], it: &mut CheckItem) {
+    let CheckCtx {
+        pki,
+        chains,
+        by_subject,
+        now,
+        password,
+    } = *ctx;
     let parsed: Vec<_> = match chain
         .iter()
         .map(|d| x509::parse(d, &r.cert))
@@ -1236,7 +1252,7 @@ fn check_role(
                     ));
                 }
             }
-            match FileKey::load(kp) {
+            match FileKey::load(kp, password) {
                 Err(e) => it.problems.push(e.to_string()),
                 Ok(k) => {
                     if k.public_key() != leaf.public_key().subject_public_key.data.as_ref() {

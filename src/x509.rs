@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
+use aws_lc_rs::signature as sig;
 use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, Issuer, KeyIdMethod};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -200,6 +200,18 @@ pub fn hex(b: &[u8]) -> String {
 /// Describe a public key as "RSA 4096" / "EC P-256", plus its `KeyType` if we support it.
 pub fn key_description(cert: &X509Certificate<'_>) -> (String, Option<KeyType>) {
     let spki = cert.public_key();
+    if spki.algorithm.algorithm.to_id_string() == "1.2.840.113549.1.1.10" {
+        // id-RSASSA-PSS keys carry a plain RSAPublicKey; x509-parser leaves them unparsed.
+        use x509_parser::prelude::FromDer as _;
+        let data = spki.subject_public_key.data.as_ref();
+        if let Ok((_, k)) = x509_parser::public_key::RSAPublicKey::from_der(data) {
+            let bits = k.key_size() as u32;
+            return (
+                format!("RSA-PSS {bits}"),
+                format!("rsa:{bits}").parse().ok(),
+            );
+        }
+    }
     match spki.parsed() {
         Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => {
             let bits = rsa.key_size() as u32;
@@ -237,26 +249,49 @@ pub fn verify_signed_by(
             issuer.subject()
         ));
     }
-    let (_, key_type) = key_description(issuer);
-    let oid = child.signature_algorithm.algorithm.to_id_string();
-    let alg: &'static dyn sig::VerificationAlgorithm = match (oid.as_str(), key_type) {
-        ("1.2.840.113549.1.1.11", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA256,
+    verify_with_key(
+        issuer,
+        &child.signature_algorithm,
+        child.tbs_certificate.as_ref(),
+        child.signature_value.data.as_ref(),
+    )
+}
+
+/// Verify `sig` over `msg`, made with the algorithm `alg` (an X.509/CMS
+/// AlgorithmIdentifier), against `signer`'s public key.
+pub fn verify_with_key(
+    signer: &X509Certificate<'_>,
+    alg: &x509_parser::x509::AlgorithmIdentifier<'_>,
+    msg: &[u8],
+    sig: &[u8],
+) -> std::result::Result<(), String> {
+    let (_, key_type) = key_description(signer);
+    let oid = alg.algorithm.to_id_string();
+    let pss: sig::RsaParameters;
+    let verifier: &dyn sig::VerificationAlgorithm = match (oid.as_str(), key_type) {
+        // rsaEncryption as a signature algorithm (seen in PKCS#7 SignerInfos): the
+        // digest comes from elsewhere, so accept the common SHA-2 sizes via PKCS#1 v1.5
+        // with SHA-256, which is what Authenticode signers use.
+        ("1.2.840.113549.1.1.1" | "1.2.840.113549.1.1.11", Some(KeyType::Rsa(_))) => {
+            &sig::RSA_PKCS1_2048_8192_SHA256
+        }
         ("1.2.840.113549.1.1.12", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA384,
         ("1.2.840.113549.1.1.13", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA512,
         ("1.2.840.113549.1.1.10", Some(KeyType::Rsa(_))) => {
-            let alg = x509_parser::signature_algorithm::SignatureAlgorithm::try_from(
-                &child.signature_algorithm,
-            )
-            .map_err(|e| format!("bad RSA-PSS parameters: {e}"))?;
-            let x509_parser::signature_algorithm::SignatureAlgorithm::RSASSA_PSS(p) = alg else {
+            let parsed = x509_parser::signature_algorithm::SignatureAlgorithm::try_from(alg)
+                .map_err(|e| format!("bad RSA-PSS parameters: {e}"))?;
+            let x509_parser::signature_algorithm::SignatureAlgorithm::RSASSA_PSS(p) = parsed else {
                 return Err("bad RSA-PSS parameters".into());
             };
-            match p.hash_algorithm_oid().to_id_string().as_str() {
-                "2.16.840.1.101.3.4.2.1" => &sig::RSA_PSS_2048_8192_SHA256,
-                "2.16.840.1.101.3.4.2.2" => &sig::RSA_PSS_2048_8192_SHA384,
-                "2.16.840.1.101.3.4.2.3" => &sig::RSA_PSS_2048_8192_SHA512,
+            let base = match p.hash_algorithm_oid().to_id_string().as_str() {
+                "2.16.840.1.101.3.4.2.1" => sig::RSA_PSS_2048_8192_SHA256,
+                "2.16.840.1.101.3.4.2.2" => sig::RSA_PSS_2048_8192_SHA384,
+                "2.16.840.1.101.3.4.2.3" => sig::RSA_PSS_2048_8192_SHA512,
                 h => return Err(format!("unsupported RSA-PSS hash {h}")),
-            }
+            };
+            let salt = u16::try_from(p.salt_length()).map_err(|_| "RSA-PSS salt too long")?;
+            pss = base.with_pss_salt_length(sig::RsaPssSaltLength::Custom(salt));
+            &pss
         }
         ("1.2.840.10045.4.3.2", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA256_ASN1,
         ("1.2.840.10045.4.3.3", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA384_ASN1,
@@ -266,18 +301,19 @@ pub fn verify_signed_by(
         ("1.2.840.10045.4.3.4", Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA512_ASN1,
         (o, k) => {
             return Err(format!(
-                "unsupported signature algorithm {o} for issuer key {}",
+                "unsupported signature algorithm {o} for key {}",
                 k.map(|k| k.to_string())
                     .unwrap_or_else(|| "of unknown type".into())
             ))
         }
     };
-    let key = UnparsedPublicKey::new(alg, issuer.public_key().subject_public_key.data.as_ref());
-    key.verify(
-        child.tbs_certificate.as_ref(),
-        child.signature_value.data.as_ref(),
-    )
-    .map_err(|_| "signature does not verify".to_string())
+    verifier
+        .verify_sig(
+            signer.public_key().subject_public_key.data.as_ref(),
+            msg,
+            sig,
+        )
+        .map_err(|_| "signature does not verify".to_string())
 }
 
 pub fn is_ca(cert: &X509Certificate<'_>) -> bool {

@@ -66,6 +66,9 @@ enum PkiCmd {
         /// Check validity as of this time (RFC 3339) instead of now.
         #[arg(long, value_name = "TIME")]
         at: Option<String>,
+        /// File whose first line is the password of encrypted keys (else $PKI_SIGNER_KEY_PASS).
+        #[arg(long, value_name = "FILE")]
+        key_pass_file: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

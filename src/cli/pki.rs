@@ -63,7 +63,13 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
             }
             Ok(0)
         }
-        PkiCmd::Check { dir, at, json } => {
+        PkiCmd::Check {
+            dir,
+            at,
+            key_pass_file,
+            json,
+        } => {
+            let pass = pki_signer::keys::key_password(key_pass_file.as_deref())?;
             let now = match at {
                 None => time::OffsetDateTime::now_utc(),
                 Some(t) => {
@@ -75,7 +81,11 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
                         })?
                 }
             };
-            let report = pki::check(&Pki::open(&dir.dir)?, now)?;
+            let report = pki::check(
+                &Pki::open(&dir.dir)?,
+                now,
+                pass.as_deref().map(|s| s.as_str()),
+            )?;
             if json {
                 print_json(&report)?;
             } else {
