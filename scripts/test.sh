@@ -7,9 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 
+source scripts/testbins.sh
+source tests/ovmf/deps.sh
+
 ensure_cargo
-# Peers: openssl (x509/verify/pkey), efitools (ESL/auth), sbsigntool, osslsigncode, pesign.
-ensure_apt openssl efitools sbsigntool osslsigncode pesign
+# Peers: openssl (x509/verify/pkey), efitools (ESL/auth), sbsigntool, osslsigncode, pesign;
+# systemd-boot-efi and the kernel are real binaries to sign.
+ensure_apt openssl efitools sbsigntool osslsigncode pesign systemd-boot-efi
+# OVMF + QEMU + virt-firmware (venv) for the firmware proof.
+ovmf_deps
+testbins_prepare
 
 # Tests fail (instead of skipping) when a peer tool is missing.
 export PKI_SIGNER_REQUIRE_PEERS=1

@@ -4,6 +4,8 @@ pub mod authenticode;
 pub mod efivar;
 pub mod error;
 pub mod fsutil;
+pub mod identity;
+pub mod image;
 pub mod keys;
 pub mod pe;
 pub mod pki;

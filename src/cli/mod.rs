@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use pki_signer::keys::KeyType;
 use pki_signer::{Error, Result};
 
+mod pe;
 mod pki;
 
 #[derive(Parser)]
@@ -25,6 +26,71 @@ enum Command {
     /// Create, show and check a PKI directory.
     #[command(subcommand)]
     Pki(PkiCmd),
+    /// Authenticode-sign, verify and inspect PE/EFI images (kernels, UKIs, EFI apps).
+    #[command(subcommand)]
+    Pe(pe::PeCmd),
+}
+
+/// How a signing command finds its key: a role of the PKI, or explicit files.
+#[derive(Args, Clone, Debug)]
+struct KeyArgs {
+    /// Role in the PKI directory whose key and certificate sign (e.g. ssig_subca).
+    #[arg(long, conflicts_with_all = ["key", "cert"])]
+    role: Option<String>,
+    /// PKI directory for --role.
+    #[arg(long, env = "PKI_SIGNER_DIR", default_value = "pki")]
+    dir: PathBuf,
+    /// Private key file (PEM/DER; PKCS#8, PKCS#1, SEC1; encrypted PKCS#8).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Signer certificate (PEM; further certificates in it become the chain).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Extra chain certificates to embed (PEM).
+    #[arg(long)]
+    chain: Option<PathBuf>,
+    /// File whose first line is the key password (else $PKI_SIGNER_KEY_PASS).
+    #[arg(long, value_name = "FILE")]
+    key_pass_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn spec(&self) -> pki_signer::identity::KeySpec {
+        pki_signer::identity::KeySpec {
+            role: self.role.clone(),
+            dir: self.dir.clone(),
+            key: self.key.clone(),
+            cert: self.cert.clone(),
+            chain: self.chain.clone(),
+            key_pass_file: self.key_pass_file.clone(),
+        }
+    }
+}
+
+/// signingTime: --signing-time, else SOURCE_DATE_EPOCH, else none (reproducible).
+fn signing_time(arg: Option<&str>) -> Result<Option<time::OffsetDateTime>> {
+    use time::format_description::well_known::Rfc3339;
+    if let Some(t) = arg {
+        return time::OffsetDateTime::parse(t, &Rfc3339)
+            .map(Some)
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "--signing-time '{t}': {e} (want e.g. 2026-01-01T00:00:00Z)"
+                ))
+            });
+    }
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) if !s.is_empty() => {
+            let secs: i64 = s
+                .trim()
+                .parse()
+                .map_err(|_| Error::Usage(format!("SOURCE_DATE_EPOCH '{s}' is not a number")))?;
+            time::OffsetDateTime::from_unix_timestamp(secs)
+                .map(Some)
+                .map_err(|e| Error::Usage(format!("SOURCE_DATE_EPOCH '{s}': {e}")))
+        }
+        _ => Ok(None),
+    }
 }
 
 #[derive(Args, Clone)]
@@ -89,6 +155,7 @@ pub fn run() -> i32 {
     };
     let res = match cli.cmd {
         Command::Pki(c) => pki::run(c),
+        Command::Pe(c) => pe::run(c),
     };
     match res {
         Ok(code) => code,

@@ -1,0 +1,335 @@
+//! Signing and verifying EFI images: the `pe` format module and the
+//! `authenticode` signature module put together, one image at a time.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::authenticode::{self, SignOptions};
+use crate::efivar;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::identity::Identity;
+use crate::pe::{PeImage, WIN_CERT_TYPE_PKCS_SIGNED_DATA};
+use crate::x509;
+
+/// What to do with signatures an image already carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse to sign an already-signed image (the default: silently
+    /// stacking or dropping signatures surprises people).
+    Refuse,
+    /// Keep them and add ours after them, as EDK2 walks the table.
+    Append,
+    /// Drop them all.
+    Replace,
+}
+
+/// Where the result of signing goes.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// A new file (temp file + rename).
+    File(PathBuf),
+    /// Append the table to the input itself without rewriting the image.
+    InPlace,
+    /// Only the PKCS#7 SignedData, like `sbsign --detached`.
+    Detached(PathBuf),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SignReport {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    /// Authenticode SHA-256 that was signed (hex).
+    pub digest: String,
+    pub signatures_before: usize,
+    pub signatures_after: usize,
+}
+
+fn pkcs7_entries(img: &PeImage) -> Result<Vec<Vec<u8>>> {
+    Ok(img
+        .signatures()?
+        .into_iter()
+        .filter(|c| c.cert_type == WIN_CERT_TYPE_PKCS_SIGNED_DATA)
+        .map(|c| c.data)
+        .collect())
+}
+
+fn existing_for(
+    img: &PeImage,
+    input: &Path,
+    existing: Existing,
+    new: Vec<u8>,
+) -> Result<(usize, Vec<Vec<u8>>)> {
+    let old = pkcs7_entries(img)?;
+    let before = old.len();
+    let sigs = match existing {
+        Existing::Refuse if before > 0 => {
+            return Err(Error::input(
+                input,
+                format!("already signed ({before} signature{}): pass --append to add ours after them, or --replace to drop them", if before == 1 { "" } else { "s" }),
+            ))
+        }
+        Existing::Append => old.into_iter().chain(std::iter::once(new)).collect(),
+        _ => vec![new],
+    };
+    Ok((before, sigs))
+}
+
+/// Authenticode-sign one image with `id`.
+pub fn sign(
+    input: &Path,
+    output: &Output,
+    id: &Identity,
+    existing: Existing,
+    signing_time: Option<OffsetDateTime>,
+) -> Result<SignReport> {
+    let img = PeImage::open(input)?;
+    // Refuse before doing the expensive part.
+    if existing == Existing::Refuse && !matches!(output, Output::Detached(_)) {
+        existing_for(&img, input, existing, vec![])?;
+    }
+    let digest = img.digest()?;
+    let p7 = authenticode::sign_digest(
+        &digest.sha256,
+        &SignOptions {
+            signer: id.signer.as_ref(),
+            cert: &id.cert,
+            chain: &id.chain,
+            signing_time,
+        },
+    )?;
+    let out_path = match output {
+        Output::Detached(p) => {
+            fsutil::write_atomic(p, &p7, fsutil::PUBLIC_MODE)?;
+            return Ok(SignReport {
+                input: input.into(),
+                output: p.clone(),
+                digest: digest.hex(),
+                signatures_before: pkcs7_entries(&img)?.len(),
+                signatures_after: 1,
+            });
+        }
+        Output::File(p) => p.clone(),
+        Output::InPlace => input.to_path_buf(),
+    };
+    let (before, sigs) = existing_for(&img, input, existing, p7)?;
+    let after = sigs.len();
+    match output {
+        Output::InPlace => img.write_signed_in_place(&digest, &sigs)?,
+        _ => img.write_signed(&digest, &sigs, &out_path)?,
+    }
+    Ok(SignReport {
+        input: input.into(),
+        output: out_path,
+        digest: digest.hex(),
+        signatures_before: before,
+        signatures_after: after,
+    })
+}
+
+/// Attach a detached signature made elsewhere (e.g. by an HSM workflow or sbsign --detached).
+pub fn attach(input: &Path, sig_path: &Path, out: &Path, existing: Existing) -> Result<SignReport> {
+    let img = PeImage::open(input)?;
+    let raw = std::fs::read(sig_path).map_err(|e| Error::io(sig_path, e))?;
+    let der = if raw.starts_with(b"-----BEGIN") {
+        pem::parse(&raw)
+            .map_err(|e| Error::input(sig_path, format!("bad PEM: {e}")))?
+            .into_contents()
+    } else {
+        raw
+    };
+    let sig = authenticode::parse(&der, sig_path)?;
+    let digest = img.digest()?;
+    if sig.image_digest != digest.sha256 {
+        return Err(Error::input(
+            sig_path,
+            format!(
+                "signature is for image digest {}, {} has {}",
+                x509::hex(&sig.image_digest),
+                input.display(),
+                digest.hex()
+            ),
+        ));
+    }
+    let (before, sigs) = existing_for(&img, input, existing, der)?;
+    img.write_signed(&digest, &sigs, out)?;
+    Ok(SignReport {
+        input: input.into(),
+        output: out.into(),
+        digest: digest.hex(),
+        signatures_before: before,
+        signatures_after: sigs.len(),
+    })
+}
+
+/// Remove the signature at `index` (0-based), or all of them.
+pub fn unsign(input: &Path, out: &Path, index: Option<usize>) -> Result<SignReport> {
+    let img = PeImage::open(input)?;
+    let mut sigs = pkcs7_entries(&img)?;
+    let before = sigs.len();
+    match index {
+        None => sigs.clear(),
+        Some(i) if i < sigs.len() => {
+            sigs.remove(i);
+        }
+        Some(i) => {
+            return Err(Error::input(
+                input,
+                format!("no signature at index {i} ({before} present)"),
+            ))
+        }
+    }
+    let digest = img.digest()?;
+    img.write_signed(&digest, &sigs, out)?;
+    Ok(SignReport {
+        input: input.into(),
+        output: out.into(),
+        digest: digest.hex(),
+        signatures_before: before,
+        signatures_after: sigs.len(),
+    })
+}
+
+/// Trust anchors and revocations, as UEFI db/dbx hold them or as given certificates.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    /// X.509 anchors (DER): `--cert` files and db X.509 entries.
+    pub certs: Vec<(String, Vec<u8>)>,
+    /// Image digests allowed by db.
+    pub hashes: Vec<Vec<u8>>,
+    pub revoked_certs: Vec<Vec<u8>>,
+    pub revoked_hashes: Vec<Vec<u8>>,
+}
+
+impl Trust {
+    pub fn add_cert_file(&mut self, path: &Path) -> Result<()> {
+        for c in x509::read_certs(path)? {
+            self.certs.push((path.display().to_string(), c));
+        }
+        Ok(())
+    }
+
+    fn read_esl(path: &Path) -> Result<Vec<efivar::SigEntry>> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        efivar::parse_esl(&bytes, path)
+    }
+
+    pub fn add_db(&mut self, path: &Path) -> Result<()> {
+        for e in Self::read_esl(path)? {
+            if e.is_x509() {
+                self.certs
+                    .push((format!("{} (db)", path.display()), e.data));
+            } else if e.sig_type == efivar::EFI_CERT_SHA256_GUID {
+                self.hashes.push(e.data);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn add_dbx(&mut self, path: &Path) -> Result<()> {
+        for e in Self::read_esl(path)? {
+            if e.is_x509() {
+                self.revoked_certs.push(e.data);
+            } else if e.sig_type == efivar::EFI_CERT_SHA256_GUID {
+                self.revoked_hashes.push(e.data);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SignatureReport {
+    pub index: usize,
+    pub signer: Option<String>,
+    pub issuer: String,
+    pub signing_time: Option<String>,
+    pub valid: bool,
+    pub trusted_by: Option<String>,
+    pub revoked: bool,
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    pub file: PathBuf,
+    pub digest: String,
+    pub signatures: Vec<SignatureReport>,
+    /// The image digest itself is in db.
+    pub digest_in_db: bool,
+    /// The image digest is in dbx.
+    pub digest_revoked: bool,
+    pub ok: bool,
+}
+
+/// Check every signature of `path` against `trust`. `ok` means: at least one
+/// signature is valid and trusted (or the digest is in db), and nothing is revoked.
+pub fn verify(path: &Path, trust: &Trust) -> Result<VerifyReport> {
+    let img = PeImage::open(path)?;
+    let digest = img.digest()?;
+    let entries = pkcs7_entries(&img)?;
+    let mut reports = vec![];
+    for (i, der) in entries.iter().enumerate() {
+        let mut r = SignatureReport {
+            index: i,
+            signer: None,
+            issuer: String::new(),
+            signing_time: None,
+            valid: false,
+            trusted_by: None,
+            revoked: false,
+            problems: vec![],
+        };
+        match authenticode::parse(der, path) {
+            Err(e) => r.problems.push(e.to_string()),
+            Ok(sig) => {
+                r.issuer = sig.signer_issuer.clone();
+                r.signing_time = sig.signing_time.clone();
+                r.signer = sig
+                    .signer_cert
+                    .as_deref()
+                    .and_then(|c| x509::parse(c, path).ok().map(|p| p.subject().to_string()));
+                match authenticode::verify_signature(&sig, &digest.sha256) {
+                    Ok(()) => r.valid = true,
+                    Err(e) => r.problems.push(e),
+                }
+                let anchors: Vec<Vec<u8>> = trust.certs.iter().map(|(_, c)| c.clone()).collect();
+                if let Some(a) = authenticode::chains_to(&sig, &anchors) {
+                    r.trusted_by = Some(trust.certs[a].0.clone());
+                } else if !anchors.is_empty() {
+                    r.problems
+                        .push("signer does not chain to any trusted certificate".into());
+                }
+                if !trust.revoked_certs.is_empty()
+                    && authenticode::chains_to(&sig, &trust.revoked_certs).is_some()
+                {
+                    r.revoked = true;
+                    r.problems
+                        .push("signer chains to a certificate in dbx".into());
+                }
+            }
+        }
+        reports.push(r);
+    }
+    let digest_in_db = trust
+        .hashes
+        .iter()
+        .any(|h| h[..] == digest.sha256[..] || h[..] == digest.sha256_unpadded[..]);
+    let digest_revoked = trust
+        .revoked_hashes
+        .iter()
+        .any(|h| h[..] == digest.sha256[..] || h[..] == digest.sha256_unpadded[..]);
+    let any_trusted = reports.iter().any(|r| r.valid && r.trusted_by.is_some());
+    let any_revoked = reports.iter().any(|r| r.revoked);
+    let ok = (any_trusted || digest_in_db) && !any_revoked && !digest_revoked;
+    Ok(VerifyReport {
+        file: path.into(),
+        digest: digest.hex(),
+        signatures: reports,
+        digest_in_db,
+        digest_revoked,
+        ok,
+    })
+}
