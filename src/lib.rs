@@ -1,13 +1,17 @@
 //! pki-signer: development PKI generation and signing for secure-boot images.
 
 pub mod authenticode;
+pub mod csr;
 pub mod efivar;
 pub mod error;
 pub mod fsutil;
+pub mod guestos;
 pub mod identity;
 pub mod image;
 pub mod keys;
 pub mod pe;
+pub mod pkcs11;
+pub mod pkcs7;
 pub mod pki;
 pub mod x509;
 

@@ -7,6 +7,9 @@ use clap::{Args, Parser, Subcommand};
 use pki_signer::keys::KeyType;
 use pki_signer::{Error, Result};
 
+mod csr;
+mod efivar;
+mod guestos;
 mod pe;
 mod pki;
 
@@ -29,6 +32,15 @@ enum Command {
     /// Authenticode-sign, verify and inspect PE/EFI images (kernels, UKIs, EFI apps).
     #[command(subcommand)]
     Pe(pe::PeCmd),
+    /// UEFI signature lists and authenticated variables (PK, KEK, db, dbx).
+    #[command(subcommand)]
+    Efivar(efivar::EfivarCmd),
+    /// Sign and verify GuestOS manifests (NAME.conf -> NAME.sig + NAME.cert).
+    #[command(subcommand)]
+    Guestos(guestos::GuestosCmd),
+    /// Issue device certificates from CSRs.
+    #[command(subcommand)]
+    Csr(csr::CsrCmd),
 }
 
 /// How a signing command finds its key: a role of the PKI, or explicit files.
@@ -156,6 +168,9 @@ pub fn run() -> i32 {
     let res = match cli.cmd {
         Command::Pki(c) => pki::run(c),
         Command::Pe(c) => pe::run(c),
+        Command::Efivar(c) => efivar::run(c),
+        Command::Guestos(c) => guestos::run(c),
+        Command::Csr(c) => csr::run(c),
     };
     match res {
         Ok(code) => code,

@@ -1,0 +1,1 @@
+//! Device certificates: checking CSRs and issuing certificates from a Device Sub CA.
