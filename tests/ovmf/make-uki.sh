@@ -28,6 +28,12 @@
 # 70 MB .deb is deleted after extraction).
 # Needs: objcopy objdump (binutils), busybox (busybox-static), dpkg-deb,
 # apt-get (only to fetch the kernel), gzip.  See tests/ovmf/deps.sh.
+# Output is deterministic for the same inputs (SOURCE_DATE_EPOCH, default
+# 1700000000, sets the PE TimeDateStamp -- the PE checksum is recomputed --
+# and the initrd's mtimes).  Also needs python3 for that header patch.
+# Note: the Debian stub carries a COFF symbol table after its last section,
+# so the UKI has ~12 KiB of trailing data past the last section (sbsign warns
+# "gaps between PE/COFF sections?"; Authenticode hashes it as extra data).
 # Prints the path of OUT.efi on success.
 set -euo pipefail
 
@@ -56,6 +62,10 @@ done
 [ -f "$STUB" ] || die "no stub $STUB (apt-get install systemd-boot-efi)"
 for t in objcopy objdump; do command -v "$t" >/dev/null || die "$t missing (binutils)"; done
 
+# Deterministic output for the same inputs: bfd takes the PE timestamp from
+# SOURCE_DATE_EPOCH, and the initrd's files get that mtime too.
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1700000000}"
+
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
@@ -82,7 +92,7 @@ fetch_kernel() {
 	if [ ! -s "$dir/vmlinuz" ]; then
 		mkdir -p "$dir/dl"
 		echo "make-uki.sh: downloading $pkg $ver" >&2
-		(cd "$dir/dl" && apt-get -q download "$pkg=$ver" >&2)
+		(cd "$dir/dl" && apt-get -q -o APT::Sandbox::User=root download "$pkg=$ver" >&2)
 		deb="$(ls -1 "$dir"/dl/*.deb | head -n1)"
 		mkdir -p "$dir/x"
 		dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir/x" --wildcards './boot/vmlinuz-*'
@@ -100,17 +110,14 @@ fi
 
 # ---- initrd ---------------------------------------------------------------
 make_initrd() {
-	local bb root="$WORK/initrd"
+	local bb
 	bb="$(command -v busybox || true)"
 	[ -n "$bb" ] || die "busybox missing (apt-get install busybox-static)"
-	if ! LC_ALL=C objdump -p "$bb" 2>/dev/null | grep -q 'NEEDED' ; then :; else
+	if LC_ALL=C objdump -p "$bb" 2>/dev/null | grep -q 'NEEDED'; then
 		die "$bb is dynamically linked; need busybox-static"
 	fi
-	mkdir -p "$root"/{bin,dev,proc,sys,tmp}
-	cp "$bb" "$root/bin/busybox"
-	# /init: no /dev/console node in the archive (no root/mknod needed), so
-	# mount devtmpfs first and reopen stdio on the console.
-	cat >"$root/init" <<EOF
+	# /init: mount devtmpfs over /dev and (re)open stdio on the console.
+	cat >"$WORK/init" <<EOF
 #!/bin/busybox sh
 /bin/busybox mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
@@ -121,9 +128,38 @@ echo "$MARKER"
 /bin/busybox sync
 /bin/busybox poweroff -f
 EOF
-	chmod 755 "$root/init" "$root/bin/busybox"
-	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | "$bb" cpio -o -H newc -R 0:0 2>/dev/null) |
-		gzip -9n >"$WORK/initrd.cpio.gz"
+	# newc cpio written directly: deterministic (fixed inodes, owners and
+	# mtimes) and with a /dev/console node without needing root for mknod.
+	python3 - "$WORK/initrd.cpio" "$SOURCE_DATE_EPOCH" "$bb" "$WORK/init" <<'PY'
+import sys
+out, mtime, busybox, init = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+entries = [  # name, mode, data, (rdev major, rdev minor)
+    (".", 0o040755, b"", (0, 0)),
+    ("bin", 0o040755, b"", (0, 0)),
+    ("bin/busybox", 0o100755, open(busybox, "rb").read(), (0, 0)),
+    ("dev", 0o040755, b"", (0, 0)),
+    ("dev/console", 0o020600, b"", (5, 1)),
+    ("init", 0o100755, open(init, "rb").read(), (0, 0)),
+    ("proc", 0o040755, b"", (0, 0)),
+    ("sys", 0o040755, b"", (0, 0)),
+    ("tmp", 0o041777, b"", (0, 0)),
+]
+def pad(n):
+    return b"\0" * (-n % 4)
+buf = bytearray()
+def add(ino, name, mode, nlink, mtime, data, rdev):
+    global buf
+    nb = name.encode() + b"\0"
+    fields = [ino, mode, 0, 0, nlink, mtime, len(data), 0, 0, rdev[0], rdev[1], len(nb), 0]
+    hdr = b"070701" + b"".join(b"%08X" % f for f in fields)
+    buf += hdr + nb + pad(len(hdr) + len(nb)) + data + pad(len(data))
+for ino, (name, mode, data, rdev) in enumerate(entries, 1):
+    add(ino, name, mode, 2 if mode & 0o040000 else 1, mtime, data, rdev)
+add(0, "TRAILER!!!", 0, 1, 0, b"", (0, 0))
+buf += b"\0" * (-len(buf) % 512)
+open(out, "wb").write(buf)
+PY
+	gzip -9n <"$WORK/initrd.cpio" >"$WORK/initrd.cpio.gz"
 	printf '%s\n' "$WORK/initrd.cpio.gz"
 }
 
@@ -160,14 +196,35 @@ initrd_vma=$(align_up $((linux_vma + $(stat -Lc%s "$KERNEL"))))
 
 mkdir -p "$(dirname "$OUT")"
 objcopy \
-	--add-section .osrel="$WORK/os-release" --change-section-vma .osrel=$(printf 0x%x "$osrel_vma") \
-	--add-section .cmdline="$WORK/cmdline" --change-section-vma .cmdline=$(printf 0x%x "$cmdline_vma") \
-	--add-section .linux="$KERNEL" --change-section-vma .linux=$(printf 0x%x "$linux_vma") \
-	--add-section .initrd="$INITRD" --change-section-vma .initrd=$(printf 0x%x "$initrd_vma") \
+	--add-section .osrel="$WORK/os-release" --change-section-vma .osrel="$(printf 0x%x "$osrel_vma")" \
+	--add-section .cmdline="$WORK/cmdline" --change-section-vma .cmdline="$(printf 0x%x "$cmdline_vma")" \
+	--add-section .linux="$KERNEL" --change-section-vma .linux="$(printf 0x%x "$linux_vma")" \
+	--add-section .initrd="$INITRD" --change-section-vma .initrd="$(printf 0x%x "$initrd_vma")" \
 	--set-section-flags .osrel=data,readonly \
 	--set-section-flags .cmdline=data,readonly \
 	--set-section-flags .linux=code,readonly \
 	--set-section-flags .initrd=data,readonly \
 	"$STUB" "$OUT.tmp"
+
+# objcopy stamps the COFF header with the current time (bfd 2.40 ignores
+# SOURCE_DATE_EPOCH for PE): set TimeDateStamp and redo the PE checksum.
+python3 - "$OUT.tmp" "$SOURCE_DATE_EPOCH" <<'PY'
+import struct, sys
+path, stamp = sys.argv[1], int(sys.argv[2]) & 0xFFFFFFFF
+d = bytearray(open(path, "rb").read())
+pe = struct.unpack_from("<I", d, 0x3C)[0]
+assert d[pe:pe + 4] == b"PE\0\0"
+struct.pack_into("<I", d, pe + 8, stamp)
+ck = pe + 24 + 64                       # OptionalHeader.CheckSum
+struct.pack_into("<I", d, ck, 0)
+buf = bytes(d) + b"\0" * (len(d) & 1)
+total = 0
+for (w,) in struct.iter_unpack("<H", buf):
+    total += w
+    total = (total & 0xFFFF) + (total >> 16)
+total = (total & 0xFFFF) + (total >> 16)
+struct.pack_into("<I", d, ck, (total + len(d)) & 0xFFFFFFFF)
+open(path, "wb").write(d)
+PY
 mv "$OUT.tmp" "$OUT"
 printf '%s\n' "$OUT"
