@@ -9,13 +9,16 @@ source scripts/deps.sh
 
 source scripts/testbins.sh
 source tests/ovmf/deps.sh
+source scripts/layer-deps.sh
 
 ensure_cargo
 # Peers: openssl (x509/verify/pkey), efitools (ESL/auth), sbsigntool, osslsigncode, pesign;
-# systemd-boot-efi and the kernel are real binaries to sign.
-ensure_apt openssl efitools sbsigntool osslsigncode pesign systemd-boot-efi
+# systemd-boot-efi and the kernel are real binaries to sign; SoftHSM2 + opensc are the HSM.
+ensure_apt openssl efitools sbsigntool osslsigncode pesign systemd-boot-efi softhsm2 opensc
 # OVMF + QEMU + virt-firmware (venv) for the firmware proof.
 ovmf_deps
+# bitbake's bb library (PyPI bitbake-setup), oelint-adv and pytest for the layer tests.
+layer_deps
 testbins_prepare
 
 # Tests fail (instead of skipping) when a peer tool is missing.

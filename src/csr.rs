@@ -1,1 +1,991 @@
-//! Device certificates: checking CSRs and issuing certificates from a Device Sub CA.
+//! Device certificates: checking PKCS#10 CSRs and issuing TLS client
+//! certificates for them from a Device Sub CA.
+//!
+//! A device generates its key where it never leaves (TPM, secure element) and
+//! hands out a CSR. Before anything is issued, the CSR's self-signature must
+//! verify (proof that the requester holds the key) and it must not ask for CA
+//! powers. The issued certificate copies the subject and the subjectAltName
+//! from the CSR; everything else (CA:false, key usages, EKU clientAuth,
+//! validity) is decided here, never by the requester.
+
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use rcgen::{DistinguishedName, DnType, DnValue};
+use time::OffsetDateTime;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::cri_attributes::ParsedCriAttribute;
+use x509_parser::extensions::{GeneralName, ParsedExtension, X509Extension};
+use x509_parser::prelude::FromDer;
+use x509_parser::x509::{SubjectPublicKeyInfo, X509Name};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, DirLock, PUBLIC_MODE};
+use crate::identity::Identity;
+use crate::x509;
+
+const OID_SAN: &str = "2.5.29.17";
+const OID_ORG: &str = "2.5.4.10";
+const OID_CN: &str = "2.5.4.3";
+
+/// A CSR read into memory (DER), remembered with the file it came from.
+pub struct CsrFile {
+    pub path: PathBuf,
+    pub der: Vec<u8>,
+}
+
+impl CsrFile {
+    /// Read a CSR in PEM (`CERTIFICATE REQUEST`, or the older `NEW CERTIFICATE
+    /// REQUEST`) or DER. Exactly one request per file.
+    pub fn read(path: &Path) -> Result<CsrFile> {
+        let bytes = std::fs::read(path).at(path)?;
+        let der = if bytes.windows(10).any(|w| w == b"-----BEGIN") {
+            let mut reqs: Vec<Vec<u8>> = pem::parse_many(&bytes)
+                .map_err(|e| Error::input(path, format!("bad PEM: {e}")))?
+                .into_iter()
+                .filter(|p| {
+                    p.tag() == "CERTIFICATE REQUEST" || p.tag() == "NEW CERTIFICATE REQUEST"
+                })
+                .map(|p| p.into_contents())
+                .collect();
+            match reqs.len() {
+                1 => reqs.remove(0),
+                0 => return Err(Error::input(path, "no CERTIFICATE REQUEST in file")),
+                n => {
+                    return Err(Error::input(
+                        path,
+                        format!("{n} certificate requests in one file; give one per file"),
+                    ))
+                }
+            }
+        } else {
+            bytes
+        };
+        let csr = CsrFile {
+            path: path.to_path_buf(),
+            der,
+        };
+        csr.parse()?;
+        Ok(csr)
+    }
+
+    fn parse(&self) -> Result<X509CertificationRequest<'_>> {
+        let req = match X509CertificationRequest::from_der(&self.der) {
+            Ok(([], r)) => r,
+            Ok(_) => return Err(self.err("trailing bytes after the certificate request")),
+            Err(e) => return Err(self.err(format!("not a PKCS#10 certificate request: {e}"))),
+        };
+        if req.certification_request_info.version.0 != 0 {
+            return Err(self.err(format!(
+                "unsupported certificate request version {}",
+                req.certification_request_info.version.0 + 1
+            )));
+        }
+        Ok(req)
+    }
+
+    fn err(&self, msg: impl Into<String>) -> Error {
+        Error::input(&self.path, msg)
+    }
+}
+
+/// The key kinds a device certificate may certify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceKey {
+    Rsa(usize),
+    EcP256,
+    EcP384,
+}
+
+/// Describe a public key ("RSA 2048", "EC P-256"), and say whether we certify it.
+fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> (String, std::result::Result<DeviceKey, String>) {
+    let key = spki.subject_public_key.data.as_ref();
+    match spki.algorithm.algorithm.to_id_string().as_str() {
+        "1.2.840.113549.1.1.1" => match x509_parser::public_key::RSAPublicKey::from_der(key) {
+            Ok((_, k)) => {
+                let bits = k.key_size();
+                let ok = if (2048..=8192).contains(&bits) {
+                    Ok(DeviceKey::Rsa(bits))
+                } else {
+                    Err(format!("RSA key of {bits} bits (supported: 2048 to 8192)"))
+                };
+                (format!("RSA {bits}"), ok)
+            }
+            Err(_) => (
+                "RSA (malformed)".into(),
+                Err("malformed RSA public key".into()),
+            ),
+        },
+        // Keys restricted to PSS: no device stack we target uses them for TLS.
+        "1.2.840.113549.1.1.10" => (
+            "RSA-PSS".into(),
+            Err(
+                "RSA-PSS-restricted key (id-RSASSA-PSS) is not supported; use rsaEncryption".into(),
+            ),
+        ),
+        "1.2.840.10045.2.1" => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string());
+            match curve.as_deref() {
+                Some("1.2.840.10045.3.1.7") => ("EC P-256".into(), Ok(DeviceKey::EcP256)),
+                Some("1.3.132.0.34") => ("EC P-384".into(), Ok(DeviceKey::EcP384)),
+                Some(c) => (
+                    format!("EC {c}"),
+                    Err(format!("EC curve {c} (supported: P-256, P-384)")),
+                ),
+                None => (
+                    "EC (no named curve)".into(),
+                    Err("EC key without a named curve".into()),
+                ),
+            }
+        }
+        o => {
+            let name = match o {
+                "1.3.101.112" => "Ed25519",
+                "1.3.101.113" => "Ed448",
+                "1.2.840.10040.4.1" => "DSA",
+                o => o,
+            };
+            (
+                name.to_string(),
+                Err(format!(
+                    "key algorithm {name} (supported: RSA, EC P-256, EC P-384)"
+                )),
+            )
+        }
+    }
+}
+
+fn sig_alg_name(oid: &str) -> String {
+    match oid {
+        "1.2.840.113549.1.1.11" => "sha256WithRSAEncryption",
+        "1.2.840.113549.1.1.12" => "sha384WithRSAEncryption",
+        "1.2.840.113549.1.1.13" => "sha512WithRSAEncryption",
+        "1.2.840.113549.1.1.10" => "RSASSA-PSS",
+        "1.2.840.113549.1.1.5" => "sha1WithRSAEncryption",
+        "1.2.840.10045.4.3.2" => "ecdsa-with-SHA256",
+        "1.2.840.10045.4.3.3" => "ecdsa-with-SHA384",
+        "1.2.840.10045.4.3.4" => "ecdsa-with-SHA512",
+        "1.3.101.112" => "Ed25519",
+        o => o,
+    }
+    .to_string()
+}
+
+fn attr_name(oid: &str) -> String {
+    match oid {
+        "2.5.4.6" => "C",
+        OID_ORG => "O",
+        "2.5.4.11" => "OU",
+        OID_CN => "CN",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.5" => "serialNumber",
+        "1.2.840.113549.1.9.1" => "emailAddress",
+        o => o,
+    }
+    .to_string()
+}
+
+fn ext_name(oid: &str) -> String {
+    match oid {
+        "2.5.29.19" => "basicConstraints",
+        "2.5.29.15" => "keyUsage",
+        "2.5.29.37" => "extendedKeyUsage",
+        OID_SAN => "subjectAltName",
+        "2.5.29.14" => "subjectKeyIdentifier",
+        "2.5.29.35" => "authorityKeyIdentifier",
+        "2.5.29.32" => "certificatePolicies",
+        "2.5.29.30" => "nameConstraints",
+        o => o,
+    }
+    .to_string()
+}
+
+fn ip_text(b: &[u8]) -> String {
+    match b.len() {
+        4 => std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string(),
+        16 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(b);
+            std::net::Ipv6Addr::from(a).to_string()
+        }
+        _ => x509::hex(b),
+    }
+}
+
+/// A GeneralName as openssl prints it, or an error for names nobody can use.
+fn general_name_text(g: &GeneralName<'_>) -> std::result::Result<String, String> {
+    Ok(match g {
+        GeneralName::DNSName(s) => format!("DNS:{s}"),
+        GeneralName::RFC822Name(s) => format!("email:{s}"),
+        GeneralName::URI(s) => format!("URI:{s}"),
+        GeneralName::IPAddress(b) if b.len() == 4 || b.len() == 16 => {
+            format!("IP Address:{}", ip_text(b))
+        }
+        GeneralName::DirectoryName(n) => format!("DirName:{n}"),
+        GeneralName::RegisteredID(o) => format!("Registered ID:{o}"),
+        GeneralName::OtherName(o, _) => format!("othername:{o}"),
+        GeneralName::X400Address(_) => "X400Name:<unsupported>".into(),
+        GeneralName::EDIPartyName(_) => "EdiPartyName:<unsupported>".into(),
+        GeneralName::IPAddress(b) => return Err(format!("IP address of {} bytes", b.len())),
+        GeneralName::Invalid(tag, _) => return Err(format!("invalid name (tag {})", tag.0)),
+    })
+}
+
+/// The extensions a CSR asks for, in order. Several extensionRequest
+/// attributes or repeated extensions are ambiguous, so they are refused.
+fn requested_extensions<'a>(
+    req: &'a X509CertificationRequest<'a>,
+) -> std::result::Result<Vec<&'a X509Extension<'a>>, String> {
+    let mut out = vec![];
+    let mut seen_attr = false;
+    for attr in req.certification_request_info.iter_attributes() {
+        if let ParsedCriAttribute::ExtensionRequest(er) = attr.parsed_attribute() {
+            if seen_attr {
+                return Err("more than one extensionRequest attribute".into());
+            }
+            seen_attr = true;
+            out.extend(er.extensions.iter());
+        }
+    }
+    let mut oids = HashSet::new();
+    for e in &out {
+        if !oids.insert(e.oid.to_id_string()) {
+            return Err(format!(
+                "requests extension {} twice",
+                ext_name(&e.oid.to_id_string())
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// One requested extension, described for `csr show`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RequestedExtension {
+    pub name: String,
+    pub oid: String,
+    pub critical: bool,
+    pub value: String,
+    /// Whether `csr sign` copies it into the certificate (only subjectAltName is).
+    pub copied: bool,
+}
+
+fn describe_extension(e: &X509Extension<'_>) -> RequestedExtension {
+    let oid = e.oid.to_id_string();
+    let value = match e.parsed_extension() {
+        ParsedExtension::BasicConstraints(bc) => match (bc.ca, bc.path_len_constraint) {
+            (true, Some(n)) => format!("CA:TRUE, pathlen:{n}"),
+            (true, None) => "CA:TRUE".into(),
+            (false, _) => "CA:FALSE".into(),
+        },
+        ParsedExtension::KeyUsage(ku) => ku.to_string(),
+        ParsedExtension::ExtendedKeyUsage(eku) => {
+            let mut v = vec![];
+            for (set, name) in [
+                (eku.any, "anyExtendedKeyUsage"),
+                (eku.server_auth, "serverAuth"),
+                (eku.client_auth, "clientAuth"),
+                (eku.code_signing, "codeSigning"),
+                (eku.email_protection, "emailProtection"),
+                (eku.time_stamping, "timeStamping"),
+                (eku.ocsp_signing, "OCSPSigning"),
+            ] {
+                if set {
+                    v.push(name.to_string());
+                }
+            }
+            v.extend(eku.other.iter().map(|o| o.to_id_string()));
+            v.join(", ")
+        }
+        ParsedExtension::SubjectAlternativeName(san) => san
+            .general_names
+            .iter()
+            .map(|g| general_name_text(g).unwrap_or_else(|e| format!("<{e}>")))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ParsedExtension::ParseError { error } => format!("<malformed: {error}>"),
+        _ => x509::hex(e.value),
+    };
+    RequestedExtension {
+        name: ext_name(&oid),
+        copied: oid == OID_SAN,
+        oid,
+        critical: e.critical,
+        value,
+    }
+}
+
+/// What `csr show` prints.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CsrInfo {
+    pub file: PathBuf,
+    pub subject: String,
+    pub key: String,
+    /// Why `csr sign` would refuse the key, if it would.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_unsupported: Option<String>,
+    pub signature_algorithm: String,
+    pub signature_valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature_error: Option<String>,
+    pub subject_alt_names: Vec<String>,
+    pub requested_extensions: Vec<RequestedExtension>,
+    pub sha256: String,
+}
+
+/// Describe a CSR. A bad signature is reported, not an error: `show` is how
+/// one finds out why `sign` refuses a request.
+pub fn inspect(csr: &CsrFile) -> Result<CsrInfo> {
+    let req = csr.parse()?;
+    let cri = &req.certification_request_info;
+    let (key, kind) = key_kind(&cri.subject_pki);
+    let sig = verify_pop(&req);
+    let exts = requested_extensions(&req).map_err(|e| csr.err(e))?;
+    let mut sans = vec![];
+    for e in &exts {
+        if let ParsedExtension::SubjectAlternativeName(san) = e.parsed_extension() {
+            for g in &san.general_names {
+                sans.push(general_name_text(g).unwrap_or_else(|e| format!("<{e}>")));
+            }
+        }
+    }
+    Ok(CsrInfo {
+        file: csr.path.clone(),
+        subject: cri.subject.to_string(),
+        key,
+        key_unsupported: kind.err(),
+        signature_algorithm: sig_alg_name(&req.signature_algorithm.algorithm.to_id_string()),
+        signature_valid: sig.is_ok(),
+        signature_error: sig.err(),
+        subject_alt_names: sans,
+        requested_extensions: exts.iter().map(|e| describe_extension(e)).collect(),
+        sha256: x509::sha256_hex(&csr.der),
+    })
+}
+
+/// Proof of possession: the request is signed by the key it asks us to certify.
+fn verify_pop(req: &X509CertificationRequest<'_>) -> std::result::Result<(), String> {
+    let cri = &req.certification_request_info;
+    x509::verify_with_spki(
+        &cri.subject_pki,
+        &req.signature_algorithm,
+        cri.raw,
+        req.signature_value.data.as_ref(),
+    )
+}
+
+/// Subject rules of the services device certificates are made for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// Golioth: O = the project slug, CN = the device's certificate ID.
+    Golioth { project: String },
+    /// GyroidOS / trust|me: the CN names the device.
+    Gyroidos,
+}
+
+/// One subject attribute: type, value as given, and its text.
+struct Attr {
+    oid: String,
+    arcs: Vec<u64>,
+    value: DnValue,
+    text: String,
+}
+
+/// Read the subject into values rcgen re-encodes with the same string types.
+/// rcgen keeps one value per attribute type and single-valued RDNs only, so
+/// subjects it could not reproduce are refused rather than silently changed.
+fn subject_attrs(name: &X509Name<'_>) -> std::result::Result<Vec<Attr>, String> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let mut out: Vec<Attr> = vec![];
+    for rdn in name.iter() {
+        let mut it = rdn.iter();
+        let (Some(a), None) = (it.next(), it.next()) else {
+            return Err("subject has a multi-valued RDN, which is not supported".into());
+        };
+        let oid = a.attr_type().to_id_string();
+        let arcs: Vec<u64> = a
+            .attr_type()
+            .iter()
+            .ok_or_else(|| format!("subject attribute {oid} has an oversized OID"))?
+            .collect();
+        let name = attr_name(&oid);
+        if out.iter().any(|x| x.oid == oid) {
+            return Err(format!(
+                "subject has more than one {name} attribute, which is not supported"
+            ));
+        }
+        let data = a.attr_value().data;
+        let bad = |what: &str| format!("subject {name}: {what}");
+        let utf8 = |d: &[u8]| {
+            std::str::from_utf8(d)
+                .map(str::to_string)
+                .map_err(|_| bad("invalid characters"))
+        };
+        let (value, text) = match a.attr_value().tag() {
+            Tag::Utf8String => {
+                let s = utf8(data)?;
+                (DnValue::Utf8String(s.clone()), s)
+            }
+            Tag::PrintableString => {
+                let s = utf8(data)?;
+                let p = rcgen::string::PrintableString::try_from(s.as_str())
+                    .map_err(|_| bad("invalid PrintableString"))?;
+                (DnValue::PrintableString(p), s)
+            }
+            Tag::Ia5String => {
+                let s = utf8(data)?;
+                let p = rcgen::string::Ia5String::try_from(s.as_str())
+                    .map_err(|_| bad("invalid IA5String"))?;
+                (DnValue::Ia5String(p), s)
+            }
+            Tag::T61String => {
+                let s = utf8(data)?;
+                let p = rcgen::string::TeletexString::try_from(s.as_str())
+                    .map_err(|_| bad("TeletexString outside ASCII is not supported"))?;
+                (DnValue::TeletexString(p), s)
+            }
+            Tag::BmpString => {
+                let b = rcgen::string::BmpString::from_utf16be(data.to_vec())
+                    .map_err(|_| bad("invalid BMPString"))?;
+                let units: Vec<u16> = data
+                    .chunks(2)
+                    .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
+                    .collect();
+                (DnValue::BmpString(b), String::from_utf16_lossy(&units))
+            }
+            Tag::UniversalString => {
+                let u = rcgen::string::UniversalString::from_utf32be(data.to_vec())
+                    .map_err(|_| bad("invalid UniversalString"))?;
+                let s: String = data
+                    .chunks(4)
+                    .map(|c| {
+                        let mut w = [0u8; 4];
+                        w[..c.len()].copy_from_slice(c);
+                        char::from_u32(u32::from_be_bytes(w)).unwrap_or('\u{fffd}')
+                    })
+                    .collect();
+                (DnValue::UniversalString(u), s)
+            }
+            t => return Err(bad(&format!("unsupported string type {t}"))),
+        };
+        out.push(Attr {
+            oid,
+            arcs,
+            value,
+            text,
+        });
+    }
+    Ok(out)
+}
+
+fn check_profile(attrs: &[Attr], profile: Option<&Profile>) -> std::result::Result<(), String> {
+    let cn = attrs
+        .iter()
+        .find(|a| a.oid == OID_CN)
+        .map(|a| a.text.trim());
+    match profile {
+        None => Ok(()),
+        Some(Profile::Golioth { project }) => {
+            match attrs.iter().find(|a| a.oid == OID_ORG) {
+                Some(o) if o.text == *project => {}
+                Some(o) => {
+                    return Err(format!(
+                    "subject O is '{}', but profile golioth needs O={project} (the project slug)",
+                    o.text
+                ))
+                }
+                None => {
+                    return Err(format!(
+                        "subject has no O, but profile golioth needs O={project} (the project slug)"
+                    ))
+                }
+            }
+            match cn {
+                Some(c) if !c.is_empty() => Ok(()),
+                _ => Err("subject has no CN, but profile golioth needs CN=<certificate ID>".into()),
+            }
+        }
+        Some(Profile::Gyroidos) => match cn {
+            Some(c) if !c.is_empty() => Ok(()),
+            _ => Err("subject has no CN, but profile gyroidos needs CN=<device ID>".into()),
+        },
+    }
+}
+
+/// How every certificate of one `csr sign` run is made.
+#[derive(Clone, Debug)]
+pub struct IssueOptions {
+    pub not_before: OffsetDateTime,
+    pub days: u32,
+    pub profile: Option<Profile>,
+}
+
+/// The issuer, checked and prepared once per run.
+pub struct Issuer<'a> {
+    id: &'a Identity,
+    /// The issued certificate's chain as written after it: the issuer's
+    /// certificate and its chain, root excluded.
+    chain_pem: String,
+    pub subject: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    /// The validity was cut short to end with the issuer's.
+    pub clamped: bool,
+}
+
+impl<'a> Issuer<'a> {
+    /// Check that `id` may issue certificates and fix the validity of this run.
+    /// A validity past the issuer's own notAfter is clamped to it: chains
+    /// fail from that day on anyway, and refusing would block provisioning
+    /// in the last year of a Sub CA's life.
+    pub fn new(id: &'a Identity, opts: &IssueOptions) -> Result<Issuer<'a>> {
+        let c = x509::parse(&id.cert, Path::new("issuer certificate"))?;
+        let subject = c.subject().to_string();
+        if !x509::is_ca(&c) {
+            return Err(Error::Usage(format!(
+                "issuer '{subject}' is not a CA (basicConstraints CA:TRUE missing)"
+            )));
+        }
+        if let Ok(Some(ku)) = c.key_usage() {
+            if !ku.value.key_cert_sign() {
+                return Err(Error::Usage(format!(
+                    "issuer '{subject}' may not sign certificates (keyUsage lacks keyCertSign)"
+                )));
+            }
+        }
+        if opts.days == 0 {
+            return Err(Error::Usage("--days must be at least 1".into()));
+        }
+        let issuer_end = c.validity().not_after.to_datetime();
+        let wanted = opts
+            .not_before
+            .checked_add(time::Duration::days(i64::from(opts.days)));
+        let (not_after, clamped) = match wanted {
+            Some(t) if t <= issuer_end => (t, false),
+            _ => (issuer_end, true),
+        };
+        if not_after <= opts.not_before {
+            return Err(Error::Usage(format!(
+                "issuer '{subject}' expires {}, before any certificate could be valid",
+                x509::rfc3339(&c.validity().not_after)
+            )));
+        }
+        let mut chain_pem = String::new();
+        if c.subject() != c.issuer() {
+            chain_pem.push_str(&x509::pem_cert(&id.cert));
+        }
+        for der in &id.chain {
+            chain_pem.push_str(&x509::pem_cert(der));
+        }
+        Ok(Issuer {
+            id,
+            chain_pem,
+            subject,
+            not_before: opts.not_before,
+            not_after,
+            clamped,
+        })
+    }
+}
+
+/// A certificate issued for one CSR.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub csr: PathBuf,
+    pub der: Vec<u8>,
+    pub info: x509::CertInfo,
+}
+
+/// Check `csr` (proof of possession, no CA powers, profile) and issue its
+/// certificate. Nothing is written.
+pub fn issue(csr: &CsrFile, issuer: &Issuer<'_>, opts: &IssueOptions) -> Result<Issued> {
+    let req = csr.parse()?;
+    let cri = &req.certification_request_info;
+    let (key_desc, kind) = key_kind(&cri.subject_pki);
+    let kind = kind.map_err(|e| csr.err(format!("unsupported key: {e}")))?;
+    verify_pop(&req).map_err(|e| {
+        csr.err(format!(
+            "CSR self-signature ({}, {key_desc}) is invalid: {e}; no proof the requester holds the key",
+            sig_alg_name(&req.signature_algorithm.algorithm.to_id_string())
+        ))
+    })?;
+    let exts = requested_extensions(&req).map_err(|e| csr.err(e))?;
+    let mut san = None;
+    for e in &exts {
+        match e.parsed_extension() {
+            ParsedExtension::BasicConstraints(bc) if bc.ca => {
+                return Err(csr.err(
+                    "requests a CA certificate (basicConstraints CA:TRUE); device certificates are never CAs",
+                ))
+            }
+            ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() || ku.crl_sign() => {
+                return Err(csr.err(format!(
+                    "requests keyUsage {ku}; keyCertSign and cRLSign are for CAs only"
+                )))
+            }
+            ParsedExtension::SubjectAlternativeName(s) => {
+                if s.general_names.is_empty() {
+                    return Err(csr.err("requests an empty subjectAltName"));
+                }
+                for g in &s.general_names {
+                    general_name_text(g)
+                        .map_err(|m| csr.err(format!("subjectAltName: {m}")))?;
+                }
+                san = Some(*e);
+            }
+            ParsedExtension::ParseError { error }
+                if ["2.5.29.19", "2.5.29.15", OID_SAN].contains(&e.oid.to_id_string().as_str()) =>
+            {
+                return Err(csr.err(format!(
+                    "malformed {} in the request: {error}",
+                    ext_name(&e.oid.to_id_string())
+                )))
+            }
+            _ => {}
+        }
+    }
+    let attrs = subject_attrs(&cri.subject).map_err(|e| csr.err(e))?;
+    check_profile(&attrs, opts.profile.as_ref()).map_err(|e| csr.err(e))?;
+    if attrs.is_empty() && san.is_none() {
+        return Err(
+            csr.err("empty subject and no subjectAltName: the certificate would name nobody")
+        );
+    }
+
+    let mut p = rcgen::CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    for a in &attrs {
+        dn.push(DnType::from_oid(&a.arcs), a.value.clone());
+    }
+    p.distinguished_name = dn;
+    p.not_before = issuer.not_before;
+    p.not_after = issuer.not_after;
+    p.is_ca = rcgen::IsCa::ExplicitNoCa;
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    if matches!(kind, DeviceKey::Rsa(_)) {
+        // RSA key exchange (TLS 1.2 RSA kx) encrypts to the certified key.
+        p.key_usages.push(rcgen::KeyUsagePurpose::KeyEncipherment);
+    }
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    if let Some(e) = san {
+        // Copied byte for byte, so name forms rcgen cannot express survive too.
+        let mut ext = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 17], e.value.to_vec());
+        // RFC 5280 4.2.1.6: with an empty subject the SAN must be critical.
+        ext.set_criticality(e.critical || attrs.is_empty());
+        p.custom_extensions.push(ext);
+    }
+    let der = x509::issue_for_spki(p, cri.subject_pki.raw, &issuer.id.cert, &*issuer.id.signer)
+        .map_err(|e| csr.err(e.to_string()))?;
+
+    // The certificate must say exactly what was checked above, and be
+    // verifiable by the issuer's certificate: catch encoder or key mix-ups
+    // here instead of on a device in the field.
+    let cert = x509::parse(&der, &csr.path)?;
+    let issuer_cert = x509::parse(&issuer.id.cert, &csr.path)?;
+    if cert.subject().as_raw() != cri.subject.as_raw() {
+        return Err(csr.err("subject could not be copied unchanged"));
+    }
+    if cert.public_key().raw != cri.subject_pki.raw {
+        return Err(csr.err("public key could not be copied unchanged"));
+    }
+    if cert.issuer().as_raw() != issuer_cert.subject().as_raw() {
+        return Err(csr.err(format!(
+            "issuer name '{}' could not be copied unchanged",
+            issuer.subject
+        )));
+    }
+    x509::verify_signed_by(&cert, &issuer_cert)
+        .map_err(|e| Error::Crypto(format!("issued certificate does not verify: {e}")))?;
+    let info = x509::describe(&der, &csr.path)?;
+    Ok(Issued {
+        csr: csr.path.clone(),
+        der,
+        info,
+    })
+}
+
+/// Check and issue every CSR, on all cores. All or nothing: the first
+/// refused CSR (in input order) is the error, and nothing is issued then.
+pub fn issue_all(
+    inputs: &[PathBuf],
+    issuer: &Issuer<'_>,
+    opts: &IssueOptions,
+) -> Result<Vec<Issued>> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    par_map(inputs.len(), cores, |i| {
+        CsrFile::read(&inputs[i]).and_then(|c| issue(&c, issuer, opts))
+    })
+}
+
+/// `f(0..n)` on `threads` threads, results in order; stops at the first error
+/// and returns the lowest-numbered one.
+fn par_map<T: Send>(
+    n: usize,
+    threads: usize,
+    f: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let threads = threads.clamp(1, n.max(1));
+    let mut results: Vec<(usize, Result<T>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = vec![];
+                    // Work is handed out in order and only stops being handed
+                    // out after a failure, so every item before a failed one
+                    // has run: the lowest failure is the first in input order.
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        let r = f(i);
+                        if r.is_err() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        mine.push((i, r));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec![(0, Err(Error::Crypto("worker thread panicked".into())))]
+                })
+            })
+            .collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    let mut out = Vec::with_capacity(n);
+    for (_, r) in results {
+        out.push(r?);
+    }
+    if out.len() != n {
+        return Err(Error::Crypto("not every item was processed".into()));
+    }
+    Ok(out)
+}
+
+/// The PEM file handed to the device: its certificate, then the issuer chain
+/// (root excluded; the device or the service holds the root).
+pub fn cert_file(issued: &Issued, issuer: &Issuer<'_>) -> String {
+    let mut s = x509::pem_cert(&issued.der);
+    s.push_str(&issuer.chain_pem);
+    s
+}
+
+/// One line of the issuance index.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct IndexEntry {
+    pub serial: String,
+    pub subject: String,
+    pub fingerprint_sha256: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub issuer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_role: Option<String>,
+    /// File name of the CSR.
+    pub csr: String,
+    /// Where the certificate was written.
+    pub cert: PathBuf,
+}
+
+/// Where `csr sign --role R` keeps its record of issued certificates.
+pub fn default_index(pki_dir: &Path) -> PathBuf {
+    pki_dir.join("issued").join("index.jsonl")
+}
+
+/// Append `entries` to the JSON Lines index at `path`, one line per
+/// certificate, under an exclusive lock so parallel runs never interleave.
+/// Appending (not rewriting) means a crash can at worst leave one partial
+/// last line, which the next writer ends with a newline and readers skip.
+pub fn append_index(path: &Path, entries: &[IndexEntry]) -> Result<()> {
+    let dir = fsutil::parent_dir(path);
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    let _lock = DirLock::acquire(Path::new(&lock))?;
+    let mut buf = String::new();
+    for e in entries {
+        let line = serde_json::to_string(e).map_err(|e| Error::input(path, e.to_string()))?;
+        buf.push_str(&line);
+        buf.push('\n');
+    }
+    let existed = path.exists();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(PUBLIC_MODE)
+        .open(path)
+        .at(path)?;
+    let len = f.metadata().at(path)?.len();
+    if len > 0 {
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::Start(len - 1)).at(path)?;
+        f.read_exact(&mut last).at(path)?;
+        if last[0] != b'\n' {
+            buf.insert(0, '\n');
+        }
+    }
+    f.write_all(buf.as_bytes()).at(path)?;
+    f.sync_all().at(path)?;
+    if !existed {
+        fsutil::sync_dir(&dir)?;
+    }
+    Ok(())
+}
+
+/// Read an index back (skipping a partial line a crash may have left).
+pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// Where each certificate goes and who issued it, for the index.
+pub fn index_entry(
+    issued: &Issued,
+    output: &Path,
+    issuer: &Issuer<'_>,
+    role: Option<&str>,
+) -> IndexEntry {
+    IndexEntry {
+        serial: issued.info.serial.clone(),
+        subject: issued.info.subject.clone(),
+        fingerprint_sha256: issued.info.fingerprint_sha256.clone(),
+        not_before: issued.info.not_before.clone(),
+        not_after: issued.info.not_after.clone(),
+        issuer: issuer.subject.clone(),
+        issuer_role: role.map(str::to_string),
+        csr: issued
+            .csr
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        cert: output.to_path_buf(),
+    }
+}
+
+/// Parallel writers of a batch's certificate files.
+const WRITERS: usize = 16;
+
+/// One CSR and where its certificate goes.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub csr: PathBuf,
+    pub output: PathBuf,
+}
+
+/// Where to record issued certificates, and the role name to record.
+#[derive(Clone, Debug)]
+pub struct IndexTarget {
+    pub path: PathBuf,
+    pub issuer_role: Option<String>,
+}
+
+/// What `csr sign` did, per certificate.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SignReport {
+    pub csr: PathBuf,
+    pub output: PathBuf,
+    pub subject: String,
+    pub serial: String,
+    pub fingerprint_sha256: String,
+    pub not_before: String,
+    pub not_after: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SignSummary {
+    pub issuer: String,
+    /// --days went past the issuer's notAfter; certificates end with it.
+    pub not_after_clamped: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<PathBuf>,
+    pub certificates: Vec<SignReport>,
+}
+
+/// Issue a certificate for every job with one loaded key. Every CSR is checked
+/// before anything is written; the index is appended before the certificates
+/// are handed out, so no certificate ever exists without its record.
+pub fn sign(
+    jobs: &[Job],
+    id: &Identity,
+    opts: &IssueOptions,
+    index: Option<&IndexTarget>,
+) -> Result<SignSummary> {
+    let mut outs = HashSet::new();
+    for j in jobs {
+        if j.output == j.csr {
+            return Err(Error::Usage(format!(
+                "{}: output would overwrite the CSR",
+                j.csr.display()
+            )));
+        }
+        if !outs.insert(&j.output) {
+            return Err(Error::Usage(format!(
+                "{}: two CSRs would be written to this output (same file stem?)",
+                j.output.display()
+            )));
+        }
+    }
+    let issuer = Issuer::new(id, opts)?;
+    let inputs: Vec<PathBuf> = jobs.iter().map(|j| j.csr.clone()).collect();
+    let issued = issue_all(&inputs, &issuer, opts)?;
+    let dirs: HashSet<PathBuf> = jobs.iter().map(|j| fsutil::parent_dir(&j.output)).collect();
+    for d in dirs {
+        std::fs::create_dir_all(&d).at(&d)?;
+    }
+    if let Some(ix) = index {
+        let entries: Vec<IndexEntry> = issued
+            .iter()
+            .zip(jobs)
+            .map(|(i, j)| index_entry(i, &j.output, &issuer, ix.issuer_role.as_deref()))
+            .collect();
+        append_index(&ix.path, &entries)?;
+    }
+    // Each file is fsynced (and its directory): that is waiting on the disk,
+    // not the CPU, so many writers overlap the waits.
+    par_map(jobs.len(), WRITERS, |k| {
+        let out = &jobs[k].output;
+        fsutil::write_atomic(out, cert_file(&issued[k], &issuer).as_bytes(), PUBLIC_MODE)
+    })?;
+    let mut certificates = Vec::with_capacity(jobs.len());
+    for (i, j) in issued.iter().zip(jobs) {
+        certificates.push(SignReport {
+            csr: j.csr.clone(),
+            output: j.output.clone(),
+            subject: i.info.subject.clone(),
+            serial: i.info.serial.clone(),
+            fingerprint_sha256: i.info.fingerprint_sha256.clone(),
+            not_before: i.info.not_before.clone(),
+            not_after: i.info.not_after.clone(),
+        });
+    }
+    Ok(SignSummary {
+        issuer: issuer.subject.clone(),
+        not_after_clamped: issuer.clamped,
+        index: index.map(|i| i.path.clone()),
+        certificates,
+    })
+}

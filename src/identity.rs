@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::keys::{self, FileKey, Signer};
+use crate::pkcs11::{self, Pkcs11Key};
 use crate::pki::Pki;
 use crate::x509;
 
@@ -22,7 +23,9 @@ pub struct Identity {
 pub struct KeySpec {
     pub role: Option<String>,
     pub dir: PathBuf,
+    /// A key file, or an RFC 7512 `pkcs11:` URI naming a private key on a token.
     pub key: Option<PathBuf>,
+    /// A certificate file, or a `pkcs11:` URI naming a certificate object.
     pub cert: Option<PathBuf>,
     /// Extra chain certificates (PEM file).
     pub chain: Option<PathBuf>,
@@ -52,20 +55,20 @@ impl Identity {
                 ))
             }
         };
-        let pass = keys::key_password(spec.key_pass_file.as_deref())?;
-        let signer = FileKey::load(&key_path, pass.as_deref().map(|s| s.as_str()))?;
-        Identity::from_signer(Box::new(signer), &cert_path, spec.chain.as_deref())
+        let signer = load_signer(&key_path, spec.key_pass_file.as_deref())?;
+        Identity::from_signer(signer, &cert_path, spec.chain.as_deref())
     }
 
-    /// Pair `signer` with the first certificate of `cert_path`; the rest of that
-    /// file (and `chain_path`) become the chain. Refuses a key that does not
-    /// belong to the certificate, which would make signatures nobody can verify.
+    /// Pair `signer` with the first certificate of `cert_path` (a file or a
+    /// `pkcs11:` URI); the rest of that file (and `chain_path`) become the
+    /// chain. Refuses a key that does not belong to the certificate, which
+    /// would make signatures nobody can verify.
     pub fn from_signer(
         signer: Box<dyn Signer>,
         cert_path: &Path,
         chain_path: Option<&Path>,
     ) -> Result<Identity> {
-        let mut certs = x509::read_certs(cert_path)?;
+        let mut certs = read_cert_chain(cert_path)?;
         let cert = certs.remove(0);
         let parsed = x509::parse(&cert, cert_path)?;
         if parsed.public_key().subject_public_key.data.as_ref() != signer.public_key() {
@@ -121,4 +124,30 @@ impl Identity {
             chain,
         })
     }
+}
+
+/// Open a signing key: a `pkcs11:` URI (RFC 7512) or a key file. File keys
+/// may be encrypted (`key_pass_file`, else `$PKI_SIGNER_KEY_PASS`); token keys
+/// take their PIN from `$PKI_SIGNER_PKCS11_PIN` or the URI's `pin-source`.
+pub fn load_signer(key: &Path, key_pass_file: Option<&Path>) -> Result<Box<dyn Signer>> {
+    if let Some(uri) = key.to_str().filter(|_| pkcs11::is_uri(key)) {
+        return Ok(Box::new(Pkcs11Key::open(uri)?));
+    }
+    let pass = keys::key_password(key_pass_file)?;
+    Ok(Box::new(FileKey::load(
+        key,
+        pass.as_deref().map(|s| s.as_str()),
+    )?))
+}
+
+/// The certificates (DER) of `cert`: every certificate of a PEM/DER file, or
+/// the one certificate object a `pkcs11:` URI names.
+pub fn read_cert_chain(cert: &Path) -> Result<Vec<Vec<u8>>> {
+    if let Some(uri) = cert.to_str().filter(|_| pkcs11::is_uri(cert)) {
+        let der = pkcs11::read_cert(uri)?;
+        let shown = pkcs11::Pkcs11Uri::parse(uri)?.shown().to_string();
+        x509::parse(&der, Path::new(&shown))?;
+        return Ok(vec![der]);
+    }
+    x509::read_certs(cert)
 }

@@ -160,6 +160,9 @@ pub enum SigScheme {
     RsaPssSha512,
     EcdsaSha256,
     EcdsaSha384,
+    /// ECDSA over SHA-512 on any supported curve (what `openssl dgst -sha512
+    /// -sign` makes with an EC key, e.g. for GuestOS manifests).
+    EcdsaSha512,
 }
 
 /// Something that can sign: a key file now, a PKCS#11 object later.
@@ -373,6 +376,20 @@ impl Signer for FileKey {
                 k.sign(pad, &SystemRandom::new(), msg, &mut sig)
                     .map_err(|_| fail())?;
                 Ok(sig)
+            }
+            (FileKeyInner::Ec(k), SigScheme::EcdsaSha512) => {
+                // aws-lc-rs only pairs P-256 with SHA-256 and P-384 with SHA-384
+                // for signing. ECDSA uses the leftmost order-size bits of the
+                // hash (FIPS 186-4, 6.4), so signing the truncated SHA-512
+                // value as a prehashed digest gives the same signature.
+                let (alg, n) = match self.key_type {
+                    KeyType::EcP384 => (&aws_lc_rs::digest::SHA384, 48),
+                    _ => (&aws_lc_rs::digest::SHA256, 32),
+                };
+                let full = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, msg);
+                let d = aws_lc_rs::digest::Digest::import_less_safe(&full.as_ref()[..n], alg)
+                    .map_err(|_| fail())?;
+                Ok(k.sign_digest(&d).map_err(|_| fail())?.as_ref().to_vec())
             }
             (FileKeyInner::Ec(k), s) => {
                 let want = match s {

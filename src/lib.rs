@@ -13,6 +13,8 @@ pub mod pe;
 pub mod pkcs11;
 pub mod pkcs7;
 pub mod pki;
+pub mod plan;
+pub mod resign;
 pub mod x509;
 
 pub use error::{Error, Result};

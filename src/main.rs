@@ -1,4 +1,10 @@
 fn main() {
+    // Rust ignores SIGPIPE, so `pki-signer pki show --json | head` would panic
+    // in println!; restore the default so we end quietly like other Unix tools.
+    // SAFETY: called before any other thread exists; SIG_DFL is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     std::process::exit(pki_signer_cli::run());
 }
 

@@ -316,6 +316,111 @@ pub fn verify_with_key(
         .map_err(|_| "signature does not verify".to_string())
 }
 
+/// Verify `sig` over `msg` against a bare SubjectPublicKeyInfo, for objects that
+/// carry their own key (a CSR's proof of possession). Accepts what
+/// `verify_with_key` does, and RSA keys of any size aws-lc verifies (2048..8192).
+pub fn verify_with_spki(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+    alg: &x509_parser::x509::AlgorithmIdentifier<'_>,
+    msg: &[u8],
+    sig: &[u8],
+) -> std::result::Result<(), String> {
+    let key = spki.subject_public_key.data.as_ref();
+    let key_type = match spki.algorithm.algorithm.to_id_string().as_str() {
+        "1.2.840.113549.1.1.1" | "1.2.840.113549.1.1.10" => {
+            x509_parser::public_key::RSAPublicKey::from_der(key)
+                .ok()
+                .map(|(_, k)| KeyType::Rsa(k.key_size() as u32))
+        }
+        "1.2.840.10045.2.1" => match spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.to_id_string())
+            .as_deref()
+        {
+            Some("1.2.840.10045.3.1.7") => Some(KeyType::EcP256),
+            Some("1.3.132.0.34") => Some(KeyType::EcP384),
+            _ => None,
+        },
+        _ => None,
+    };
+    let oid = alg.algorithm.to_id_string();
+    let pss: sig::RsaParameters;
+    let verifier: &dyn sig::VerificationAlgorithm = match (oid.as_str(), key_type) {
+        ("1.2.840.113549.1.1.11", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA256,
+        ("1.2.840.113549.1.1.12", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA384,
+        ("1.2.840.113549.1.1.13", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA512,
+        ("1.2.840.113549.1.1.10", Some(KeyType::Rsa(_))) => {
+            let parsed = x509_parser::signature_algorithm::SignatureAlgorithm::try_from(alg)
+                .map_err(|e| format!("bad RSA-PSS parameters: {e}"))?;
+            let x509_parser::signature_algorithm::SignatureAlgorithm::RSASSA_PSS(p) = parsed else {
+                return Err("bad RSA-PSS parameters".into());
+            };
+            let base = match p.hash_algorithm_oid().to_id_string().as_str() {
+                "2.16.840.1.101.3.4.2.1" => sig::RSA_PSS_2048_8192_SHA256,
+                "2.16.840.1.101.3.4.2.2" => sig::RSA_PSS_2048_8192_SHA384,
+                "2.16.840.1.101.3.4.2.3" => sig::RSA_PSS_2048_8192_SHA512,
+                h => return Err(format!("unsupported RSA-PSS hash {h}")),
+            };
+            let salt = u16::try_from(p.salt_length()).map_err(|_| "RSA-PSS salt too long")?;
+            pss = base.with_pss_salt_length(sig::RsaPssSaltLength::Custom(salt));
+            &pss
+        }
+        ("1.2.840.10045.4.3.2", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA256_ASN1,
+        ("1.2.840.10045.4.3.3", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA384_ASN1,
+        ("1.2.840.10045.4.3.4", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA512_ASN1,
+        ("1.2.840.10045.4.3.2", Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA256_ASN1,
+        ("1.2.840.10045.4.3.3", Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA384_ASN1,
+        ("1.2.840.10045.4.3.4", Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA512_ASN1,
+        (o, k) => {
+            return Err(format!(
+                "unsupported signature algorithm {o} for key {}",
+                k.map(|k| k.to_string())
+                    .unwrap_or_else(|| "of unknown type".into())
+            ))
+        }
+    };
+    verifier
+        .verify_sig(key, msg, sig)
+        .map_err(|_| "signature does not verify".to_string())
+}
+
+/// Issue a certificate for a public key we hold no `Signer` for (a CSR's key),
+/// signed by `issuer_key` whose certificate is `issuer_der`. The caller fills
+/// `params` (subject, validity, usages, extensions); this sets what every issued
+/// certificate has in common with `issue`: a random 16-byte serial, the SKI
+/// (SHA-256 based) and the AKI copied from the issuer's SKI.
+/// Refuses keys rcgen would not re-encode byte for byte, so the certificate
+/// always certifies exactly the key given.
+pub fn issue_for_spki(
+    mut params: CertificateParams,
+    subject_spki_der: &[u8],
+    issuer_der: &[u8],
+    issuer_key: &dyn Signer,
+) -> Result<Vec<u8>> {
+    use rcgen::PublicKeyData as _;
+    let subject = rcgen::SubjectPublicKeyInfo::from_der(subject_spki_der)
+        .map_err(|e| Error::Crypto(format!("unsupported public key: {e}")))?;
+    if subject.subject_public_key_info() != subject_spki_der {
+        return Err(Error::Crypto(
+            "unsupported public key encoding (cannot be copied unchanged)".into(),
+        ));
+    }
+    params.serial_number = Some(random_serial()?);
+    params.key_identifier_method = KeyIdMethod::Sha256;
+    params.use_authority_key_identifier_extension = true;
+    let err = |e: rcgen::Error| Error::Crypto(format!("issuing certificate: {e}"));
+    let issuer = Issuer::from_ca_cert_der(&issuer_der.to_vec().into(), RcgenKey::new(issuer_key))
+        .map_err(err)?;
+    Ok(params
+        .signed_by(&subject, &issuer)
+        .map_err(err)?
+        .der()
+        .to_vec())
+}
+
 pub fn is_ca(cert: &X509Certificate<'_>) -> bool {
     matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
 }

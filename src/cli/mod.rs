@@ -12,6 +12,7 @@ mod efivar;
 mod guestos;
 mod pe;
 mod pki;
+mod resign;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +42,8 @@ enum Command {
     /// Issue device certificates from CSRs.
     #[command(subcommand)]
     Csr(csr::CsrCmd),
+    /// Re-sign the artifacts of a signing plan with production keys.
+    Resign(resign::ResignArgs),
 }
 
 /// How a signing command finds its key: a role of the PKI, or explicit files.
@@ -171,6 +174,7 @@ pub fn run() -> i32 {
         Command::Efivar(c) => efivar::run(c),
         Command::Guestos(c) => guestos::run(c),
         Command::Csr(c) => csr::run(c),
+        Command::Resign(a) => resign::run(a),
     };
     match res {
         Ok(code) => code,

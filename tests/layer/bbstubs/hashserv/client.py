@@ -1,0 +1,1 @@
+"""See hashserv/__init__.py."""
