@@ -13,8 +13,9 @@ source scripts/layer-deps.sh
 
 ensure_cargo
 # Peers: openssl (x509/verify/pkey), efitools (ESL/auth), sbsigntool, osslsigncode, pesign;
-# systemd-boot-efi and the kernel are real binaries to sign; SoftHSM2 + opensc are the HSM.
-ensure_apt openssl efitools sbsigntool osslsigncode pesign systemd-boot-efi softhsm2 opensc
+# systemd-boot-efi and the kernel are real binaries to sign; SoftHSM2 + opensc are the HSM;
+# protoc reads GuestOS manifests independently.
+ensure_apt openssl efitools sbsigntool osslsigncode pesign systemd-boot-efi softhsm2 opensc protobuf-compiler
 # OVMF + QEMU + virt-firmware (venv) for the firmware proof.
 ovmf_deps
 # bitbake's bb library (PyPI bitbake-setup), oelint-adv and pytest for the layer tests.

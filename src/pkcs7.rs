@@ -1,2 +1,1100 @@
-//! Generic PKCS#7 / CMS SignedData (detached) made with any `Signer`: used by
-//! EFI authenticated variables and GuestOS CMS signatures.
+//! Generic PKCS#7 / CMS SignedData with detached content, made with any
+//! `Signer`: EFI authenticated variables (efitools' form) and GuestOS CMS
+//! signatures.
+//!
+//! What [`sign_detached`] writes is the layout of OpenSSL's `PKCS7_sign`,
+//! which `openssl smime`, `openssl cms` and EDK2 (OpenSSL's PKCS#7 code) read:
+//!
+//! ```text
+//! [ContentInfo { signedData, [0] EXPLICIT]   -- only with `content_info`
+//! SignedData {
+//!   version 1, digestAlgorithms { hash },
+//!   encapContentInfo { id-data },            -- detached: no eContent
+//!   certificates [0] { signer, chain... },
+//!   signerInfos { SignerInfo { version 1, issuerAndSerialNumber, hash,
+//!     [0] { contentType, signingTime, messageDigest }   -- only with `signed_attrs`
+//!     signatureAlgorithm, signature } } }
+//! ```
+//!
+//! Without signed attributes the signature covers the content itself; with
+//! an RSA PKCS#1 v1.5 key that makes the output a pure function of the
+//! inputs, byte for byte what `PKCS7_sign(... PKCS7_NOATTR)` produces.
+//!
+//! The reader is a small lenient TLV walker rather than a strict DER
+//! decoder: peers do not always write canonical DER, and the exact bytes of
+//! the signed attributes are needed to check the signature.
+
+use std::path::Path;
+
+use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
+use cms::cert::x509::attr::Attribute;
+use cms::cert::x509::spki::AlgorithmIdentifierOwned;
+use cms::content_info::{CmsVersion, ContentInfo};
+use cms::signed_data::EncapsulatedContentInfo;
+use der::asn1::{GeneralizedTime, ObjectIdentifier, OctetString, SetOfVec, UtcTime};
+use der::{Any, DateTime, Encode, Sequence, Tag, TagNumber};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::error::{Error, Result};
+use crate::keys::{KeyType, SigScheme, Signer};
+use crate::x509;
+
+/// Object identifiers used here, as dotted strings (what the reader compares).
+pub mod oid {
+    pub const DATA: &str = "1.2.840.113549.1.7.1";
+    pub const SIGNED_DATA: &str = "1.2.840.113549.1.7.2";
+    pub const CONTENT_TYPE: &str = "1.2.840.113549.1.9.3";
+    pub const MESSAGE_DIGEST: &str = "1.2.840.113549.1.9.4";
+    pub const SIGNING_TIME: &str = "1.2.840.113549.1.9.5";
+    pub const SHA1: &str = "1.3.14.3.2.26";
+    pub const SHA256: &str = "2.16.840.1.101.3.4.2.1";
+    pub const SHA384: &str = "2.16.840.1.101.3.4.2.2";
+    pub const SHA512: &str = "2.16.840.1.101.3.4.2.3";
+    pub const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
+    pub const MGF1: &str = "1.2.840.113549.1.1.8";
+    pub const RSASSA_PSS: &str = "1.2.840.113549.1.1.10";
+    pub const SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
+    pub const SHA384_WITH_RSA: &str = "1.2.840.113549.1.1.12";
+    pub const SHA512_WITH_RSA: &str = "1.2.840.113549.1.1.13";
+    pub const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+    pub const ECDSA_WITH_SHA256: &str = "1.2.840.10045.4.3.2";
+    pub const ECDSA_WITH_SHA384: &str = "1.2.840.10045.4.3.3";
+    pub const ECDSA_WITH_SHA512: &str = "1.2.840.10045.4.3.4";
+}
+
+/// Depth limit when walking from a signer certificate up to an anchor.
+const MAX_CHAIN_DEPTH: usize = 8;
+
+// ---------------------------------------------------------------------------
+// Hashes
+
+/// The message digest of a signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hash {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Hash {
+    pub fn oid(self) -> &'static str {
+        match self {
+            Hash::Sha256 => oid::SHA256,
+            Hash::Sha384 => oid::SHA384,
+            Hash::Sha512 => oid::SHA512,
+        }
+    }
+
+    pub fn from_oid(o: &str) -> Option<Hash> {
+        match o {
+            oid::SHA256 => Some(Hash::Sha256),
+            oid::SHA384 => Some(Hash::Sha384),
+            oid::SHA512 => Some(Hash::Sha512),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hash::Sha256 => "sha256",
+            Hash::Sha384 => "sha384",
+            Hash::Sha512 => "sha512",
+        }
+    }
+
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
+        use aws_lc_rs::digest;
+        let alg = match self {
+            Hash::Sha256 => &digest::SHA256,
+            Hash::Sha384 => &digest::SHA384,
+            Hash::Sha512 => &digest::SHA512,
+        };
+        digest::digest(alg, data).as_ref().to_vec()
+    }
+
+    fn len(self) -> u32 {
+        match self {
+            Hash::Sha256 => 32,
+            Hash::Sha384 => 48,
+            Hash::Sha512 => 64,
+        }
+    }
+}
+
+/// "sha256" for known digest OIDs, the dotted OID otherwise.
+pub fn hash_name(o: &str) -> String {
+    match o {
+        oid::SHA1 => "sha1".into(),
+        o => Hash::from_oid(o)
+            .map(|h| h.name().to_string())
+            .unwrap_or_else(|| o.to_string()),
+    }
+}
+
+/// A readable name for a SignerInfo signatureAlgorithm.
+pub fn sig_alg_name(o: &str) -> String {
+    match o {
+        oid::RSA_ENCRYPTION => "rsaEncryption".into(),
+        oid::RSASSA_PSS => "RSASSA-PSS".into(),
+        oid::SHA256_WITH_RSA => "sha256WithRSAEncryption".into(),
+        oid::SHA384_WITH_RSA => "sha384WithRSAEncryption".into(),
+        oid::SHA512_WITH_RSA => "sha512WithRSAEncryption".into(),
+        oid::EC_PUBLIC_KEY => "id-ecPublicKey".into(),
+        oid::ECDSA_WITH_SHA256 => "ecdsa-with-SHA256".into(),
+        oid::ECDSA_WITH_SHA384 => "ecdsa-with-SHA384".into(),
+        oid::ECDSA_WITH_SHA512 => "ecdsa-with-SHA512".into(),
+        o => o.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Writing
+
+/// How [`sign_detached`] signs.
+pub struct DetachedOptions<'a> {
+    pub signer: &'a dyn Signer,
+    /// The signer's certificate (DER); its key must be `signer`'s.
+    pub cert: &'a [u8],
+    /// Further certificates (DER) to carry, e.g. intermediate CAs.
+    pub chain: &'a [Vec<u8>],
+    pub hash: Hash,
+    /// include signed attributes (contentType, messageDigest, signingTime if given)
+    pub signed_attrs: bool,
+    pub signing_time: Option<OffsetDateTime>,
+    /// wrap in ContentInfo (true) or emit bare SignedData (false)
+    pub content_info: bool,
+}
+
+fn der_err(e: der::Error) -> Error {
+    Error::Crypto(format!("encoding the PKCS#7 signature: {e}"))
+}
+
+fn obj_id(s: &str) -> der::Result<ObjectIdentifier> {
+    ObjectIdentifier::new(s).map_err(|_| Tag::ObjectIdentifier.value_error())
+}
+
+fn alg_id(o: &str, null_params: bool) -> der::Result<AlgorithmIdentifierOwned> {
+    Ok(AlgorithmIdentifierOwned {
+        oid: obj_id(o)?,
+        parameters: if null_params {
+            Some(Any::new(Tag::Null, Vec::new())?)
+        } else {
+            None
+        },
+    })
+}
+
+fn explicit(number: TagNumber, inner: Vec<u8>) -> der::Result<Vec<u8>> {
+    Any::new(
+        Tag::ContextSpecific {
+            constructed: true,
+            number,
+        },
+        inner,
+    )?
+    .to_der()
+}
+
+/// RSASSA-PSS-params with MGF1 over the same hash and salt = hash length,
+/// which is what `SigScheme::RsaPss*` produce. The hash AlgorithmIdentifiers
+/// carry no parameters, as OpenSSL writes them.
+fn pss_alg(hash: Hash) -> der::Result<AlgorithmIdentifierOwned> {
+    let h = alg_id(hash.oid(), false)?;
+    let mgf = AlgorithmIdentifierOwned {
+        oid: obj_id(oid::MGF1)?,
+        parameters: Some(Any::encode_from(&h)?),
+    };
+    let params = [
+        explicit(TagNumber::N0, h.to_der()?)?,
+        explicit(TagNumber::N1, mgf.to_der()?)?,
+        explicit(TagNumber::N2, hash.len().to_der()?)?,
+    ]
+    .concat();
+    Ok(AlgorithmIdentifierOwned {
+        oid: obj_id(oid::RSASSA_PSS)?,
+        parameters: Some(Any::new(Tag::Sequence, params)?),
+    })
+}
+
+/// The `Signer` scheme and the signatureAlgorithm to write for `hash`.
+fn signature_params(
+    signer: &dyn Signer,
+    hash: Hash,
+) -> Result<(SigScheme, AlgorithmIdentifierOwned)> {
+    let kt = signer.key_type();
+    let unsupported = |what: &str| {
+        Error::Usage(format!(
+            "{}: a {what} key cannot make {} signatures here",
+            signer.origin(),
+            hash.name()
+        ))
+    };
+    let (scheme, alg) = match (kt, signer.rsa_pss_only(), hash) {
+        (KeyType::Rsa(_), true, Hash::Sha256) => (SigScheme::RsaPssSha256, pss_alg(hash)),
+        (KeyType::Rsa(_), true, Hash::Sha512) => (SigScheme::RsaPssSha512, pss_alg(hash)),
+        (KeyType::Rsa(_), true, Hash::Sha384) => {
+            return Err(unsupported("RSA-PSS (use sha256 or sha512)"))
+        }
+        // rsaEncryption with NULL, as OpenSSL writes it; the hash comes from
+        // the digestAlgorithm.
+        (KeyType::Rsa(_), false, h) => (
+            match h {
+                Hash::Sha256 => SigScheme::RsaPkcs1Sha256,
+                Hash::Sha384 => SigScheme::RsaPkcs1Sha384,
+                Hash::Sha512 => SigScheme::RsaPkcs1Sha512,
+            },
+            alg_id(oid::RSA_ENCRYPTION, true),
+        ),
+        (KeyType::EcP256, _, Hash::Sha256) => (
+            SigScheme::EcdsaSha256,
+            alg_id(oid::ECDSA_WITH_SHA256, false),
+        ),
+        (KeyType::EcP384, _, Hash::Sha384) => (
+            SigScheme::EcdsaSha384,
+            alg_id(oid::ECDSA_WITH_SHA384, false),
+        ),
+        (KeyType::EcP256 | KeyType::EcP384, _, Hash::Sha512) => (
+            SigScheme::EcdsaSha512,
+            alg_id(oid::ECDSA_WITH_SHA512, false),
+        ),
+        (KeyType::EcP256, _, _) => return Err(unsupported("EC P-256 (use sha256 or sha512)")),
+        (KeyType::EcP384, _, _) => return Err(unsupported("EC P-384 (use sha384 or sha512)")),
+    };
+    Ok((scheme, alg.map_err(der_err)?))
+}
+
+#[derive(Sequence)]
+struct SignerInfoDer {
+    version: CmsVersion,
+    /// IssuerAndSerialNumber, assembled from the certificate's own bytes.
+    sid: Any,
+    digest_algorithm: AlgorithmIdentifierOwned,
+    #[asn1(context_specific = "0", tag_mode = "IMPLICIT", optional = "true")]
+    signed_attrs: Option<SetOfVec<Attribute>>,
+    signature_algorithm: AlgorithmIdentifierOwned,
+    signature: OctetString,
+}
+
+/// Certificates keep their order (signer first), as OpenSSL writes them.
+#[derive(Sequence)]
+struct SignedDataDer {
+    version: CmsVersion,
+    digest_algorithms: SetOfVec<AlgorithmIdentifierOwned>,
+    encap_content_info: EncapsulatedContentInfo,
+    #[asn1(context_specific = "0", tag_mode = "IMPLICIT")]
+    certificates: Vec<Any>,
+    signer_infos: SetOfVec<Any>,
+}
+
+fn attribute(o: &str, value: Any) -> der::Result<Attribute> {
+    Ok(Attribute {
+        oid: obj_id(o)?,
+        values: SetOfVec::try_from(vec![value])?,
+    })
+}
+
+/// signingTime as RFC 5652 wants it: UTCTime through 2049, GeneralizedTime after.
+fn signing_time_value(t: OffsetDateTime) -> Result<Any> {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let bad = || Error::Usage(format!("signing time {t} is out of range (1970..9999)"));
+    let year = u16::try_from(t.year()).map_err(|_| bad())?;
+    let dt = DateTime::new(
+        year,
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+    )
+    .map_err(|_| bad())?;
+    if year < 2050 {
+        Any::encode_from(&UtcTime::from_date_time(dt).map_err(|_| bad())?).map_err(der_err)
+    } else {
+        Any::encode_from(&GeneralizedTime::from_date_time(dt)).map_err(der_err)
+    }
+}
+
+/// Detached SignedData over `content` (eContent absent), DER.
+pub fn sign_detached(content: &[u8], opts: &DetachedOptions) -> Result<Vec<u8>> {
+    let cert_origin = Path::new("signer certificate");
+    let cert = x509::parse(opts.cert, cert_origin)?;
+    if cert.public_key().subject_public_key.data.as_ref() != opts.signer.public_key() {
+        return Err(Error::Usage(format!(
+            "key {} does not belong to the signer certificate '{}'",
+            opts.signer.origin(),
+            cert.subject()
+        )));
+    }
+    for (i, c) in opts.chain.iter().enumerate() {
+        x509::parse(c, Path::new(&format!("chain certificate {}", i + 1)))?;
+    }
+    let (scheme, sig_alg) = signature_params(opts.signer, opts.hash)?;
+    let hash = opts.hash;
+
+    let signed_attrs = if opts.signed_attrs {
+        let time = opts.signing_time.map(signing_time_value).transpose()?;
+        let attrs = (|| -> der::Result<SetOfVec<Attribute>> {
+            let mut v = vec![
+                attribute(oid::CONTENT_TYPE, Any::encode_from(&obj_id(oid::DATA)?)?)?,
+                attribute(
+                    oid::MESSAGE_DIGEST,
+                    Any::new(Tag::OctetString, hash.digest(content))?,
+                )?,
+            ];
+            if let Some(t) = time {
+                v.push(attribute(oid::SIGNING_TIME, t)?);
+            }
+            // DER order; the signature covers exactly this encoding.
+            SetOfVec::try_from(v)
+        })()
+        .map_err(der_err)?;
+        Some(attrs)
+    } else {
+        None
+    };
+    let signature = match &signed_attrs {
+        Some(a) => opts.signer.sign(scheme, &a.to_der().map_err(der_err)?)?,
+        None => opts.signer.sign(scheme, content)?,
+    };
+
+    let mut certs: Vec<&[u8]> = vec![opts.cert];
+    for c in opts.chain {
+        if !certs.contains(&c.as_slice()) {
+            certs.push(c);
+        }
+    }
+    let issuer = cert.tbs_certificate.issuer.as_raw();
+    let serial = cert.raw_serial();
+    (|| -> der::Result<Vec<u8>> {
+        let serial = Any::new(Tag::Integer, serial)?.to_der()?;
+        let signer_info = SignerInfoDer {
+            version: CmsVersion::V1,
+            sid: Any::new(Tag::Sequence, [issuer, &serial].concat())?,
+            digest_algorithm: alg_id(hash.oid(), true)?,
+            signed_attrs,
+            signature_algorithm: sig_alg,
+            signature: OctetString::new(signature)?,
+        };
+        let signed_data = SignedDataDer {
+            version: CmsVersion::V1,
+            digest_algorithms: SetOfVec::try_from(vec![alg_id(hash.oid(), true)?])?,
+            encap_content_info: EncapsulatedContentInfo {
+                econtent_type: obj_id(oid::DATA)?,
+                econtent: None,
+            },
+            certificates: certs
+                .iter()
+                .map(|c| <Any as der::Decode>::from_der(c))
+                .collect::<der::Result<_>>()?,
+            signer_infos: SetOfVec::try_from(vec![Any::encode_from(&signer_info)?])?,
+        };
+        if opts.content_info {
+            ContentInfo {
+                content_type: obj_id(oid::SIGNED_DATA)?,
+                content: Any::encode_from(&signed_data)?,
+            }
+            .to_der()
+        } else {
+            signed_data.to_der()
+        }
+    })()
+    .map_err(der_err)
+}
+
+// ---------------------------------------------------------------------------
+// Reading
+
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const INTEGER: u8 = 0x02;
+const OCTET_STRING: u8 = 0x04;
+const OBJECT_ID: u8 = 0x06;
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+const CTX0: u8 = 0xa0;
+const CTX1: u8 = 0xa1;
+const CTX0_PRIMITIVE: u8 = 0x80;
+
+/// One BER/DER element with a definite length.
+#[derive(Clone, Copy, Debug)]
+struct Tlv<'a> {
+    tag: u8,
+    /// Tag, length and value.
+    raw: &'a [u8],
+    value: &'a [u8],
+}
+
+/// Split the first element off `input`.
+fn take(input: &[u8]) -> std::result::Result<(Tlv<'_>, &[u8]), String> {
+    let (&tag, rest) = input.split_first().ok_or("truncated: element expected")?;
+    if tag & 0x1f == 0x1f {
+        return Err(format!("unsupported multi-byte tag 0x{tag:02x}"));
+    }
+    let (&first, mut rest) = rest.split_first().ok_or("truncated length")?;
+    let len = match first {
+        0..=0x7f => usize::from(first),
+        0x80 => return Err("indefinite length (BER) is not supported".into()),
+        _ => {
+            let n = usize::from(first & 0x7f);
+            if n > 4 || rest.len() < n {
+                return Err("bad length".into());
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+            rest = &rest[n..];
+            len
+        }
+    };
+    if rest.len() < len {
+        return Err(format!(
+            "truncated: element of {len} bytes, {} left",
+            rest.len()
+        ));
+    }
+    let header = input.len() - rest.len();
+    Ok((
+        Tlv {
+            tag,
+            raw: &input[..header + len],
+            value: &rest[..len],
+        },
+        &rest[len..],
+    ))
+}
+
+/// Iterates the elements inside a constructed element.
+struct Elements<'a> {
+    rest: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Elements<'a> {
+    fn of(t: Tlv<'a>, what: &'static str) -> Self {
+        Elements {
+            rest: t.value,
+            what,
+        }
+    }
+
+    fn next(&mut self) -> std::result::Result<Option<Tlv<'a>>, String> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let (t, rest) = take(self.rest).map_err(|e| format!("{}: {e}", self.what))?;
+        self.rest = rest;
+        Ok(Some(t))
+    }
+
+    fn expect(&mut self, tag: u8, field: &str) -> std::result::Result<Tlv<'a>, String> {
+        match self.next()? {
+            Some(t) if t.tag == tag => Ok(t),
+            Some(t) => Err(format!(
+                "{}: {field}: expected tag 0x{tag:02x}, found 0x{:02x}",
+                self.what, t.tag
+            )),
+            None => Err(format!("{}: {field} missing", self.what)),
+        }
+    }
+
+    fn optional(&mut self, tag: u8) -> std::result::Result<Option<Tlv<'a>>, String> {
+        if self.rest.first() == Some(&tag) {
+            self.next()
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+fn oid_string(t: Tlv<'_>) -> String {
+    ObjectIdentifier::from_bytes(t.value)
+        .map(|o| o.to_string())
+        .unwrap_or_else(|_| format!("<bad OID {}>", x509::hex(t.value)))
+}
+
+fn small_int(t: Tlv<'_>) -> std::result::Result<u32, String> {
+    if t.value.is_empty() || t.value.len() > 4 || t.value[0] & 0x80 != 0 {
+        return Err("bad version number".into());
+    }
+    Ok(t.value
+        .iter()
+        .fold(0u32, |acc, &b| (acc << 8) | u32::from(b)))
+}
+
+fn alg_oid(t: Tlv<'_>, what: &'static str) -> std::result::Result<String, String> {
+    Ok(oid_string(
+        Elements::of(t, what).expect(OBJECT_ID, "algorithm")?,
+    ))
+}
+
+fn strip_zeros(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|&&x| x == 0).count();
+    &b[n..]
+}
+
+/// How a SignerInfo names its certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignerId {
+    /// Issuer Name (DER) and serial number (INTEGER content octets).
+    IssuerSerial { issuer: Vec<u8>, serial: Vec<u8> },
+    /// subjectKeyIdentifier.
+    KeyId(Vec<u8>),
+}
+
+impl SignerId {
+    fn matches(&self, cert: &X509Certificate<'_>) -> bool {
+        match self {
+            SignerId::IssuerSerial { issuer, serial } => {
+                if strip_zeros(cert.raw_serial()) != strip_zeros(serial) {
+                    return false;
+                }
+                let ci = cert.tbs_certificate.issuer.as_raw();
+                // Same bytes, or the same name spelled differently.
+                ci == issuer.as_slice()
+                    || x509_parser::x509::X509Name::from_der(issuer)
+                        .map(|(_, n)| n.to_string() == cert.issuer().to_string())
+                        .unwrap_or(false)
+            }
+            SignerId::KeyId(id) => cert.extensions().iter().any(|e| {
+                matches!(e.parsed_extension(),
+                    x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k)
+                        if k.0 == id.as_slice())
+            }),
+        }
+    }
+}
+
+/// One SignerInfo, parsed.
+#[derive(Clone, Debug)]
+pub struct SignerInfo {
+    pub sid: SignerId,
+    /// digestAlgorithm OID.
+    pub digest_oid: String,
+    /// The signed attributes re-tagged as SET (what the signature covers), if any.
+    pub signed_attrs: Option<Vec<u8>>,
+    pub content_types: Vec<String>,
+    pub message_digests: Vec<Vec<u8>>,
+    /// The signingTime signed attribute (RFC 3339), if any.
+    pub signing_time: Option<String>,
+    /// signatureAlgorithm OID, and the whole AlgorithmIdentifier (PSS needs its parameters).
+    pub signature_oid: String,
+    pub signature_alg: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+impl SignerInfo {
+    /// The signer as named in the SignerInfo: "issuer, serial HEX" or "key id HEX".
+    pub fn describe_sid(&self) -> String {
+        match &self.sid {
+            SignerId::IssuerSerial { issuer, serial } => {
+                let name = x509_parser::x509::X509Name::from_der(issuer)
+                    .map(|(_, n)| n.to_string())
+                    .unwrap_or_else(|_| format!("<name {}>", x509::hex(issuer)));
+                format!("issuer '{name}', serial {}", x509::hex(serial))
+            }
+            SignerId::KeyId(id) => format!("key id {}", x509::hex(id)),
+        }
+    }
+}
+
+/// A parsed SignedData.
+#[derive(Clone, Debug)]
+pub struct SignedData {
+    /// It came wrapped in a ContentInfo (false: bare SignedData, as in EFI variables).
+    pub content_info: bool,
+    pub version: u32,
+    pub digest_algorithms: Vec<String>,
+    /// encapContentInfo.eContentType.
+    pub content_type: String,
+    /// The eContent octets when the content is attached.
+    pub content: Option<Vec<u8>>,
+    /// Every certificate carried (DER), in stored order.
+    pub certs: Vec<Vec<u8>>,
+    pub signers: Vec<SignerInfo>,
+}
+
+/// Parse a DER SignedData, bare or in a ContentInfo. Zero padding after it
+/// is accepted. `origin` names the input in errors.
+pub fn parse(der: &[u8], origin: &Path) -> Result<SignedData> {
+    parse_inner(der)
+        .map_err(|e| Error::input(origin, format!("not a valid PKCS#7 SignedData: {e}")))
+}
+
+fn parse_inner(der: &[u8]) -> std::result::Result<SignedData, String> {
+    let (outer, trailing) = take(der)?;
+    if trailing.iter().any(|&b| b != 0) {
+        return Err(format!("{} bytes of trailing data", trailing.len()));
+    }
+    if outer.tag != SEQUENCE {
+        return Err("not a SEQUENCE".into());
+    }
+    // ContentInfo starts with an OID; SignedData with its version INTEGER.
+    let first = Elements::of(outer, "SignedData").next()?.map(|t| t.tag);
+    let (sd, content_info) = if first == Some(OBJECT_ID) {
+        let mut ci = Elements::of(outer, "ContentInfo");
+        let ct = oid_string(ci.expect(OBJECT_ID, "contentType")?);
+        if ct != oid::SIGNED_DATA {
+            return Err(format!("content type {ct} is not signedData"));
+        }
+        let wrapper = ci.expect(CTX0, "content")?;
+        (
+            Elements::of(wrapper, "ContentInfo content").expect(SEQUENCE, "SignedData")?,
+            true,
+        )
+    } else {
+        (outer, false)
+    };
+    let mut sd = Elements::of(sd, "SignedData");
+    let version = small_int(sd.expect(INTEGER, "version")?)?;
+    let mut digest_algorithms = vec![];
+    let mut algs = Elements::of(sd.expect(SET, "digestAlgorithms")?, "digestAlgorithms");
+    while let Some(a) = algs.next()? {
+        if a.tag != SEQUENCE {
+            return Err("digestAlgorithms: not an AlgorithmIdentifier".into());
+        }
+        digest_algorithms.push(alg_oid(a, "digestAlgorithms")?);
+    }
+    let mut eci = Elements::of(sd.expect(SEQUENCE, "encapContentInfo")?, "encapContentInfo");
+    let content_type = oid_string(eci.expect(OBJECT_ID, "eContentType")?);
+    let content = match eci.optional(CTX0)? {
+        None => None,
+        Some(w) => match Elements::of(w, "eContent").next()? {
+            Some(t) if t.tag == OCTET_STRING => Some(t.value.to_vec()),
+            // PKCS#7 allows any type here (Authenticode uses a SEQUENCE).
+            Some(t) => Some(t.raw.to_vec()),
+            None => None,
+        },
+    };
+    let mut certs = vec![];
+    if let Some(set) = sd.optional(CTX0)? {
+        let mut set = Elements::of(set, "certificates");
+        while let Some(c) = set.next()? {
+            // Other CertificateChoices (attribute certificates...) are skipped.
+            if c.tag == SEQUENCE {
+                certs.push(c.raw.to_vec());
+            }
+        }
+    }
+    sd.optional(CTX1)?; // crls
+    let mut infos = Elements::of(sd.expect(SET, "signerInfos")?, "signerInfos");
+    let mut signers = vec![];
+    while let Some(si) = infos.next()? {
+        if si.tag != SEQUENCE {
+            return Err("signerInfo is not a SEQUENCE".into());
+        }
+        signers.push(parse_signer_info(si)?);
+    }
+    Ok(SignedData {
+        content_info,
+        version,
+        digest_algorithms,
+        content_type,
+        content,
+        certs,
+        signers,
+    })
+}
+
+fn parse_signer_info(si: Tlv<'_>) -> std::result::Result<SignerInfo, String> {
+    let mut si = Elements::of(si, "signerInfo");
+    small_int(si.expect(INTEGER, "version")?)?;
+    let sid = match si.next()? {
+        Some(t) if t.tag == SEQUENCE => {
+            let mut isn = Elements::of(t, "issuerAndSerialNumber");
+            let issuer = isn.expect(SEQUENCE, "issuer")?;
+            let serial = isn.expect(INTEGER, "serialNumber")?;
+            SignerId::IssuerSerial {
+                issuer: issuer.raw.to_vec(),
+                serial: serial.value.to_vec(),
+            }
+        }
+        Some(t) if t.tag == CTX0_PRIMITIVE => SignerId::KeyId(t.value.to_vec()),
+        _ => return Err("signerInfo: bad signer identifier".into()),
+    };
+    let digest_oid = alg_oid(si.expect(SEQUENCE, "digestAlgorithm")?, "signerInfo")?;
+    let mut signed_attrs = None;
+    let mut content_types = vec![];
+    let mut message_digests = vec![];
+    let mut signing_time = None;
+    if let Some(attrs) = si.optional(CTX0)? {
+        let mut set = attrs.raw.to_vec();
+        set[0] = SET;
+        signed_attrs = Some(set);
+        let mut list = Elements::of(attrs, "signed attributes");
+        while let Some(a) = list.next()? {
+            if a.tag != SEQUENCE {
+                return Err("signed attributes: attribute is not a SEQUENCE".into());
+            }
+            let mut a = Elements::of(a, "signed attributes");
+            let o = oid_string(a.expect(OBJECT_ID, "attribute type")?);
+            let mut values = Elements::of(a.expect(SET, "attribute values")?, "signed attributes");
+            while let Some(v) = values.next()? {
+                match o.as_str() {
+                    oid::CONTENT_TYPE if v.tag == OBJECT_ID => content_types.push(oid_string(v)),
+                    oid::CONTENT_TYPE => content_types.push("<not an OID>".into()),
+                    oid::MESSAGE_DIGEST if v.tag == OCTET_STRING => {
+                        message_digests.push(v.value.to_vec())
+                    }
+                    oid::MESSAGE_DIGEST => {
+                        return Err("messageDigest is not an OCTET STRING".into())
+                    }
+                    oid::SIGNING_TIME if v.tag == UTC_TIME || v.tag == GENERALIZED_TIME => {
+                        let t = x509_parser::time::ASN1Time::from_der(v.raw)
+                            .map_err(|_| "bad signingTime".to_string())?
+                            .1;
+                        signing_time = Some(x509::rfc3339(&t));
+                    }
+                    oid::SIGNING_TIME => return Err("bad signingTime".into()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let alg = si.expect(SEQUENCE, "signatureAlgorithm")?;
+    let signature_oid = alg_oid(alg, "signerInfo")?;
+    let signature = si.expect(OCTET_STRING, "signature")?.value.to_vec();
+    si.optional(CTX1)?; // unsigned attributes
+    Ok(SignerInfo {
+        sid,
+        digest_oid,
+        signed_attrs,
+        content_types,
+        message_digests,
+        signing_time,
+        signature_oid,
+        signature_alg: alg.raw.to_vec(),
+        signature,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Checking
+
+impl SignedData {
+    /// The certificate `si` names, if the SignedData carries it.
+    pub fn signer_cert(&self, si: &SignerInfo) -> Option<&[u8]> {
+        self.certs
+            .iter()
+            .find(|c| {
+                X509Certificate::from_der(c)
+                    .map(|(_, p)| si.sid.matches(&p))
+                    .unwrap_or(false)
+            })
+            .map(|c| c.as_slice())
+    }
+
+    /// Cryptographic check of every SignerInfo over detached `content`:
+    /// with signed attributes, contentType matches and messageDigest is the
+    /// content's hash and the signature covers the attributes; without them
+    /// the signature covers the content. Says nothing about trust (see
+    /// [`SignedData::trusted_by`]). Returns the signer certificates.
+    pub fn verify_detached(&self, content: &[u8]) -> std::result::Result<Vec<&[u8]>, String> {
+        if self.signers.is_empty() {
+            return Err("no SignerInfo".into());
+        }
+        self.signers
+            .iter()
+            .map(|si| self.verify_signer(si, content))
+            .collect()
+    }
+
+    fn verify_signer<'s>(
+        &'s self,
+        si: &SignerInfo,
+        content: &[u8],
+    ) -> std::result::Result<&'s [u8], String> {
+        let hash = Hash::from_oid(&si.digest_oid)
+            .ok_or_else(|| format!("unsupported digest algorithm {}", hash_name(&si.digest_oid)))?;
+        let cert_der = self.signer_cert(si).ok_or_else(|| {
+            format!(
+                "signer certificate ({}) is not in the signature",
+                si.describe_sid()
+            )
+        })?;
+        let (_, cert) = X509Certificate::from_der(cert_der)
+            .map_err(|e| format!("signer certificate does not parse: {e}"))?;
+        let msg: &[u8] = match &si.signed_attrs {
+            None => content,
+            Some(attrs) => {
+                match si.content_types.as_slice() {
+                    [ct] if *ct == self.content_type => {}
+                    [ct] => {
+                        return Err(format!(
+                            "contentType attribute {ct} differs from the content type {}",
+                            self.content_type
+                        ))
+                    }
+                    [] => return Err("signed attributes lack contentType".into()),
+                    _ => return Err("more than one contentType attribute".into()),
+                }
+                let md = match si.message_digests.as_slice() {
+                    [md] => md,
+                    [] => return Err("no messageDigest attribute".into()),
+                    _ => return Err("more than one messageDigest attribute".into()),
+                };
+                if *md != hash.digest(content) {
+                    return Err("messageDigest does not match the content".into());
+                }
+                attrs
+            }
+        };
+        verify_raw(&cert, si, hash, msg)?;
+        Ok(cert_der)
+    }
+
+    /// Trust, EDK2-style: the index of the first anchor such that the
+    /// certificate `leaf` (a signer certificate), or one on a path from it
+    /// upward through the certificates carried here, is byte-equal to it or
+    /// validly signed by it. Validity periods are ignored: firmware has no
+    /// trusted clock.
+    pub fn trusted_by(&self, leaf: &[u8], anchors: &[Vec<u8>]) -> Option<usize> {
+        let anchors: Vec<(&[u8], Option<X509Certificate<'_>>)> = anchors
+            .iter()
+            .map(|a| {
+                (
+                    a.as_slice(),
+                    X509Certificate::from_der(a).ok().map(|(_, c)| c),
+                )
+            })
+            .collect();
+        let pool: Vec<(&[u8], X509Certificate<'_>)> = self
+            .certs
+            .iter()
+            .filter_map(|c| {
+                X509Certificate::from_der(c)
+                    .ok()
+                    .map(|(_, p)| (c.as_slice(), p))
+            })
+            .collect();
+        let (_, leaf_parsed) = X509Certificate::from_der(leaf).ok()?;
+        let mut visited: Vec<bool> = pool.iter().map(|(d, _)| *d == leaf).collect();
+        walk(leaf, &leaf_parsed, &anchors, &pool, &mut visited, 0)
+    }
+}
+
+fn walk(
+    der: &[u8],
+    cert: &X509Certificate<'_>,
+    anchors: &[(&[u8], Option<X509Certificate<'_>>)],
+    pool: &[(&[u8], X509Certificate<'_>)],
+    visited: &mut [bool],
+    depth: usize,
+) -> Option<usize> {
+    if let Some(i) = anchors.iter().position(|(a, _)| *a == der) {
+        return Some(i);
+    }
+    if let Some(i) = anchors.iter().position(|(_, a)| {
+        a.as_ref()
+            .is_some_and(|a| x509::verify_signed_by(cert, a).is_ok())
+    }) {
+        return Some(i);
+    }
+    if depth >= MAX_CHAIN_DEPTH {
+        return None;
+    }
+    for (j, (cder, c)) in pool.iter().enumerate() {
+        if visited[j] || c.subject() != cert.issuer() || !x509::is_ca(c) {
+            continue;
+        }
+        if x509::verify_signed_by(cert, c).is_err() {
+            continue;
+        }
+        visited[j] = true;
+        if let Some(i) = walk(cder, c, anchors, pool, visited, depth + 1) {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Verify `si.signature` over `msg` with `cert`'s key. The hash comes from
+/// the signature algorithm when it names one, else from the digestAlgorithm
+/// (rsaEncryption / id-ecPublicKey, as OpenSSL writes for RSA).
+fn verify_raw(
+    cert: &X509Certificate<'_>,
+    si: &SignerInfo,
+    digest: Hash,
+    msg: &[u8],
+) -> std::result::Result<(), String> {
+    if si.signature_oid == oid::RSASSA_PSS {
+        // x509::verify_with_key knows the PSS parameters.
+        let (_, alg) = x509_parser::x509::AlgorithmIdentifier::from_der(&si.signature_alg)
+            .map_err(|e| format!("bad RSASSA-PSS parameters: {e}"))?;
+        return x509::verify_with_key(cert, &alg, msg, &si.signature)
+            .map_err(|e| format!("{e} (RSASSA-PSS, key of '{}')", cert.subject()));
+    }
+    let (rsa, hash) = match si.signature_oid.as_str() {
+        oid::RSA_ENCRYPTION => (true, digest),
+        oid::SHA256_WITH_RSA => (true, Hash::Sha256),
+        oid::SHA384_WITH_RSA => (true, Hash::Sha384),
+        oid::SHA512_WITH_RSA => (true, Hash::Sha512),
+        oid::EC_PUBLIC_KEY => (false, digest),
+        oid::ECDSA_WITH_SHA256 => (false, Hash::Sha256),
+        oid::ECDSA_WITH_SHA384 => (false, Hash::Sha384),
+        oid::ECDSA_WITH_SHA512 => (false, Hash::Sha512),
+        o => {
+            return Err(format!(
+                "unsupported signature algorithm {}",
+                sig_alg_name(o)
+            ))
+        }
+    };
+    let (_, kt) = x509::key_description(cert);
+    use Hash::*;
+    let alg: &'static dyn sig::VerificationAlgorithm = match (rsa, hash, kt) {
+        (true, Sha256, Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA256,
+        (true, Sha384, Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA384,
+        (true, Sha512, Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA512,
+        (false, Sha256, Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA256_ASN1,
+        (false, Sha384, Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA384_ASN1,
+        (false, Sha512, Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA512_ASN1,
+        (false, Sha256, Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA256_ASN1,
+        (false, Sha384, Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA384_ASN1,
+        (false, Sha512, Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA512_ASN1,
+        _ => {
+            return Err(format!(
+                "unsupported combination: {} with {} for a {} key",
+                sig_alg_name(&si.signature_oid),
+                hash.name(),
+                x509::key_description(cert).0
+            ))
+        }
+    };
+    UnparsedPublicKey::new(alg, cert.public_key().subject_public_key.data.as_ref())
+        .verify(msg, &si.signature)
+        .map_err(|_| {
+            format!(
+                "signature does not verify with the key of '{}'",
+                cert.subject()
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::FileKey;
+    use crate::x509::{CertSpec, Subject};
+    use rcgen::KeyUsagePurpose as Ku;
+
+    fn key(t: KeyType) -> FileKey {
+        FileKey::from_pkcs8(&t.generate().unwrap(), Path::new("test.key")).unwrap()
+    }
+
+    fn cert_for(k: &FileKey, cn: &str) -> Vec<u8> {
+        let spec = CertSpec {
+            subject: Subject {
+                common_name: cn.into(),
+                ..Default::default()
+            },
+            ca: true,
+            not_before: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap(),
+            days: 30,
+            key_usage: vec![Ku::DigitalSignature, Ku::KeyCertSign],
+            eku: vec![],
+        };
+        x509::issue(&spec, k, None).unwrap()
+    }
+
+    fn opts<'a>(k: &'a FileKey, cert: &'a [u8], hash: Hash) -> DetachedOptions<'a> {
+        DetachedOptions {
+            signer: k,
+            cert,
+            chain: &[],
+            hash,
+            signed_attrs: false,
+            signing_time: None,
+            content_info: false,
+        }
+    }
+
+    #[test]
+    fn round_trip_every_form() {
+        let content = b"variable payload".to_vec();
+        for (kt, hash) in [
+            (KeyType::Rsa(2048), Hash::Sha256),
+            (KeyType::Rsa(2048), Hash::Sha512),
+            (KeyType::EcP256, Hash::Sha256),
+            (KeyType::EcP384, Hash::Sha384),
+            (KeyType::EcP256, Hash::Sha512),
+            (KeyType::EcP384, Hash::Sha512),
+        ] {
+            let k = key(kt);
+            let cert = cert_for(&k, "Signer");
+            for (attrs, ci) in [(false, false), (true, false), (false, true), (true, true)] {
+                let mut o = opts(&k, &cert, hash);
+                o.signed_attrs = attrs;
+                o.content_info = ci;
+                o.signing_time = Some(OffsetDateTime::now_utc());
+                let der = sign_detached(&content, &o).unwrap();
+                let sd = parse(&der, Path::new("x")).unwrap();
+                assert_eq!(sd.content_info, ci);
+                assert_eq!(sd.signers.len(), 1);
+                assert_eq!(sd.signers[0].signed_attrs.is_some(), attrs);
+                assert_eq!(sd.signers[0].signing_time.is_some(), attrs);
+                let signers = sd.verify_detached(&content).unwrap();
+                assert_eq!(signers, vec![cert.as_slice()]);
+                assert_eq!(
+                    sd.trusted_by(signers[0], std::slice::from_ref(&cert)),
+                    Some(0)
+                );
+                let mut other = content.clone();
+                other[0] ^= 1;
+                assert!(sd.verify_detached(&other).is_err(), "{kt} {hash:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn rsa_without_attributes_is_deterministic() {
+        let k = key(KeyType::Rsa(2048));
+        let cert = cert_for(&k, "PK");
+        let a = sign_detached(b"x", &opts(&k, &cert, Hash::Sha256)).unwrap();
+        let b = sign_detached(b"x", &opts(&k, &cert, Hash::Sha256)).unwrap();
+        assert_eq!(a, b);
+        // EDK2 finds the SHA-256 OID at offset 13 of a bare SignedData.
+        assert_eq!(a[1], 0x82);
+        assert_eq!(
+            &a[13..22],
+            &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01]
+        );
+    }
+
+    #[test]
+    fn unsupported_hashes_are_clear_errors() {
+        let k = key(KeyType::EcP256);
+        let cert = cert_for(&k, "EC");
+        let e = sign_detached(b"x", &opts(&k, &cert, Hash::Sha384)).unwrap_err();
+        assert!(e.to_string().contains("sha384"), "{e}");
+        let other = key(KeyType::EcP256);
+        let e = sign_detached(b"x", &opts(&other, &cert, Hash::Sha256)).unwrap_err();
+        assert!(e.to_string().contains("does not belong"), "{e}");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let k = key(KeyType::EcP256);
+        let cert = cert_for(&k, "G");
+        let mut o = opts(&k, &cert, Hash::Sha256);
+        o.signed_attrs = true;
+        o.content_info = true;
+        o.signing_time = Some(OffsetDateTime::now_utc());
+        let der = sign_detached(b"c", &o).unwrap();
+        let p = Path::new("fuzz");
+        for n in 0..der.len() {
+            assert!(parse(&der[..n], p).is_err(), "truncated at {n}");
+        }
+        for i in 0..der.len() {
+            for x in [0x01, 0x80, 0xff] {
+                let mut b = der.clone();
+                b[i] ^= x;
+                if let Ok(sd) = parse(&b, p) {
+                    if let Ok(s) = sd.verify_detached(b"c") {
+                        let _ = sd.trusted_by(s[0], std::slice::from_ref(&cert));
+                    }
+                }
+            }
+        }
+    }
+}

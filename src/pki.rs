@@ -522,6 +522,24 @@ impl Plan {
         }
         v.push(esl("KEK.esl", &["KEK"]));
         v.push(esl("PK.esl", &["PK"]));
+        // Authenticated writes of those lists (PK signs PK and KEK, KEK signs db).
+        let auths: Vec<FileEntry> = v
+            .iter()
+            .filter_map(|f| {
+                let path = match f.path.as_str() {
+                    "PK.esl" => "PK.auth",
+                    "KEK.esl" => "KEK.auth",
+                    "DB.esl" => "DB.auth",
+                    _ => return None,
+                };
+                Some(FileEntry {
+                    path: path.into(),
+                    kind: "auth".into(),
+                    roles: f.roles.clone(),
+                })
+            })
+            .collect();
+        v.extend(auths);
         v.push(FileEntry {
             path: TPM_PCR_PRIVATE.into(),
             kind: "tpm-pcr-private-key".into(),
@@ -1008,6 +1026,28 @@ fn generate_into(tmp: &Path, plan: &Plan) -> Result<Manifest> {
                     .flat_map(|r| efivar::esl_x509(plan.owner_guid, &ders[r]))
                     .collect();
                 fsutil::write_new(&path, &data, PUBLIC_MODE)?;
+            }
+            "auth" => {
+                // The variable and its signer follow from the file name.
+                let (var, signer) = match f.path.as_str() {
+                    "PK.auth" => (efivar::SecureVar::Pk, "PK"),
+                    "KEK.auth" => (efivar::SecureVar::Kek, "PK"),
+                    _ => (efivar::SecureVar::Db, "KEK"),
+                };
+                let j = plan
+                    .roles
+                    .iter()
+                    .position(|r| r.name == signer)
+                    .expect("UEFI roles are planned");
+                let data: Vec<u8> = f
+                    .roles
+                    .iter()
+                    .flat_map(|r| efivar::esl_x509(plan.owner_guid, &ders[r]))
+                    .collect();
+                let time = efivar::EfiTime::from_env_or(now)?;
+                let auth =
+                    efivar::sign_auth(var, false, time, &data, &signers[j], &ders[signer], &[])?;
+                fsutil::write_new(&path, &auth, PUBLIC_MODE)?;
             }
             "tpm-pcr-private-key" => {
                 fsutil::write_new(

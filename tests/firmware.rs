@@ -107,3 +107,20 @@ fn ovmf_secure_boot_boots_our_signed_uki_and_refuses_unsigned_and_tampered() {
         "tampered UKI must be denied"
     );
 }
+
+/// OVMF in Setup Mode takes our PK.auth, KEK.auth and DB.auth through
+/// efivarfs, rejects forged ones, then enforces Secure Boot with them.
+#[test]
+fn ovmf_setup_mode_accepts_our_auth_files_then_enforces_them() {
+    if peer("qemu-system-x86_64").is_none() {
+        return;
+    }
+    let o = Command::new("bash")
+        .arg(repo().join("tests/ovmf/enroll.sh"))
+        .env("PKI_SIGNER_BIN", bin())
+        .output()
+        .unwrap();
+    let log = stdout(&o) + &stderr(&o);
+    eprintln!("{log}");
+    assert_eq!(o.status.code(), Some(0), "enroll.sh: {log}");
+}

@@ -1,19 +1,248 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use pki_signer::{Error, Result};
+use pki_signer::guestos::{self, ImageDir, Manifest, SignOptions, VerifyOptions};
+use pki_signer::identity::Identity;
+use pki_signer::{x509, Error, Result};
+
+use super::{print_json, signing_time, KeyArgs};
 
 #[derive(Subcommand)]
 pub(super) enum GuestosCmd {
-    /// Show a GuestOS manifest. (not implemented yet)
-    Show { input: PathBuf },
+    /// Sign NAME.conf: write NAME.sig (SHA-512 signature over the conf bytes) and
+    /// NAME.cert (signer certificate, then its chain) next to it, as cml expects.
+    Sign {
+        /// GuestOS manifests (NAME.conf).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        confs: Vec<PathBuf>,
+        /// Sign every *.conf under DIR.
+        #[arg(long, value_name = "DIR")]
+        all: Option<PathBuf>,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// First fill image_size, image_sha1 and image_sha2_256 of the mounts
+        /// cml checks (SHARED, FLASH, OVERLAY_RO, SHARED_RW, STORE_ONLY) from the
+        /// IMAGE_FILE.img files found under DIR.
+        #[arg(long, value_name = "DIR")]
+        images: Option<PathBuf>,
+        /// Also write NAME.p7s, a detached CMS signature (SHA-512, DER).
+        #[arg(long)]
+        cms: bool,
+        /// signingTime of the CMS signature (RFC 3339); default SOURCE_DATE_EPOCH, else none.
+        #[arg(long, value_name = "TIME", requires = "cms")]
+        signing_time: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify NAME.conf against NAME.sig and NAME.cert as cml does.
+    Verify {
+        conf: PathBuf,
+        /// Trusted root certificate(s), e.g. ssig_rootca.cert.
+        #[arg(long, required = true, value_name = "ROOT.cert")]
+        trust: Vec<PathBuf>,
+        /// Also check sizes and hashes of the images under DIR.
+        #[arg(long, value_name = "DIR")]
+        images: Option<PathBuf>,
+        /// Ignore certificate validity periods, as cml does before provisioning.
+        #[arg(long)]
+        no_check_time: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a GuestOS manifest says.
+    Show {
+        conf: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
     match cmd {
-        GuestosCmd::Show { input } => Err(Error::Usage(format!(
-            "{}: not implemented yet",
-            input.display()
-        ))),
+        GuestosCmd::Sign {
+            confs,
+            all,
+            key,
+            images,
+            cms,
+            signing_time: st,
+            json,
+        } => {
+            let st = signing_time(st.as_deref())?;
+            let confs = match &all {
+                Some(dir) => guestos::find_confs(dir)?,
+                None => confs,
+            };
+            let dir = images.as_deref().map(ImageDir::scan).transpose()?;
+            let id = Identity::load(&key.spec())?;
+            let opts = SignOptions {
+                images: dir.as_ref(),
+                cms,
+                signing_time: st,
+            };
+            let reports = guestos::sign(&confs, &id, &opts)?;
+            for r in &reports {
+                for w in &r.warnings {
+                    eprintln!("pki-signer: warning: {w}");
+                }
+                for f in r.images.iter().filter(|f| f.path.is_none()) {
+                    eprintln!(
+                        "pki-signer: warning: {}: {} ({}): no {}.img under the images directory; left as it was",
+                        r.conf.display(),
+                        f.mount,
+                        f.mount_type,
+                        f.image_file
+                    );
+                }
+            }
+            if json {
+                print_json(&reports)?;
+                return Ok(0);
+            }
+            for r in &reports {
+                for f in &r.images {
+                    if let (Some(p), Some(h)) = (&f.path, &f.hash) {
+                        println!(
+                            "{}: {} {} {} bytes sha256 {}{}",
+                            r.conf.display(),
+                            f.mount,
+                            p.display(),
+                            h.size,
+                            h.sha256,
+                            if f.changed { " (updated)" } else { "" }
+                        );
+                    }
+                }
+                let mut outs = vec![r.sig.display().to_string(), r.cert.display().to_string()];
+                if let Some(p) = &r.p7s {
+                    outs.push(p.display().to_string());
+                }
+                println!(
+                    "signed {} ({} v{}) -> {} ({}, by '{}')",
+                    r.conf.display(),
+                    r.name,
+                    r.version,
+                    outs.join(", "),
+                    r.scheme,
+                    r.signer
+                );
+            }
+            Ok(0)
+        }
+        GuestosCmd::Verify {
+            conf,
+            trust,
+            images,
+            no_check_time,
+            json,
+        } => {
+            let mut anchors = vec![];
+            for t in &trust {
+                anchors.extend(x509::read_certs(t)?);
+            }
+            let opts = VerifyOptions {
+                trust: &anchors,
+                images: images.as_deref(),
+                check_time: !no_check_time,
+            };
+            let r = guestos::verify(&conf, &opts)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "signature: {} by '{}': {}",
+                    r.scheme.as_deref().unwrap_or("-"),
+                    r.signer,
+                    if r.signature_ok { "ok" } else { "BAD" }
+                );
+                println!(
+                    "chain: {}: {}",
+                    if r.chain.is_empty() {
+                        "-".to_string()
+                    } else {
+                        r.chain.join(" <- ")
+                    },
+                    if r.chain_ok { "ok" } else { "BAD" }
+                );
+                for c in &r.images {
+                    println!(
+                        "image {} {}: {}",
+                        c.mount,
+                        c.path
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|| format!("{}.img", c.image_file)),
+                        if c.ok {
+                            format!(
+                                "{} bytes, {} ok",
+                                c.size.unwrap_or(0),
+                                c.hash.unwrap_or("hash")
+                            )
+                        } else {
+                            c.problems.join("; ")
+                        }
+                    );
+                }
+                if r.ok {
+                    println!("{}: OK", conf.display());
+                }
+            }
+            match r.problems.first() {
+                None => Ok(0),
+                Some(p) => Err(Error::Verify(if r.problems.len() > 1 {
+                    format!("{p} (and {} more problems)", r.problems.len() - 1)
+                } else {
+                    p.clone()
+                })),
+            }
+        }
+        GuestosCmd::Show { conf, json } => {
+            let m = Manifest::load(&conf)?;
+            for w in &m.warnings {
+                eprintln!("pki-signer: warning: {w}");
+            }
+            if json {
+                print_json(&serde_json::json!({
+                    "conf": conf,
+                    "name": m.name,
+                    "hardware": m.hardware,
+                    "version": m.version,
+                    "description": m.description,
+                    "build_date": m.build_date,
+                    "mounts": m.mounts,
+                }))?;
+                return Ok(0);
+            }
+            println!(
+                "{}: {} v{} ({})",
+                conf.display(),
+                m.name,
+                m.version,
+                m.hardware
+            );
+            if let Some(d) = &m.description {
+                println!("description: {d}");
+            }
+            if let Some(d) = &m.build_date {
+                println!("build date: {d}");
+            }
+            for mt in &m.mounts {
+                println!(
+                    "{} {} -> {} ({}, {}){}",
+                    mt.id,
+                    mt.image_file,
+                    mt.mount_point,
+                    mt.fs_type,
+                    mt.mount_type,
+                    match (&mt.image_size, &mt.image_sha2_256) {
+                        (Some(s), Some(h)) => format!(" {s} bytes sha256 {h}"),
+                        (Some(s), None) => format!(" {s} bytes"),
+                        _ if mt.has_image() => " (no size/hash yet)".into(),
+                        _ => String::new(),
+                    }
+                );
+            }
+            Ok(0)
+        }
     }
 }
