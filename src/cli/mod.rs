@@ -55,10 +55,12 @@ struct KeyArgs {
     /// PKI directory for --role.
     #[arg(long, env = "PKI_SIGNER_DIR", default_value = "pki")]
     dir: PathBuf,
-    /// Private key file (PEM/DER; PKCS#8, PKCS#1, SEC1; encrypted PKCS#8).
+    /// Private key: a file (PEM/DER; PKCS#8, PKCS#1, SEC1, encrypted PKCS#8) or a PKCS#11 URI
+    /// (pkcs11:token=T;object=L; PIN from $PKI_SIGNER_PKCS11_PIN or pin-source=file:).
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
-    /// Signer certificate (PEM; further certificates in it become the chain).
+    /// Signer certificate: a PEM file (further certificates in it become the chain) or a
+    /// PKCS#11 URI of a certificate object.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
     /// Extra chain certificates to embed (PEM).
