@@ -377,24 +377,11 @@ impl Signer for FileKey {
                     .map_err(|_| fail())?;
                 Ok(sig)
             }
-            (FileKeyInner::Ec(k), SigScheme::EcdsaSha512) => {
-                // aws-lc-rs only pairs P-256 with SHA-256 and P-384 with SHA-384
-                // for signing. ECDSA uses the leftmost order-size bits of the
-                // hash (FIPS 186-4, 6.4), so signing the truncated SHA-512
-                // value as a prehashed digest gives the same signature.
-                let (alg, n) = match self.key_type {
-                    KeyType::EcP384 => (&aws_lc_rs::digest::SHA384, 48),
-                    _ => (&aws_lc_rs::digest::SHA256, 32),
-                };
-                let full = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, msg);
-                let d = aws_lc_rs::digest::Digest::import_less_safe(&full.as_ref()[..n], alg)
-                    .map_err(|_| fail())?;
-                Ok(k.sign_digest(&d).map_err(|_| fail())?.as_ref().to_vec())
-            }
             (FileKeyInner::Ec(k), s) => {
-                let want = match s {
-                    SigScheme::EcdsaSha256 => KeyType::EcP256,
-                    SigScheme::EcdsaSha384 => KeyType::EcP384,
+                let hash = match s {
+                    SigScheme::EcdsaSha256 => &aws_lc_rs::digest::SHA256,
+                    SigScheme::EcdsaSha384 => &aws_lc_rs::digest::SHA384,
+                    SigScheme::EcdsaSha512 => &aws_lc_rs::digest::SHA512,
                     _ => {
                         return Err(Error::Usage(format!(
                             "{} is an EC key; {s:?} needs RSA",
@@ -402,16 +389,8 @@ impl Signer for FileKey {
                         )))
                     }
                 };
-                if want != self.key_type {
-                    return Err(Error::Usage(format!(
-                        "{} is {}; {s:?} is not supported for it",
-                        self.origin, self.key_type
-                    )));
-                }
-                Ok(k.sign(&SystemRandom::new(), msg)
-                    .map_err(|_| fail())?
-                    .as_ref()
-                    .to_vec())
+                let digest = aws_lc_rs::digest::digest(hash, msg);
+                ecdsa_deterministic(k, self.key_type, digest.as_ref()).map_err(|_| fail())
             }
         }
     }
@@ -422,6 +401,33 @@ impl Signer for FileKey {
 
     fn rsa_pss_only(&self) -> bool {
         self.rsa_pss
+    }
+}
+
+/// ECDSA with the RFC 6979 nonce, so that signing is reproducible like RSA
+/// PKCS#1 v1.5 (Yocto builds compare outputs byte for byte). The prehash may
+/// be longer than the curve order: ECDSA uses its leftmost bits (FIPS 186-4 6.4).
+fn ecdsa_deterministic(
+    k: &EcdsaKeyPair,
+    t: KeyType,
+    prehash: &[u8],
+) -> std::result::Result<Vec<u8>, ()> {
+    use aws_lc_rs::encoding::AsBigEndian;
+    use p256::ecdsa::signature::hazmat::PrehashSigner;
+    let scalar = k.private_key().as_be_bytes().map_err(|_| ())?;
+    let scalar = zeroize::Zeroizing::new(scalar.as_ref().to_vec());
+    match t {
+        KeyType::EcP256 => {
+            let sk = p256::ecdsa::SigningKey::from_slice(&scalar).map_err(|_| ())?;
+            let sig: p256::ecdsa::Signature = sk.sign_prehash(prehash).map_err(|_| ())?;
+            Ok(sig.to_der().as_bytes().to_vec())
+        }
+        KeyType::EcP384 => {
+            let sk = p384::ecdsa::SigningKey::from_slice(&scalar).map_err(|_| ())?;
+            let sig: p384::ecdsa::Signature = sk.sign_prehash(prehash).map_err(|_| ())?;
+            Ok(sig.to_der().as_bytes().to_vec())
+        }
+        KeyType::Rsa(_) => Err(()),
     }
 }
 

@@ -550,6 +550,21 @@ fn ec_keys_sign_too() {
             "ssig",
         ],
     ));
+    // RFC 6979 nonces: EC signatures are reproducible too.
+    let sign2 = [
+        "pe",
+        "sign",
+        input.to_str().unwrap(),
+        "-o",
+        "ec2.efi",
+        "--role",
+        "ssig",
+    ];
+    ok(run_in(d, &sign2));
+    assert_eq!(
+        fs::read(d.join("ec.efi")).unwrap(),
+        fs::read(d.join("ec2.efi")).unwrap()
+    );
     let text = osslsigncode_verify(d, "pki/ssig_rootca.cert", "ec.efi");
     assert!(text.contains("Signature verification: ok"), "{text}");
     peer_ok(
