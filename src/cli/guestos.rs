@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use pki_signer::guestos::{self, ImageDir, Manifest, SignOptions, VerifyOptions};
 use pki_signer::identity::Identity;
-use pki_signer::{x509, Error, Result};
+use pki_signer::{plan, x509, Error, Result};
 
 use super::{print_json, signing_time, KeyArgs};
 
@@ -31,6 +31,10 @@ pub(super) enum GuestosCmd {
         /// signingTime of the CMS signature (RFC 3339); default SOURCE_DATE_EPOCH, else none.
         #[arg(long, value_name = "TIME", requires = "cms")]
         signing_time: Option<String>,
+        /// Append a record per signed manifest to this signing plan (JSON lines),
+        /// for `pki-signer resign`. Safe when many builds append at once.
+        #[arg(long, value_name = "FILE.json")]
+        plan: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -66,6 +70,7 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
             images,
             cms,
             signing_time: st,
+            plan: plan_file,
             json,
         } => {
             let st = signing_time(st.as_deref())?;
@@ -80,7 +85,34 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
                 cms,
                 signing_time: st,
             };
+            // Before signing: --images may rewrite the conf.
+            let before = match &plan_file {
+                Some(_) => confs
+                    .iter()
+                    .map(|c| plan::sha256_file(c))
+                    .collect::<Result<Vec<_>>>()?,
+                None => vec![],
+            };
             let reports = guestos::sign(&confs, &id, &opts)?;
+            if let Some(p) = &plan_file {
+                let pki = key.role.as_ref().map(|_| key.dir.as_path());
+                let records = reports
+                    .iter()
+                    .zip(before)
+                    .map(|(r, b)| {
+                        plan::Record::signed(
+                            plan::Kind::Guestos,
+                            &r.conf,
+                            &r.conf,
+                            key.role.as_deref(),
+                            pki,
+                            b,
+                            &id.cert,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                plan::append(p, &records)?;
+            }
             for r in &reports {
                 for w in &r.warnings {
                     eprintln!("pki-signer: warning: {w}");

@@ -4,7 +4,7 @@ use clap::{ArgGroup, Subcommand};
 use pki_signer::identity::Identity;
 use pki_signer::image::{self, Existing, Output, Trust};
 use pki_signer::pe::PeImage;
-use pki_signer::{authenticode, x509, Error, Result};
+use pki_signer::{authenticode, plan, x509, Error, Result};
 
 use super::{print_json, signing_time, KeyArgs};
 
@@ -38,6 +38,10 @@ pub(super) enum PeCmd {
         /// Signing time attribute (RFC 3339); default SOURCE_DATE_EPOCH, else none.
         #[arg(long, value_name = "TIME")]
         signing_time: Option<String>,
+        /// Append a record per signed image to this signing plan (JSON lines),
+        /// for `pki-signer resign`. Safe when many builds append at once.
+        #[arg(long, value_name = "FILE.json", conflicts_with = "detached")]
+        plan: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -112,6 +116,7 @@ pub(super) fn run(cmd: PeCmd) -> Result<i32> {
             append,
             replace,
             signing_time: st,
+            plan: plan_file,
             json,
         } => {
             let st = signing_time(st.as_deref())?;
@@ -137,7 +142,26 @@ pub(super) fn run(cmd: PeCmd) -> Result<i32> {
                         .ok_or_else(|| Error::Usage(format!("{}: not a file", input.display())))?;
                     Output::File(dir.join(name))
                 };
+                // Before signing: --in-place overwrites the input.
+                let before = plan_file
+                    .as_ref()
+                    .map(|_| plan::sha256_file(input))
+                    .transpose()?;
                 let r = image::sign(input, &out, &id, existing(append, replace), st)?;
+                if let (Some(p), Some(before)) = (&plan_file, before) {
+                    let pki = key.role.as_ref().map(|_| key.dir.as_path());
+                    let mut rec = plan::Record::signed(
+                        plan::Kind::Pe,
+                        input,
+                        &r.output,
+                        key.role.as_deref(),
+                        pki,
+                        before,
+                        &id.cert,
+                    )?;
+                    rec.authenticode_sha256 = Some(r.digest.clone());
+                    plan::append(p, &[rec])?;
+                }
                 if !json {
                     println!(
                         "signed {} -> {} (sha256 {})",

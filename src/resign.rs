@@ -1,0 +1,1065 @@
+//! `resign`: replace development signatures with production ones, artifact by artifact.
+//!
+//! The build signs with development keys and records what it signed in a
+//! signing plan ([`crate::plan`]). A release engineer maps the plan's roles to
+//! production keys (files or `pkcs11:` URIs) in KEYS.json and runs `resign`:
+//!
+//! - Before touching anything it refuses production keys that are the build's
+//!   own keys or chain to a root of a development PKI (`pki.json` says
+//!   `"development": true`), and keys that do not chain to the production
+//!   trust anchors given for them.
+//! - Each artifact must still be what the build signed (SHA-256 from the plan).
+//! - The new file(s) are made next to their destination, verified against the
+//!   production anchors, then renamed into place, so each artifact is either
+//!   fully old or fully new. A re-signed artifact keeps the content the build
+//!   signed (the Authenticode digest of a PE, the bytes of a GuestOS conf), and
+//!   that plus a valid production signature is how a re-run recognises work
+//!   already done: running again after a failure finishes the job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+
+use crate::authenticode;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::guestos;
+use crate::identity::{self, Identity, KeySpec};
+use crate::image::{self, Trust};
+use crate::pe::{PeImage, WIN_CERT_TYPE_PKCS_SIGNED_DATA};
+use crate::pkcs11;
+use crate::pki::Pki;
+use crate::plan::{self, Kind, Record};
+use crate::x509;
+
+// ---------------------------------------------------------------------------
+// KEYS.json
+
+/// One production identity as KEYS.json gives it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntryFile {
+    key: String,
+    cert: String,
+    #[serde(default)]
+    chain: Option<String>,
+    #[serde(default)]
+    trust: Vec<String>,
+    #[serde(default)]
+    key_pass_file: Option<String>,
+}
+
+/// A production key: for a role of the plan, or (for records signed with
+/// `--key/--cert`) for the build key with that certificate fingerprint.
+#[derive(Clone, Debug)]
+pub struct KeyEntry {
+    pub name: String,
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    pub chain: Option<PathBuf>,
+    /// Production trust anchors for this key: its own `trust` plus the top-level one.
+    pub trust: Vec<PathBuf>,
+    pub key_pass_file: Option<PathBuf>,
+}
+
+/// KEYS.json: `{"trust": [ROOT...], "ROLE": {"key", "cert", "chain"?, "trust"?}, ...}`.
+/// Relative file names are relative to KEYS.json; `pkcs11:` URIs are kept as they are.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    pub path: PathBuf,
+    pub entries: BTreeMap<String, KeyEntry>,
+}
+
+impl Keys {
+    pub fn load(path: &Path) -> Result<Keys> {
+        let text = fs::read_to_string(path).at(path)?;
+        let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+            .map_err(|e| {
+                Error::input(
+                    path,
+                    format!("not a JSON object of role -> {{key, cert, trust}}: {e}"),
+                )
+            })?;
+        let base = fsutil::parent_dir(path);
+        let resolve = |s: &str| -> PathBuf {
+            let p = Path::new(s);
+            if pkcs11::is_uri(p) || p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let top: Vec<String> = match map.remove("trust") {
+            None => vec![],
+            Some(v) => serde_json::from_value(v).map_err(|e| {
+                Error::input(path, format!("\"trust\" must be a list of files: {e}"))
+            })?,
+        };
+        let mut entries = BTreeMap::new();
+        for (name, v) in map {
+            let f: KeyEntryFile = serde_json::from_value(v)
+                .map_err(|e| Error::input(path, format!("'{name}': {e}")))?;
+            let trust = f.trust.iter().chain(&top).map(|s| resolve(s)).collect();
+            entries.insert(
+                name.clone(),
+                KeyEntry {
+                    name,
+                    key: resolve(&f.key),
+                    cert: resolve(&f.cert),
+                    chain: f.chain.as_deref().map(resolve),
+                    trust,
+                    key_pass_file: f.key_pass_file.as_deref().map(resolve),
+                },
+            );
+        }
+        if entries.is_empty() {
+            return Err(Error::input(path, "no production keys in it"));
+        }
+        Ok(Keys {
+            path: path.to_path_buf(),
+            entries,
+        })
+    }
+
+    /// The entry for a record: its role, else its build key's fingerprint.
+    pub fn entry_for(&self, rec: &Record) -> Option<&KeyEntry> {
+        rec.role
+            .as_deref()
+            .and_then(|r| self.entries.get(r))
+            .or_else(|| self.entries.get(&rec.key_fingerprint.to_ascii_lowercase()))
+    }
+}
+
+/// How a KEYS.json entry is named in messages.
+fn entry_label(name: &str) -> String {
+    if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        format!("key for build certificate {name}")
+    } else {
+        format!("role '{name}'")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Development PKIs
+
+struct DevCert {
+    der: Vec<u8>,
+    role: String,
+    dir: PathBuf,
+    /// Why the directory counts as development.
+    why: &'static str,
+}
+
+fn parse_cert(der: &[u8]) -> Option<X509Certificate<'_>> {
+    X509Certificate::from_der(der).ok().map(|(_, c)| c)
+}
+
+/// Every certificate of the development PKIs: the `--dev-pki` directories
+/// (development by the user's word) and the PKI directories the plan's
+/// records name whose `pki.json` says `"development": true`.
+fn dev_certs(
+    explicit: &[PathBuf],
+    from_plan: &[PathBuf],
+    warnings: &mut Vec<String>,
+) -> Result<Vec<DevCert>> {
+    let mut dirs: Vec<(PathBuf, bool)> = explicit.iter().map(|d| (d.clone(), true)).collect();
+    for d in from_plan {
+        if !dirs.iter().any(|(e, _)| e == d) {
+            dirs.push((d.clone(), false));
+        }
+    }
+    let mut out: Vec<DevCert> = vec![];
+    for (dir, explicit) in dirs {
+        if !explicit && !dir.is_dir() {
+            warnings.push(format!(
+                "{}: the build's PKI directory is not here; only the build's own certificates are refused",
+                dir.display()
+            ));
+            continue;
+        }
+        let pki = Pki::open(&dir)?;
+        let development = pki.manifest.as_ref().map(|m| m.development);
+        if !explicit && development != Some(true) {
+            continue;
+        }
+        let why = if development == Some(true) {
+            "pki.json \"development\": true"
+        } else {
+            "given as --dev-pki"
+        };
+        let mut chained = vec![];
+        for r in &pki.roles {
+            let certs = x509::read_certs(&r.cert)?;
+            for (i, der) in certs.into_iter().enumerate() {
+                if i == 0 {
+                    if !out.iter().any(|c| c.der == der) {
+                        out.push(DevCert {
+                            der,
+                            role: r.role.clone(),
+                            dir: dir.clone(),
+                            why,
+                        });
+                    }
+                } else {
+                    chained.push((der, r.role.clone()));
+                }
+            }
+        }
+        // Chain members of a role file that no role file starts with.
+        for (der, role) in chained {
+            if !out.iter().any(|c| c.der == der) {
+                out.push(DevCert {
+                    der,
+                    role: format!("chain of {role}"),
+                    dir: dir.clone(),
+                    why,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The root above development certificate `i`, walking issuers inside the
+/// development PKIs (the top-most one found when the root is missing).
+fn dev_root(dev: &[DevCert], mut i: usize) -> usize {
+    for _ in 0..8 {
+        let Some(c) = parse_cert(&dev[i].der) else {
+            break;
+        };
+        if c.subject() == c.issuer() {
+            break;
+        }
+        let up = dev.iter().position(|p| {
+            p.der != dev[i].der
+                && parse_cert(&p.der).is_some_and(|pc| x509::verify_signed_by(&c, &pc).is_ok())
+        });
+        match up {
+            Some(j) => i = j,
+            None => break,
+        }
+    }
+    i
+}
+
+/// The development certificate that `der` is, or was issued by.
+fn dev_match(der: &[u8], dev: &[DevCert]) -> Option<usize> {
+    let c = parse_cert(der)?;
+    dev.iter().position(|d| {
+        d.der == der || parse_cert(&d.der).is_some_and(|dc| x509::verify_signed_by(&c, &dc).is_ok())
+    })
+}
+
+/// Does `leaf` chain through `pool` to one of `anchors` (equal to one, or
+/// signed by one)? Validity periods are checked when the key is loaded.
+fn chains_to_anchor(leaf: &[u8], pool: &[Vec<u8>], anchors: &[Vec<u8>]) -> bool {
+    let mut cur = leaf.to_vec();
+    for _ in 0..8 {
+        if anchors.contains(&cur) {
+            return true;
+        }
+        let Some(c) = parse_cert(&cur) else {
+            return false;
+        };
+        if anchors
+            .iter()
+            .any(|a| parse_cert(a).is_some_and(|ac| x509::verify_signed_by(&c, &ac).is_ok()))
+        {
+            return true;
+        }
+        let next = pool.iter().find(|p| {
+            **p != cur && parse_cert(p).is_some_and(|pc| x509::verify_signed_by(&c, &pc).is_ok())
+        });
+        match next {
+            Some(n) => cur = n.clone(),
+            None => return false,
+        }
+    }
+    false
+}
+
+fn subject_of(der: &[u8]) -> String {
+    parse_cert(der)
+        .map(|c| c.subject().to_string())
+        .unwrap_or_else(|| "unparsable certificate".into())
+}
+
+// ---------------------------------------------------------------------------
+// The run
+
+pub struct Options {
+    pub plan: PathBuf,
+    pub keys: PathBuf,
+    /// Write re-signed copies here instead of replacing the artifacts.
+    pub out_dir: Option<PathBuf>,
+    /// Check everything, write nothing.
+    pub dry_run: bool,
+    /// Further development PKI directories whose roots production keys must not chain to.
+    pub dev_pki: Vec<PathBuf>,
+    pub signing_time: Option<OffsetDateTime>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Resigned,
+    /// Already re-signed by an earlier run.
+    Skipped,
+    Failed,
+    /// `--dry-run`: everything checked, this one would be re-signed.
+    WouldResign,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Resigned => "resigned",
+            Status::Skipped => "skipped",
+            Status::Failed => "failed",
+            Status::WouldResign => "would-resign",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ArtifactReport {
+    /// The file that was re-signed (for GuestOS: NAME.conf).
+    pub artifact: PathBuf,
+    /// Where the re-signed file is (the artifact itself unless --out-dir).
+    pub output: PathBuf,
+    pub kind: Kind,
+    pub role: Option<String>,
+    pub status: Status,
+    /// SHA-256 of the signed file before / after (PE: the image; GuestOS: NAME.sig).
+    pub sha256_old: Option<String>,
+    pub sha256_new: Option<String>,
+    /// Production signer (certificate subject).
+    pub signer: Option<String>,
+    /// Why it failed, or why it was skipped.
+    pub reason: Option<String>,
+    /// 1: it is not what the build signed, or the result did not verify; 2: bad input.
+    #[serde(skip)]
+    pub exit_code: i32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub plan: PathBuf,
+    pub keys: PathBuf,
+    pub out_dir: Option<PathBuf>,
+    pub dry_run: bool,
+    pub warnings: Vec<String>,
+    pub artifacts: Vec<ArtifactReport>,
+    pub resigned: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub ok: bool,
+}
+
+impl Report {
+    /// 0 when every artifact is re-signed (or would be), else the worst artifact's code.
+    pub fn exit_code(&self) -> i32 {
+        self.artifacts
+            .iter()
+            .map(|a| a.exit_code)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// A production key, loaded and checked.
+struct Production {
+    id: Identity,
+    subject: String,
+    anchors: Vec<Vec<u8>>,
+}
+
+/// The last record per output file: a build that re-ran a signing task
+/// appended again, and only its latest output exists.
+fn latest_per_output(records: Vec<Record>) -> Vec<Record> {
+    let mut pos: HashMap<PathBuf, usize> = HashMap::new();
+    let mut out: Vec<Record> = vec![];
+    for r in records {
+        match pos.get(&r.output_abs) {
+            Some(&i) => out[i] = r,
+            None => {
+                pos.insert(r.output_abs.clone(), out.len());
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// Where the record's output is now: where the build wrote it, else (a
+/// deploy directory copied elsewhere) next to the plan. The digest check
+/// makes sure it is the same file.
+fn locate(rec: &Record, plan_dir: &Path) -> PathBuf {
+    let mut candidates = vec![rec.output_abs.clone()];
+    if rec.output.is_relative() {
+        candidates.push(plan_dir.join(&rec.output));
+    }
+    if let Some(name) = rec.output.file_name() {
+        candidates.push(plan_dir.join(name));
+    }
+    candidates
+        .iter()
+        .find(|p| p.symlink_metadata().is_ok())
+        .cloned()
+        .unwrap_or_else(|| rec.output_abs.clone())
+}
+
+/// Re-sign every artifact of the plan. Errors returned here come before
+/// anything was written (bad plan or keys, a development key); per-artifact
+/// problems are in the report.
+pub fn run(opts: &Options) -> Result<Report> {
+    let records = plan::read(&opts.plan)?;
+    if records.is_empty() {
+        return Err(Error::input(&opts.plan, "no records: nothing to re-sign"));
+    }
+    let records = latest_per_output(records);
+    let keys = Keys::load(&opts.keys)?;
+
+    // Which production key each record needs; all must be there before we start.
+    let mut needed: Vec<String> = vec![];
+    let mut entry_of: Vec<String> = vec![];
+    for rec in &records {
+        let e = keys.entry_for(rec).ok_or_else(|| {
+            Error::input(
+                &keys.path,
+                format!(
+                    "no production key for {} (needed by {})",
+                    match &rec.role {
+                        Some(r) => format!("role '{r}'"),
+                        None => format!("build certificate {}", rec.key_fingerprint),
+                    },
+                    rec.output.display()
+                ),
+            )
+        })?;
+        if !needed.contains(&e.name) {
+            needed.push(e.name.clone());
+        }
+        entry_of.push(e.name.clone());
+    }
+
+    // Refuse development keys from their certificates alone, before any
+    // key (or token login) is touched.
+    let mut warnings = vec![];
+    let mut plan_pkis: Vec<PathBuf> = vec![];
+    for r in &records {
+        if let Some(p) = &r.pki {
+            if !plan_pkis.contains(p) {
+                plan_pkis.push(p.clone());
+            }
+        }
+    }
+    let dev = dev_certs(&opts.dev_pki, &plan_pkis, &mut warnings)?;
+    let mut anchors_of: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for name in &needed {
+        let e = &keys.entries[name];
+        let label = entry_label(name);
+        let mut certs = identity::read_cert_chain(&e.cert)?;
+        if let Some(c) = &e.chain {
+            certs.extend(x509::read_certs(c)?);
+        }
+        for der in &certs {
+            if let Some(i) = dev_match(der, &dev) {
+                let root = &dev[dev_root(&dev, i)];
+                return Err(Error::input(
+                    &keys.path,
+                    format!(
+                        "{label}: production certificate '{}' chains to development root '{}' ({} in {}, {}); refusing to re-sign",
+                        subject_of(&certs[0]),
+                        subject_of(&root.der),
+                        root.role,
+                        root.dir.display(),
+                        root.why
+                    ),
+                ));
+            }
+        }
+        let fp = x509::sha256_hex(&certs[0]);
+        if records
+            .iter()
+            .any(|r| r.key_fingerprint.eq_ignore_ascii_case(&fp))
+        {
+            return Err(Error::input(
+                &keys.path,
+                format!(
+                    "{label}: production certificate '{}' is the one the build signed with (SHA-256 {fp}); refusing to re-sign",
+                    subject_of(&certs[0])
+                ),
+            ));
+        }
+        if e.trust.is_empty() {
+            return Err(Error::input(
+                &keys.path,
+                format!("{label}: no production trust anchors (\"trust\": [ROOT.cert]) to verify the result against"),
+            ));
+        }
+        let mut anchors = vec![];
+        for t in &e.trust {
+            for der in x509::read_certs(t)? {
+                if let Some(i) = dev_match(&der, &dev) {
+                    let root = &dev[dev_root(&dev, i)];
+                    return Err(Error::input(
+                        t,
+                        format!(
+                            "{label}: trust anchor '{}' belongs to development root '{}' ({}); refusing to re-sign",
+                            subject_of(&der),
+                            subject_of(&root.der),
+                            root.dir.display()
+                        ),
+                    ));
+                }
+                anchors.push(der);
+            }
+        }
+        if !chains_to_anchor(&certs[0], &certs[1..], &anchors) {
+            return Err(Error::input(
+                &keys.path,
+                format!(
+                    "{label}: production certificate '{}' does not chain to any of its trust anchors ({})",
+                    subject_of(&certs[0]),
+                    e.trust
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        anchors_of.insert(name.clone(), anchors);
+    }
+
+    // Destinations: with --out-dir, one file name per artifact, and never an
+    // artifact itself.
+    let plan_dir = fsutil::parent_dir(&plan::absolute(&opts.plan)?);
+    let sources: Vec<PathBuf> = records.iter().map(|r| locate(r, &plan_dir)).collect();
+    let mut dests = vec![];
+    if let Some(dir) = &opts.out_dir {
+        let dir_abs = plan::absolute(dir)?;
+        let mut names: HashMap<&std::ffi::OsStr, &Path> = HashMap::new();
+        for src in &sources {
+            let name = src
+                .file_name()
+                .ok_or_else(|| Error::input(src, "not a file name"))?;
+            if let Some(other) = names.insert(name, src) {
+                return Err(Error::Usage(format!(
+                    "--out-dir: {} and {} would both be written to {}",
+                    other.display(),
+                    src.display(),
+                    dir.join(name).display()
+                )));
+            }
+            let same_dir = match (
+                fs::canonicalize(&dir_abs),
+                fs::canonicalize(fsutil::parent_dir(src)),
+            ) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            };
+            if same_dir {
+                return Err(Error::Usage(format!(
+                    "--out-dir {} holds {} itself; leave --out-dir out to re-sign in place",
+                    dir.display(),
+                    src.display()
+                )));
+            }
+            dests.push(dir_abs.join(name));
+        }
+    } else {
+        dests = sources.clone();
+    }
+
+    // Load the keys (token logins happen here), once each.
+    let mut prod: BTreeMap<String, Production> = BTreeMap::new();
+    for name in &needed {
+        let e = &keys.entries[name];
+        let id = Identity::load(&KeySpec {
+            role: None,
+            dir: PathBuf::new(),
+            key: Some(e.key.clone()),
+            cert: Some(e.cert.clone()),
+            chain: e.chain.clone(),
+            key_pass_file: e.key_pass_file.clone(),
+        })?;
+        let subject = subject_of(&id.cert);
+        prod.insert(
+            name.clone(),
+            Production {
+                id,
+                subject,
+                anchors: anchors_of.remove(name).unwrap_or_default(),
+            },
+        );
+    }
+
+    if let (Some(dir), false) = (&opts.out_dir, opts.dry_run) {
+        fs::create_dir_all(dir).at(dir)?;
+    }
+
+    let mut artifacts = vec![];
+    for (i, rec) in records.iter().enumerate() {
+        let p = &prod[&entry_of[i]];
+        let job = Job {
+            rec,
+            src: &sources[i],
+            dest: &dests[i],
+            p,
+            out_dir: opts.out_dir.is_some(),
+            dry_run: opts.dry_run,
+            signing_time: opts.signing_time,
+        };
+        let res = match rec.kind {
+            Kind::Pe => job.pe(),
+            Kind::Guestos => job.guestos(),
+        };
+        let mut a = ArtifactReport {
+            artifact: sources[i].clone(),
+            output: dests[i].clone(),
+            kind: rec.kind,
+            role: rec.role.clone(),
+            status: Status::Failed,
+            sha256_old: None,
+            sha256_new: None,
+            signer: Some(p.subject.clone()),
+            reason: None,
+            exit_code: 0,
+        };
+        match res {
+            Ok(o) => {
+                a.status = o.status;
+                a.sha256_old = o.old;
+                a.sha256_new = o.new;
+                a.reason = o.note;
+            }
+            Err(e) => {
+                a.exit_code = e.exit_code();
+                a.reason = Some(
+                    e.to_string()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
+            }
+        }
+        artifacts.push(a);
+    }
+    let count = |s: Status| artifacts.iter().filter(|a| a.status == s).count();
+    let failed = count(Status::Failed);
+    Ok(Report {
+        plan: opts.plan.clone(),
+        keys: opts.keys.clone(),
+        out_dir: opts.out_dir.clone(),
+        dry_run: opts.dry_run,
+        warnings,
+        resigned: count(Status::Resigned) + count(Status::WouldResign),
+        skipped: count(Status::Skipped),
+        failed,
+        ok: failed == 0,
+        artifacts,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// One artifact
+
+struct Job<'a> {
+    rec: &'a Record,
+    src: &'a Path,
+    dest: &'a Path,
+    p: &'a Production,
+    out_dir: bool,
+    dry_run: bool,
+    signing_time: Option<OffsetDateTime>,
+}
+
+struct Outcome {
+    status: Status,
+    old: Option<String>,
+    new: Option<String>,
+    note: Option<String>,
+}
+
+fn changed(path: &Path, now: &str, recorded: &str) -> Error {
+    Error::Verify(format!(
+        "{}: changed since the build signed it (sha256 {now}, the plan recorded {recorded})",
+        path.display()
+    ))
+}
+
+/// Remove what killed runs left next to `dest`: staging files whose process
+/// is gone (`.NAME.resign.PID`, `.NAME.resign.d.PID`, and the temp file the
+/// PE writer makes for the former).
+fn remove_stale(dest: &Path) {
+    let Some(name) = dest.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    // Without /proc, a live run's files cannot be told from a dead one's.
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(fsutil::parent_dir(dest)) else {
+        return;
+    };
+    let prefix = format!(".{name}.resign.");
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(f) = file.to_str() else { continue };
+        let Some(rest) = f
+            .strip_prefix(&prefix)
+            .or_else(|| f.strip_prefix('.').and_then(|g| g.strip_prefix(&prefix)))
+        else {
+            continue;
+        };
+        let rest = rest.strip_prefix("d.").unwrap_or(rest);
+        let pid = rest.split('.').next().unwrap_or("");
+        if pid.parse::<u32>().is_err() || Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let p = e.path();
+        let _ = if p.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+    }
+}
+
+/// A temp name next to `dest`, so the final rename stays in one filesystem.
+fn staging_path(dest: &Path, what: &str) -> Result<PathBuf> {
+    let name = dest
+        .file_name()
+        .ok_or_else(|| Error::input(dest, "not a file name"))?;
+    Ok(fsutil::parent_dir(dest).join(format!(
+        ".{}.{what}.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
+}
+
+impl Job<'_> {
+    fn already(&self, old: Option<String>) -> Outcome {
+        Outcome {
+            status: Status::Skipped,
+            old: None,
+            new: old,
+            note: Some("already re-signed".into()),
+        }
+    }
+
+    fn pe(&self) -> Result<Outcome> {
+        if !self.dry_run {
+            remove_stale(self.dest);
+        }
+        let now = plan::sha256_file(self.src)?;
+        let fresh = now.eq_ignore_ascii_case(&self.rec.sha256_after);
+        if (self.out_dir || !fresh) && self.dest.exists() && self.pe_done(self.dest) {
+            return Ok(self.already(Some(plan::sha256_file(self.dest)?)));
+        }
+        if !fresh {
+            return Err(changed(self.src, &now, &self.rec.sha256_after));
+        }
+
+        let img = PeImage::open(self.src)?;
+        let digest = img.digest()?;
+        let mut kept = vec![];
+        let mut dropped = 0;
+        for c in img.signatures()? {
+            if c.cert_type != WIN_CERT_TYPE_PKCS_SIGNED_DATA {
+                continue;
+            }
+            if self.by_build_key(&c.data) {
+                dropped += 1;
+            } else {
+                // Someone else's signature (e.g. a distribution's on its kernel) stays.
+                kept.push(c.data);
+            }
+        }
+        if dropped == 0 {
+            return Err(Error::input(
+                self.src,
+                format!(
+                    "no signature by the build's certificate {} to replace",
+                    self.rec.key_fingerprint
+                ),
+            ));
+        }
+        let p7 = authenticode::sign_digest(
+            &digest.sha256,
+            &authenticode::SignOptions {
+                signer: self.p.id.signer.as_ref(),
+                cert: &self.p.id.cert,
+                chain: &self.p.id.chain,
+                signing_time: self.signing_time,
+            },
+        )?;
+        if self.dry_run {
+            let sig = authenticode::parse(&p7, self.src)?;
+            authenticode::verify_signature(&sig, &digest.sha256).map_err(|e| {
+                Error::Verify(format!("{}: new signature: {e}", self.src.display()))
+            })?;
+            if authenticode::chains_to(&sig, &self.p.anchors).is_none() {
+                return Err(Error::Verify(format!(
+                    "{}: new signature does not chain to the production trust anchors",
+                    self.src.display()
+                )));
+            }
+            return Ok(Outcome {
+                status: Status::WouldResign,
+                old: Some(now),
+                new: None,
+                note: None,
+            });
+        }
+        let mut sigs = kept;
+        sigs.push(p7);
+        let staging = staging_path(self.dest, "resign")?;
+        let res = img
+            .write_signed(&digest, &sigs, &staging)
+            .and_then(|()| {
+                self.check_pe(&staging).map_err(|e| {
+                    Error::Verify(format!(
+                        "{}: the re-signed image does not verify: {e}",
+                        self.src.display()
+                    ))
+                })
+            })
+            .and_then(|()| plan::sha256_file(&staging))
+            .and_then(|new| {
+                fs::rename(&staging, self.dest).at(self.dest)?;
+                fsutil::sync_dir(&fsutil::parent_dir(self.dest))?;
+                Ok(new)
+            });
+        match res {
+            Ok(new) => Ok(Outcome {
+                status: Status::Resigned,
+                old: Some(now),
+                new: Some(new),
+                note: None,
+            }),
+            Err(e) => {
+                let _ = fs::remove_file(&staging);
+                Err(e)
+            }
+        }
+    }
+
+    fn by_build_key(&self, p7: &[u8]) -> bool {
+        authenticode::parse(p7, self.src)
+            .ok()
+            .and_then(|s| s.signer_cert)
+            .is_some_and(|c| x509::sha256_hex(&c).eq_ignore_ascii_case(&self.rec.key_fingerprint))
+    }
+
+    /// Is `path` this artifact, re-signed: the image the build signed, a
+    /// valid production signature trusted by the anchors, no build signature?
+    fn pe_done(&self, path: &Path) -> bool {
+        let Some(want) = &self.rec.authenticode_sha256 else {
+            return false;
+        };
+        let same = PeImage::open(path)
+            .and_then(|i| i.digest())
+            .is_ok_and(|d| d.hex().eq_ignore_ascii_case(want));
+        same && self.check_pe(path).is_ok()
+    }
+
+    fn check_pe(&self, path: &Path) -> std::result::Result<(), String> {
+        let trust = Trust {
+            certs: self
+                .p
+                .anchors
+                .iter()
+                .map(|a| ("production trust anchor".to_string(), a.clone()))
+                .collect(),
+            ..Trust::default()
+        };
+        let report = image::verify(path, &trust).map_err(|e| e.to_string())?;
+        let img = PeImage::open(path).map_err(|e| e.to_string())?;
+        let entries: Vec<Vec<u8>> = img
+            .signatures()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|c| c.cert_type == WIN_CERT_TYPE_PKCS_SIGNED_DATA)
+            .map(|c| c.data)
+            .collect();
+        let mut ours = false;
+        for (i, der) in entries.iter().enumerate() {
+            if self.by_build_key(der) {
+                return Err(format!("signature {i} is still the build's"));
+            }
+            let signer = authenticode::parse(der, path)
+                .ok()
+                .and_then(|s| s.signer_cert);
+            if signer.as_deref() == Some(self.p.id.cert.as_slice()) {
+                let r = &report.signatures[i];
+                if r.valid && r.trusted_by.is_some() && !r.revoked {
+                    ours = true;
+                } else {
+                    return Err(r.problems.join("; "));
+                }
+            }
+        }
+        if !ours || !report.ok {
+            return Err(format!(
+                "no valid signature by '{}' trusted by the production anchors",
+                self.p.subject
+            ));
+        }
+        Ok(())
+    }
+
+    fn guestos(&self) -> Result<Outcome> {
+        if !self.dry_run {
+            remove_stale(self.dest);
+        }
+        let now = plan::sha256_file(self.src)?;
+        let fresh = now.eq_ignore_ascii_case(&self.rec.sha256_after);
+        let sig_of = |conf: &Path| {
+            let s = guestos::Manifest::sibling(conf, "sig");
+            s.exists().then(|| plan::sha256_file(&s)).transpose()
+        };
+        // The conf is what was signed; re-signing leaves it as it is, so a
+        // destination with the same conf and a production signature is done.
+        let dest_same = self.dest.exists()
+            && plan::sha256_file(self.dest)?.eq_ignore_ascii_case(&self.rec.sha256_after);
+        if dest_same && self.check_guestos(self.dest).is_ok() {
+            return Ok(self.already(sig_of(self.dest)?));
+        }
+        if !fresh {
+            return Err(changed(self.src, &now, &self.rec.sha256_after));
+        }
+        let old = sig_of(self.src)?;
+        let cms = guestos::Manifest::sibling(self.src, "p7s").exists();
+        if self.dry_run {
+            return Ok(Outcome {
+                status: Status::WouldResign,
+                old,
+                new: None,
+                note: None,
+            });
+        }
+        let staging = staging_path(self.dest, "resign.d")?;
+        let _ = fs::remove_dir_all(&staging);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .at(&staging)?;
+        let res = self.guestos_in(&staging, cms);
+        let _ = fs::remove_dir_all(&staging);
+        let new = res?;
+        Ok(Outcome {
+            status: Status::Resigned,
+            old,
+            new: Some(new),
+            note: None,
+        })
+    }
+
+    /// Sign a copy of the conf in `staging`, verify it, and move the new files
+    /// into place; returns the SHA-256 of the new NAME.sig.
+    fn guestos_in(&self, staging: &Path, cms: bool) -> Result<String> {
+        let name = self
+            .dest
+            .file_name()
+            .ok_or_else(|| Error::input(self.dest, "not a file name"))?;
+        let conf = staging.join(name);
+        let bytes = fs::read(self.src).at(self.src)?;
+        let mode = fs::metadata(self.src).at(self.src)?.permissions().mode() & 0o7777;
+        fsutil::write_new(&conf, &bytes, mode)?;
+        if !plan::sha256_file(&conf)?.eq_ignore_ascii_case(&self.rec.sha256_after) {
+            return Err(changed(
+                self.src,
+                "(changed while reading)",
+                &self.rec.sha256_after,
+            ));
+        }
+        guestos::sign(
+            std::slice::from_ref(&conf),
+            &self.p.id,
+            &guestos::SignOptions {
+                images: None,
+                cms,
+                signing_time: self.signing_time,
+            },
+        )?;
+        self.check_guestos(&conf).map_err(|e| {
+            Error::Verify(format!(
+                "{}: the re-signed manifest does not verify: {e}",
+                self.src.display()
+            ))
+        })?;
+        let new = plan::sha256_file(&guestos::Manifest::sibling(&conf, "sig"))?;
+        // The certificate before the signature: a crash in between leaves a
+        // pair that fails verification, which the next run redoes.
+        let mut moves = vec![];
+        for ext in ["cert", "sig", "p7s"] {
+            let s = guestos::Manifest::sibling(&conf, ext);
+            if s.exists() {
+                moves.push((s, guestos::Manifest::sibling(self.dest, ext)));
+            }
+        }
+        if self.out_dir {
+            moves.push((conf.clone(), self.dest.to_path_buf()));
+        }
+        commit(&moves)?;
+        Ok(new)
+    }
+
+    fn check_guestos(&self, conf: &Path) -> std::result::Result<(), String> {
+        let r = guestos::verify(
+            conf,
+            &guestos::VerifyOptions {
+                trust: &self.p.anchors,
+                images: None,
+                check_time: true,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        if !r.ok {
+            return Err(r.problems.join("; "));
+        }
+        let first = x509::read_certs(&guestos::Manifest::sibling(conf, "cert"))
+            .map_err(|e| e.to_string())?;
+        if first.first() != Some(&self.p.id.cert) {
+            return Err(format!("signed by '{}', not the production key", r.signer));
+        }
+        Ok(())
+    }
+}
+
+/// Rename each staged file over its destination. If one rename fails, the
+/// ones already done are put back, so the artifact stays all old.
+fn commit(moves: &[(PathBuf, PathBuf)]) -> Result<()> {
+    let old: Vec<Option<(Vec<u8>, u32)>> = moves
+        .iter()
+        .map(|(_, d)| {
+            let bytes = fs::read(d).ok()?;
+            let mode = fs::metadata(d).ok()?.permissions().mode() & 0o7777;
+            Some((bytes, mode))
+        })
+        .collect();
+    for (i, (s, d)) in moves.iter().enumerate() {
+        if let Err(e) = fs::rename(s, d).at(d) {
+            for ((_, done), prev) in moves[..i].iter().zip(&old) {
+                let _ = match prev {
+                    Some((b, m)) => fsutil::write_atomic(done, b, *m),
+                    None => fs::remove_file(done).at(done),
+                };
+            }
+            return Err(e);
+        }
+    }
+    if let Some((_, d)) = moves.first() {
+        fsutil::sync_dir(&fsutil::parent_dir(d))?;
+    }
+    Ok(())
+}
