@@ -157,6 +157,10 @@ pub fn append(plan: &Path, records: &[Record]) -> Result<()> {
     if records.is_empty() {
         return Ok(());
     }
+    // The plan usually lives in the deploy directory, which the first signing
+    // task of a build may be the one to create.
+    let dir = fsutil::parent_dir(plan);
+    std::fs::create_dir_all(&dir).at(&dir)?;
     let _lock = DirLock::acquire(&lock_path(plan))?;
     let f = OpenOptions::new()
         .read(true)

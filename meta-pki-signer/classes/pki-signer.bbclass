@@ -26,9 +26,8 @@ PKI_SIGNER_DIR ?= "${TOPDIR}/pki"
 PKI_SIGNER_PROFILE ?= ""
 PKI_SIGNER_KEY_TYPE ?= ""
 PKI_SIGNER_UEFI ?= "1"
+# What every signing task signed, for `pki-signer resign`; empty disables it.
 PKI_SIGNER_PLAN ?= "${DEPLOY_DIR_IMAGE}/signing-plan.json"
-# The plan is recorded only once the tool supports --plan.
-PKI_SIGNER_PLAN_SUPPORTED ?= "0"
 
 # The tool: built by this layer, or any pki-signer on PATH with PKI_SIGNER_DEPENDS = "".
 PKI_SIGNER_BIN ?= "pki-signer"
@@ -151,15 +150,14 @@ def pki_signer_init_args(d):
 def pki_signer_plan_args(d):
     import shlex
     plan = d.getVar("PKI_SIGNER_PLAN") or ""
-    if plan and d.getVar("PKI_SIGNER_PLAN_SUPPORTED") == "1":
+    if plan:
         return "--plan " + shlex.quote(plan)
     return ""
 
 # Paths and switches that do not change what a signature looks like stay out
 # of task signatures; the certificates' content is in them via file-checksums.
 PKI_SIGNER_SIGNATURE_EXCLUDE = "PKI_SIGNER_DIR PKI_SIGNER_BIN PKI_SIGNER_PLAN \
-                                PKI_SIGNER_PLAN_SUPPORTED PKI_SIGNER_PROFILE \
-                                PKI_SIGNER_KEY_TYPE PKI_SIGNER_UEFI"
+                                PKI_SIGNER_PROFILE PKI_SIGNER_KEY_TYPE PKI_SIGNER_UEFI"
 pki_signer_cert[vardepsexclude] = "${PKI_SIGNER_SIGNATURE_EXCLUDE}"
 pki_signer_key_args[vardepsexclude] = "${PKI_SIGNER_SIGNATURE_EXCLUDE}"
 pki_signer_init_args[vardepsexclude] = "${PKI_SIGNER_SIGNATURE_EXCLUDE}"

@@ -39,7 +39,6 @@ def test_defaults_of_a_kernel_recipe(make_parse_build):
     assert d.getVar("PKI_SIGNER_DIR") == topdir + "/pki"
     assert d.getVar("PKI_SIGNER_UEFI") == "1"
     assert d.getVar("PKI_SIGNER_PLAN") == d.getVar("DEPLOY_DIR_IMAGE") + "/signing-plan.json"
-    assert d.getVar("PKI_SIGNER_PLAN_SUPPORTED") == "0"
     assert d.getVar("PKI_SIGNER_EFI_ROLE") == "ssig_subca"
     assert d.getVar("PKI_SIGNER_EFI_TASK") == "do_deploy"
     assert d.getVar("PKI_SIGNER_EFI_DIR") == d.getVar("DEPLOYDIR")
@@ -48,7 +47,7 @@ def test_defaults_of_a_kernel_recipe(make_parse_build):
     assert "pki-signer-native" in d.getVar("DEPENDS").split()
     assert d.expand("${@pki_signer_init_args(d)}") == "--dir %s/pki --uefi" % topdir
     assert d.expand("${@pki_signer_key_args(d, 'ssig_subca')}") == "--role ssig_subca --dir %s/pki" % topdir
-    assert d.expand("${@pki_signer_plan_args(d)}") == ""
+    assert d.expand("${@pki_signer_plan_args(d)}") == "--plan " + d.getVar("DEPLOY_DIR_IMAGE") + "/signing-plan.json"
 
 
 def test_local_conf_settings_reach_the_commands(make_parse_build):
@@ -57,7 +56,6 @@ def test_local_conf_settings_reach_the_commands(make_parse_build):
         'PKI_SIGNER_PROFILE = "/srv/profile.json"\n'
         'PKI_SIGNER_KEY_TYPE = "ec:secp384r1"\n'
         'PKI_SIGNER_UEFI = "0"\n'
-        'PKI_SIGNER_PLAN_SUPPORTED = "1"\n'
         'KERNEL_IMAGETYPE = "Image"\n'
         'INITRAMFS_IMAGE = "initramfs"\n'
         'INITRAMFS_IMAGE_BUNDLE = "1"\n')
@@ -69,8 +67,8 @@ def test_local_conf_settings_reach_the_commands(make_parse_build):
         "Image-1.0-r0-testmachine.bin", "Image-initramfs-1.0-r0-testmachine.bin"]
 
 
-def test_plan_is_passed_only_when_set_and_supported(make_parse_build):
-    d = make_parse_build('PKI_SIGNER_PLAN = ""\nPKI_SIGNER_PLAN_SUPPORTED = "1"\n').parse(KERNEL)
+def test_plan_is_not_passed_when_empty(make_parse_build):
+    d = make_parse_build('PKI_SIGNER_PLAN = ""\n').parse(KERNEL)
     assert d.expand("${@pki_signer_plan_args(d)}") == ""
 
 

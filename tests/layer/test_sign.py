@@ -123,17 +123,13 @@ def test_a_missing_file_fails_the_task_and_names_it(make_build, dev_pki):
     assert "missing.efi does not exist (PKI_SIGNER_EFI_FILES)" in build.task_log(d, "do_deploy")
 
 
-def test_plan_is_passed_once_the_tool_supports_it(make_build, dev_pki):
-    build = make_build(FAST_KEYS + 'PKI_SIGNER_PLAN_SUPPORTED = "1"\n', pki=dev_pki)
+def test_signing_tasks_record_the_plan(make_build, dev_pki):
+    build = make_build(FAST_KEYS, pki=dev_pki)
     d = build.parse(EFIAPP)
     plan = build.topdir / d.getVar("DEPLOY_DIR_IMAGE") / "signing-plan.json"
     assert d.expand("${@pki_signer_plan_args(d)}") == "--plan %s" % plan
     assert build.run_task(d, "do_pki_signer_init")
-    if not build.run_task(d, "do_deploy"):
-        log = build.task_log(d, "do_deploy")
-        if "--plan" in log and ("unexpected argument" in log or "not implemented" in log):
-            pytest.skip("pki-signer has no --plan yet (issue 5)")
-        pytest.fail(log)
+    assert build.run_task(d, "do_deploy"), build.task_log(d, "do_deploy")
     assert plan.is_file()
 
 
