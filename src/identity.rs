@@ -38,8 +38,9 @@ impl Identity {
             (Some(role), None, None) => {
                 let pki = Pki::open(&spec.dir)?;
                 let r = pki.role(role)?;
+                // A file, or the pkcs11: URI of a key `pki init --hsm` made in a token.
                 let key = r.key.clone().ok_or_else(|| {
-                    Error::input(&r.cert, format!("role '{role}' has no private key file"))
+                    Error::input(&r.cert, format!("role '{role}' has no private key"))
                 })?;
                 (key, r.cert.clone())
             }

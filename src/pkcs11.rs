@@ -546,6 +546,17 @@ impl Pkcs11Key {
             "private key",
             &token,
         )?;
+        Pkcs11Key::from_handle(&uri, session, key, token)
+    }
+
+    /// The key behind `key` (a private key handle visible in `session`):
+    /// its type and public half, read from the token.
+    fn from_handle(
+        uri: &Pkcs11Uri,
+        session: Session,
+        key: ObjectHandle,
+        token: String,
+    ) -> Result<Pkcs11Key> {
         let a = attrs(
             &session,
             key,
@@ -840,6 +851,410 @@ pub fn read_cert(uri: &str) -> Result<Vec<u8>> {
     })
 }
 
+/// Percent-encode a URI attribute value. `keep` lists the reserved
+/// characters that may stay literal where the value goes (RFC 7512 differs
+/// between path and query).
+fn pct(v: &[u8], keep: &[u8]) -> String {
+    let mut out = String::with_capacity(v.len());
+    for &b in v {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    out
+}
+
+impl Pkcs11Uri {
+    /// The URI of object `label`/`id` on the token this URI selects: the
+    /// token attributes as given, plus `module-path` if it was given. Never
+    /// the PIN source: a PIN file path is the caller's secret plumbing and
+    /// may not exist on the machine that later signs.
+    pub fn object_uri(&self, label: &str, id: &[u8]) -> String {
+        const PATH_KEEP: &[u8] = b":@!$'()*+,=";
+        let mut parts: Vec<String> = vec![];
+        let mut add = |name: &str, v: Option<&[u8]>| {
+            if let Some(v) = v {
+                parts.push(format!("{name}={}", pct(v, PATH_KEEP)));
+            }
+        };
+        add("token", self.token.as_deref().map(str::as_bytes));
+        add(
+            "manufacturer",
+            self.manufacturer.as_deref().map(str::as_bytes),
+        );
+        add("model", self.model.as_deref().map(str::as_bytes));
+        add("serial", self.serial.as_deref().map(str::as_bytes));
+        let slot = self.slot_id.map(|n| n.to_string());
+        add("slot-id", slot.as_deref().map(str::as_bytes));
+        add("object", Some(label.as_bytes()));
+        parts.push(format!("id={}", hex(id)));
+        let mut uri = format!("pkcs11:{}", parts.join(";"));
+        if let Some(m) = &self.module_path {
+            uri.push_str("?module-path=");
+            uri.push_str(&pct(m.as_os_str().as_encoded_bytes(), b"/:@!$'()*+,;"));
+        }
+        uri
+    }
+}
+
+/// A token opened read-write to create a PKI's keys in it (`pki init --hsm`).
+///
+/// Every object it creates is remembered and destroyed again when the writer
+/// is dropped without `commit`: a failed or interrupted init must not leave
+/// keys behind that the next run would refuse to overwrite.
+pub struct TokenWriter {
+    uri: Pkcs11Uri,
+    ctx: Pkcs11,
+    slot: Slot,
+    session: Session,
+    token: String,
+    created: Vec<ObjectHandle>,
+    committed: bool,
+}
+
+/// Generate a key pair labelled `label` with a fresh random CKA_ID; returns
+/// (public, private, id). The private key is sensitive and never
+/// extractable, and may only sign: a PKI key that can also decrypt or unwrap
+/// invites misuse.
+fn keypair(
+    session: &Session,
+    uri: &Pkcs11Uri,
+    token: &str,
+    label: &str,
+    kt: KeyType,
+) -> Result<(ObjectHandle, ObjectHandle, Vec<u8>)> {
+    let mut id = vec![0u8; 16];
+    aws_lc_rs::rand::fill(&mut id).map_err(|_| Error::Crypto("RNG failed".into()))?;
+    let mut public = vec![
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.clone()),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+    ];
+    let private = vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.clone()),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+    ];
+    let mech = match kt {
+        KeyType::Rsa(bits) => {
+            public.push(Attribute::ModulusBits((bits as std::ffi::c_ulong).into()));
+            public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+            Mechanism::RsaPkcsKeyPairGen
+        }
+        KeyType::EcP256 => {
+            public.push(Attribute::EcParams(OID_P256.to_vec()));
+            Mechanism::EccKeyPairGen
+        }
+        KeyType::EcP384 => {
+            public.push(Attribute::EcParams(OID_P384.to_vec()));
+            Mechanism::EccKeyPairGen
+        }
+    };
+    let (pubh, privh) = session
+        .generate_key_pair(&mech, &public, &private)
+        .map_err(|e| {
+            uri.err(format!(
+                "generating {kt} key '{label}' on token '{token}' failed: {}",
+                ckr(&e)
+            ))
+        })?;
+    Ok((pubh, privh, id))
+}
+
+/// A key pair just generated on the token.
+pub struct GeneratedKey {
+    pub id: Vec<u8>,
+    /// `pkcs11:token=...;object=LABEL;id=...` naming both the private key
+    /// and (once stored) the certificate.
+    pub uri: String,
+    pub key: Pkcs11Key,
+}
+
+impl TokenWriter {
+    /// Open the token `uri` selects (no object attributes), logged in as the user.
+    pub fn open(uri: &str) -> Result<TokenWriter> {
+        let uri = Pkcs11Uri::parse(uri)?;
+        if uri.object.is_some() || uri.id.is_some() || uri.object_type.is_some() {
+            return Err(uri.err(
+                "name only the token (pkcs11:token=NAME): the keys are labelled with their role names",
+            ));
+        }
+        let (path, ctx) = module(&uri)?;
+        let (slot, token) = find_token(&uri, &path, &ctx)?;
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| uri.err(format!("token '{token}': {}", ckr(&e))))?;
+        if info.write_protected() {
+            return Err(uri.err(format!("token '{token}' is write-protected")));
+        }
+        let session = ctx.open_rw_session(slot).map_err(|e| {
+            uri.err(format!(
+                "cannot open a read-write session on token '{token}': {}",
+                ckr(&e)
+            ))
+        })?;
+        let o = Opened {
+            ctx,
+            slot,
+            session,
+            token,
+        };
+        login(&uri, &o)?;
+        Ok(TokenWriter {
+            uri,
+            ctx: o.ctx,
+            slot: o.slot,
+            session: o.session,
+            token: o.token,
+            created: vec![],
+            committed: false,
+        })
+    }
+
+    /// The token's label.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The `--hsm` URI as given, without its query (safe to print).
+    pub fn shown(&self) -> &str {
+        self.uri.shown()
+    }
+
+    fn err(&self, msg: impl Into<String>) -> Error {
+        self.uri.err(msg)
+    }
+
+    /// The labels among `labels` that some object on the token already has.
+    pub fn labels_in_use(&self, labels: &[&str]) -> Result<Vec<String>> {
+        let mut used = vec![];
+        for l in labels {
+            let hits = self
+                .session
+                .find_objects(&[Attribute::Label(l.as_bytes().to_vec())])
+                .map_err(|e| {
+                    self.err(format!(
+                        "searching token '{}' failed: {}",
+                        self.token,
+                        ckr(&e)
+                    ))
+                })?;
+            if !hits.is_empty() {
+                used.push(l.to_string());
+            }
+        }
+        Ok(used)
+    }
+
+    /// Refuse key types the token cannot generate or sign with, before
+    /// anything is created.
+    pub fn check_supports(&self, kt: KeyType) -> Result<()> {
+        let (gen, gen_name, sign, sign_name) = match kt {
+            KeyType::Rsa(_) => (
+                MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+                "CKM_RSA_PKCS_KEY_PAIR_GEN",
+                MechanismType::RSA_PKCS,
+                "CKM_RSA_PKCS",
+            ),
+            KeyType::EcP256 | KeyType::EcP384 => (
+                MechanismType::ECC_KEY_PAIR_GEN,
+                "CKM_EC_KEY_PAIR_GEN",
+                MechanismType::ECDSA,
+                "CKM_ECDSA",
+            ),
+        };
+        let list = self.ctx.get_mechanism_list(self.slot).map_err(|e| {
+            self.err(format!(
+                "token '{}': listing mechanisms failed: {}",
+                self.token,
+                ckr(&e)
+            ))
+        })?;
+        for (m, name) in [(gen, gen_name), (sign, sign_name)] {
+            if !list.contains(&m) {
+                return Err(self.err(format!(
+                    "token '{}' does not support {name}, needed for {kt} keys",
+                    self.token
+                )));
+            }
+        }
+        if let KeyType::Rsa(bits) = kt {
+            if let Ok(info) = self.ctx.get_mechanism_info(self.slot, gen) {
+                let (min, max) = (info.min_key_size(), info.max_key_size());
+                let bits = bits as usize;
+                if bits < min || (max > 0 && bits > max) {
+                    return Err(self.err(format!(
+                        "token '{}' generates RSA keys of {min}..{max} bits, not {bits}",
+                        self.token
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Generate one signing key pair per (label, type), each with a fresh
+    /// random CKA_ID; results keep input order. Key generation is what a PKI
+    /// init waits for (RSA-4096 in SoftHSM2 takes seconds), and tokens serve
+    /// sessions in parallel, so several sessions generate at once.
+    pub fn generate_many(&mut self, items: &[(&str, KeyType)]) -> Result<Vec<GeneratedKey>> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let want = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(items.len())
+            .max(1);
+        // Tokens limit sessions; run with as many as it grants (at least one).
+        let mut sessions = vec![];
+        for _ in 0..want {
+            match self.ctx.open_rw_session(self.slot) {
+                Ok(s) => sessions.push(s),
+                Err(e) if sessions.is_empty() => {
+                    return Err(self.err(format!(
+                        "cannot open a read-write session on token '{}': {}",
+                        self.token,
+                        ckr(&e)
+                    )))
+                }
+                Err(_) => break,
+            }
+        }
+        let next = AtomicUsize::new(0);
+        type Pair = Result<(ObjectHandle, ObjectHandle, Vec<u8>)>;
+        let out: Mutex<Vec<Option<Pair>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+        let (uri, token) = (&self.uri, self.token.as_str());
+        std::thread::scope(|s| {
+            for session in sessions {
+                let (next, out) = (&next, &out);
+                s.spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(label, kt)) = items.get(i) else {
+                        break;
+                    };
+                    let r = keypair(&session, uri, token, label, kt);
+                    out.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                });
+            }
+        });
+        let results = out.into_inner().unwrap_or_else(|e| e.into_inner());
+        // Record every object made before reporting any failure, so that
+        // dropping the writer removes them all.
+        for (pubh, privh, _) in results.iter().flatten().flatten() {
+            self.created.push(*pubh);
+            self.created.push(*privh);
+        }
+        let mut keys = Vec::with_capacity(items.len());
+        for (r, &(label, kt)) in results.into_iter().zip(items) {
+            let (_, privh, id) =
+                r.unwrap_or_else(|| Err(Error::Crypto("key generation did not run".into())))?;
+            let uri = self.uri.object_uri(label, &id);
+            let parsed = Pkcs11Uri::parse(&uri)?;
+            // Each key its own session, so keys can sign independently.
+            let session = self.ctx.open_ro_session(self.slot).map_err(|e| {
+                self.err(format!(
+                    "cannot open a session on token '{}': {}",
+                    self.token,
+                    ckr(&e)
+                ))
+            })?;
+            let key = Pkcs11Key::from_handle(&parsed, session, privh, self.token.clone())?;
+            if key.key_type() != kt {
+                return Err(self.err(format!(
+                    "token '{}' generated a {} key for '{label}' instead of {kt}",
+                    self.token,
+                    key.key_type()
+                )));
+            }
+            keys.push(GeneratedKey { id, uri, key });
+        }
+        Ok(keys)
+    }
+
+    /// Store certificate `der` as a public CKO_CERTIFICATE object beside the
+    /// key with the same label and id, the PKCS#11 convention that lets
+    /// other tools (and `--cert pkcs11:...`) pair them.
+    pub fn store_cert(&mut self, label: &str, id: &[u8], der_cert: &[u8]) -> Result<()> {
+        let (_, x) = x509_parser::parse_x509_certificate(der_cert)
+            .map_err(|e| self.err(format!("certificate for '{label}': {e}")))?;
+        let serial = {
+            use der::Encode;
+            der::asn1::IntRef::new(x.tbs_certificate.raw_serial())
+                .and_then(|i| i.to_der())
+                .map_err(|e| self.err(format!("certificate for '{label}': serial: {e}")))?
+        };
+        let template = [
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::CertificateType(cryptoki::object::CertificateType::X_509),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.to_vec()),
+            Attribute::Subject(x.subject().as_raw().to_vec()),
+            Attribute::Issuer(x.issuer().as_raw().to_vec()),
+            Attribute::SerialNumber(serial),
+            Attribute::Value(der_cert.to_vec()),
+        ];
+        let h = self.session.create_object(&template).map_err(|e| {
+            self.err(format!(
+                "storing the certificate of '{label}' on token '{}' failed: {}",
+                self.token,
+                ckr(&e)
+            ))
+        })?;
+        self.created.push(h);
+        Ok(())
+    }
+
+    /// Fails if some label among `labels` has more than the one private key
+    /// this writer made: another process generated into the token at the
+    /// same time, and nobody could tell the keys apart.
+    pub fn check_unique(&self, labels: &[&str]) -> Result<()> {
+        for l in labels {
+            let n = find(&self.session, ObjectClass::PRIVATE_KEY, Some(l), None)
+                .map(|v| v.len())
+                .unwrap_or(0);
+            if n > 1 {
+                return Err(self.err(format!(
+                    "token '{}' now holds {n} private keys labelled '{l}': another pki init wrote to it at the same time",
+                    self.token
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep everything created so far.
+    pub fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for TokenWriter {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        // Best effort: the session may be the thing that failed.
+        for h in self.created.drain(..).rev() {
+            let _ = self.session.destroy_object(h);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -885,6 +1300,29 @@ mod tests {
         ] {
             assert!(Pkcs11Uri::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn object_uris_round_trip_and_never_carry_the_pin_source() {
+        let t = Pkcs11Uri::parse(
+            "pkcs11:token=Prod%20CA%3b1;serial=42?module-path=/opt/hsm/lib%20x.so&pin-source=file:/run/pin",
+        )
+        .unwrap();
+        let s = t.object_uri("ssig_subca", &[0x00, 0xab]);
+        assert_eq!(
+            s,
+            "pkcs11:token=Prod%20CA%3b1;serial=42;object=ssig_subca;id=%00%ab?module-path=/opt/hsm/lib%20x.so"
+        );
+        let back = Pkcs11Uri::parse(&s).unwrap();
+        assert_eq!(back.token.as_deref(), Some("Prod CA;1"));
+        assert_eq!(back.serial.as_deref(), Some("42"));
+        assert_eq!(back.object.as_deref(), Some("ssig_subca"));
+        assert_eq!(back.id.as_deref(), Some(&[0x00, 0xab][..]));
+        assert_eq!(
+            back.module_path.as_deref(),
+            Some(Path::new("/opt/hsm/lib x.so"))
+        );
+        assert_eq!(back.pin_source, None);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::efivar::{self, Guid};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, DirLock, KEY_MODE, PUBLIC_MODE};
 use crate::keys::{self, FileKey, KeyType, Signer};
+use crate::pkcs11::{self, Pkcs11Key, TokenWriter};
 use crate::x509::{self, CertSpec, Subject};
 
 pub const MANIFEST: &str = "pki.json";
@@ -513,6 +514,7 @@ impl Plan {
             path: path.into(),
             kind: "esl".into(),
             roles: roles.iter().map(|s| s.to_string()).collect(),
+            key_uri: None,
         };
         if self.role("ssig_subca").is_some() {
             v.push(esl("ssig_subca.esl", &["ssig_subca"]));
@@ -536,6 +538,7 @@ impl Plan {
                     path: path.into(),
                     kind: "auth".into(),
                     roles: f.roles.clone(),
+                    key_uri: None,
                 })
             })
             .collect();
@@ -544,11 +547,13 @@ impl Plan {
             path: TPM_PCR_PRIVATE.into(),
             kind: "tpm-pcr-private-key".into(),
             roles: vec![],
+            key_uri: None,
         });
         v.push(FileEntry {
             path: TPM_PCR_PUBLIC.into(),
             kind: "tpm-pcr-public-key".into(),
             roles: vec![],
+            key_uri: None,
         });
         v
     }
@@ -558,14 +563,17 @@ impl Plan {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleFiles {
     pub cert: String,
-    pub key: String,
+    /// The key file; absent when the key lives in a token (`key_uri`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub der: Option<String>,
 }
 
 impl RoleFiles {
     fn all(&self) -> Vec<String> {
-        let mut v = vec![self.cert.clone(), self.key.clone()];
+        let mut v = vec![self.cert.clone()];
+        v.extend(self.key.clone());
         v.extend(self.der.clone());
         v
     }
@@ -575,12 +583,12 @@ pub fn role_files(name: &str, kind: RoleKind) -> RoleFiles {
     match kind {
         RoleKind::X509 => RoleFiles {
             cert: format!("{name}.cert"),
-            key: format!("{name}.key"),
+            key: Some(format!("{name}.key")),
             der: None,
         },
         RoleKind::Uefi => RoleFiles {
             cert: format!("{name}.crt"),
-            key: format!("{name}.key"),
+            key: Some(format!("{name}.key")),
             der: Some(format!("{name}.cer")),
         },
     }
@@ -613,14 +621,23 @@ pub struct RoleEntry {
     pub fingerprint_sha256: String,
     #[serde(flatten)]
     pub files: RoleFiles,
+    /// RFC 7512 URI of the private key when it lives in a token (`pki init
+    /// --hsm`); never holds a PIN. The PIN comes from $PKI_SIGNER_PKCS11_PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_uri: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FileEntry {
+    /// Empty for a private key that lives in a token (see `key_uri`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
     pub kind: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// The token key of a `tpm-pcr-private-key` entry made by `pki init --hsm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_uri: Option<String>,
 }
 
 impl Manifest {
@@ -632,8 +649,18 @@ impl Manifest {
 
     fn all_files(&self) -> Vec<String> {
         let mut v: Vec<String> = self.roles.iter().flat_map(|r| r.files.all()).collect();
-        v.extend(self.files.iter().map(|f| f.path.clone()));
+        v.extend(
+            self.files
+                .iter()
+                .filter(|f| !f.path.is_empty())
+                .map(|f| f.path.clone()),
+        );
         v
+    }
+
+    /// True if the role keys live in a token rather than in files.
+    pub fn keys_in_token(&self) -> bool {
+        self.roles.iter().any(|r| r.key_uri.is_some())
     }
 
     pub fn role(&self, name: &str) -> Option<&RoleEntry> {
@@ -655,6 +682,8 @@ pub struct RoleEntryRef {
     pub role: String,
     pub issuer: Option<String>,
     pub cert: PathBuf,
+    /// A key file, or the `pkcs11:` URI of a token key (as a path, the way
+    /// `--key` takes it).
     pub key: Option<PathBuf>,
 }
 
@@ -673,7 +702,12 @@ impl Pki {
                     role: r.role.clone(),
                     issuer: r.issuer.clone(),
                     cert: dir.join(&r.files.cert),
-                    key: Some(dir.join(&r.files.key)),
+                    // A token key is named by its URI, which `identity::load_signer` opens.
+                    key: match (&r.key_uri, &r.files.key) {
+                        (Some(uri), _) => Some(PathBuf::from(uri)),
+                        (None, Some(k)) => Some(dir.join(k)),
+                        (None, None) => None,
+                    },
                 })
                 .collect();
             return Ok(Pki {
@@ -737,6 +771,10 @@ impl Pki {
 pub struct InitOptions {
     pub dir: PathBuf,
     pub plan: Plan,
+    /// `pkcs11:token=...` (no object): generate every key of the PKI in this
+    /// token instead of in files. DIR then holds certificates, signature
+    /// lists and `pki.json`, which names each key by its URI.
+    pub hsm: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -838,6 +876,55 @@ fn present(dir: &Path, m: Option<Manifest>, started: std::time::Instant) -> Init
     }
 }
 
+/// `present`, unless the caller asked for token keys and DIR holds key
+/// files: reporting "present" then would let a release engineer believe the
+/// keys are in the HSM.
+fn present_for(
+    opts: &InitOptions,
+    dir: &Path,
+    m: Option<Manifest>,
+    started: std::time::Instant,
+) -> Result<InitReport> {
+    if opts.hsm.is_some() && !m.as_ref().is_some_and(|m| m.keys_in_token()) {
+        return Err(Error::input(
+            dir,
+            "holds a PKI with key files; --hsm does not move keys into a token: use another --dir",
+        ));
+    }
+    Ok(present(dir, m, started))
+}
+
+/// Open the token for `pki init --hsm` and refuse it unless it can make
+/// every key of the plan and holds no object with a label the plan uses:
+/// two keys under one label are a signing accident waiting to happen.
+fn open_token(uri: &str, plan: &Plan) -> Result<TokenWriter> {
+    let w = TokenWriter::open(uri)?;
+    let mut types: Vec<KeyType> = plan.roles.iter().map(|r| r.key_type).collect();
+    if plan.uefi {
+        types.push(UEFI_KEY_TYPE);
+    }
+    types.dedup();
+    for t in &types {
+        w.check_supports(*t)?;
+    }
+    let mut labels: Vec<&str> = plan.roles.iter().map(|r| r.name.as_str()).collect();
+    if plan.uefi {
+        labels.push(TPM_PCR_LABEL);
+    }
+    let used = w.labels_in_use(&labels)?;
+    if !used.is_empty() {
+        return Err(Error::input(
+            w.shown(),
+            format!(
+                "token '{}' already holds objects labelled {}; pki init --hsm never mixes keys: use an empty token or delete them (pkcs11-tool --delete-object --label L --type privkey|pubkey|cert)",
+                w.token(),
+                summarize(&used)
+            ),
+        ));
+    }
+    Ok(w)
+}
+
 /// Generate the PKI in `opts.dir` unless it is already there.
 ///
 /// Safe under concurrency: the state is re-checked under an exclusive lock on
@@ -852,7 +939,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
 
     // Fast path without touching anything (a release PKI may be read-only).
     match inspect(&dir, &opts.plan)? {
-        DirState::Complete(m) => return Ok(present(&dir, m, started)),
+        DirState::Complete(m) => return present_for(opts, &dir, m, started),
         DirState::Partial(why) if is_symlink => {
             return Err(Error::input(&dir, format!("is a symlink (a release PKI?) and incomplete: {why}; pki-signer never writes through it")))
         }
@@ -873,7 +960,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
     let _lock = DirLock::acquire(&lock_path)?;
 
     match inspect(&dir, &opts.plan)? {
-        DirState::Complete(m) => return Ok(present(&dir, m, started)),
+        DirState::Complete(m) => return present_for(opts, &dir, m, started),
         DirState::Partial(why) => {
             return Err(Error::input(
                 &dir,
@@ -892,13 +979,24 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
             }
         }
     }
+    // The token is opened (and logged in to) before anything is written, so
+    // a wrong PIN or a missing module leaves no trace.
+    let mut hsm = match &opts.hsm {
+        Some(uri) => Some(open_token(uri, &opts.plan)?),
+        None => None,
+    };
     let tmp = parent.join(format!("{tmp_prefix}{}", std::process::id()));
     fs::create_dir(&tmp).at(&tmp)?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700)).at(&tmp)?;
-    let result = generate_into(&tmp, &opts.plan).and_then(|m| {
+    let result = generate_into(&tmp, &opts.plan, hsm.as_mut()).and_then(|m| {
         fsutil::sync_dir(&tmp)?;
         // rename(2) atomically replaces an empty directory, too.
         fs::rename(&tmp, &dir).at(&dir)?;
+        // Published: from here on the token objects belong to DIR. Dropping
+        // an uncommitted writer (any error above) removes them again.
+        if let Some(w) = hsm.take() {
+            w.commit();
+        }
         fsutil::sync_dir(&parent)?;
         Ok(m)
     });
@@ -941,22 +1039,63 @@ fn chain_pem(plan: &Plan, ders: &HashMap<String, Vec<u8>>, role: &RoleSpec) -> S
     out
 }
 
-fn generate_into(tmp: &Path, plan: &Plan) -> Result<Manifest> {
+/// Label of the TPM PCR-policy key in a token.
+const TPM_PCR_LABEL: &str = "tpm2-pcr";
+
+/// One key made by `pki init`: the signer, plus what to record for it.
+struct NewKey {
+    signer: Box<dyn Signer>,
+    /// PKCS#8 DER of a file key, to be written as `NAME.key`.
+    pkcs8: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// URI and CKA_ID of a token key.
+    token: Option<(String, Vec<u8>)>,
+}
+
+/// Generate one key per (name, type): in files, or in the token `hsm`.
+fn generate_keys(
+    names: &[&str],
+    types: &[KeyType],
+    hsm: Option<&mut TokenWriter>,
+) -> Result<Vec<NewKey>> {
+    match hsm {
+        None => {
+            let pkcs8s = keys::generate_many(types)?;
+            pkcs8s
+                .into_iter()
+                .zip(names)
+                .map(|(der, name)| {
+                    let der = zeroize::Zeroizing::new(der);
+                    Ok(NewKey {
+                        signer: Box::new(FileKey::from_pkcs8(&der, Path::new(name))?),
+                        pkcs8: Some(der),
+                        token: None,
+                    })
+                })
+                .collect()
+        }
+        Some(w) => {
+            let items: Vec<(&str, KeyType)> =
+                names.iter().copied().zip(types.iter().copied()).collect();
+            Ok(w.generate_many(&items)?
+                .into_iter()
+                .map(|g| NewKey {
+                    signer: Box::new(g.key),
+                    pkcs8: None,
+                    token: Some((g.uri, g.id)),
+                })
+                .collect())
+        }
+    }
+}
+
+fn generate_into(tmp: &Path, plan: &Plan, mut hsm: Option<&mut TokenWriter>) -> Result<Manifest> {
     let mut types: Vec<KeyType> = plan.roles.iter().map(|r| r.key_type).collect();
+    let mut names: Vec<&str> = plan.roles.iter().map(|r| r.name.as_str()).collect();
     if plan.uefi {
         types.push(UEFI_KEY_TYPE); // TPM PCR-policy key
+        names.push(TPM_PCR_LABEL);
     }
-    let pkcs8s = keys::generate_many(&types)?;
-    let signers: Vec<FileKey> = pkcs8s
-        .iter()
-        .zip(
-            plan.roles
-                .iter()
-                .map(|r| r.name.as_str())
-                .chain(["tpm2-pcr"]),
-        )
-        .map(|(der, name)| FileKey::from_pkcs8(der, Path::new(name)))
-        .collect::<Result<_>>()?;
+    let keys = generate_keys(&names, &types, hsm.as_deref_mut())?;
 
     let now = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
@@ -980,16 +1119,17 @@ fn generate_into(tmp: &Path, plan: &Plan) -> Result<Manifest> {
                     .iter()
                     .position(|r| &r.name == iname)
                     .expect("plan is ordered");
-                Some((ders[iname].as_slice(), &signers[j] as &dyn Signer))
+                Some((ders[iname].as_slice(), keys[j].signer.as_ref()))
             }
         };
-        let der = x509::issue(&spec, &signers[i], issuer)?;
-        let files = role_files(&role.name, role.kind);
-        fsutil::write_new(
-            &tmp.join(&files.key),
-            keys::pkcs8_pem(&pkcs8s[i]).as_bytes(),
-            KEY_MODE,
-        )?;
+        let der = x509::issue(&spec, keys[i].signer.as_ref(), issuer)?;
+        let mut files = role_files(&role.name, role.kind);
+        match (&keys[i].pkcs8, &files.key) {
+            (Some(p8), Some(kf)) => {
+                fsutil::write_new(&tmp.join(kf), keys::pkcs8_pem(p8).as_bytes(), KEY_MODE)?
+            }
+            _ => files.key = None,
+        }
         if let Some(d) = &files.der {
             fsutil::write_new(&tmp.join(d), &der, PUBLIC_MODE)?;
         }
@@ -1004,6 +1144,7 @@ fn generate_into(tmp: &Path, plan: &Plan) -> Result<Manifest> {
             subject: info.subject,
             fingerprint_sha256: info.fingerprint_sha256,
             files,
+            key_uri: keys[i].token.as_ref().map(|(uri, _)| uri.clone()),
         });
         ders.insert(role.name.clone(), der);
     }
@@ -1015,8 +1156,9 @@ fn generate_into(tmp: &Path, plan: &Plan) -> Result<Manifest> {
         )?;
     }
 
-    let extra = plan.extra_files();
-    for f in &extra {
+    let mut extra = plan.extra_files();
+    let tpm_key = keys.last().filter(|_| plan.uefi);
+    for f in &mut extra {
         let path = tmp.join(&f.path);
         match f.kind.as_str() {
             "esl" => {
@@ -1045,19 +1187,32 @@ fn generate_into(tmp: &Path, plan: &Plan) -> Result<Manifest> {
                     .flat_map(|r| efivar::esl_x509(plan.owner_guid, &ders[r]))
                     .collect();
                 let time = efivar::EfiTime::from_env_or(now)?;
-                let auth =
-                    efivar::sign_auth(var, false, time, &data, &signers[j], &ders[signer], &[])?;
+                let auth = efivar::sign_auth(
+                    var,
+                    false,
+                    time,
+                    &data,
+                    keys[j].signer.as_ref(),
+                    &ders[signer],
+                    &[],
+                )?;
                 fsutil::write_new(&path, &auth, PUBLIC_MODE)?;
             }
             "tpm-pcr-private-key" => {
-                fsutil::write_new(
-                    &path,
-                    keys::pkcs8_pem(pkcs8s.last().expect("tpm key")).as_bytes(),
-                    KEY_MODE,
-                )?;
+                let k = tpm_key.expect("tpm key");
+                match (&k.pkcs8, &k.token) {
+                    (Some(p8), _) => {
+                        fsutil::write_new(&path, keys::pkcs8_pem(p8).as_bytes(), KEY_MODE)?
+                    }
+                    (None, Some((uri, _))) => {
+                        f.path.clear();
+                        f.key_uri = Some(uri.clone());
+                    }
+                    (None, None) => unreachable!("a key is a file or a token object"),
+                }
             }
             "tpm-pcr-public-key" => {
-                let spki = x509::spki_der(signers.last().expect("tpm key"));
+                let spki = x509::spki_der(tpm_key.expect("tpm key").signer.as_ref());
                 fsutil::write_new(
                     &path,
                     x509::pem_encode("PUBLIC KEY", &spki).as_bytes(),
@@ -1068,10 +1223,22 @@ fn generate_into(tmp: &Path, plan: &Plan) -> Result<Manifest> {
         }
     }
 
+    // The certificates go on the token too, beside their keys, so the token
+    // alone is a complete record of what it holds.
+    if let Some(w) = hsm {
+        for (i, role) in plan.roles.iter().enumerate() {
+            let (_, id) = keys[i].token.as_ref().expect("token key");
+            w.store_cert(&role.name, id, &ders[&role.name])?;
+        }
+        w.check_unique(&names)?;
+    }
+
     let manifest = Manifest {
         format: 1,
         generator: format!("pki-signer {}", env!("CARGO_PKG_VERSION")),
-        development: true,
+        // A PKI whose keys were made in a token is meant for production;
+        // `resign` accepts it where it refuses development PKIs.
+        development: keys.iter().all(|k| k.token.is_none()),
         created: now
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
@@ -1282,6 +1449,21 @@ fn check_role(ctx: &CheckCtx<'_>, r: &RoleEntryRef, chain: &[Vec<u8>], it: &mut 
     // The private key must belong to the certificate.
     match &r.key {
         None => it.warnings.push("no private key file".into()),
+        Some(kp) if pkcs11::is_uri(kp) => {
+            // Opening it logs in and finds the private key itself, not only a
+            // public object that could outlive a deleted key.
+            match Pkcs11Key::open(&kp.to_string_lossy()) {
+                Err(e) => it.problems.push(e.to_string()),
+                Ok(k) => {
+                    if k.public_key() != leaf.public_key().subject_public_key.data.as_ref() {
+                        it.problems.push(format!(
+                            "{} does not match the certificate's public key",
+                            k.origin()
+                        ));
+                    }
+                }
+            }
+        }
         Some(kp) => {
             if let Ok(md) = fs::metadata(kp) {
                 if md.mode() & 0o077 != 0 {

@@ -132,6 +132,11 @@ enum PkiCmd {
         /// Also create UEFI PK/KEK/DB keys, signature lists and the TPM PCR-policy key.
         #[arg(long)]
         uefi: bool,
+        /// Generate every key inside this PKCS#11 token (pkcs11:token=NAME[?module-path=...]),
+        /// non-extractable; DIR gets only certificates and pki.json with the key URIs.
+        /// PIN from $PKI_SIGNER_PKCS11_PIN or pin-source=file:.
+        #[arg(long, value_name = "URI")]
+        hsm: Option<String>,
         #[arg(long)]
         json: bool,
     },

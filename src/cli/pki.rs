@@ -10,6 +10,7 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
             profile,
             key_type,
             uefi,
+            hsm,
             json,
         } => {
             let prof = match &profile {
@@ -17,7 +18,11 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
                 None => Profile::default(),
             };
             let plan = Plan::resolve(&prof, profile.as_deref(), key_type, uefi)?;
-            let report = pki::init(&InitOptions { dir: dir.dir, plan })?;
+            let report = pki::init(&InitOptions {
+                dir: dir.dir,
+                plan,
+                hsm,
+            })?;
             if json {
                 print_json(&report)?;
             } else if report.status == "created" {
@@ -29,6 +34,12 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
                 );
                 for r in &report.roles {
                     println!("  {:<16} {:<14} {}", r.role, r.key_type, r.subject);
+                }
+                if report.roles.iter().any(|r| r.key_uri.is_some()) {
+                    println!(
+                        "keys generated in the PKCS#11 token; their URIs are in {}",
+                        report.dir.join(pki::MANIFEST).display()
+                    );
                 }
             } else {
                 let note = report
