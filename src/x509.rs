@@ -265,60 +265,12 @@ pub fn verify_with_key(
     msg: &[u8],
     sig: &[u8],
 ) -> std::result::Result<(), String> {
-    let (_, key_type) = key_description(signer);
-    let oid = alg.algorithm.to_id_string();
-    let pss: sig::RsaParameters;
-    let verifier: &dyn sig::VerificationAlgorithm = match (oid.as_str(), key_type) {
-        // rsaEncryption as a signature algorithm (seen in PKCS#7 SignerInfos): the
-        // digest comes from elsewhere, so accept the common SHA-2 sizes via PKCS#1 v1.5
-        // with SHA-256, which is what Authenticode signers use.
-        ("1.2.840.113549.1.1.1" | "1.2.840.113549.1.1.11", Some(KeyType::Rsa(_))) => {
-            &sig::RSA_PKCS1_2048_8192_SHA256
-        }
-        ("1.2.840.113549.1.1.12", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA384,
-        ("1.2.840.113549.1.1.13", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA512,
-        ("1.2.840.113549.1.1.10", Some(KeyType::Rsa(_))) => {
-            let parsed = x509_parser::signature_algorithm::SignatureAlgorithm::try_from(alg)
-                .map_err(|e| format!("bad RSA-PSS parameters: {e}"))?;
-            let x509_parser::signature_algorithm::SignatureAlgorithm::RSASSA_PSS(p) = parsed else {
-                return Err("bad RSA-PSS parameters".into());
-            };
-            let base = match p.hash_algorithm_oid().to_id_string().as_str() {
-                "2.16.840.1.101.3.4.2.1" => sig::RSA_PSS_2048_8192_SHA256,
-                "2.16.840.1.101.3.4.2.2" => sig::RSA_PSS_2048_8192_SHA384,
-                "2.16.840.1.101.3.4.2.3" => sig::RSA_PSS_2048_8192_SHA512,
-                h => return Err(format!("unsupported RSA-PSS hash {h}")),
-            };
-            let salt = u16::try_from(p.salt_length()).map_err(|_| "RSA-PSS salt too long")?;
-            pss = base.with_pss_salt_length(sig::RsaPssSaltLength::Custom(salt));
-            &pss
-        }
-        ("1.2.840.10045.4.3.2", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA256_ASN1,
-        ("1.2.840.10045.4.3.3", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA384_ASN1,
-        ("1.2.840.10045.4.3.4", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA512_ASN1,
-        ("1.2.840.10045.4.3.2", Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA256_ASN1,
-        ("1.2.840.10045.4.3.3", Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA384_ASN1,
-        ("1.2.840.10045.4.3.4", Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA512_ASN1,
-        (o, k) => {
-            return Err(format!(
-                "unsupported signature algorithm {o} for key {}",
-                k.map(|k| k.to_string())
-                    .unwrap_or_else(|| "of unknown type".into())
-            ))
-        }
-    };
-    verifier
-        .verify_sig(
-            signer.public_key().subject_public_key.data.as_ref(),
-            msg,
-            sig,
-        )
-        .map_err(|_| "signature does not verify".to_string())
+    verify_with_spki(signer.public_key(), alg, msg, sig)
 }
 
 /// Verify `sig` over `msg` against a bare SubjectPublicKeyInfo, for objects that
-/// carry their own key (a CSR's proof of possession). Accepts what
-/// `verify_with_key` does, and RSA keys of any size aws-lc verifies (2048..8192).
+/// carry their own key (a CSR's proof of possession): RSA PKCS#1 v1.5 and PSS
+/// (with the salt length the parameters give), ECDSA on P-256/P-384.
 pub fn verify_with_spki(
     spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
     alg: &x509_parser::x509::AlgorithmIdentifier<'_>,
