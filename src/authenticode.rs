@@ -29,16 +29,19 @@ use cms::cert::x509::attr::Attribute;
 use cms::cert::x509::spki::AlgorithmIdentifierOwned;
 use cms::content_info::{CmsVersion, ContentInfo};
 use cms::signed_data::EncapsulatedContentInfo;
-use der::asn1::{
-    BitString, BmpString, GeneralizedTime, ObjectIdentifier, OctetString, SetOfVec, UtcTime,
-};
-use der::{Any, DateTime, Decode, Encode, Sequence, Tag, TagNumber};
+use der::asn1::{BitString, BmpString, ObjectIdentifier, OctetString, SetOfVec};
+use der::{Any, Encode, Sequence, Tag, TagNumber};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
+use crate::asn1::{
+    alg_id, alg_oid, attribute, for_each_attribute, obj_id, oid_string, small_int, strip_zeros,
+    take, Elements, Tlv, CTX0, CTX1, INTEGER, OBJECT_ID, OCTET_STRING, SEQUENCE, SET,
+};
 use crate::error::{Error, Result};
 use crate::keys::{KeyType, SigScheme, Signer};
-use crate::x509;
+use crate::pkcs7::{hash_name, SignerId};
+use crate::{asn1, pkcs7, x509};
 
 /// Object identifiers used here, as dotted strings (what the reader compares).
 pub mod oid {
@@ -70,8 +73,6 @@ pub mod oid {
 
 /// The placeholder file name sbsign and signtool put into SpcPeImageData.
 const OBSOLETE: &str = "<<<Obsolete>>>";
-/// Depth limit when walking from the signer certificate up to an anchor.
-const MAX_CHAIN_DEPTH: usize = 8;
 
 // ---------------------------------------------------------------------------
 // Hashes
@@ -125,13 +126,6 @@ impl Hash {
     }
 }
 
-/// "sha256" for known digest OIDs, the dotted OID otherwise.
-fn hash_name(o: &str) -> String {
-    Hash::from_oid(o)
-        .map(|h| h.name().to_string())
-        .unwrap_or_else(|| o.to_string())
-}
-
 fn sig_alg_name(o: &str) -> String {
     match o {
         oid::RSA_ENCRYPTION => "rsaEncryption".into(),
@@ -164,21 +158,6 @@ pub struct SignOptions<'a> {
 
 fn der_err(e: der::Error) -> Error {
     Error::Crypto(format!("encoding the Authenticode signature: {e}"))
-}
-
-fn obj_id(s: &str) -> der::Result<ObjectIdentifier> {
-    ObjectIdentifier::new(s).map_err(|_| Tag::ObjectIdentifier.value_error())
-}
-
-fn alg_id(o: &str, null_params: bool) -> der::Result<AlgorithmIdentifierOwned> {
-    Ok(AlgorithmIdentifierOwned {
-        oid: obj_id(o)?,
-        parameters: if null_params {
-            Some(Any::new(Tag::Null, Vec::new())?)
-        } else {
-            None
-        },
-    })
 }
 
 fn context(number: TagNumber, constructed: bool) -> Tag {
@@ -244,47 +223,6 @@ struct SignerInfoDer {
     signature: OctetString,
 }
 
-/// SignedData as PKCS#7 (RFC 2315) has it: the content is any type, here the
-/// SpcIndirectDataContent itself. Certificates keep their order (signer
-/// first), as sbsign, osslsigncode and signtool write them.
-#[derive(Sequence)]
-struct SignedDataDer {
-    version: CmsVersion,
-    digest_algorithms: SetOfVec<AlgorithmIdentifierOwned>,
-    encap_content_info: EncapsulatedContentInfo,
-    #[asn1(context_specific = "0", tag_mode = "IMPLICIT")]
-    certificates: Vec<Any>,
-    signer_infos: SetOfVec<Any>,
-}
-
-fn attribute(o: &str, value: Any) -> der::Result<Attribute> {
-    Ok(Attribute {
-        oid: obj_id(o)?,
-        values: SetOfVec::try_from(vec![value])?,
-    })
-}
-
-/// signingTime as RFC 5652 wants it: UTCTime through 2049, GeneralizedTime after.
-fn signing_time_value(t: OffsetDateTime) -> Result<Any> {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    let bad = || Error::Usage(format!("signing time {t} is out of range (1970..9999)"));
-    let year = u16::try_from(t.year()).map_err(|_| bad())?;
-    let dt = DateTime::new(
-        year,
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-    )
-    .map_err(|_| bad())?;
-    if year < 2050 {
-        Any::encode_from(&UtcTime::from_date_time(dt).map_err(|_| bad())?).map_err(der_err)
-    } else {
-        Any::encode_from(&GeneralizedTime::from_date_time(dt)).map_err(der_err)
-    }
-}
-
 /// How a key of each type signs: scheme for `Signer::sign`, the digest
 /// algorithm of the SignerInfo (also the messageDigest hash) and the
 /// signatureAlgorithm OpenSSL (hence sbsign and osslsigncode) writes.
@@ -315,22 +253,15 @@ fn signing_params(kt: KeyType) -> (SigScheme, Hash, &'static str, bool) {
 /// ContentInfo (what sbsign --detached writes and what goes into WIN_CERTIFICATE).
 pub fn sign_digest(image_sha256: &[u8; 32], opts: &SignOptions) -> Result<Vec<u8>> {
     let cert_origin = Path::new("signer certificate");
-    let cert = x509::parse(opts.cert, cert_origin)?;
-    if cert.public_key().subject_public_key.data.as_ref() != opts.signer.public_key() {
-        return Err(Error::Usage(format!(
-            "key {} does not belong to the signer certificate '{}'",
-            opts.signer.origin(),
-            cert.subject()
-        )));
-    }
-    for (i, c) in opts.chain.iter().enumerate() {
-        x509::parse(c, Path::new(&format!("chain certificate {}", i + 1)))?;
-    }
+    pkcs7::check_signer(opts.signer, opts.cert, opts.chain)?;
     let (issuer, serial) = cert_issuer_serial(opts.cert)
         .ok_or_else(|| Error::input(cert_origin, "cannot find issuer and serial number"))?;
 
     let (scheme, hash, sig_oid, sig_null) = signing_params(opts.signer.key_type());
-    let signing_time = opts.signing_time.map(signing_time_value).transpose()?;
+    let signing_time = opts
+        .signing_time
+        .map(|t| asn1::signing_time_value(t, der_err))
+        .transpose()?;
     let spc = spc_indirect_data_content(image_sha256).map_err(der_err)?;
     let (spc_tlv, _) = take(&spc).map_err(Error::Crypto)?;
     // Authenticode: the digest covers the content octets, without tag and length.
@@ -359,12 +290,6 @@ pub fn sign_digest(image_sha256: &[u8; 32], opts: &SignOptions) -> Result<Vec<u8
         .signer
         .sign(scheme, &signed_attrs.to_der().map_err(der_err)?)?;
 
-    let mut certs: Vec<&[u8]> = vec![opts.cert];
-    for c in opts.chain {
-        if !certs.contains(&c.as_slice()) {
-            certs.push(c);
-        }
-    }
     (|| -> der::Result<Vec<u8>> {
         let signer_info = SignerInfoDer {
             version: CmsVersion::V1,
@@ -374,19 +299,16 @@ pub fn sign_digest(image_sha256: &[u8; 32], opts: &SignOptions) -> Result<Vec<u8
             signature_algorithm: alg_id(sig_oid, sig_null)?,
             signature: OctetString::new(signature)?,
         };
-        let signed_data = SignedDataDer {
-            version: CmsVersion::V1,
-            digest_algorithms: SetOfVec::try_from(vec![alg_id(hash.oid(), true)?])?,
-            encap_content_info: EncapsulatedContentInfo {
+        let signed_data = pkcs7::signed_data(
+            hash.oid(),
+            EncapsulatedContentInfo {
                 econtent_type: obj_id(oid::SPC_INDIRECT_DATA)?,
                 econtent: Some(Any::new(Tag::Sequence, spc_tlv.value)?),
             },
-            certificates: certs
-                .iter()
-                .map(|c| Any::from_der(c))
-                .collect::<der::Result<_>>()?,
-            signer_infos: SetOfVec::try_from(vec![Any::encode_from(&signer_info)?])?,
-        };
+            opts.cert,
+            opts.chain,
+            Any::encode_from(&signer_info)?,
+        )?;
         ContentInfo {
             content_type: obj_id(oid::SIGNED_DATA)?,
             content: Any::encode_from(&signed_data)?,
@@ -398,140 +320,6 @@ pub fn sign_digest(image_sha256: &[u8; 32], opts: &SignOptions) -> Result<Vec<u8
 
 // ---------------------------------------------------------------------------
 // Reading
-
-const SEQUENCE: u8 = 0x30;
-const SET: u8 = 0x31;
-const INTEGER: u8 = 0x02;
-const OCTET_STRING: u8 = 0x04;
-const OBJECT_ID: u8 = 0x06;
-const UTC_TIME: u8 = 0x17;
-const GENERALIZED_TIME: u8 = 0x18;
-const CTX0: u8 = 0xa0;
-const CTX1: u8 = 0xa1;
-const CTX0_PRIMITIVE: u8 = 0x80;
-
-/// One BER/DER element with a definite length.
-#[derive(Clone, Copy, Debug)]
-struct Tlv<'a> {
-    tag: u8,
-    /// Tag, length and value.
-    raw: &'a [u8],
-    value: &'a [u8],
-}
-
-impl Tlv<'_> {
-    fn header_len(&self) -> usize {
-        self.raw.len() - self.value.len()
-    }
-}
-
-/// Split the first element off `input`.
-fn take(input: &[u8]) -> std::result::Result<(Tlv<'_>, &[u8]), String> {
-    let (&tag, rest) = input.split_first().ok_or("truncated: element expected")?;
-    if tag & 0x1f == 0x1f {
-        return Err(format!("unsupported multi-byte tag 0x{tag:02x}"));
-    }
-    let (&first, mut rest) = rest.split_first().ok_or("truncated length")?;
-    let len = match first {
-        0..=0x7f => usize::from(first),
-        0x80 => return Err("indefinite length (BER) is not supported".into()),
-        _ => {
-            let n = usize::from(first & 0x7f);
-            if n > 4 || rest.len() < n {
-                return Err("bad length".into());
-            }
-            let len = rest[..n]
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-            rest = &rest[n..];
-            len
-        }
-    };
-    if rest.len() < len {
-        return Err(format!(
-            "truncated: element of {len} bytes, {} left",
-            rest.len()
-        ));
-    }
-    let header = input.len() - rest.len();
-    Ok((
-        Tlv {
-            tag,
-            raw: &input[..header + len],
-            value: &rest[..len],
-        },
-        &rest[len..],
-    ))
-}
-
-/// Iterates the elements inside a constructed element.
-struct Elements<'a> {
-    rest: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Elements<'a> {
-    fn of(t: Tlv<'a>, what: &'static str) -> Self {
-        Elements {
-            rest: t.value,
-            what,
-        }
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.rest.first().copied()
-    }
-
-    fn next(&mut self) -> std::result::Result<Option<Tlv<'a>>, String> {
-        if self.rest.is_empty() {
-            return Ok(None);
-        }
-        let (t, rest) = take(self.rest).map_err(|e| format!("{}: {e}", self.what))?;
-        self.rest = rest;
-        Ok(Some(t))
-    }
-
-    fn expect(&mut self, tag: u8, field: &str) -> std::result::Result<Tlv<'a>, String> {
-        match self.next()? {
-            Some(t) if t.tag == tag => Ok(t),
-            Some(t) => Err(format!(
-                "{}: {field}: expected tag 0x{tag:02x}, found 0x{:02x}",
-                self.what, t.tag
-            )),
-            None => Err(format!("{}: {field} missing", self.what)),
-        }
-    }
-
-    fn optional(&mut self, tag: u8) -> std::result::Result<Option<Tlv<'a>>, String> {
-        if self.peek() == Some(tag) {
-            self.next()
-        } else {
-            Ok(None)
-        }
-    }
-}
-
-fn oid_string(t: Tlv<'_>) -> String {
-    ObjectIdentifier::from_bytes(t.value)
-        .map(|o| o.to_string())
-        .unwrap_or_else(|_| format!("<bad OID {}>", x509::hex(t.value)))
-}
-
-fn small_int(t: Tlv<'_>) -> std::result::Result<u32, String> {
-    if t.value.is_empty() || t.value.len() > 4 || t.value[0] & 0x80 != 0 {
-        return Err("bad version number".into());
-    }
-    Ok(t.value
-        .iter()
-        .fold(0u32, |acc, &b| (acc << 8) | u32::from(b)))
-}
-
-/// AlgorithmIdentifier's OID.
-fn alg_oid(t: Tlv<'_>, what: &'static str) -> std::result::Result<String, String> {
-    Ok(oid_string(
-        Elements::of(t, what).expect(OBJECT_ID, "algorithm")?,
-    ))
-}
 
 /// Issuer Name (whole element) and serialNumber INTEGER of a certificate.
 fn cert_issuer_serial(cert: &[u8]) -> Option<(Tlv<'_>, Tlv<'_>)> {
@@ -552,40 +340,27 @@ fn name_string(raw: &[u8]) -> String {
     }
 }
 
-fn strip_zeros(b: &[u8]) -> &[u8] {
-    let n = b.iter().take_while(|&&x| x == 0).count();
-    &b[n..]
-}
-
-/// How the SignerInfo names its certificate.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum SignerId {
-    IssuerSerial { issuer: Vec<u8>, serial: Vec<u8> },
-    KeyId(Vec<u8>),
-}
-
-impl SignerId {
-    fn matches(&self, cert: &[u8]) -> bool {
-        match self {
-            SignerId::IssuerSerial { issuer, serial } => {
-                let Some((ci, cs)) = cert_issuer_serial(cert) else {
-                    return false;
-                };
-                if strip_zeros(cs.value) != strip_zeros(serial) {
-                    return false;
-                }
-                // Same bytes, or the same name spelled differently.
-                ci.raw == issuer.as_slice() || name_string(ci.raw) == name_string(issuer)
+/// Is `cert` the certificate `sid` names?
+fn signer_matches(sid: &SignerId, cert: &[u8]) -> bool {
+    match sid {
+        SignerId::IssuerSerial { issuer, serial } => {
+            let Some((ci, cs)) = cert_issuer_serial(cert) else {
+                return false;
+            };
+            if strip_zeros(cs.value) != strip_zeros(serial) {
+                return false;
             }
-            SignerId::KeyId(id) => match X509Certificate::from_der(cert) {
-                Ok((_, c)) => c.extensions().iter().any(|e| {
-                    matches!(e.parsed_extension(),
-                        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k)
-                            if k.0 == id.as_slice())
-                }),
-                Err(_) => false,
-            },
+            // Same bytes, or the same name spelled differently.
+            ci.raw == issuer.as_slice() || name_string(ci.raw) == name_string(issuer)
         }
+        SignerId::KeyId(id) => match X509Certificate::from_der(cert) {
+            Ok((_, c)) => c.extensions().iter().any(|e| {
+                matches!(e.parsed_extension(),
+                    x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k)
+                        if k.0 == id.as_slice())
+            }),
+            Err(_) => false,
+        },
     }
 }
 
@@ -714,49 +489,15 @@ fn parse_inner(der: &[u8]) -> std::result::Result<Signature, String> {
 
     // SignerInfo
     let mut si = Elements::of(si, "signerInfo");
-    small_int(si.expect(INTEGER, "version")?)?;
-    let sid = match si.next()? {
-        Some(t) if t.tag == SEQUENCE => {
-            let mut isn = Elements::of(t, "issuerAndSerialNumber");
-            let issuer = isn.expect(SEQUENCE, "issuer")?;
-            let serial = isn.expect(INTEGER, "serialNumber")?;
-            SignerId::IssuerSerial {
-                issuer: issuer.raw.to_vec(),
-                serial: serial.value.to_vec(),
-            }
-        }
-        Some(t) if t.tag == CTX0_PRIMITIVE => SignerId::KeyId(t.value.to_vec()),
-        _ => return Err("signerInfo: bad signer identifier".into()),
-    };
-    let signer_digest_oid = alg_oid(si.expect(SEQUENCE, "digestAlgorithm")?, "signerInfo")?;
-    let mut signed_attrs = None;
-    let mut content_types = vec![];
-    let mut message_digests = vec![];
-    let mut signing_time = None;
-    if let Some(attrs) = si.optional(CTX0)? {
-        let mut set = attrs.raw.to_vec();
-        set[0] = SET;
-        signed_attrs = Some(set);
-        for_each_attribute(attrs, "signed attributes", |o, v| {
-            match o.as_str() {
-                oid::CONTENT_TYPE if v.tag == OBJECT_ID => content_types.push(oid_string(v)),
-                oid::CONTENT_TYPE => content_types.push("<not an OID>".into()),
-                oid::MESSAGE_DIGEST if v.tag == OCTET_STRING => {
-                    message_digests.push(v.value.to_vec())
-                }
-                oid::MESSAGE_DIGEST => return Err("messageDigest is not an OCTET STRING".into()),
-                oid::SIGNING_TIME if v.tag == UTC_TIME || v.tag == GENERALIZED_TIME => {
-                    let t = x509_parser::time::ASN1Time::from_der(v.raw)
-                        .map_err(|_| "bad signingTime".to_string())?
-                        .1;
-                    signing_time = Some(x509::rfc3339(&t));
-                }
-                oid::SIGNING_TIME => return Err("bad signingTime".into()),
-                _ => {}
-            }
-            Ok(())
-        })?;
-    }
+    let pkcs7::SignerInfo {
+        sid,
+        digest_oid: signer_digest_oid,
+        signed_attrs,
+        content_types,
+        message_digests,
+        signing_time,
+        ..
+    } = pkcs7::read_signer_head(&mut si)?;
     let signature_oid = alg_oid(si.expect(SEQUENCE, "signatureAlgorithm")?, "signerInfo")?;
     let signature = si.expect(OCTET_STRING, "signature")?.value.to_vec();
     let mut nested = vec![];
@@ -772,7 +513,7 @@ fn parse_inner(der: &[u8]) -> std::result::Result<Signature, String> {
         })?;
     }
 
-    let signer_cert = certs.iter().find(|c| sid.matches(c)).cloned();
+    let signer_cert = certs.iter().find(|c| signer_matches(&sid, c)).cloned();
     let (signer_issuer, signer_serial) = match &sid {
         SignerId::IssuerSerial { issuer, serial } => (name_string(issuer), x509::hex(serial)),
         SignerId::KeyId(id) => ("subjectKeyIdentifier".to_string(), x509::hex(id)),
@@ -803,27 +544,6 @@ fn parse_inner(der: &[u8]) -> std::result::Result<Signature, String> {
     })
 }
 
-/// Call `f(oid, value)` for every value of every attribute in a SET OF Attribute.
-fn for_each_attribute<'a>(
-    attrs: Tlv<'a>,
-    what: &'static str,
-    mut f: impl FnMut(String, Tlv<'a>) -> std::result::Result<(), String>,
-) -> std::result::Result<(), String> {
-    let mut attrs = Elements::of(attrs, what);
-    while let Some(a) = attrs.next()? {
-        if a.tag != SEQUENCE {
-            return Err(format!("{what}: attribute is not a SEQUENCE"));
-        }
-        let mut a = Elements::of(a, what);
-        let o = oid_string(a.expect(OBJECT_ID, "attribute type")?);
-        let mut values = Elements::of(a.expect(SET, "attribute values")?, what);
-        while let Some(v) = values.next()? {
-            f(o.clone(), v)?;
-        }
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------
 // Checking
 
@@ -838,13 +558,7 @@ fn key_kind(cert: &X509Certificate<'_>) -> Option<KeyKind> {
     match cert.public_key().parsed() {
         Ok(x509_parser::public_key::PublicKey::RSA(_)) => Some(KeyKind::Rsa),
         Ok(x509_parser::public_key::PublicKey::EC(_)) => {
-            let curve = cert
-                .public_key()
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|o| o.to_id_string());
+            let curve = x509::ec_curve_oid(cert.public_key());
             match curve.as_deref() {
                 Some("1.2.840.10045.3.1.7") => Some(KeyKind::P256),
                 Some("1.3.132.0.34") => Some(KeyKind::P384),
@@ -976,94 +690,15 @@ pub fn verify_signature(
     Ok(())
 }
 
-/// May `cert` issue certificates? OpenSSL's rule (X509_check_ca), which
-/// EDK2 inherits: basicConstraints decides when present; without it a
-/// self-issued v1 certificate or one whose keyUsage has keyCertSign may.
-/// A keyUsage without keyCertSign always forbids it.
-fn may_issue(cert: &X509Certificate<'_>) -> bool {
-    let ku = match cert.key_usage() {
-        Ok(ku) => ku.map(|k| k.value.key_cert_sign()),
-        Err(_) => return false,
-    };
-    if ku == Some(false) {
-        return false;
-    }
-    match cert.basic_constraints() {
-        Ok(Some(bc)) => bc.value.ca,
-        Ok(None) => {
-            (cert.version() == x509_parser::x509::X509Version::V1
-                && cert.subject() == cert.issuer())
-                || ku == Some(true)
-        }
-        Err(_) => false,
-    }
-}
-
 /// Trust, EDK2-style: the index of the first anchor such that some
 /// certificate on a path from the signer certificate upward (through the
 /// certificates carried in the signature) is byte-equal to it or is validly
 /// signed by it. Issuers on the path, the anchor included, must be allowed
-/// to issue certificates (see `may_issue`). Validity periods are ignored:
+/// to issue certificates (see `x509::may_issue`). Validity periods are ignored:
 /// firmware has no trusted clock. Extended key usage is not checked.
 pub fn chains_to(sig: &Signature, anchors: &[Vec<u8>]) -> Option<usize> {
     let leaf = sig.signer_cert.as_deref()?;
-    let anchors: Vec<(&[u8], Option<X509Certificate<'_>>)> = anchors
-        .iter()
-        .map(|a| {
-            let parsed = X509Certificate::from_der(a)
-                .ok()
-                .map(|(_, c)| c)
-                .filter(may_issue);
-            (a.as_slice(), parsed)
-        })
-        .collect();
-    let pool: Vec<(&[u8], X509Certificate<'_>)> = sig
-        .certs
-        .iter()
-        .filter_map(|c| {
-            X509Certificate::from_der(c)
-                .ok()
-                .map(|(_, p)| (c.as_slice(), p))
-        })
-        .collect();
-    let mut visited: Vec<bool> = pool.iter().map(|(d, _)| *d == leaf).collect();
-    let (_, leaf_parsed) = X509Certificate::from_der(leaf).ok()?;
-    walk(leaf, &leaf_parsed, &anchors, &pool, &mut visited, 0)
-}
-
-fn walk(
-    der: &[u8],
-    cert: &X509Certificate<'_>,
-    anchors: &[(&[u8], Option<X509Certificate<'_>>)],
-    pool: &[(&[u8], X509Certificate<'_>)],
-    visited: &mut [bool],
-    depth: usize,
-) -> Option<usize> {
-    if let Some(i) = anchors.iter().position(|(a, _)| *a == der) {
-        return Some(i);
-    }
-    if let Some(i) = anchors.iter().position(|(_, a)| {
-        a.as_ref()
-            .is_some_and(|a| x509::verify_signed_by(cert, a).is_ok())
-    }) {
-        return Some(i);
-    }
-    if depth >= MAX_CHAIN_DEPTH {
-        return None;
-    }
-    for (j, (cder, c)) in pool.iter().enumerate() {
-        if visited[j] || c.subject() != cert.issuer() || !may_issue(c) {
-            continue;
-        }
-        if x509::verify_signed_by(cert, c).is_err() {
-            continue;
-        }
-        visited[j] = true;
-        if let Some(i) = walk(cder, c, anchors, pool, visited, depth + 1) {
-            return Some(i);
-        }
-    }
-    None
+    x509::anchor_index(leaf, &sig.certs, anchors, x509::may_issue, x509::may_issue)
 }
 
 #[cfg(test)]
@@ -1071,6 +706,7 @@ mod tests {
     use super::*;
     use crate::keys::FileKey;
     use crate::x509::{CertSpec, Subject};
+    use der::Decode;
     use rcgen::KeyUsagePurpose as Ku;
 
     const DIGEST: [u8; 32] = [0x5a; 32];

@@ -128,12 +128,7 @@ fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> (String, std::result::Result<Dev
             ),
         ),
         "1.2.840.10045.2.1" => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|o| o.to_id_string());
+            let curve = x509::ec_curve_oid(spki);
             match curve.as_deref() {
                 Some("1.2.840.10045.3.1.7") => ("EC P-256".into(), Ok(DeviceKey::EcP256)),
                 Some("1.3.132.0.34") => ("EC P-384".into(), Ok(DeviceKey::EcP384)),

@@ -81,7 +81,13 @@ type Lexed = std::result::Result<(Tok, usize, usize), (usize, String)>;
 struct Lexer<'a> {
     b: &'a [u8],
     pos: usize,
+    /// Messages open around the current token: parsing recurses per level.
+    depth: usize,
 }
+
+/// Deeper nesting is refused instead of overflowing the stack on a hostile
+/// conf; protobuf's own text parser stops at the same depth.
+const MAX_NESTING: usize = 100;
 
 impl Lexer<'_> {
     fn skip_space(&mut self) {
@@ -211,7 +217,11 @@ impl Lexer<'_> {
 }
 
 fn parse_text(b: &[u8]) -> std::result::Result<Vec<Field>, (usize, String)> {
-    let mut lx = Lexer { b, pos: 0 };
+    let mut lx = Lexer {
+        b,
+        pos: 0,
+        depth: 0,
+    };
     Ok(parse_fields(&mut lx, None)?.0)
 }
 
@@ -284,7 +294,12 @@ fn parse_value(lx: &mut Lexer<'_>) -> std::result::Result<(Value, usize), (usize
     match t {
         Tok::Punct(c @ (b'{' | b'<')) => {
             let close = if c == b'{' { b'}' } else { b'>' };
+            if lx.depth >= MAX_NESTING {
+                return Err((s, format!("messages nested more than {MAX_NESTING} deep")));
+            }
+            lx.depth += 1;
             let (fields, end) = parse_fields(lx, Some(close))?;
+            lx.depth -= 1;
             Ok((Value::Message { open: e, fields }, end))
         }
         Tok::Str(mut bytes) => {
@@ -929,6 +944,7 @@ fn insertion(
     let mut rest = Lexer {
         b: &b[..line_end],
         pos: end,
+        depth: 0,
     };
     let alone_after = loop {
         match rest.next() {
@@ -1017,12 +1033,7 @@ fn verify_raw(
             }
             OID_RSA => (SigScheme::RsaPkcs1Sha512, &sig::RSA_PKCS1_2048_8192_SHA512),
             OID_EC => {
-                let curve = spki
-                    .algorithm
-                    .parameters
-                    .as_ref()
-                    .and_then(|p| p.as_oid().ok())
-                    .map(|o| o.to_id_string());
+                let curve = x509::ec_curve_oid(spki);
                 match curve.as_deref() {
                     Some(OID_P256) => (SigScheme::EcdsaSha512, &sig::ECDSA_P256_SHA512_ASN1),
                     Some(OID_P384) => (SigScheme::EcdsaSha512, &sig::ECDSA_P384_SHA512_ASN1),
@@ -1476,27 +1487,6 @@ fn check_images(m: &Manifest, dir: &ImageDir) -> Result<Vec<ImageCheck>> {
     Ok(out)
 }
 
-/// May `c` issue certificates? OpenSSL's rule: basicConstraints decides when
-/// present; a keyUsage without keyCertSign forbids; an old v1 self-signed
-/// root may.
-fn may_issue(c: &X509Certificate<'_>) -> bool {
-    let ku = match c.key_usage() {
-        Ok(ku) => ku.map(|k| k.value.key_cert_sign()),
-        Err(_) => return false,
-    };
-    if ku == Some(false) {
-        return false;
-    }
-    match c.basic_constraints() {
-        Ok(Some(bc)) => bc.value.ca,
-        Ok(None) => {
-            (c.version() == x509_parser::x509::X509Version::V1 && c.subject() == c.issuer())
-                || ku == Some(true)
-        }
-        Err(_) => false,
-    }
-}
-
 const MAX_DEPTH: usize = 8;
 
 /// The path (DER, signer first, anchor last) from `certs[0]` through
@@ -1550,7 +1540,7 @@ fn walk(
         return true;
     }
     for (a, ac) in anchors {
-        if may_issue(ac) && x509::verify_signed_by(cert, ac).is_ok() {
+        if x509::may_issue(ac) && x509::verify_signed_by(cert, ac).is_ok() {
             path.push(a.to_vec());
             return true;
         }
@@ -1560,7 +1550,7 @@ fn walk(
     }
     for j in 0..pool.len() {
         let (cder, c) = &pool[j];
-        if used[j] || !may_issue(c) || x509::verify_signed_by(cert, c).is_err() {
+        if used[j] || !x509::may_issue(c) || x509::verify_signed_by(cert, c).is_err() {
             continue;
         }
         used[j] = true;

@@ -1,5 +1,6 @@
 //! pki-signer: development PKI generation and signing for secure-boot images.
 
+pub mod asn1;
 pub mod authenticode;
 pub mod csr;
 pub mod efivar;

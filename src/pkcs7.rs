@@ -31,14 +31,19 @@ use cms::cert::x509::attr::Attribute;
 use cms::cert::x509::spki::AlgorithmIdentifierOwned;
 use cms::content_info::{CmsVersion, ContentInfo};
 use cms::signed_data::EncapsulatedContentInfo;
-use der::asn1::{GeneralizedTime, ObjectIdentifier, OctetString, SetOfVec, UtcTime};
-use der::{Any, DateTime, Encode, Sequence, Tag, TagNumber};
+use der::asn1::{OctetString, SetOfVec};
+use der::{Any, Encode, Sequence, Tag, TagNumber};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::asn1::{
+    alg_id, alg_oid, attribute, for_each_attribute, obj_id, oid_string, small_int, strip_zeros,
+    take, Elements, Tlv, CTX0, CTX0_PRIMITIVE, CTX1, GENERALIZED_TIME, INTEGER, OBJECT_ID,
+    OCTET_STRING, SEQUENCE, SET, UTC_TIME,
+};
 use crate::error::{Error, Result};
 use crate::keys::{KeyType, SigScheme, Signer};
-use crate::x509;
+use crate::{asn1, x509};
 
 /// Object identifiers used here, as dotted strings (what the reader compares).
 pub mod oid {
@@ -62,9 +67,6 @@ pub mod oid {
     pub const ECDSA_WITH_SHA384: &str = "1.2.840.10045.4.3.3";
     pub const ECDSA_WITH_SHA512: &str = "1.2.840.10045.4.3.4";
 }
-
-/// Depth limit when walking from a signer certificate up to an anchor.
-const MAX_CHAIN_DEPTH: usize = 8;
 
 // ---------------------------------------------------------------------------
 // Hashes
@@ -170,21 +172,6 @@ fn der_err(e: der::Error) -> Error {
     Error::Crypto(format!("encoding the PKCS#7 signature: {e}"))
 }
 
-fn obj_id(s: &str) -> der::Result<ObjectIdentifier> {
-    ObjectIdentifier::new(s).map_err(|_| Tag::ObjectIdentifier.value_error())
-}
-
-fn alg_id(o: &str, null_params: bool) -> der::Result<AlgorithmIdentifierOwned> {
-    Ok(AlgorithmIdentifierOwned {
-        oid: obj_id(o)?,
-        parameters: if null_params {
-            Some(Any::new(Tag::Null, Vec::new())?)
-        } else {
-            None
-        },
-    })
-}
-
 fn explicit(number: TagNumber, inner: Vec<u8>) -> der::Result<Vec<u8>> {
     Any::new(
         Tag::ContextSpecific {
@@ -276,9 +263,10 @@ struct SignerInfoDer {
     signature: OctetString,
 }
 
-/// Certificates keep their order (signer first), as OpenSSL writes them.
+/// Certificates keep their order (signer first), as OpenSSL, sbsign,
+/// osslsigncode and signtool write them.
 #[derive(Sequence)]
-struct SignedDataDer {
+pub(crate) struct SignedDataDer {
     version: CmsVersion,
     digest_algorithms: SetOfVec<AlgorithmIdentifierOwned>,
     encap_content_info: EncapsulatedContentInfo,
@@ -287,53 +275,65 @@ struct SignedDataDer {
     signer_infos: SetOfVec<Any>,
 }
 
-fn attribute(o: &str, value: Any) -> der::Result<Attribute> {
-    Ok(Attribute {
-        oid: obj_id(o)?,
-        values: SetOfVec::try_from(vec![value])?,
+/// SignedData version 1 with one digest algorithm and one SignerInfo,
+/// carrying `cert` then the `chain` certificates not already carried.
+pub(crate) fn signed_data(
+    hash_oid: &str,
+    encap_content_info: EncapsulatedContentInfo,
+    cert: &[u8],
+    chain: &[Vec<u8>],
+    signer_info: Any,
+) -> der::Result<SignedDataDer> {
+    let mut certs: Vec<&[u8]> = vec![cert];
+    for c in chain {
+        if !certs.contains(&c.as_slice()) {
+            certs.push(c);
+        }
+    }
+    Ok(SignedDataDer {
+        version: CmsVersion::V1,
+        digest_algorithms: SetOfVec::try_from(vec![alg_id(hash_oid, true)?])?,
+        encap_content_info,
+        certificates: certs
+            .iter()
+            .map(|c| <Any as der::Decode>::from_der(c))
+            .collect::<der::Result<_>>()?,
+        signer_infos: SetOfVec::try_from(vec![signer_info])?,
     })
 }
 
-/// signingTime as RFC 5652 wants it: UTCTime through 2049, GeneralizedTime after.
-fn signing_time_value(t: OffsetDateTime) -> Result<Any> {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    let bad = || Error::Usage(format!("signing time {t} is out of range (1970..9999)"));
-    let year = u16::try_from(t.year()).map_err(|_| bad())?;
-    let dt = DateTime::new(
-        year,
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-    )
-    .map_err(|_| bad())?;
-    if year < 2050 {
-        Any::encode_from(&UtcTime::from_date_time(dt).map_err(|_| bad())?).map_err(der_err)
-    } else {
-        Any::encode_from(&GeneralizedTime::from_date_time(dt)).map_err(der_err)
+/// The parsed signer certificate, once it is known to hold `signer`'s key
+/// and every chain certificate parses.
+pub(crate) fn check_signer<'c>(
+    signer: &dyn Signer,
+    cert: &'c [u8],
+    chain: &[Vec<u8>],
+) -> Result<X509Certificate<'c>> {
+    let cert = x509::parse(cert, Path::new("signer certificate"))?;
+    if cert.public_key().subject_public_key.data.as_ref() != signer.public_key() {
+        return Err(Error::Usage(format!(
+            "key {} does not belong to the signer certificate '{}'",
+            signer.origin(),
+            cert.subject()
+        )));
     }
+    for (i, c) in chain.iter().enumerate() {
+        x509::parse(c, Path::new(&format!("chain certificate {}", i + 1)))?;
+    }
+    Ok(cert)
 }
 
 /// Detached SignedData over `content` (eContent absent), DER.
 pub fn sign_detached(content: &[u8], opts: &DetachedOptions) -> Result<Vec<u8>> {
-    let cert_origin = Path::new("signer certificate");
-    let cert = x509::parse(opts.cert, cert_origin)?;
-    if cert.public_key().subject_public_key.data.as_ref() != opts.signer.public_key() {
-        return Err(Error::Usage(format!(
-            "key {} does not belong to the signer certificate '{}'",
-            opts.signer.origin(),
-            cert.subject()
-        )));
-    }
-    for (i, c) in opts.chain.iter().enumerate() {
-        x509::parse(c, Path::new(&format!("chain certificate {}", i + 1)))?;
-    }
+    let cert = check_signer(opts.signer, opts.cert, opts.chain)?;
     let (scheme, sig_alg) = signature_params(opts.signer, opts.hash)?;
     let hash = opts.hash;
 
     let signed_attrs = if opts.signed_attrs {
-        let time = opts.signing_time.map(signing_time_value).transpose()?;
+        let time = opts
+            .signing_time
+            .map(|t| asn1::signing_time_value(t, der_err))
+            .transpose()?;
         let attrs = (|| -> der::Result<SetOfVec<Attribute>> {
             let mut v = vec![
                 attribute(oid::CONTENT_TYPE, Any::encode_from(&obj_id(oid::DATA)?)?)?,
@@ -358,12 +358,6 @@ pub fn sign_detached(content: &[u8], opts: &DetachedOptions) -> Result<Vec<u8>> 
         None => opts.signer.sign(scheme, content)?,
     };
 
-    let mut certs: Vec<&[u8]> = vec![opts.cert];
-    for c in opts.chain {
-        if !certs.contains(&c.as_slice()) {
-            certs.push(c);
-        }
-    }
     let issuer = cert.tbs_certificate.issuer.as_raw();
     let serial = cert.raw_serial();
     (|| -> der::Result<Vec<u8>> {
@@ -376,19 +370,16 @@ pub fn sign_detached(content: &[u8], opts: &DetachedOptions) -> Result<Vec<u8>> 
             signature_algorithm: sig_alg,
             signature: OctetString::new(signature)?,
         };
-        let signed_data = SignedDataDer {
-            version: CmsVersion::V1,
-            digest_algorithms: SetOfVec::try_from(vec![alg_id(hash.oid(), true)?])?,
-            encap_content_info: EncapsulatedContentInfo {
+        let signed_data = signed_data(
+            hash.oid(),
+            EncapsulatedContentInfo {
                 econtent_type: obj_id(oid::DATA)?,
                 econtent: None,
             },
-            certificates: certs
-                .iter()
-                .map(|c| <Any as der::Decode>::from_der(c))
-                .collect::<der::Result<_>>()?,
-            signer_infos: SetOfVec::try_from(vec![Any::encode_from(&signer_info)?])?,
-        };
+            opts.cert,
+            opts.chain,
+            Any::encode_from(&signer_info)?,
+        )?;
         if opts.content_info {
             ContentInfo {
                 content_type: obj_id(oid::SIGNED_DATA)?,
@@ -404,134 +395,6 @@ pub fn sign_detached(content: &[u8], opts: &DetachedOptions) -> Result<Vec<u8>> 
 
 // ---------------------------------------------------------------------------
 // Reading
-
-const SEQUENCE: u8 = 0x30;
-const SET: u8 = 0x31;
-const INTEGER: u8 = 0x02;
-const OCTET_STRING: u8 = 0x04;
-const OBJECT_ID: u8 = 0x06;
-const UTC_TIME: u8 = 0x17;
-const GENERALIZED_TIME: u8 = 0x18;
-const CTX0: u8 = 0xa0;
-const CTX1: u8 = 0xa1;
-const CTX0_PRIMITIVE: u8 = 0x80;
-
-/// One BER/DER element with a definite length.
-#[derive(Clone, Copy, Debug)]
-struct Tlv<'a> {
-    tag: u8,
-    /// Tag, length and value.
-    raw: &'a [u8],
-    value: &'a [u8],
-}
-
-/// Split the first element off `input`.
-fn take(input: &[u8]) -> std::result::Result<(Tlv<'_>, &[u8]), String> {
-    let (&tag, rest) = input.split_first().ok_or("truncated: element expected")?;
-    if tag & 0x1f == 0x1f {
-        return Err(format!("unsupported multi-byte tag 0x{tag:02x}"));
-    }
-    let (&first, mut rest) = rest.split_first().ok_or("truncated length")?;
-    let len = match first {
-        0..=0x7f => usize::from(first),
-        0x80 => return Err("indefinite length (BER) is not supported".into()),
-        _ => {
-            let n = usize::from(first & 0x7f);
-            if n > 4 || rest.len() < n {
-                return Err("bad length".into());
-            }
-            let len = rest[..n]
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-            rest = &rest[n..];
-            len
-        }
-    };
-    if rest.len() < len {
-        return Err(format!(
-            "truncated: element of {len} bytes, {} left",
-            rest.len()
-        ));
-    }
-    let header = input.len() - rest.len();
-    Ok((
-        Tlv {
-            tag,
-            raw: &input[..header + len],
-            value: &rest[..len],
-        },
-        &rest[len..],
-    ))
-}
-
-/// Iterates the elements inside a constructed element.
-struct Elements<'a> {
-    rest: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Elements<'a> {
-    fn of(t: Tlv<'a>, what: &'static str) -> Self {
-        Elements {
-            rest: t.value,
-            what,
-        }
-    }
-
-    fn next(&mut self) -> std::result::Result<Option<Tlv<'a>>, String> {
-        if self.rest.is_empty() {
-            return Ok(None);
-        }
-        let (t, rest) = take(self.rest).map_err(|e| format!("{}: {e}", self.what))?;
-        self.rest = rest;
-        Ok(Some(t))
-    }
-
-    fn expect(&mut self, tag: u8, field: &str) -> std::result::Result<Tlv<'a>, String> {
-        match self.next()? {
-            Some(t) if t.tag == tag => Ok(t),
-            Some(t) => Err(format!(
-                "{}: {field}: expected tag 0x{tag:02x}, found 0x{:02x}",
-                self.what, t.tag
-            )),
-            None => Err(format!("{}: {field} missing", self.what)),
-        }
-    }
-
-    fn optional(&mut self, tag: u8) -> std::result::Result<Option<Tlv<'a>>, String> {
-        if self.rest.first() == Some(&tag) {
-            self.next()
-        } else {
-            Ok(None)
-        }
-    }
-}
-
-fn oid_string(t: Tlv<'_>) -> String {
-    ObjectIdentifier::from_bytes(t.value)
-        .map(|o| o.to_string())
-        .unwrap_or_else(|_| format!("<bad OID {}>", x509::hex(t.value)))
-}
-
-fn small_int(t: Tlv<'_>) -> std::result::Result<u32, String> {
-    if t.value.is_empty() || t.value.len() > 4 || t.value[0] & 0x80 != 0 {
-        return Err("bad version number".into());
-    }
-    Ok(t.value
-        .iter()
-        .fold(0u32, |acc, &b| (acc << 8) | u32::from(b)))
-}
-
-fn alg_oid(t: Tlv<'_>, what: &'static str) -> std::result::Result<String, String> {
-    Ok(oid_string(
-        Elements::of(t, what).expect(OBJECT_ID, "algorithm")?,
-    ))
-}
-
-fn strip_zeros(b: &[u8]) -> &[u8] {
-    let n = b.iter().take_while(|&&x| x == 0).count();
-    &b[n..]
-}
 
 /// How a SignerInfo names its certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -696,8 +559,10 @@ fn parse_inner(der: &[u8]) -> std::result::Result<SignedData, String> {
     })
 }
 
-fn parse_signer_info(si: Tlv<'_>) -> std::result::Result<SignerInfo, String> {
-    let mut si = Elements::of(si, "signerInfo");
+/// The start of a SignerInfo, the same in PKCS#7 and Authenticode: version,
+/// signer identifier, digestAlgorithm and the signed attributes. The
+/// signature fields are left empty for the caller to read.
+pub(crate) fn read_signer_head(si: &mut Elements<'_>) -> std::result::Result<SignerInfo, String> {
     small_int(si.expect(INTEGER, "version")?)?;
     let sid = match si.next()? {
         Some(t) if t.tag == SEQUENCE => {
@@ -721,40 +586,26 @@ fn parse_signer_info(si: Tlv<'_>) -> std::result::Result<SignerInfo, String> {
         let mut set = attrs.raw.to_vec();
         set[0] = SET;
         signed_attrs = Some(set);
-        let mut list = Elements::of(attrs, "signed attributes");
-        while let Some(a) = list.next()? {
-            if a.tag != SEQUENCE {
-                return Err("signed attributes: attribute is not a SEQUENCE".into());
-            }
-            let mut a = Elements::of(a, "signed attributes");
-            let o = oid_string(a.expect(OBJECT_ID, "attribute type")?);
-            let mut values = Elements::of(a.expect(SET, "attribute values")?, "signed attributes");
-            while let Some(v) = values.next()? {
-                match o.as_str() {
-                    oid::CONTENT_TYPE if v.tag == OBJECT_ID => content_types.push(oid_string(v)),
-                    oid::CONTENT_TYPE => content_types.push("<not an OID>".into()),
-                    oid::MESSAGE_DIGEST if v.tag == OCTET_STRING => {
-                        message_digests.push(v.value.to_vec())
-                    }
-                    oid::MESSAGE_DIGEST => {
-                        return Err("messageDigest is not an OCTET STRING".into())
-                    }
-                    oid::SIGNING_TIME if v.tag == UTC_TIME || v.tag == GENERALIZED_TIME => {
-                        let t = x509_parser::time::ASN1Time::from_der(v.raw)
-                            .map_err(|_| "bad signingTime".to_string())?
-                            .1;
-                        signing_time = Some(x509::rfc3339(&t));
-                    }
-                    oid::SIGNING_TIME => return Err("bad signingTime".into()),
-                    _ => {}
+        for_each_attribute(attrs, "signed attributes", |o, v| {
+            match o.as_str() {
+                oid::CONTENT_TYPE if v.tag == OBJECT_ID => content_types.push(oid_string(v)),
+                oid::CONTENT_TYPE => content_types.push("<not an OID>".into()),
+                oid::MESSAGE_DIGEST if v.tag == OCTET_STRING => {
+                    message_digests.push(v.value.to_vec())
                 }
+                oid::MESSAGE_DIGEST => return Err("messageDigest is not an OCTET STRING".into()),
+                oid::SIGNING_TIME if v.tag == UTC_TIME || v.tag == GENERALIZED_TIME => {
+                    let t = x509_parser::time::ASN1Time::from_der(v.raw)
+                        .map_err(|_| "bad signingTime".to_string())?
+                        .1;
+                    signing_time = Some(x509::rfc3339(&t));
+                }
+                oid::SIGNING_TIME => return Err("bad signingTime".into()),
+                _ => {}
             }
-        }
+            Ok(())
+        })?;
     }
-    let alg = si.expect(SEQUENCE, "signatureAlgorithm")?;
-    let signature_oid = alg_oid(alg, "signerInfo")?;
-    let signature = si.expect(OCTET_STRING, "signature")?.value.to_vec();
-    si.optional(CTX1)?; // unsigned attributes
     Ok(SignerInfo {
         sid,
         digest_oid,
@@ -762,9 +613,24 @@ fn parse_signer_info(si: Tlv<'_>) -> std::result::Result<SignerInfo, String> {
         content_types,
         message_digests,
         signing_time,
+        signature_oid: String::new(),
+        signature_alg: vec![],
+        signature: vec![],
+    })
+}
+
+fn parse_signer_info(si: Tlv<'_>) -> std::result::Result<SignerInfo, String> {
+    let mut si = Elements::of(si, "signerInfo");
+    let head = read_signer_head(&mut si)?;
+    let alg = si.expect(SEQUENCE, "signatureAlgorithm")?;
+    let signature_oid = alg_oid(alg, "signerInfo")?;
+    let signature = si.expect(OCTET_STRING, "signature")?.value.to_vec();
+    si.optional(CTX1)?; // unsigned attributes
+    Ok(SignerInfo {
         signature_oid,
         signature_alg: alg.raw.to_vec(),
         signature,
+        ..head
     })
 }
 
@@ -849,63 +715,8 @@ impl SignedData {
     /// validly signed by it. Validity periods are ignored: firmware has no
     /// trusted clock.
     pub fn trusted_by(&self, leaf: &[u8], anchors: &[Vec<u8>]) -> Option<usize> {
-        let anchors: Vec<(&[u8], Option<X509Certificate<'_>>)> = anchors
-            .iter()
-            .map(|a| {
-                (
-                    a.as_slice(),
-                    X509Certificate::from_der(a).ok().map(|(_, c)| c),
-                )
-            })
-            .collect();
-        let pool: Vec<(&[u8], X509Certificate<'_>)> = self
-            .certs
-            .iter()
-            .filter_map(|c| {
-                X509Certificate::from_der(c)
-                    .ok()
-                    .map(|(_, p)| (c.as_slice(), p))
-            })
-            .collect();
-        let (_, leaf_parsed) = X509Certificate::from_der(leaf).ok()?;
-        let mut visited: Vec<bool> = pool.iter().map(|(d, _)| *d == leaf).collect();
-        walk(leaf, &leaf_parsed, &anchors, &pool, &mut visited, 0)
+        x509::anchor_index(leaf, &self.certs, anchors, |_| true, x509::is_ca)
     }
-}
-
-fn walk(
-    der: &[u8],
-    cert: &X509Certificate<'_>,
-    anchors: &[(&[u8], Option<X509Certificate<'_>>)],
-    pool: &[(&[u8], X509Certificate<'_>)],
-    visited: &mut [bool],
-    depth: usize,
-) -> Option<usize> {
-    if let Some(i) = anchors.iter().position(|(a, _)| *a == der) {
-        return Some(i);
-    }
-    if let Some(i) = anchors.iter().position(|(_, a)| {
-        a.as_ref()
-            .is_some_and(|a| x509::verify_signed_by(cert, a).is_ok())
-    }) {
-        return Some(i);
-    }
-    if depth >= MAX_CHAIN_DEPTH {
-        return None;
-    }
-    for (j, (cder, c)) in pool.iter().enumerate() {
-        if visited[j] || c.subject() != cert.issuer() || !x509::is_ca(c) {
-            continue;
-        }
-        if x509::verify_signed_by(cert, c).is_err() {
-            continue;
-        }
-        visited[j] = true;
-        if let Some(i) = walk(cder, c, anchors, pool, visited, depth + 1) {
-            return Some(i);
-        }
-    }
-    None
 }
 
 /// Verify `si.signature` over `msg` with `cert`'s key. The hash comes from

@@ -219,12 +219,7 @@ pub fn key_description(cert: &X509Certificate<'_>) -> (String, Option<KeyType>) 
             (format!("RSA {bits}"), kt)
         }
         Ok(x509_parser::public_key::PublicKey::EC(_)) => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|o| o.to_id_string());
+            let curve = ec_curve_oid(spki);
             match curve.as_deref() {
                 Some("1.2.840.10045.3.1.7") => ("EC P-256".into(), Some(KeyType::EcP256)),
                 Some("1.3.132.0.34") => ("EC P-384".into(), Some(KeyType::EcP384)),
@@ -234,6 +229,15 @@ pub fn key_description(cert: &X509Certificate<'_>) -> (String, Option<KeyType>) 
         }
         _ => (format!("{}", spki.algorithm.algorithm), None),
     }
+}
+
+/// The named curve (dotted OID) of an id-ecPublicKey, if the parameters name one.
+pub fn ec_curve_oid(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<String> {
+    spki.algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string())
 }
 
 /// Verify that `child` carries a valid signature by `issuer`'s key.
@@ -375,6 +379,111 @@ pub fn issue_for_spki(
 
 pub fn is_ca(cert: &X509Certificate<'_>) -> bool {
     matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
+}
+
+/// May `cert` issue certificates? OpenSSL's rule (X509_check_ca), which
+/// EDK2 inherits: basicConstraints decides when present; without it a
+/// self-issued v1 certificate or one whose keyUsage has keyCertSign may.
+/// A keyUsage without keyCertSign always forbids it.
+pub fn may_issue(cert: &X509Certificate<'_>) -> bool {
+    let ku = match cert.key_usage() {
+        Ok(ku) => ku.map(|k| k.value.key_cert_sign()),
+        Err(_) => return false,
+    };
+    if ku == Some(false) {
+        return false;
+    }
+    match cert.basic_constraints() {
+        Ok(Some(bc)) => bc.value.ca,
+        Ok(None) => {
+            (cert.version() == x509_parser::x509::X509Version::V1
+                && cert.subject() == cert.issuer())
+                || ku == Some(true)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Depth limit when walking from a signer certificate up to an anchor.
+const MAX_CHAIN_DEPTH: usize = 8;
+
+/// Trust, EDK2-style: the index of the first anchor such that `leaf`, or a
+/// certificate on a path from it upward through `carried`, is byte-equal to
+/// it or validly signed by it. Only anchors passing `anchor_ok` may sign and
+/// only carried certificates passing `issuer_ok` may be intermediates.
+/// Validity periods are ignored: firmware has no trusted clock.
+pub fn anchor_index(
+    leaf: &[u8],
+    carried: &[Vec<u8>],
+    anchors: &[Vec<u8>],
+    anchor_ok: fn(&X509Certificate<'_>) -> bool,
+    issuer_ok: fn(&X509Certificate<'_>) -> bool,
+) -> Option<usize> {
+    let anchors: Vec<(&[u8], Option<X509Certificate<'_>>)> = anchors
+        .iter()
+        .map(|a| {
+            let parsed = X509Certificate::from_der(a)
+                .ok()
+                .map(|(_, c)| c)
+                .filter(|c| anchor_ok(c));
+            (a.as_slice(), parsed)
+        })
+        .collect();
+    let pool: Vec<(&[u8], X509Certificate<'_>)> = carried
+        .iter()
+        .filter_map(|c| {
+            X509Certificate::from_der(c)
+                .ok()
+                .map(|(_, p)| (c.as_slice(), p))
+        })
+        .collect();
+    let (_, leaf_parsed) = X509Certificate::from_der(leaf).ok()?;
+    let mut visited: Vec<bool> = pool.iter().map(|(d, _)| *d == leaf).collect();
+    walk(
+        leaf,
+        &leaf_parsed,
+        &anchors,
+        &pool,
+        issuer_ok,
+        &mut visited,
+        0,
+    )
+}
+
+fn walk(
+    der: &[u8],
+    cert: &X509Certificate<'_>,
+    anchors: &[(&[u8], Option<X509Certificate<'_>>)],
+    pool: &[(&[u8], X509Certificate<'_>)],
+    issuer_ok: fn(&X509Certificate<'_>) -> bool,
+    visited: &mut [bool],
+    depth: usize,
+) -> Option<usize> {
+    if let Some(i) = anchors.iter().position(|(a, _)| *a == der) {
+        return Some(i);
+    }
+    if let Some(i) = anchors.iter().position(|(_, a)| {
+        a.as_ref()
+            .is_some_and(|a| verify_signed_by(cert, a).is_ok())
+    }) {
+        return Some(i);
+    }
+    if depth >= MAX_CHAIN_DEPTH {
+        return None;
+    }
+    for (j, (cder, c)) in pool.iter().enumerate() {
+        if visited[j] || c.subject() != cert.issuer() || !issuer_ok(c) {
+            continue;
+        }
+        if verify_signed_by(cert, c).is_err() {
+            continue;
+        }
+        visited[j] = true;
+        if let Some(i) = walk(cder, c, anchors, pool, issuer_ok, visited, depth + 1) {
+            return Some(i);
+        }
+    }
+    None
 }
 
 pub fn rfc3339(t: &ASN1Time) -> String {

@@ -8,9 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::softhsm::{self, MODULE};
 use common::*;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 /// Distinctive, so a leak into any output would be found by a substring search.
 const PIN: &str = "31415926";
@@ -43,46 +43,15 @@ struct Token {
 }
 
 fn token() -> Option<Token> {
-    let softhsm = peer("softhsm2-util")?;
-    peer("pkcs11-tool")?;
-    if !Path::new(MODULE).is_file() {
-        if std::env::var("PKI_SIGNER_REQUIRE_PEERS").as_deref() == Ok("1") {
-            panic!("{MODULE} is required (apt install softhsm2)");
-        }
-        eprintln!("skipped: {MODULE} not installed");
-        return None;
-    }
+    let tools = softhsm::tools()?;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    fs::create_dir(dir.join("tokens")).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            dir.join("tokens").display()
-        ),
-    )
-    .unwrap();
+    let conf = softhsm::init_token(&tools, &dir, "prod", SO_PIN, PIN);
     let t = Token {
         dir,
         conf,
         _tmp: tmp,
     };
-    tool(
-        &t,
-        &softhsm,
-        &[
-            "--init-token",
-            "--free",
-            "--label",
-            "prod",
-            "--so-pin",
-            SO_PIN,
-            "--pin",
-            PIN,
-        ],
-    );
     fs::write(t.dir.join("pin.txt"), format!("{PIN}\n")).unwrap();
     Some(t)
 }

@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use common::softhsm::{self, MODULE};
 use common::*;
 use pki_signer::keys::{SigScheme, Signer};
 use pki_signer::pkcs11::Pkcs11Key;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 /// Distinctive, so a leak into any output would be found by a substring search.
 const PIN: &str = "48151623";
 const SO_PIN: &str = "10203040";
@@ -29,52 +28,30 @@ struct Hsm {
     conf: PathBuf,
 }
 
+/// SoftHSM2 sometimes answers CKR_GENERAL_ERROR when this process's module
+/// and several pki-signer children use the token at the same moment; the
+/// tests of this file take turns so that a flake cannot fail CI.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn hsm() -> Option<&'static Hsm> {
     static H: OnceLock<Option<Hsm>> = OnceLock::new();
     H.get_or_init(|| {
-        let softhsm = peer("softhsm2-util")?;
-        let tool = peer("pkcs11-tool")?;
-        if !Path::new(MODULE).is_file() {
-            if std::env::var("PKI_SIGNER_REQUIRE_PEERS").as_deref() == Ok("1") {
-                panic!("{MODULE} is required (apt install softhsm2)");
-            }
-            eprintln!("skipped: {MODULE} not installed");
-            return None;
-        }
+        let tools = softhsm::tools()?;
+        let tool = &tools.pkcs11_tool;
         let ossl = openssl();
         let dir = tempfile::tempdir().unwrap().keep();
         let d = dir.as_path();
-        std::fs::create_dir(d.join("tokens")).unwrap();
-        let conf = d.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                d.join("tokens").display()
-            ),
-        )
-        .unwrap();
+        let conf = softhsm::init_token(&tools, d, "test", SO_PIN, PIN);
         // SoftHSM2 reads its configuration when the module is initialised, in
         // this process (library tests below) as in the pki-signer children.
         std::env::set_var("SOFTHSM2_CONF", &conf);
-        peer_ok(
-            &softhsm,
-            &[
-                "--init-token",
-                "--free",
-                "--label",
-                "test",
-                "--so-pin",
-                SO_PIN,
-                "--pin",
-                PIN,
-            ],
-            d,
-        );
         let p11 = |args: &[&str]| {
             let mut a = vec!["--module", MODULE, "--login", "--pin", PIN];
             a.extend(args);
-            peer_ok(&tool, &a, d)
+            peer_ok(tool, &a, d)
         };
         const LEAF: &[&str] = &[
             "-addext",
@@ -175,17 +152,6 @@ fn hsm() -> Option<&'static Hsm> {
     .as_ref()
 }
 
-fn efi() -> Option<&'static str> {
-    if Path::new(SYSTEMD_BOOT).is_file() {
-        return Some(SYSTEMD_BOOT);
-    }
-    if std::env::var("PKI_SIGNER_REQUIRE_PEERS").as_deref() == Ok("1") {
-        panic!("{SYSTEMD_BOOT} is missing (apt install systemd-boot-efi)");
-    }
-    eprintln!("skipped: {SYSTEMD_BOOT} not available");
-    None
-}
-
 /// pki-signer in the token's directory, with exactly the PKI_SIGNER_* variables given.
 fn run(h: &Hsm, env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut c = Command::new(bin());
@@ -208,7 +174,7 @@ const ENV: &[(&str, &str)] = &[
 ];
 
 fn pe_sign(h: &Hsm, env: &[(&str, &str)], out: &str, key: &str, cert: &str) -> Output {
-    let input = efi().unwrap();
+    let input = systemd_boot().unwrap();
     run(
         h,
         env,
@@ -233,8 +199,9 @@ fn read(h: &Hsm, f: &str) -> Vec<u8> {
 
 #[test]
 fn pe_sign_with_a_token_key_is_accepted_by_sbverify_and_osslsigncode() {
+    let _one_at_a_time = serial();
     let Some(h) = hsm() else { return };
-    if efi().is_none() {
+    if systemd_boot().is_none() {
         return;
     }
     ok(pe_sign(
@@ -258,8 +225,9 @@ fn pe_sign_with_a_token_key_is_accepted_by_sbverify_and_osslsigncode() {
 
 #[test]
 fn the_certificate_can_come_from_the_token_too() {
+    let _one_at_a_time = serial();
     let Some(h) = hsm() else { return };
-    if efi().is_none() {
+    if systemd_boot().is_none() {
         return;
     }
     ok(pe_sign(
@@ -277,8 +245,9 @@ fn the_certificate_can_come_from_the_token_too() {
 
 #[test]
 fn ec_token_keys_sign_for_osslsigncode() {
+    let _one_at_a_time = serial();
     let Some(h) = hsm() else { return };
-    if efi().is_none() {
+    if systemd_boot().is_none() {
         return;
     }
     ok(pe_sign(
@@ -306,8 +275,9 @@ fn ec_token_keys_sign_for_osslsigncode() {
 
 #[test]
 fn module_and_pin_source_can_be_given_in_the_uri() {
+    let _one_at_a_time = serial();
     let Some(h) = hsm() else { return };
-    if efi().is_none() {
+    if systemd_boot().is_none() {
         return;
     }
     let uri = format!(
@@ -320,8 +290,9 @@ fn module_and_pin_source_can_be_given_in_the_uri() {
 
 #[test]
 fn token_problems_are_one_line_errors_that_never_show_the_pin() {
+    let _one_at_a_time = serial();
     let Some(h) = hsm() else { return };
-    if efi().is_none() {
+    if systemd_boot().is_none() {
         return;
     }
     const WRONG: &str = "99887766";
@@ -408,6 +379,7 @@ fn token_problems_are_one_line_errors_that_never_show_the_pin() {
 /// exported (keys generated on the token).
 #[test]
 fn every_signature_scheme_verifies_with_openssl() {
+    let _one_at_a_time = serial();
     let Some(h) = hsm() else { return };
     let ossl = openssl();
     let d = h.dir.as_path();
@@ -509,6 +481,7 @@ fn every_signature_scheme_verifies_with_openssl() {
 
 #[test]
 fn guestos_manifests_and_device_csrs_sign_with_token_keys() {
+    let _one_at_a_time = serial();
     let Some(h) = hsm() else { return };
     let ossl = openssl();
     let d = h.dir.as_path();

@@ -11,24 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use common::softhsm::{self, MODULE};
 use common::*;
 
-const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "27182818";
 const SO_PIN: &str = "31415926";
 const ARTIFACTS: [&str; 3] = ["a1.efi", "a2.efi", "a3.efi"];
-
-fn efi() -> Option<&'static str> {
-    if Path::new(SYSTEMD_BOOT).is_file() {
-        return Some(SYSTEMD_BOOT);
-    }
-    if std::env::var("PKI_SIGNER_REQUIRE_PEERS").as_deref() == Ok("1") {
-        panic!("{SYSTEMD_BOOT} is missing (apt install systemd-boot-efi)");
-    }
-    eprintln!("skipped: {SYSTEMD_BOOT} not available");
-    None
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -121,27 +109,11 @@ static HSM: OnceLock<Option<PathBuf>> = OnceLock::new();
 
 fn hsm() -> Option<&'static Path> {
     HSM.get_or_init(|| {
-        let softhsm = peer("softhsm2-util")?;
-        let tool = peer("pkcs11-tool")?;
-        if !Path::new(MODULE).is_file() {
-            if std::env::var("PKI_SIGNER_REQUIRE_PEERS").as_deref() == Ok("1") {
-                panic!("{MODULE} is required (apt install softhsm2)");
-            }
-            eprintln!("skipped: {MODULE} not installed");
-            return None;
-        }
+        let tools = softhsm::tools()?;
         let p = prod();
         let d = tempfile::tempdir().unwrap().keep();
-        fs::create_dir(d.join("tokens")).unwrap();
-        fs::write(
-            d.join("softhsm2.conf"),
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                d.join("tokens").display()
-            ),
-        )
-        .unwrap();
-        let env = [("SOFTHSM2_CONF", d.join("softhsm2.conf"))];
+        let conf = softhsm::init_token(&tools, &d, "release", SO_PIN, PIN);
+        let env = [("SOFTHSM2_CONF", conf)];
         let run = |tool: &Path, args: &[&str]| {
             let o = Command::new(tool)
                 .args(args)
@@ -151,19 +123,6 @@ fn hsm() -> Option<&'static Path> {
                 .unwrap();
             assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         };
-        run(
-            &softhsm,
-            &[
-                "--init-token",
-                "--free",
-                "--label",
-                "release",
-                "--so-pin",
-                SO_PIN,
-                "--pin",
-                PIN,
-            ],
-        );
         let ossl = openssl();
         let key = p.join("pki/ssig_subca.key");
         peer_ok(
@@ -201,7 +160,7 @@ fn hsm() -> Option<&'static Path> {
             if ty == "privkey" {
                 args.push("--usage-sign");
             }
-            run(&tool, &args);
+            run(&tools.pkcs11_tool, &args);
         }
         fs::write(
             d.join("keys-hsm.json"),
@@ -252,7 +211,7 @@ fn command(cwd: &Path, args: &[&str]) -> Command {
 /// development ssig_subca into deploy/aN.efi, each `pe sign` appending to
 /// deploy/plan.json.
 fn build() -> Option<PathBuf> {
-    let input = efi()?;
+    let input = systemd_boot()?;
     let t = tempfile::tempdir().unwrap().keep();
     fs::create_dir_all(t.join("work")).unwrap();
     fs::create_dir_all(t.join("deploy")).unwrap();
@@ -666,7 +625,7 @@ fn a_deploy_dir_copied_elsewhere_is_found_next_to_its_plan() {
 
 #[test]
 fn sixteen_concurrent_pe_sign_plan_appends_give_sixteen_records() {
-    let Some(input) = efi() else { return };
+    let Some(input) = systemd_boot() else { return };
     let t = tempfile::tempdir().unwrap();
     let children: Vec<_> = (0..16)
         .map(|i| {

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod softhsm;
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_pki-signer")
 }
@@ -95,6 +97,21 @@ pub fn peer_ok(tool: &Path, args: &[&str], cwd: &Path) -> String {
         stderr(&o)
     );
     stdout(&o) + &stderr(&o)
+}
+
+pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+/// systemd-boot's EFI binary, a real PE image to sign. None (the test skips)
+/// when it is not installed, unless PKI_SIGNER_REQUIRE_PEERS=1.
+pub fn systemd_boot() -> Option<&'static str> {
+    if Path::new(SYSTEMD_BOOT).is_file() {
+        return Some(SYSTEMD_BOOT);
+    }
+    if std::env::var("PKI_SIGNER_REQUIRE_PEERS").as_deref() == Ok("1") {
+        panic!("{SYSTEMD_BOOT} is missing (apt install systemd-boot-efi)");
+    }
+    eprintln!("skipped: {SYSTEMD_BOOT} not available");
+    None
 }
 
 pub fn openssl() -> PathBuf {
