@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
 # Benchmarks pki-signer against the openssl tooling it replaces.
 #
-#   scripts/bench.sh [--runs N] [--only SECTION]
+#   scripts/bench.sh [--runs N] [--only SECTION[,SECTION...]]
 #
 # Sections (all by default):
-#   pki   `pki-signer pki init` vs scripts/bench/openssl-pki.sh, rsa:4096 and ec:prime256v1
+#   pki        `pki-signer pki init` vs scripts/bench/openssl-pki.sh, rsa:4096 and ec:prime256v1
+#   pe-sign    sign a ~200 MB UKI: vs sbsign, osslsigncode, pesign and `openssl dgst -sha256`
+#   pe-verify  verify it: vs sbverify, osslsigncode verify and `openssl dgst -sha256`
+#   pe-batch   1000 small EFI files in one call vs a loop of 1000 sbsign calls
+#   csr        10,000 device CSRs in one call (EC and RSA-4096 issuer) vs `openssl x509 -req`
+#
+# Environment:
+#   PKI_SIGNER_CACHE   where the UKI and the CSRs are kept between runs
+#                      (default ~/.cache/pki-signer; ~200 MB + ~50 MB)
+#   BENCH_PE_KEY_TYPE  key type of the PKI the pe sections sign with (default
+#                      rsa:2048, what UEFI db keys are; pe-batch adds rsa:4096)
+#   BENCH_UKI_MB, BENCH_BATCH_N, BENCH_CSR_N
+#                      sizes (200, 1000, 10000), smaller for a quick try
 #
 # Benchmarks report, they do not judge: goals are printed as PASS/MISS and the
 # exit status is 0 unless a command fails.
@@ -14,14 +26,14 @@
 set -euo pipefail
 export LC_ALL=C # '.' as decimal separator in EPOCHREALTIME, printf and awk
 
-SECTIONS=(pki)
+SECTIONS=(pki pe-sign pe-verify pe-batch csr)
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 runs=5
 only=
 
 usage() {
-    echo "usage: $0 [--runs N] [--only ${SECTIONS[*]// /|}]" >&2
+    echo "usage: $0 [--runs N] [--only SECTION[,SECTION...]]  (sections: ${SECTIONS[*]})" >&2
     exit 2
 }
 
@@ -36,10 +48,18 @@ while [ $# -gt 0 ]; do
     esac
 done
 [[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "$0: --runs needs a positive integer" >&2; exit 2; }
-if [ -n "$only" ] && [[ " ${SECTIONS[*]} " != *" $only "* ]]; then
-    echo "$0: unknown section '$only' (known: ${SECTIONS[*]})" >&2
-    exit 2
+if [ -n "$only" ]; then
+    IFS=, read -r -a wanted <<<"$only"
+    for w in "${wanted[@]}"; do
+        if [[ " ${SECTIONS[*]} " != *" $w "* ]]; then
+            echo "$0: unknown section '$w' (known: ${SECTIONS[*]})" >&2
+            exit 2
+        fi
+    done
 fi
+
+# selected SECTION: whether --only (if given) names SECTION.
+selected() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 
 # ---------------------------------------------------------------- helpers
 
@@ -63,6 +83,13 @@ div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; 
 
 # verdict X LIMIT: PASS if X <= LIMIT, else MISS.
 verdict() { awk -v x="$1" -v l="$2" 'BEGIN { print (x <= l ? "PASS" : "MISS") }'; }
+
+# verdict_ge X LIMIT: PASS if X >= LIMIT, else MISS.
+verdict_ge() { awk -v x="$1" -v l="$2" 'BEGIN { print (x >= l ? "PASS" : "MISS") }'; }
+
+# load_note WHEN: the machine is shared (2 cores, other builds): the load
+# average goes with every section's figures.
+load_note() { echo "  loadavg     $(cut -d' ' -f1-3 /proc/loadavg) ($1)"; }
 
 # ensure_gnu_time: peak RSS comes from GNU time's %M (Debian package "time").
 ensure_gnu_time() {
@@ -110,6 +137,49 @@ report_row() {
 raw_row() {
     printf '  %-34s %s\n' "$1" "$(col "$2" 1 | awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $1 }')"
 }
+
+# interleave PREFIX FUNC CASE...: FUNC CASE RUN (untimed preparation, then
+# one run_case) for RUN in 1..runs, the cases round robin so that load drift
+# hits them alike. Samples go to $scratch/PREFIX-CASE.
+interleave() {
+    local prefix=$1 fn=$2 i c
+    shift 2
+    for ((i = 1; i <= runs; i++)); do
+        for c in "$@"; do
+            printf '  run %d/%d  %-30s\r' "$i" "$runs" "$c" >&2
+            "$fn" "$c" "$i" >>"$scratch/$prefix-$c"
+        done
+    done
+    printf '%-50s\r' '' >&2
+}
+
+# med NAME / peak NAME: median seconds / largest peak RSS (KiB) in $scratch/NAME.
+med() { col "$scratch/$1" 1 | median; }
+peak() { col "$scratch/$1" 2 | max; }
+
+# goal_row LABEL VALUE GOAL VERDICT
+goal_row() { printf '  %-50s %8s   %-24s %s\n' "$1" "$2" "$3" "$4"; }
+
+# ratio_table PREFIX OURS FLOOR CASE=LABEL...: each case's median as a
+# multiple of the floor's, and how many times faster OURS is than it.
+ratio_table() {
+    local prefix=$1 ours=$2 floor=$3 spec c label m
+    shift 3
+    printf '  %-34s %9s %9s %15s\n' "case" "median s" "x floor" "x $ours time"
+    for spec in "$@"; do
+        c=${spec%%=*} label=${spec#*=}
+        m=$(med "$prefix-$c")
+        printf '  %-34s %9s %9s %15s\n' "$label" "$(fmt3 "$m")" \
+            "$(div "$m" "$(med "$prefix-$floor")")" "$(div "$m" "$(med "$prefix-$ours")")"
+    done
+}
+
+# warm FILE: read it once, so every case finds it in the page cache.
+warm() { cat "$1" >/dev/null; }
+
+# fresh_dir DIR: DIR empty, and the disk idle (outputs of the previous case
+# written back), before a timed run.
+fresh_dir() { rm -rf "$1"; mkdir -p "$1"; sync; }
 
 machine_facts() {
     local cpu fs
@@ -183,8 +253,393 @@ bench_pki() {
     done
 }
 
+# ---------------------------------------------------------------- pe sections
+
+cache=${PKI_SIGNER_CACHE:-$HOME/.cache/pki-signer}
+pe_key_type=${BENCH_PE_KEY_TYPE:-rsa:2048}
+uki_mb=${BENCH_UKI_MB:-200}
+batch_n=${BENCH_BATCH_N:-1000}
+csr_n=${BENCH_CSR_N:-10000}
+csr_openssl_n=$((csr_n < 200 ? csr_n : 200))
+
+# pe_setup: the big UKI (cached), a PKI to sign with, its signing key and
+# certificates as files for the peers, an NSS database for pesign, and one
+# signed UKI for pe-verify. Once per bench run.
+pe_ready=
+pe_setup() {
+    [ -n "$pe_ready" ] && return
+    pe_ready=1
+    ensure_apt systemd-boot-efi binutils sbsigntool osslsigncode pesign libnss3-tools eatmydata
+    echo
+    echo "== pe setup"
+    echo "  sbsign      $(sbsign --version 2>&1 | head -n1)"
+    echo "  osslsigncode $(osslsigncode --version 2>&1 | head -n1 | awk '{ sub(/,$/, "", $2); print $2 }')"
+    echo "  pesign      $(dpkg-query -W -f='${Version}' pesign 2>/dev/null || echo '?')"
+
+    uki=$cache/bench-uki/uki-${uki_mb}MB.efi
+    if [ ! -s "$uki" ]; then
+        echo "  making $uki (once, cached)" >&2
+        bash "$repo/scripts/bench/make-uki.sh" "$uki" "$uki_mb" || die "could not make $uki"
+    fi
+    echo "  UKI         $uki ($(stat -c %s "$uki") bytes)"
+
+    pe_pki=$scratch/pe-pki
+    "$bin" pki init --dir "$pe_pki" --key-type "$pe_key_type" >/dev/null ||
+        die "pki init --key-type $pe_key_type failed"
+    echo "  signing key ssig_subca, $pe_key_type (pki init --key-type $pe_key_type)"
+    pe_key=$pe_pki/ssig_subca.key
+    pe_cert=$scratch/ssig_subca.pem
+    pe_root=$pe_pki/ssig_rootca.cert
+    # The signer's certificate alone: the peers take one certificate.
+    openssl x509 -in "$pe_pki/ssig_subca.cert" -out "$pe_cert"
+
+    # pesign only signs with keys in an NSS database.
+    nss=$scratch/nss
+    mkdir -p "$nss"
+    if certutil -N -d "sql:$nss" --empty-password &&
+        openssl pkcs12 -export -inkey "$pe_key" -in "$pe_cert" -name pki-signer-bench \
+            -passout pass: -out "$scratch/ssig_subca.p12" &&
+        pk12util -i "$scratch/ssig_subca.p12" -d "sql:$nss" -W '' >/dev/null; then
+        pesign_ok=1
+    else
+        pesign_ok=
+        echo "  pesign      skipped: could not import the key into an NSS database"
+    fi
+
+    pe_signed=$scratch/uki.signed.efi
+    "$bin" pe sign "$uki" -o "$pe_signed" --role ssig_subca --dir "$pe_pki" >/dev/null ||
+        die "pe sign $uki failed"
+}
+
+# check_signed FILE WHO: outside the timing, once per case: what was timed
+# produced an image that an independent verifier accepts.
+check_signed() {
+    sbverify --cert "$pe_cert" "$1" >/dev/null 2>&1 ||
+        die "$2: sbverify --cert $pe_cert rejects its output $1"
+}
+
+pe_sign_case() {
+    local out=$scratch/pe-sign-out/uki.efi
+    fresh_dir "${out%/*}"
+    case $1 in
+        floor) run_case openssl dgst -sha256 "$uki" ;;
+        pki-signer) run_case "$bin" pe sign "$uki" -o "$out" --role ssig_subca --dir "$pe_pki" ;;
+        pki-signer-nofsync)
+            run_case eatmydata "$bin" pe sign "$uki" -o "$out" --role ssig_subca --dir "$pe_pki" ;;
+        pki-signer-inplace)
+            # The copy to sign (what a build's deploy step holds) is made, and
+            # on disk, before the clock starts.
+            cp "$uki" "$out"
+            sync
+            run_case "$bin" pe sign "$out" --in-place --role ssig_subca --dir "$pe_pki" ;;
+        durable-copy) run_case dd if="$uki" of="$out" bs=64K conv=fsync status=none ;;
+        sbsign) run_case sbsign --key "$pe_key" --cert "$pe_cert" --output "$out" "$uki" ;;
+        osslsigncode)
+            run_case osslsigncode sign -h sha256 -certs "$pe_cert" -key "$pe_key" -in "$uki" -out "$out" ;;
+        pesign) run_case pesign -n "sql:$nss" -c pki-signer-bench -s -i "$uki" -o "$out" ;;
+        *) die "pe_sign_case: $1" ;;
+    esac
+    if [ "$2" = 1 ] && [ "$1" != floor ] && [ "$1" != durable-copy ]; then
+        check_signed "$out" "$1"
+    fi
+}
+
+# pe-sign: one big image, each signer from the same warm page cache to a new
+# file on the same filesystem.
+bench_pe_sign() {
+    pe_setup
+    echo
+    echo "== pe sign: ${uki_mb} MB UKI, $runs runs each, input in the page cache, output dir emptied and synced before each run"
+    load_note "start of section pe-sign"
+    local cases=(floor pki-signer sbsign osslsigncode)
+    [ -n "$pesign_ok" ] && cases+=(pesign)
+    cases+=(pki-signer-inplace pki-signer-nofsync durable-copy)
+    warm "$uki"
+    interleave pe-sign pe_sign_case "${cases[@]}"
+
+    local labels=(
+        "floor=openssl dgst -sha256 (floor)"
+        "pki-signer=pki-signer pe sign"
+        "sbsign=sbsign"
+        "osslsigncode=osslsigncode sign"
+    )
+    [ -n "$pesign_ok" ] && labels+=("pesign=pesign -s (NSS db)")
+    labels+=(
+        "pki-signer-inplace=pki-signer pe sign --in-place"
+        "pki-signer-nofsync=pki-signer, fsync off (eatmydata)"
+        "durable-copy=dd conv=fsync (copy floor)"
+    )
+    local spec
+    report_header
+    for spec in "${labels[@]}"; do
+        report_row "${spec#*=}" "$scratch/pe-sign-${spec%%=*}"
+    done
+    echo
+    ratio_table pe-sign pki-signer floor "${labels[@]}"
+
+    local fl fastest fm c m ratio rss how
+    fl=$(med pe-sign-floor)
+    fastest='' fm=''
+    for c in sbsign osslsigncode pesign; do
+        [ -s "$scratch/pe-sign-$c" ] || continue
+        m=$(med "pe-sign-$c")
+        if [ -z "$fm" ] || awk -v a="$m" -v b="$fm" 'BEGIN { exit !(a < b) }'; then
+            fastest=$c fm=$m
+        fi
+    done
+    echo
+    echo "  goals (medians; -o writes a new durable file, --in-place appends to a copy)"
+    for c in pki-signer pki-signer-inplace; do
+        how=-o
+        [ "$c" = pki-signer-inplace ] && how=--in-place
+        ratio=$(div "$(med "pe-sign-$c")" "$fl")
+        goal_row "pki-signer $how / openssl dgst" "$ratio" "goal <= 1.300" "$(verdict "$ratio" 1.3)"
+        ratio=$(div "$fm" "$(med "pe-sign-$c")")
+        goal_row "$fastest (fastest peer) / pki-signer $how" "$ratio" "goal >= 2.000" \
+            "$(verdict_ge "$ratio" 2)"
+        rss=$(peak "pe-sign-$c")
+        goal_row "pki-signer $how peak RSS KiB" "$rss" "goal <= 32768 (32 MiB)" "$(verdict "$rss" 32768)"
+    done
+
+    echo
+    echo "  samples (s, run order)"
+    for spec in "${labels[@]}"; do
+        raw_row "${spec#*=}" "$scratch/pe-sign-${spec%%=*}"
+    done
+}
+
+pe_verify_case() {
+    case $1 in
+        floor) run_case openssl dgst -sha256 "$pe_signed" ;;
+        pki-signer) run_case "$bin" pe verify "$pe_signed" --cert "$pe_cert" ;;
+        sbverify) run_case sbverify --cert "$pe_cert" "$pe_signed" ;;
+        # osslsigncode wants a chain up to a self-signed root.
+        osslsigncode) run_case osslsigncode verify -CAfile "$pe_root" -in "$pe_signed" ;;
+        *) die "pe_verify_case: $1" ;;
+    esac
+}
+
+# pe-verify: the UKI signed by pki-signer, checked against the signing
+# certificate (osslsigncode: against the root). run_case fails on a
+# rejection, so every timed run was a successful verification.
+bench_pe_verify() {
+    pe_setup
+    echo
+    echo "== pe verify: the ${uki_mb} MB UKI signed by pki-signer, $runs runs each, file in the page cache"
+    load_note "start of section pe-verify"
+    warm "$pe_signed"
+    interleave pe-verify pe_verify_case floor pki-signer sbverify osslsigncode
+
+    local labels=(
+        "floor=openssl dgst -sha256 (floor)"
+        "pki-signer=pki-signer pe verify --cert"
+        "sbverify=sbverify --cert"
+        "osslsigncode=osslsigncode verify -CAfile root"
+    )
+    local spec ratio
+    report_header
+    for spec in "${labels[@]}"; do
+        report_row "${spec#*=}" "$scratch/pe-verify-${spec%%=*}"
+    done
+    echo
+    ratio_table pe-verify pki-signer floor "${labels[@]}"
+    echo
+    echo "  goals (medians)"
+    ratio=$(div "$(med pe-verify-pki-signer)" "$(med pe-verify-floor)")
+    goal_row "pki-signer / openssl dgst" "$ratio" "goal <= 1.300" "$(verdict "$ratio" 1.3)"
+    echo
+    echo "  samples (s, run order)"
+    for spec in "${labels[@]}"; do
+        raw_row "${spec#*=}" "$scratch/pe-verify-${spec%%=*}"
+    done
+}
+
+pe_batch_case() {
+    local out=$scratch/batch-out pki=$pe_pki key=$pe_key cert=$pe_cert
+    case $1 in
+        *-rsa4096) pki=$pe_pki4096 key=$pe_pki4096/ssig_subca.key cert=$scratch/ssig_subca-4096.pem ;;
+    esac
+    fresh_dir "$out"
+    case $1 in
+        pki-signer | pki-signer-rsa4096)
+            run_case "$bin" pe sign "${batch_files[@]}" --out-dir "$out" --role ssig_subca --dir "$pki" ;;
+        pki-signer-nofsync)
+            run_case eatmydata "$bin" pe sign "${batch_files[@]}" --out-dir "$out" --role ssig_subca --dir "$pki" ;;
+        sbsign-loop | sbsign-loop-rsa4096)
+            run_case bash "$repo/scripts/bench/sign-each.sh" sbsign "$key" "$cert" "$out" "${batch_files[@]}" ;;
+        pki-signer-loop)
+            run_case bash "$repo/scripts/bench/sign-each.sh" pki-signer "$bin" "$pki" "$out" "${batch_files[@]}" ;;
+        *) die "pe_batch_case: $1" ;;
+    esac
+    if [ "$2" = 1 ]; then
+        local n f
+        n=$(find "$out" -name '*.efi' | wc -l)
+        [ "$n" -eq "$batch_n" ] || die "$1: $n of $batch_n signed files in $out"
+        for f in "$out/${batch_files[0]##*/}" "$out/${batch_files[-1]##*/}"; do
+            sbverify --cert "$cert" "$f" >/dev/null 2>&1 || die "$1: sbverify rejects $f"
+        done
+    fi
+}
+
+# pe-batch: what a build with many EFI binaries does, in one call or one
+# process per file. RSA-2048 signatures cost ~1 ms, RSA-4096 ~5 ms of CPU
+# each: with 4096-bit keys the signatures themselves weigh, so both are run.
+bench_pe_batch() {
+    pe_setup
+    local src=/usr/lib/systemd/boot/efi/systemd-bootx64.efi in=$scratch/batch-in i
+    [ -r "$src" ] || die "$src missing (systemd-boot-efi)"
+    mkdir -p "$in"
+    batch_files=()
+    for ((i = 1; i <= batch_n; i++)); do
+        batch_files+=("$in/boot$(printf '%04d' "$i").efi")
+        cp "$src" "${batch_files[-1]}"
+    done
+    local cases=(pki-signer sbsign-loop pki-signer-loop pki-signer-nofsync)
+    local labels=(
+        "pki-signer=pki-signer, 1 call"
+        "sbsign-loop=sbsign loop, $batch_n calls"
+        "pki-signer-loop=pki-signer loop, $batch_n calls"
+        "pki-signer-nofsync=pki-signer 1 call, fsync off"
+    )
+    local kt=${pe_key_type//:/}
+    if [ "$pe_key_type" != rsa:4096 ]; then
+        pe_pki4096=$scratch/pe-pki-4096
+        "$bin" pki init --dir "$pe_pki4096" --key-type rsa:4096 >/dev/null || die "pki init rsa:4096 failed"
+        openssl x509 -in "$pe_pki4096/ssig_subca.cert" -out "$scratch/ssig_subca-4096.pem"
+        cases+=(pki-signer-rsa4096 sbsign-loop-rsa4096)
+        labels+=("pki-signer-rsa4096=pki-signer, 1 call, rsa4096"
+            "sbsign-loop-rsa4096=sbsign loop, rsa4096")
+    fi
+    echo
+    echo "== pe batch: $batch_n copies of ${src##*/} ($(stat -c %s "$src") bytes), $runs runs each, output dir emptied and synced before each run"
+    echo "  key: ssig_subca $pe_key_type unless the case says rsa4096"
+    load_note "start of section pe-batch"
+    cat "${batch_files[@]}" >/dev/null
+    interleave pe-batch pe_batch_case "${cases[@]}"
+
+    local spec ratio
+    report_header
+    for spec in "${labels[@]}"; do
+        report_row "${spec#*=}" "$scratch/pe-batch-${spec%%=*}"
+    done
+    echo
+    printf '  %-34s %9s %12s\n' "case" "median s" "files/s"
+    for spec in "${labels[@]}"; do
+        printf '  %-34s %9s %12s\n' "${spec#*=}" "$(fmt3 "$(med "pe-batch-${spec%%=*}")")" \
+            "$(awk -v n="$batch_n" -v t="$(med "pe-batch-${spec%%=*}")" 'BEGIN { printf "%.0f", n / t }')"
+    done
+    echo
+    echo "  goals (medians)"
+    ratio=$(div "$(med pe-batch-sbsign-loop)" "$(med pe-batch-pki-signer)")
+    goal_row "sbsign loop / pki-signer 1 call ($kt)" "$ratio" "goal >= 10.000" "$(verdict_ge "$ratio" 10)"
+    if [ -s "$scratch/pe-batch-pki-signer-rsa4096" ]; then
+        ratio=$(div "$(med pe-batch-sbsign-loop-rsa4096)" "$(med pe-batch-pki-signer-rsa4096)")
+        goal_row "sbsign loop / pki-signer 1 call (rsa4096)" "$ratio" "goal >= 10.000" "$(verdict_ge "$ratio" 10)"
+    fi
+    ratio=$(div "$(med pe-batch-pki-signer-loop)" "$(med pe-batch-pki-signer)")
+    goal_row "pki-signer loop / 1 call (info)" "$ratio" "" ""
+    ratio=$(div "$(med pe-batch-sbsign-loop)" "$(med pe-batch-pki-signer-nofsync)")
+    goal_row "sbsign loop / 1 call fsync off (info)" "$ratio" "" ""
+    echo
+    echo "  samples (s, run order)"
+    for spec in "${labels[@]}"; do
+        raw_row "${spec#*=}" "$scratch/pe-batch-${spec%%=*}"
+    done
+    rm -rf "$in" "$scratch/batch-out"
+}
+
+# ---------------------------------------------------------------- csr
+
+csr_case() {
+    local out=$scratch/csr-out pki
+    case $1 in
+        *-ec) pki=$csr_pki_ec ;;
+        *-rsa4096) pki=$csr_pki_rsa ;;
+    esac
+    fresh_dir "$out"
+    case $1 in
+        pki-signer-*)
+            run_case "$bin" csr sign "${csr_files[@]}" --out-dir "$out" --role device_subca --dir "$pki" ;;
+        openssl-*)
+            run_case bash "$repo/scripts/bench/openssl-csr-sign.sh" "$pki/device_subca.cert" \
+                "$pki/device_subca.key" "$out" "${csr_files[@]:0:csr_openssl_n}" ;;
+        *) die "csr_case: $1" ;;
+    esac
+    if [ "$2" = 1 ]; then
+        local want=$csr_n n name
+        [[ $1 == openssl-* ]] && want=$csr_openssl_n
+        n=$(find "$out" -name '*.cert' | wc -l)
+        [ "$n" -eq "$want" ] || die "$1: $n of $want certificates in $out"
+        name=${csr_files[0]##*/}
+        openssl verify -CAfile "$pki/gen_rootca.cert" -untrusted "$pki/device_subca.cert" \
+            "$out/${name%.csr}.cert" >/dev/null || die "$1: openssl verify rejects $out/${name%.csr}.cert"
+    fi
+}
+
+# csr: issuing device certificates for a fleet, in one call. The openssl
+# loop runs on the first $csr_openssl_n CSRs only and is extrapolated.
+bench_csr() {
+    local dir=$cache/bench-csr/p256-$csr_n
+    if [ ! -d "$dir" ]; then
+        echo "  making $csr_n CSRs in $dir (once, cached; a few minutes)" >&2
+        bash "$repo/scripts/bench/make-csrs.sh" "$dir" "$csr_n" || die "could not make the CSRs"
+    fi
+    csr_files=("$dir"/*.csr)
+    [ "${#csr_files[@]}" -eq "$csr_n" ] || die "$dir: ${#csr_files[@]} CSRs, expected $csr_n"
+    csr_pki_ec=$scratch/csr-pki-ec
+    csr_pki_rsa=$scratch/csr-pki-rsa
+    "$bin" pki init --dir "$csr_pki_ec" --key-type ec:prime256v1 >/dev/null || die "pki init ec failed"
+    "$bin" pki init --dir "$csr_pki_rsa" --key-type rsa:4096 >/dev/null || die "pki init rsa:4096 failed"
+
+    echo
+    echo "== csr sign: $csr_n EC P-256 device CSRs ($dir), $runs runs each, output dir emptied and synced before each run"
+    echo "  issuer device_subca: ec:prime256v1 (ECDSA P-256) or rsa:4096; openssl: first $csr_openssl_n CSRs, extrapolated"
+    load_note "start of section csr"
+    cat "${csr_files[@]}" >/dev/null
+    local cases=(pki-signer-ec openssl-ec pki-signer-rsa4096 openssl-rsa4096)
+    interleave csr csr_case "${cases[@]}"
+
+    local labels=(
+        "pki-signer-ec=pki-signer, $csr_n CSRs, ec"
+        "openssl-ec=openssl loop, $csr_openssl_n CSRs, ec"
+        "pki-signer-rsa4096=pki-signer, $csr_n CSRs, rsa4096"
+        "openssl-rsa4096=openssl loop, $csr_openssl_n CSRs, rsa4096"
+    )
+    local spec c n m kt ours theirs
+    report_header
+    for spec in "${labels[@]}"; do
+        report_row "${spec#*=}" "$scratch/csr-${spec%%=*}"
+    done
+    echo
+    printf '  %-34s %12s %12s %16s\n' "case" "certs/s" "ms/cert" "s per $csr_n"
+    for spec in "${labels[@]}"; do
+        c=${spec%%=*}
+        n=$csr_n
+        [[ $c == openssl-* ]] && n=$csr_openssl_n
+        m=$(med "csr-$c")
+        printf '  %-34s %12s %12s %16s\n' "${spec#*=}" \
+            "$(awk -v n="$n" -v t="$m" 'BEGIN { printf "%.0f", n / t }')" \
+            "$(awk -v n="$n" -v t="$m" 'BEGIN { printf "%.3f", 1000 * t / n }')" \
+            "$(awk -v n="$n" -v t="$m" -v N="$csr_n" 'BEGIN { printf "%.1f%s", t / n * N, (n == N ? "" : " (extrap.)") }')"
+    done
+    echo
+    echo "  per-certificate speedup over the openssl loop (info, no goal set)"
+    for kt in ec rsa4096; do
+        ours=$(awk -v t="$(med "csr-pki-signer-$kt")" -v n="$csr_n" 'BEGIN { print t / n }')
+        theirs=$(awk -v t="$(med "csr-openssl-$kt")" -v n="$csr_openssl_n" 'BEGIN { print t / n }')
+        goal_row "openssl / pki-signer per cert ($kt)" "$(div "$theirs" "$ours")" "" ""
+    done
+    echo
+    echo "  samples (s, run order)"
+    for spec in "${labels[@]}"; do
+        raw_row "${spec#*=}" "$scratch/csr-${spec%%=*}"
+    done
+}
+
 # ---------------------------------------------------------------- main
 
+# shellcheck source=scripts/deps.sh
+source "$repo/scripts/deps.sh"
 ensure_gnu_time
 command -v openssl >/dev/null || die "openssl not found"
 
@@ -198,8 +653,8 @@ trap 'rm -rf "$scratch"' EXIT
 
 machine_facts
 for s in "${SECTIONS[@]}"; do
-    if [ -z "$only" ] || [ "$only" = "$s" ]; then
-        "bench_$s"
+    if selected "$s"; then
+        "bench_${s//-/_}"
+        load_note "end of section $s"
     fi
 done
-echo "  loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"

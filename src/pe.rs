@@ -761,9 +761,16 @@ impl PeImage {
             std::process::id()
         ));
         let mode = self.file.metadata().at(&self.path)?.permissions().mode() & 0o777;
+        remove_stale_temps(&dir, &name.to_string_lossy());
         let _ = fs::remove_file(&tmp);
         let res = self
             .write_plan_to(&plan, &tmp, mode)
+            // The temp file is ours; the user knows the output they asked for
+            // ("OUT: No space left on device").
+            .map_err(|e| match e {
+                Error::Io { path, source } if path == tmp => Error::io(out, source),
+                e => e,
+            })
             .and_then(|()| self.check_unchanged())
             .and_then(|()| fs::rename(&tmp, out).at(out));
         if res.is_err() {
@@ -947,6 +954,34 @@ impl PeImage {
         }
         Ok(())
     }
+}
+
+/// Remove the `.NAME.signing.PID` temp files of signers that no longer run.
+/// Build systems kill tasks (kill -9 leaves no chance to clean up), and each
+/// leftover can be as large as the image. A live PID's file is never touched,
+/// so concurrent signers of the same output are safe.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.signing.");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let pid = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| p > 0 && !process_exists(p)) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 sends nothing; it only asks whether `pid` exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    // EPERM: it exists but belongs to someone else.
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], off: u64) -> Result<()> {
