@@ -13,7 +13,6 @@ use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rcgen::{DistinguishedName, DnType, DnValue};
 use time::OffsetDateTime;
@@ -26,6 +25,7 @@ use x509_parser::x509::{SubjectPublicKeyInfo, X509Name};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, DirLock, PUBLIC_MODE};
 use crate::identity::Identity;
+use crate::par;
 use crate::x509;
 
 const OID_SAN: &str = "2.5.29.17";
@@ -716,65 +716,9 @@ pub fn issue_all(
     issuer: &Issuer<'_>,
     opts: &IssueOptions,
 ) -> Result<Vec<Issued>> {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    par_map(inputs.len(), cores, |i| {
+    par::map(inputs.len(), par::cores(), |i| {
         CsrFile::read(&inputs[i]).and_then(|c| issue(&c, issuer, opts))
     })
-}
-
-/// `f(0..n)` on `threads` threads, results in order; stops at the first error
-/// and returns the lowest-numbered one.
-fn par_map<T: Send>(
-    n: usize,
-    threads: usize,
-    f: impl Fn(usize) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let threads = threads.clamp(1, n.max(1));
-    let mut results: Vec<(usize, Result<T>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = vec![];
-                    // Work is handed out in order and only stops being handed
-                    // out after a failure, so every item before a failed one
-                    // has run: the lowest failure is the first in input order.
-                    while !stop.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= n {
-                            break;
-                        }
-                        let r = f(i);
-                        if r.is_err() {
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                        mine.push((i, r));
-                    }
-                    mine
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    vec![(0, Err(Error::Crypto("worker thread panicked".into())))]
-                })
-            })
-            .collect()
-    });
-    results.sort_by_key(|(i, _)| *i);
-    let mut out = Vec::with_capacity(n);
-    for (_, r) in results {
-        out.push(r?);
-    }
-    if out.len() != n {
-        return Err(Error::Crypto("not every item was processed".into()));
-    }
-    Ok(out)
 }
 
 /// The PEM file handed to the device: its certificate, then the issuer chain
@@ -881,9 +825,6 @@ pub fn index_entry(
     }
 }
 
-/// Parallel writers of a batch's certificate files.
-const WRITERS: usize = 16;
-
 /// One CSR and where its certificate goes.
 #[derive(Clone, Debug)]
 pub struct Job {
@@ -959,12 +900,16 @@ pub fn sign(
             .collect();
         append_index(&ix.path, &entries)?;
     }
-    // Each file is fsynced (and its directory): that is waiting on the disk,
-    // not the CPU, so many writers overlap the waits.
-    par_map(jobs.len(), WRITERS, |k| {
-        let out = &jobs[k].output;
-        fsutil::write_atomic(out, cert_file(&issued[k], &issuer).as_bytes(), PUBLIC_MODE)
-    })?;
+    let mut staged = Vec::with_capacity(jobs.len());
+    for (i, j) in issued.iter().zip(jobs) {
+        let mut s = fsutil::Staged::create(&j.output, "tmp", PUBLIC_MODE)?;
+        s.file()?
+            .write_all(cert_file(i, &issuer).as_bytes())
+            .at(&j.output)?;
+        s.close();
+        staged.push(s);
+    }
+    fsutil::publish(staged)?;
     let mut certificates = Vec::with_capacity(jobs.len());
     for (i, j) in issued.iter().zip(jobs) {
         certificates.push(SignReport {

@@ -2,12 +2,14 @@
 //! parallel, so nothing is ever written in place: content goes to a temp file in
 //! the destination's directory, is fsynced, and is renamed over the target.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
+use crate::par;
 
 /// Mode for private keys.
 pub const KEY_MODE: u32 = 0o600;
@@ -34,22 +36,117 @@ pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<()> {
 /// Replace `dest` atomically with `data`: temp file in the same directory,
 /// fsync, rename, fsync the directory. On error nothing is left behind.
 pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = parent_dir(dest);
-    let name = dest
-        .file_name()
-        .ok_or_else(|| Error::Usage(format!("{}: not a file name", dest.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
-    let res = write_new(&tmp, data, mode).and_then(|()| fs::rename(&tmp, dest).at(dest));
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return res;
+    let s = Staged::create(dest, "tmp", mode)?;
+    s.file()?.write_all(data).at(dest)?;
+    publish(vec![s])
+}
+
+/// A file being written under a temp name (`.NAME.TAG.PID`) next to its
+/// destination. Nothing shows at the destination until [`publish`]; dropped
+/// unpublished, the temp file is removed.
+pub struct Staged {
+    file: Option<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    published: bool,
+}
+
+impl Staged {
+    pub fn create(dest: &Path, tag: &str, mode: u32) -> Result<Staged> {
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::Usage(format!("{}: not a file name", dest.display())))?;
+        let tmp = parent_dir(dest).join(format!(".{}.{tag}.{}", name.to_string_lossy(), pid()));
+        let create = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&tmp)
+        };
+        let file = match create() {
+            // Left by an earlier process that had our PID and was killed.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = fs::remove_file(&tmp);
+                create()
+            }
+            r => r,
+        }
+        .at(dest)?;
+        let staged = Staged {
+            file: Some(file),
+            tmp,
+            dest: dest.to_path_buf(),
+            published: false,
+        };
+        // The umask may have narrowed the mode; make it exact.
+        staged
+            .file()?
+            .set_permissions(fs::Permissions::from_mode(mode))
+            .at(dest)?;
+        Ok(staged)
     }
-    sync_dir(&dir)
+
+    /// The open temp file, until [`Staged::close`].
+    pub fn file(&self) -> Result<&File> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| Error::Usage(format!("{}: already closed", self.tmp.display())))
+    }
+
+    /// Done writing: give the descriptor back, so that a batch of thousands of
+    /// files does not run into the open-file limit before [`publish`].
+    pub fn close(&mut self) {
+        self.file = None;
+    }
+
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+}
+
+/// Our PID, asked of the kernel once, not once per file of a batch.
+fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Make staged files durable and visible. Every temp file is fsynced, many at
+/// once: one fsync per file in turn makes each wait for its own journal
+/// commit, while concurrent ones share commits. Then each is renamed over its
+/// destination, and each directory is fsynced once, not once per file. If a
+/// file cannot be made durable, none is renamed.
+pub fn publish(mut files: Vec<Staged>) -> Result<()> {
+    par::map(files.len(), par::IO_THREADS, |i| {
+        let s = &files[i];
+        let synced = match &s.file {
+            Some(f) => f.sync_all(),
+            // fsync flushes the inode, whichever descriptor asks.
+            None => File::open(&s.tmp).and_then(|f| f.sync_all()),
+        };
+        synced.at(&s.dest)
+    })?;
+    for s in &mut files {
+        fs::rename(&s.tmp, &s.dest).at(&s.dest)?;
+        s.published = true;
+    }
+    let dirs: BTreeSet<PathBuf> = files.iter().map(|s| parent_dir(&s.dest)).collect();
+    for d in dirs {
+        sync_dir(&d)?;
+    }
+    Ok(())
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {

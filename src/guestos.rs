@@ -26,6 +26,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::identity::Identity;
 use crate::keys::SigScheme;
+use crate::par;
 use crate::x509;
 
 // ---------------------------------------------------------------------------
@@ -830,34 +831,9 @@ pub fn hash_image(path: &Path) -> Result<ImageHash> {
 
 /// Hash several images, one per core at a time. Each path is read once.
 pub fn hash_images(paths: &BTreeSet<PathBuf>) -> Result<HashMap<PathBuf, ImageHash>> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-
     let paths: Vec<&PathBuf> = paths.iter().collect();
-    let next = AtomicUsize::new(0);
-    let out: Mutex<Vec<Option<Result<ImageHash>>>> =
-        Mutex::new((0..paths.len()).map(|_| None).collect());
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(paths.len());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(p) = paths.get(i) else { break };
-                let r = hash_image(p);
-                out.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
-            });
-        }
-    });
-    let results = out.into_inner().unwrap_or_else(|e| e.into_inner());
-    let mut map = HashMap::new();
-    for (p, r) in paths.into_iter().zip(results) {
-        let h = r.unwrap_or_else(|| Err(Error::Crypto("image hashing did not run".into())))?;
-        map.insert(p.clone(), h);
-    }
-    Ok(map)
+    let hashes = par::map(paths.len(), par::cores(), |i| hash_image(paths[i]))?;
+    Ok(paths.into_iter().cloned().zip(hashes).collect())
 }
 
 /// What `--images` did for one mount.

@@ -1,6 +1,8 @@
 //! Signing and verifying EFI images: the `pe` format module and the
 //! `authenticode` signature module put together, one image at a time.
 
+use std::collections::{BTreeSet, HashSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -8,10 +10,11 @@ use time::OffsetDateTime;
 
 use crate::authenticode::{self, SignOptions};
 use crate::efivar;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::identity::Identity;
-use crate::pe::{PeImage, WIN_CERT_TYPE_PKCS_SIGNED_DATA};
+use crate::par;
+use crate::pe::{ImageDigest, PeImage, WIN_CERT_TYPE_PKCS_SIGNED_DATA};
 use crate::x509;
 
 /// What to do with signatures an image already carries.
@@ -77,6 +80,13 @@ fn existing_for(
     Ok((before, sigs))
 }
 
+/// One image to sign and where the result goes.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub input: PathBuf,
+    pub output: Output,
+}
+
 /// Authenticode-sign one image with `id`.
 pub fn sign(
     input: &Path,
@@ -85,9 +95,102 @@ pub fn sign(
     existing: Existing,
     signing_time: Option<OffsetDateTime>,
 ) -> Result<SignReport> {
+    let job = Job {
+        input: input.to_path_buf(),
+        output: output.clone(),
+    };
+    let mut done = sign_all(&[job], id, existing, signing_time, |_| Ok(()))?;
+    done.pop()
+        .map(|(r, ())| r)
+        .ok_or_else(|| Error::Crypto("signing produced no report".into()))
+}
+
+/// Authenticode-sign many images with one loaded key, on all cores.
+/// `before` runs on each input before it is touched (to hash it for a
+/// signing plan, say) and its result comes back with the report.
+///
+/// Every image is read and signed before anything is written, so an input
+/// that cannot be signed leaves every output as it was. Then in-place images
+/// get their tables, and copies and detached signatures, written to temp
+/// files, are made durable and renamed into place together.
+pub fn sign_all<T: Send + Sync>(
+    jobs: &[Job],
+    id: &Identity,
+    existing: Existing,
+    signing_time: Option<OffsetDateTime>,
+    before: impl Fn(&Path) -> Result<T> + Sync,
+) -> Result<Vec<(SignReport, T)>> {
+    let mut targets = HashSet::new();
+    let mut dirs = BTreeSet::new();
+    for j in jobs {
+        let target = match &j.output {
+            Output::File(p) | Output::Detached(p) => p,
+            Output::InPlace => &j.input,
+        };
+        if !targets.insert(target) {
+            return Err(Error::Usage(format!(
+                "{}: two inputs would be written here (same file name?)",
+                target.display()
+            )));
+        }
+        if let Output::File(p) = &j.output {
+            dirs.insert(fsutil::parent_dir(p));
+        }
+    }
+    let signed = par::map(jobs.len(), par::cores(), |i| {
+        let j = &jobs[i];
+        let t = before(&j.input)?;
+        let (report, pending) = sign_one(j, id, existing, signing_time)?;
+        Ok((report, t, pending))
+    })?;
+    for d in &dirs {
+        crate::pe::remove_stale_temps(d);
+    }
+    // Waiting on the disk, not the CPU: many at once.
+    let staged = par::map(signed.len(), par::IO_THREADS, |i| {
+        let (r, _, pending) = &signed[i];
+        match pending {
+            Pending::InPlace(digest, sigs) => {
+                PeImage::open(&r.input)?.write_signed_in_place(digest, sigs)?;
+                Ok(None)
+            }
+            Pending::Detached(p7) => {
+                let mut s = fsutil::Staged::create(&r.output, "tmp", fsutil::PUBLIC_MODE)?;
+                s.file()?.write_all(p7).at(&r.output)?;
+                s.close();
+                Ok(Some(s))
+            }
+            Pending::Copy(digest, sigs) => Ok(Some(
+                PeImage::open(&r.input)?.stage_signed(digest, sigs, &r.output)?,
+            )),
+        }
+    })?;
+    fsutil::publish(staged.into_iter().flatten().collect())?;
+    Ok(signed.into_iter().map(|(r, t, _)| (r, t)).collect())
+}
+
+/// What is left to write for one signed image.
+enum Pending {
+    InPlace(ImageDigest, Vec<Vec<u8>>),
+    Copy(ImageDigest, Vec<Vec<u8>>),
+    /// The PKCS#7 SignedData alone.
+    Detached(Vec<u8>),
+}
+
+/// Read and sign one image; nothing is written yet. The image is closed
+/// again, so a batch of thousands does not hold thousands of descriptors;
+/// the digest remembers the file's identity, and writing refuses an image
+/// that changed in between.
+fn sign_one(
+    job: &Job,
+    id: &Identity,
+    existing: Existing,
+    signing_time: Option<OffsetDateTime>,
+) -> Result<(SignReport, Pending)> {
+    let input = job.input.as_path();
     let img = PeImage::open(input)?;
     // Refuse before doing the expensive part.
-    if existing == Existing::Refuse && !matches!(output, Output::Detached(_)) {
+    if existing == Existing::Refuse && !matches!(job.output, Output::Detached(_)) {
         existing_for(&img, input, existing, vec![])?;
     }
     let digest = img.digest()?;
@@ -100,32 +203,29 @@ pub fn sign(
             signing_time,
         },
     )?;
-    let out_path = match output {
-        Output::Detached(p) => {
-            fsutil::write_atomic(p, &p7, fsutil::PUBLIC_MODE)?;
-            return Ok(SignReport {
-                input: input.into(),
-                output: p.clone(),
-                digest: digest.hex(),
-                signatures_before: pkcs7_entries(&img)?.len(),
-                signatures_after: 1,
-            });
-        }
-        Output::File(p) => p.clone(),
-        Output::InPlace => input.to_path_buf(),
-    };
-    let (before, sigs) = existing_for(&img, input, existing, p7)?;
-    let after = sigs.len();
-    match output {
-        Output::InPlace => img.write_signed_in_place(&digest, &sigs)?,
-        _ => img.write_signed(&digest, &sigs, &out_path)?,
-    }
-    Ok(SignReport {
+    let report = |output: &Path, before, after| SignReport {
         input: input.into(),
-        output: out_path,
+        output: output.into(),
         digest: digest.hex(),
         signatures_before: before,
         signatures_after: after,
+    };
+    Ok(match &job.output {
+        Output::Detached(p) => {
+            let r = report(p, pkcs7_entries(&img)?.len(), 1);
+            (r, Pending::Detached(p7))
+        }
+        Output::InPlace => {
+            let (before, sigs) = existing_for(&img, input, existing, p7)?;
+            (
+                report(input, before, sigs.len()),
+                Pending::InPlace(digest, sigs),
+            )
+        }
+        Output::File(p) => {
+            let (before, sigs) = existing_for(&img, input, existing, p7)?;
+            (report(p, before, sigs.len()), Pending::Copy(digest, sigs))
+        }
     })
 }
 

@@ -10,6 +10,7 @@ pub mod guestos;
 pub mod identity;
 pub mod image;
 pub mod keys;
+pub mod par;
 pub mod pe;
 pub mod pkcs11;
 pub mod pkcs7;

@@ -54,7 +54,7 @@
 //! so the image is never read a second time.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -753,34 +753,29 @@ impl PeImage {
     /// output replaces `out` atomically (temp file, fsync, rename); `out` may be
     /// this image's own path.
     pub fn write_signed(&self, digest: &ImageDigest, sigs: &[Vec<u8>], out: &Path) -> Result<()> {
+        remove_stale_temps(&fsutil::parent_dir(out));
+        let staged = self.stage_signed(digest, sigs, out)?;
+        fsutil::publish(vec![staged])
+    }
+
+    /// The first half of [`PeImage::write_signed`]: the signed copy, written
+    /// to a temp file next to `out` and closed, for [`fsutil::publish`] to
+    /// make durable and rename, together with the rest of a batch.
+    pub fn stage_signed(
+        &self,
+        digest: &ImageDigest,
+        sigs: &[Vec<u8>],
+        out: &Path,
+    ) -> Result<fsutil::Staged> {
         let plan = self.plan(digest, sigs)?;
-        let dir = fsutil::parent_dir(out);
-        let name = out
-            .file_name()
-            .ok_or_else(|| Error::Usage(format!("{}: not a file name", out.display())))?;
-        let tmp = dir.join(format!(
-            ".{}.signing.{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
         let mode = self.file.metadata().at(&self.path)?.permissions().mode() & 0o777;
-        remove_stale_temps(&dir, &name.to_string_lossy());
-        let _ = fs::remove_file(&tmp);
-        let res = self
-            .write_plan_to(&plan, &tmp, mode)
-            // The temp file is ours; the user knows the output they asked for
-            // ("OUT: No space left on device").
-            .map_err(|e| match e {
-                Error::Io { path, source } if path == tmp => Error::io(out, source),
-                e => e,
-            })
-            .and_then(|()| self.check_unchanged())
-            .and_then(|()| fs::rename(&tmp, out).at(out));
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
-            return res;
-        }
-        fsutil::sync_dir(&dir)
+        let mut staged = fsutil::Staged::create(out, TEMP_TAG, mode)?;
+        // Errors name the output the user asked for ("OUT: No space left on
+        // device"), not our temp file.
+        self.write_plan_to(&plan, staged.file()?, out)?;
+        self.check_unchanged()?;
+        staged.close();
+        Ok(staged)
     }
 
     /// Like [`PeImage::write_signed`] onto this image's own path, but in place:
@@ -877,25 +872,17 @@ impl PeImage {
         })
     }
 
-    fn write_plan_to(&self, plan: &Plan, tmp: &Path, mode: u32) -> Result<()> {
-        let out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(tmp)
-            .at(tmp)?;
-        out.set_permissions(fs::Permissions::from_mode(mode))
-            .at(tmp)?;
-        self.copy_prefix(&out, tmp, plan.keep)?;
+    fn write_plan_to(&self, plan: &Plan, out: &File, out_path: &Path) -> Result<()> {
+        self.copy_prefix(out, out_path, plan.keep)?;
         if plan.table_offset > plan.keep {
-            out.set_len(plan.table_offset).at(tmp)?;
+            out.set_len(plan.table_offset).at(out_path)?;
         }
-        out.write_all_at(&plan.table, plan.table_offset).at(tmp)?;
+        out.write_all_at(&plan.table, plan.table_offset)
+            .at(out_path)?;
         out.write_all_at(&plan.cert_dir, self.cert_dir_offset)
-            .at(tmp)?;
+            .at(out_path)?;
         out.write_all_at(&plan.checksum.to_le_bytes(), self.checksum_offset)
-            .at(tmp)?;
-        out.sync_all().at(tmp)
+            .at(out_path)
     }
 
     /// Copy `[0, len)` of the image to the same offsets of `out`: with
@@ -963,8 +950,13 @@ impl PeImage {
 /// Build systems kill tasks (kill -9 leaves no chance to clean up), and each
 /// leftover can be as large as the image. A live PID's file is never touched,
 /// so concurrent signers of the same output are safe.
-fn remove_stale_temps(dir: &Path, name: &str) {
-    let prefix = format!(".{name}.signing.");
+/// Temp files of signed copies are `.NAME.signing.PID`.
+const TEMP_TAG: &str = "signing";
+
+/// Remove the temp files that signers killed before their rename left in
+/// `dir`. Those of live processes stay: they may be signing right now.
+pub fn remove_stale_temps(dir: &Path) {
+    let infix = format!(".{TEMP_TAG}.");
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
@@ -972,8 +964,9 @@ fn remove_stale_temps(dir: &Path, name: &str) {
         let file = e.file_name();
         let pid = file
             .to_str()
-            .and_then(|f| f.strip_prefix(&prefix))
-            .and_then(|p| p.parse::<i32>().ok());
+            .filter(|f| f.starts_with('.'))
+            .and_then(|f| f.rsplit_once(&infix))
+            .and_then(|(_, p)| p.parse::<i32>().ok());
         if pid.is_some_and(|p| p > 0 && !process_exists(p)) {
             let _ = fs::remove_file(e.path());
         }

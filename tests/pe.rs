@@ -530,6 +530,39 @@ fn in_place_and_batch_signing() {
     for i in [0, 19] {
         assert!(sbverify(d, &pem("ssig_subca"), &format!("out/app{i}.efi")));
     }
+    // Signed on several threads, each output is what a call of its own makes.
+    for i in 0..20 {
+        assert_eq!(
+            fs::read(d.join(format!("out/app{i}.efi"))).unwrap(),
+            fs::read(d.join("copy.efi")).unwrap(),
+            "app{i}.efi"
+        );
+    }
+    let leftovers: Vec<_> = fs::read_dir(d.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+
+    // One input that cannot be signed: nothing is written, and the error
+    // names it.
+    fs::write(d.join("in/app7.efi"), b"MZ but nothing more").unwrap();
+    fs::create_dir(d.join("out2")).unwrap();
+    args[3] = "out2";
+    let err = fails(run_in(d, &args), 2);
+    assert!(err.contains("app7.efi"), "{err}");
+    assert_eq!(fs::read_dir(d.join("out2")).unwrap().count(), 0);
+
+    // Two inputs with one file name cannot share an output directory.
+    fs::create_dir(d.join("in2")).unwrap();
+    fs::copy(&input, d.join("in2/app0.efi")).unwrap();
+    fs::copy(&input, d.join("in/app7.efi")).unwrap();
+    let mut dup = args[..8].to_vec();
+    dup.extend(["in/app0.efi", "in2/app0.efi"]);
+    let err = fails(run_in(d, &dup), 2);
+    assert!(err.contains("out2/app0.efi"), "{err}");
+    assert_eq!(fs::read_dir(d.join("out2")).unwrap().count(), 0);
 }
 
 #[test]

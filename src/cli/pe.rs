@@ -127,9 +127,9 @@ pub(super) fn run(cmd: PeCmd) -> Result<i32> {
             }
             // The key is loaded and checked once for the whole batch.
             let id = Identity::load(&key.spec())?;
-            let mut reports = vec![];
+            let mut jobs = Vec::with_capacity(inputs.len());
             for input in &inputs {
-                let out = if in_place {
+                let output = if in_place {
                     Output::InPlace
                 } else if let Some(d) = &detached {
                     Output::Detached(d.clone())
@@ -142,17 +142,27 @@ pub(super) fn run(cmd: PeCmd) -> Result<i32> {
                         .ok_or_else(|| Error::Usage(format!("{}: not a file", input.display())))?;
                     Output::File(dir.join(name))
                 };
-                // Before signing: --in-place overwrites the input.
-                let before = plan_file
+                jobs.push(image::Job {
+                    input: input.clone(),
+                    output,
+                });
+            }
+            // The plan records each input as it was before signing (--in-place
+            // overwrites it).
+            let done = image::sign_all(&jobs, &id, existing(append, replace), st, |input| {
+                plan_file
                     .as_ref()
                     .map(|_| plan::sha256_file(input))
-                    .transpose()?;
-                let r = image::sign(input, &out, &id, existing(append, replace), st)?;
-                if let (Some(p), Some(before)) = (&plan_file, before) {
+                    .transpose()
+            })?;
+            let mut reports = Vec::with_capacity(done.len());
+            let mut records = vec![];
+            for (r, before) in done {
+                if let (Some(_), Some(before)) = (&plan_file, before) {
                     let pki = key.role.as_ref().map(|_| key.dir.as_path());
                     let mut rec = plan::Record::signed(
                         plan::Kind::Pe,
-                        input,
+                        &r.input,
                         &r.output,
                         key.role.as_deref(),
                         pki,
@@ -160,7 +170,7 @@ pub(super) fn run(cmd: PeCmd) -> Result<i32> {
                         &id.cert,
                     )?;
                     rec.authenticode_sha256 = Some(r.digest.clone());
-                    plan::append(p, &[rec])?;
+                    records.push(rec);
                 }
                 if !json {
                     println!(
@@ -171,6 +181,9 @@ pub(super) fn run(cmd: PeCmd) -> Result<i32> {
                     );
                 }
                 reports.push(r);
+            }
+            if let Some(p) = &plan_file {
+                plan::append(p, &records)?;
             }
             if json {
                 print_json(&reports)?;
