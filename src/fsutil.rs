@@ -100,6 +100,16 @@ impl Staged {
         self.file = None;
     }
 
+    /// fdatasync the temp file now, e.g. on another thread while the caller
+    /// does something else, so that [`publish`] has little left to wait for.
+    pub fn sync_data(&self) -> Result<()> {
+        let synced = match &self.file {
+            Some(f) => f.sync_data(),
+            None => File::open(&self.tmp).and_then(|f| f.sync_data()),
+        };
+        synced.at(&self.dest)
+    }
+
     pub fn tmp(&self) -> &Path {
         &self.tmp
     }

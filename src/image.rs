@@ -109,10 +109,11 @@ pub fn sign(
 /// `before` runs on each input before it is touched (to hash it for a
 /// signing plan, say) and its result comes back with the report.
 ///
-/// Every image is read and signed before anything is written, so an input
-/// that cannot be signed leaves every output as it was. Then in-place images
-/// get their tables, and copies and detached signatures, written to temp
-/// files, are made durable and renamed into place together.
+/// Every image is signed before any output is touched, so an input that
+/// cannot be signed leaves every output as it was. Copies go to temp files
+/// (their data while the image is hashed, their signatures afterwards); then
+/// in-place images get their tables, and the copies and detached signatures
+/// are made durable and renamed into place together.
 pub fn sign_all<T: Send + Sync>(
     jobs: &[Job],
     id: &Identity,
@@ -137,15 +138,15 @@ pub fn sign_all<T: Send + Sync>(
             dirs.insert(fsutil::parent_dir(p));
         }
     }
+    for d in &dirs {
+        crate::pe::remove_stale_temps(d);
+    }
     let signed = par::map(jobs.len(), par::cores(), |i| {
         let j = &jobs[i];
         let t = before(&j.input)?;
         let (report, pending) = sign_one(j, id, existing, signing_time)?;
         Ok((report, t, pending))
     })?;
-    for d in &dirs {
-        crate::pe::remove_stale_temps(d);
-    }
     // Waiting on the disk, not the CPU: many at once.
     let staged = par::map(signed.len(), par::IO_THREADS, |i| {
         let (r, _, pending) = &signed[i];
@@ -160,19 +161,32 @@ pub fn sign_all<T: Send + Sync>(
                 s.close();
                 Ok(Some(s))
             }
-            Pending::Copy(digest, sigs) => Ok(Some(
-                PeImage::open(&r.input)?.stage_signed(digest, sigs, &r.output)?,
-            )),
+            Pending::Copy(digest, sigs, copy) => {
+                PeImage::open(&r.input)?.finish_copy(copy, digest, sigs)?;
+                Ok(None)
+            }
         }
     })?;
-    fsutil::publish(staged.into_iter().flatten().collect())?;
-    Ok(signed.into_iter().map(|(r, t, _)| (r, t)).collect())
+    let mut staged: Vec<fsutil::Staged> = staged.into_iter().flatten().collect();
+    let mut reports = Vec::with_capacity(signed.len());
+    for (r, t, pending) in signed {
+        if let Pending::Copy(_, _, copy) = pending {
+            staged.push(copy);
+        }
+        reports.push((r, t));
+    }
+    fsutil::publish(staged)?;
+    Ok(reports)
 }
+
+/// Images from this size on are copied and synced while they are hashed.
+const EARLY_SYNC_MIN: u64 = 16 << 20;
 
 /// What is left to write for one signed image.
 enum Pending {
     InPlace(ImageDigest, Vec<Vec<u8>>),
-    Copy(ImageDigest, Vec<Vec<u8>>),
+    /// The image data is already in the temp file.
+    Copy(ImageDigest, Vec<Vec<u8>>, fsutil::Staged),
     /// The PKCS#7 SignedData alone.
     Detached(Vec<u8>),
 }
@@ -193,7 +207,25 @@ fn sign_one(
     if existing == Existing::Refuse && !matches!(job.output, Output::Detached(_)) {
         existing_for(&img, input, existing, vec![])?;
     }
-    let digest = img.digest()?;
+    let (copy, digest) = match &job.output {
+        // Making a big copy durable is mostly waiting for the disk, as long
+        // as hashing takes: do both at once. Small ones wait for publish(),
+        // which syncs a whole batch together.
+        Output::File(p) if img.file_size() >= EARLY_SYNC_MIN => std::thread::scope(|s| {
+            let copy = s.spawn(|| {
+                let c = img.stage_copy(p)?;
+                c.sync_data()?;
+                Ok::<_, Error>(c)
+            });
+            let digest = img.digest();
+            let copy = copy
+                .join()
+                .unwrap_or_else(|_| Err(Error::Crypto("copy thread panicked".into())));
+            Ok::<_, Error>((Some(copy?), digest?))
+        })?,
+        Output::File(p) => (Some(img.stage_copy(p)?), img.digest()?),
+        _ => (None, img.digest()?),
+    };
     let p7 = authenticode::sign_digest(
         &digest.sha256,
         &SignOptions {
@@ -224,7 +256,11 @@ fn sign_one(
         }
         Output::File(p) => {
             let (before, sigs) = existing_for(&img, input, existing, p7)?;
-            (report(p, before, sigs.len()), Pending::Copy(digest, sigs))
+            let copy = copy.ok_or_else(|| Error::Crypto("copy was not staged".into()))?;
+            (
+                report(p, before, sigs.len()),
+                Pending::Copy(digest, sigs, copy),
+            )
         }
     })
 }

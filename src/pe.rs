@@ -767,15 +767,65 @@ impl PeImage {
         sigs: &[Vec<u8>],
         out: &Path,
     ) -> Result<fsutil::Staged> {
-        let plan = self.plan(digest, sigs)?;
+        self.plan(digest, sigs)?;
+        let staged = self.stage_copy(out)?;
+        self.finish_copy(&staged, digest, sigs)?;
+        Ok(staged)
+    }
+
+    /// Start a signed copy before the signature exists: the image data (all
+    /// of it that is hashed) goes to a temp file next to `out`, so that it
+    /// can be copied and made durable while the image is hashed.
+    /// [`PeImage::finish_copy`] adds the signatures.
+    pub fn stage_copy(&self, out: &Path) -> Result<fsutil::Staged> {
         let mode = self.file.metadata().at(&self.path)?.permissions().mode() & 0o777;
         let mut staged = fsutil::Staged::create(out, TEMP_TAG, mode)?;
+        let f = staged.file()?;
         // Errors name the output the user asked for ("OUT: No space left on
         // device"), not our temp file.
-        self.write_plan_to(&plan, staged.file()?, out)?;
-        self.check_unchanged()?;
+        self.copy_prefix(f, out, self.data_end)?;
         staged.close();
         Ok(staged)
+    }
+
+    /// Complete a copy started by [`PeImage::stage_copy`] on this image:
+    /// padding, certificate table, header fields. `digest` must come from
+    /// [`PeImage::digest`] on this image.
+    pub fn finish_copy(
+        &self,
+        staged: &fsutil::Staged,
+        digest: &ImageDigest,
+        sigs: &[Vec<u8>],
+    ) -> Result<()> {
+        let plan = self.plan(digest, sigs)?;
+        let out = staged.dest();
+        let f = OpenOptions::new().write(true).open(staged.tmp()).at(out)?;
+        let len = f.metadata().at(out)?.len();
+        if len != plan.keep {
+            return Err(Error::input(
+                out,
+                format!(
+                    "temp copy {} is {len:#x} bytes, expected {:#x}",
+                    staged.tmp().display(),
+                    plan.keep
+                ),
+            ));
+        }
+        self.write_tail(&f, &plan, out)?;
+        self.check_unchanged()
+    }
+
+    /// Give `f`, which holds this image's data, the table and header fields of
+    /// `plan`.
+    fn write_tail(&self, f: &File, plan: &Plan, path: &Path) -> Result<()> {
+        // set_len to the table offset both drops an old table and, for an
+        // unaligned image, appends the zero padding.
+        f.set_len(plan.table_offset).at(path)?;
+        f.write_all_at(&plan.table, plan.table_offset).at(path)?;
+        f.write_all_at(&plan.cert_dir, self.cert_dir_offset)
+            .at(path)?;
+        f.write_all_at(&plan.checksum.to_le_bytes(), self.checksum_offset)
+            .at(path)
     }
 
     /// Like [`PeImage::write_signed`] onto this image's own path, but in place:
@@ -795,14 +845,7 @@ impl PeImage {
             ));
         }
         let new_len = plan.table_offset + plan.table.len() as u64;
-        // set_len to the table offset both drops an old table and, for an
-        // unaligned image, appends the zero padding.
-        f.set_len(plan.table_offset).at(path)?;
-        f.write_all_at(&plan.table, plan.table_offset).at(path)?;
-        f.write_all_at(&plan.cert_dir, self.cert_dir_offset)
-            .at(path)?;
-        f.write_all_at(&plan.checksum.to_le_bytes(), self.checksum_offset)
-            .at(path)?;
+        self.write_tail(&f, &plan, path)?;
         f.sync_all().at(path)?;
         let len = f.metadata().at(path)?.len();
         if len != new_len {
@@ -870,19 +913,6 @@ impl PeImage {
             cert_dir,
             table,
         })
-    }
-
-    fn write_plan_to(&self, plan: &Plan, out: &File, out_path: &Path) -> Result<()> {
-        self.copy_prefix(out, out_path, plan.keep)?;
-        if plan.table_offset > plan.keep {
-            out.set_len(plan.table_offset).at(out_path)?;
-        }
-        out.write_all_at(&plan.table, plan.table_offset)
-            .at(out_path)?;
-        out.write_all_at(&plan.cert_dir, self.cert_dir_offset)
-            .at(out_path)?;
-        out.write_all_at(&plan.checksum.to_le_bytes(), self.checksum_offset)
-            .at(out_path)
     }
 
     /// Copy `[0, len)` of the image to the same offsets of `out`: with
