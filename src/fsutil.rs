@@ -7,6 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
 
 use crate::error::{Error, IoContext, Result};
 use crate::par;
@@ -48,6 +49,8 @@ pub struct Staged {
     file: Option<File>,
     tmp: PathBuf,
     dest: PathBuf,
+    /// Durable as it is (nothing written since its last fsync).
+    synced: bool,
     published: bool,
 }
 
@@ -77,6 +80,7 @@ impl Staged {
             file: Some(file),
             tmp,
             dest: dest.to_path_buf(),
+            synced: false,
             published: false,
         };
         // The umask may have narrowed the mode; make it exact.
@@ -100,14 +104,34 @@ impl Staged {
         self.file = None;
     }
 
+    /// fsync the temp file now; [`publish`] then only renames it. Nothing
+    /// may be written to it afterwards.
+    pub fn sync(&mut self) -> Result<()> {
+        self.fsync(false)?;
+        self.synced = true;
+        Ok(())
+    }
+
+    fn fsync(&self, data_only: bool) -> Result<()> {
+        let sync = |f: &File| {
+            if data_only {
+                f.sync_data()
+            } else {
+                f.sync_all()
+            }
+        };
+        let synced = match &self.file {
+            Some(f) => sync(f),
+            // fsync flushes the inode, whichever descriptor asks.
+            None => File::open(&self.tmp).and_then(|f| sync(&f)),
+        };
+        synced.at(&self.dest)
+    }
+
     /// fdatasync the temp file now, e.g. on another thread while the caller
     /// does something else, so that [`publish`] has little left to wait for.
     pub fn sync_data(&self) -> Result<()> {
-        let synced = match &self.file {
-            Some(f) => f.sync_data(),
-            None => File::open(&self.tmp).and_then(|f| f.sync_data()),
-        };
-        synced.at(&self.dest)
+        self.fsync(true)
     }
 
     pub fn tmp(&self) -> &Path {
@@ -141,12 +165,10 @@ impl Drop for Staged {
 pub fn publish(mut files: Vec<Staged>) -> Result<()> {
     par::map(files.len(), par::IO_THREADS, |i| {
         let s = &files[i];
-        let synced = match &s.file {
-            Some(f) => f.sync_all(),
-            // fsync flushes the inode, whichever descriptor asks.
-            None => File::open(&s.tmp).and_then(|f| f.sync_all()),
-        };
-        synced.at(&s.dest)
+        if s.synced {
+            return Ok(());
+        }
+        s.fsync(false)
     })?;
     for s in &mut files {
         fs::rename(&s.tmp, &s.dest).at(&s.dest)?;
@@ -157,6 +179,53 @@ pub fn publish(mut files: Vec<Staged>) -> Result<()> {
         sync_dir(&d)?;
     }
     Ok(())
+}
+
+/// Where a producer hands finished [`Staged`] files to [`sync_while`].
+pub struct SyncQueue(mpsc::Sender<Staged>);
+
+impl SyncQueue {
+    pub fn push(&self, s: Staged) {
+        // The receivers live until every sender is gone: this cannot fail.
+        let _ = self.0.send(s);
+    }
+}
+
+/// Run `produce`, fsyncing the files it pushes on [`par::IO_THREADS`]
+/// threads meanwhile: a batch's waits on the disk overlap its CPU work
+/// instead of following it. Returns what `produce` returned and the synced
+/// files, for [`publish`] to rename. If anything fails, every temp file goes.
+pub fn sync_while<R>(produce: impl FnOnce(&SyncQueue) -> Result<R>) -> Result<(R, Vec<Staged>)> {
+    let (tx, rx) = mpsc::channel::<Staged>();
+    let rx = Mutex::new(rx);
+    let done = Mutex::new((Vec::new(), None));
+    let queue = SyncQueue(tx);
+    let produced = std::thread::scope(|s| {
+        for _ in 0..par::IO_THREADS {
+            s.spawn(|| loop {
+                let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let Ok(mut staged) = next else { break };
+                let r = staged.sync();
+                let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+                match r {
+                    Ok(()) => done.0.push(staged),
+                    Err(e) => {
+                        done.1.get_or_insert(e);
+                    }
+                }
+            });
+        }
+        let produced = produce(&queue);
+        // Closing the channel lets the threads finish once it is drained.
+        drop(queue);
+        produced
+    });
+    let (files, err) = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    let produced = produced?;
+    match err {
+        Some(e) => Err(e),
+        None => Ok((produced, files)),
+    }
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {

@@ -110,10 +110,11 @@ pub fn sign(
 /// signing plan, say) and its result comes back with the report.
 ///
 /// Every image is signed before any output is touched, so an input that
-/// cannot be signed leaves every output as it was. Copies go to temp files
-/// (their data while the image is hashed, their signatures afterwards); then
-/// in-place images get their tables, and the copies and detached signatures
-/// are made durable and renamed into place together.
+/// cannot be signed leaves every output as it was. Copies are written to temp
+/// files as their images are signed (the data while the image is hashed)
+/// and fsynced on other threads meanwhile; then in-place images get their
+/// tables, and the copies and detached signatures are renamed into place
+/// together.
 pub fn sign_all<T: Send + Sync>(
     jobs: &[Job],
     id: &Identity,
@@ -141,42 +142,42 @@ pub fn sign_all<T: Send + Sync>(
     for d in &dirs {
         crate::pe::remove_stale_temps(d);
     }
-    let signed = par::map(jobs.len(), par::cores(), |i| {
-        let j = &jobs[i];
-        let t = before(&j.input)?;
-        let (report, pending) = sign_one(j, id, existing, signing_time)?;
-        Ok((report, t, pending))
+    // Copies are finished and fsynced as they are signed; the rest waits.
+    let (signed, mut staged) = fsutil::sync_while(|queue| {
+        par::map(jobs.len(), par::cores(), |i| {
+            let j = &jobs[i];
+            let t = before(&j.input)?;
+            let (report, pending) = sign_one(j, id, existing, signing_time)?;
+            let pending = match pending {
+                Pending::Copy(copy) => {
+                    queue.push(copy);
+                    None
+                }
+                p => Some(p),
+            };
+            Ok((report, t, pending))
+        })
     })?;
     // Waiting on the disk, not the CPU: many at once.
-    let staged = par::map(signed.len(), par::IO_THREADS, |i| {
+    let more = par::map(signed.len(), par::IO_THREADS, |i| {
         let (r, _, pending) = &signed[i];
         match pending {
-            Pending::InPlace(digest, sigs) => {
+            Some(Pending::InPlace(digest, sigs)) => {
                 PeImage::open(&r.input)?.write_signed_in_place(digest, sigs)?;
                 Ok(None)
             }
-            Pending::Detached(p7) => {
+            Some(Pending::Detached(p7)) => {
                 let mut s = fsutil::Staged::create(&r.output, "tmp", fsutil::PUBLIC_MODE)?;
                 s.file()?.write_all(p7).at(&r.output)?;
                 s.close();
                 Ok(Some(s))
             }
-            Pending::Copy(digest, sigs, copy) => {
-                PeImage::open(&r.input)?.finish_copy(copy, digest, sigs)?;
-                Ok(None)
-            }
+            Some(Pending::Copy(_)) | None => Ok(None),
         }
     })?;
-    let mut staged: Vec<fsutil::Staged> = staged.into_iter().flatten().collect();
-    let mut reports = Vec::with_capacity(signed.len());
-    for (r, t, pending) in signed {
-        if let Pending::Copy(_, _, copy) = pending {
-            staged.push(copy);
-        }
-        reports.push((r, t));
-    }
+    staged.extend(more.into_iter().flatten());
     fsutil::publish(staged)?;
-    Ok(reports)
+    Ok(signed.into_iter().map(|(r, t, _)| (r, t)).collect())
 }
 
 /// Images from this size on are copied and synced while they are hashed.
@@ -185,16 +186,16 @@ const EARLY_SYNC_MIN: u64 = 16 << 20;
 /// What is left to write for one signed image.
 enum Pending {
     InPlace(ImageDigest, Vec<Vec<u8>>),
-    /// The image data is already in the temp file.
-    Copy(ImageDigest, Vec<Vec<u8>>, fsutil::Staged),
+    /// A finished copy in its temp file.
+    Copy(fsutil::Staged),
     /// The PKCS#7 SignedData alone.
     Detached(Vec<u8>),
 }
 
-/// Read and sign one image; nothing is written yet. The image is closed
-/// again, so a batch of thousands does not hold thousands of descriptors;
-/// the digest remembers the file's identity, and writing refuses an image
-/// that changed in between.
+/// Read and sign one image. A copy is written to its temp file; nothing
+/// else is written yet. The image is closed again, so a batch of thousands
+/// does not hold thousands of descriptors; the digest remembers the file's
+/// identity, and writing in place refuses an image that changed in between.
 fn sign_one(
     job: &Job,
     id: &Identity,
@@ -257,10 +258,9 @@ fn sign_one(
         Output::File(p) => {
             let (before, sigs) = existing_for(&img, input, existing, p7)?;
             let copy = copy.ok_or_else(|| Error::Crypto("copy was not staged".into()))?;
-            (
-                report(p, before, sigs.len()),
-                Pending::Copy(digest, sigs, copy),
-            )
+            // Not visible until publish(), so finishing it now is safe.
+            img.finish_copy(&copy, &digest, &sigs)?;
+            (report(p, before, sigs.len()), Pending::Copy(copy))
         }
     })
 }
