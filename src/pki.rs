@@ -1328,12 +1328,20 @@ pub fn check(pki: &Pki, now: OffsetDateTime, password: Option<&str>) -> Result<C
         items.push(it);
     }
     if let Some(m) = &pki.manifest {
-        for f in m.files.iter().filter(|f| f.kind == "esl") {
+        for f in m
+            .files
+            .iter()
+            .filter(|f| f.kind == "esl" || f.kind == "auth")
+        {
             let mut it = CheckItem {
                 role: f.path.clone(),
                 ..Default::default()
             };
-            check_esl(pki, m, f, &mut it);
+            if f.kind == "esl" {
+                check_esl(pki, m, f, &mut it);
+            } else {
+                check_auth(pki, m, f, &mut it);
+            }
             it.ok = it.problems.is_empty();
             items.push(it);
         }
@@ -1491,11 +1499,67 @@ fn check_role(ctx: &CheckCtx<'_>, r: &RoleEntryRef, chain: &[Vec<u8>], it: &mut 
 
 fn check_esl(pki: &Pki, m: &Manifest, f: &FileEntry, it: &mut CheckItem) {
     let path = pki.dir.join(&f.path);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) => return it.problems.push(Error::io(&path, e).to_string()),
+    match fs::read(&path) {
+        Ok(bytes) => check_esl_content(pki, m, f, &bytes, &path, it),
+        Err(e) => it.problems.push(Error::io(&path, e).to_string()),
+    }
+}
+
+/// An `.auth` file: its list holds the certificates of its roles, and it is
+/// signed, for the variable its name says, by the key firmware will check it
+/// with (PK for PK and KEK, KEK for db).
+fn check_auth(pki: &Pki, m: &Manifest, f: &FileEntry, it: &mut CheckItem) {
+    let path = pki.dir.join(&f.path);
+    let (var, signer) = match f.path.as_str() {
+        "PK.auth" => (efivar::SecureVar::Pk, "PK"),
+        "KEK.auth" => (efivar::SecureVar::Kek, "PK"),
+        "DB.auth" => (efivar::SecureVar::Db, "KEK"),
+        _ => {
+            return it
+                .warnings
+                .push("not a variable pki init writes; not checked".into())
+        }
     };
-    let entries = match efivar::parse_esl(&bytes, &path) {
+    let auth = match fs::read(&path)
+        .at(&path)
+        .and_then(|b| efivar::parse_auth(&b, &path))
+    {
+        Ok(a) => a,
+        Err(e) => return it.problems.push(e.to_string()),
+    };
+    check_esl_content(pki, m, f, &auth.data, &path, it);
+    let sd = match crate::pkcs7::parse(&auth.pkcs7, &path) {
+        Ok(sd) => sd,
+        Err(e) => return it.problems.push(e.to_string()),
+    };
+    let payload = efivar::auth_payload(var, efivar::auth_attributes(false), auth.time, &auth.data);
+    let leaf = match sd.verify_detached(&payload) {
+        Ok(certs) => certs.first().map(|c| c.to_vec()),
+        Err(e) => return it.problems.push(format!("signature for {var}: {e}")),
+    };
+    let want = m
+        .role(signer)
+        .map(|re| pki.dir.join(&re.files.cert))
+        .and_then(|c| x509::read_certs(&c).ok())
+        .and_then(|c| c.into_iter().next());
+    if leaf.is_none() || leaf != want {
+        it.problems.push(format!(
+            "not signed by the {signer} certificate of this PKI"
+        ));
+    }
+}
+
+/// The list in an `.esl` (or in an `.auth`) holds exactly the certificates of
+/// the file's roles.
+fn check_esl_content(
+    pki: &Pki,
+    m: &Manifest,
+    f: &FileEntry,
+    bytes: &[u8],
+    path: &Path,
+    it: &mut CheckItem,
+) {
+    let entries = match efivar::parse_esl(bytes, path) {
         Ok(e) => e,
         Err(e) => return it.problems.push(e.to_string()),
     };

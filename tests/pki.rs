@@ -215,7 +215,28 @@ fn default_pki_with_uefi_is_accepted_by_openssl_and_efitools() {
         assert_eq!(r["fingerprint_sha256"].as_str().unwrap(), fp, "{file}");
     }
     let check = stdout(&ok(run_in(tmp.path(), &["pki", "check"])));
-    assert!(check.contains("OK (17 items)"), "{check}");
+    assert!(check.contains("OK (20 items)"), "{check}");
+
+    // check verifies the .auth files too: a db update put in KEK.auth's place
+    // (signed by KEK, for db) and a PK.auth whose list was altered.
+    let kek_auth = fs::read(dir.join("KEK.auth")).unwrap();
+    fs::copy(dir.join("DB.auth"), dir.join("KEK.auth")).unwrap();
+    let mut pk_auth = fs::read(dir.join("PK.auth")).unwrap();
+    let last = pk_auth.len() - 40;
+    pk_auth[last] ^= 1;
+    fs::write(dir.join("PK.auth"), &pk_auth).unwrap();
+    let o = run_in(tmp.path(), &["pki", "check", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bad: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["ok"] == false)
+        .map(|i| i["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(bad, ["KEK.auth", "PK.auth"], "{v}");
+    fs::write(dir.join("KEK.auth"), kek_auth).unwrap();
 }
 
 #[test]
