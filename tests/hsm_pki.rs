@@ -516,25 +516,7 @@ fn ec_pki_in_a_token_with_module_and_pin_file_in_the_uri() {
     )));
     assert!(out.contains("PKI in ec-pki: OK"), "{out}");
     let ossl = openssl();
-    peer_ok(
-        &ossl,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "device.key",
-            "-out",
-            "device.csr",
-            "-subj",
-            "/CN=device-0001",
-        ],
-        &t.dir,
-    );
+    device_csr(&t.dir, "/CN=device-0001");
     ok(run(
         &t,
         &pin_only,

@@ -371,25 +371,7 @@ fn world() -> &'static World {
                 "ssig_subca",
             ],
         ));
-        peer_ok(
-            &openssl(),
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "device.key",
-                "-subj",
-                "/O=Example/CN=device-1",
-                "-out",
-                "device.csr",
-            ],
-            &dir,
-        );
+        device_csr(&dir, "/O=Example/CN=device-1");
         let conf = dir.join("good/core-1.conf");
         fs::create_dir_all(conf.parent().unwrap()).unwrap();
         fs::copy(repo().join("testdata/guestos/core-1.conf"), &conf).unwrap();

@@ -518,25 +518,7 @@ fn guestos_manifests_and_device_csrs_sign_with_token_keys() {
         );
         assert!(out.contains("Verified OK"), "{object}: {out}");
     }
-    peer_ok(
-        &ossl,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "device.key",
-            "-out",
-            "device.csr",
-            "-subj",
-            "/CN=device-1",
-        ],
-        d,
-    );
+    device_csr(d, "/CN=device-1");
     ok(run(
         h,
         ENV,

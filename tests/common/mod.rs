@@ -117,3 +117,27 @@ pub fn systemd_boot() -> Option<&'static str> {
 pub fn openssl() -> PathBuf {
     peer("openssl").expect("openssl is needed by every PKI test")
 }
+
+/// What a device does: make its own P-256 key (`device.key`, kept) and a
+/// CSR for it (`device.csr`) with openssl, in `dir`.
+pub fn device_csr(dir: &Path, subject: &str) {
+    peer_ok(
+        &openssl(),
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "device.key",
+            "-subj",
+            subject,
+            "-out",
+            "device.csr",
+        ],
+        dir,
+    );
+}
