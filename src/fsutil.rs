@@ -191,17 +191,21 @@ impl SyncQueue {
     }
 }
 
-/// Run `produce`, fsyncing the files it pushes on [`par::IO_THREADS`]
-/// threads meanwhile: a batch's waits on the disk overlap its CPU work
-/// instead of following it. Returns what `produce` returned and the synced
-/// files, for [`publish`] to rename. If anything fails, every temp file goes.
-pub fn sync_while<R>(produce: impl FnOnce(&SyncQueue) -> Result<R>) -> Result<(R, Vec<Staged>)> {
+/// Run `produce`, fsyncing the files it pushes on up to `files` (at most
+/// [`par::IO_THREADS`]) threads meanwhile: a batch's waits on the disk
+/// overlap its CPU work instead of following it. Returns what `produce`
+/// returned and the synced files, for [`publish`] to rename. If anything
+/// fails, every temp file goes.
+pub fn sync_while<R>(
+    files: usize,
+    produce: impl FnOnce(&SyncQueue) -> Result<R>,
+) -> Result<(R, Vec<Staged>)> {
     let (tx, rx) = mpsc::channel::<Staged>();
     let rx = Mutex::new(rx);
     let done = Mutex::new((Vec::new(), None));
     let queue = SyncQueue(tx);
     let produced = std::thread::scope(|s| {
-        for _ in 0..par::IO_THREADS {
+        for _ in 0..files.clamp(1, par::IO_THREADS) {
             s.spawn(|| loop {
                 let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                 let Ok(mut staged) = next else { break };

@@ -143,7 +143,11 @@ pub fn sign_all<T: Send + Sync>(
         crate::pe::remove_stale_temps(d);
     }
     // Copies are finished and fsynced as they are signed; the rest waits.
-    let (signed, mut staged) = fsutil::sync_while(|queue| {
+    let copies = jobs
+        .iter()
+        .filter(|j| matches!(j.output, Output::File(_)))
+        .count();
+    let (signed, mut staged) = fsutil::sync_while(copies, |queue| {
         par::map(jobs.len(), par::cores(), |i| {
             let j = &jobs[i];
             let t = before(&j.input)?;
