@@ -69,12 +69,24 @@ def chdir(path):
         os.chdir(old)
 
 
+def _replace_text(path, text):
+    """Write a conf file the way the tool writes its outputs: other task
+    processes of the same build read it at the same time (bbtask.py), and a
+    plain rewrite lets them see it empty."""
+    if path.is_file() and path.read_text() == text:
+        return
+    tmp = path.with_name(".%s.%d" % (path.name, os.getpid()))
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class Build:
     def __init__(self, topdir, local_conf="", layers=(FIXTURE, LAYER)):
         self.topdir = Path(topdir)
         (self.topdir / "conf").mkdir(parents=True, exist_ok=True)
-        (self.topdir / "conf" / "bblayers.conf").write_text(
-            'BBPATH = "${TOPDIR}"\nBBFILES ?= ""\nBBLAYERS = "%s"\n' % " ".join(str(p) for p in layers)
+        _replace_text(
+            self.topdir / "conf" / "bblayers.conf",
+            'BBPATH = "${TOPDIR}"\nBBFILES ?= ""\nBBLAYERS = "%s"\n' % " ".join(str(p) for p in layers),
         )
         self.set_local_conf(local_conf)
         self.log = LogCapture()
@@ -82,7 +94,7 @@ class Build:
         self.databuilder = None
 
     def set_local_conf(self, text):
-        (self.topdir / "conf" / "local.conf").write_text(text)
+        _replace_text(self.topdir / "conf" / "local.conf", text)
 
     def parse_config(self, keep_siggen=False):
         """Parse bblayers.conf, every layer.conf, bitbake.conf and local.conf."""
