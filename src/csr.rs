@@ -900,15 +900,14 @@ pub fn sign(
             .collect();
         append_index(&ix.path, &entries)?;
     }
-    let mut staged = Vec::with_capacity(jobs.len());
-    for (i, j) in issued.iter().zip(jobs) {
-        let mut s = fsutil::Staged::create(&j.output, "tmp", PUBLIC_MODE)?;
-        s.file()?
-            .write_all(cert_file(i, &issuer).as_bytes())
-            .at(&j.output)?;
-        s.close();
-        staged.push(s);
-    }
+    let staged = issued
+        .iter()
+        .zip(jobs)
+        .map(|(i, j)| {
+            let pem = cert_file(i, &issuer);
+            fsutil::Staged::with_data(&j.output, "tmp", PUBLIC_MODE, pem.as_bytes())
+        })
+        .collect::<Result<Vec<_>>>()?;
     fsutil::publish(staged)?;
     let mut certificates = Vec::with_capacity(jobs.len());
     for (i, j) in issued.iter().zip(jobs) {

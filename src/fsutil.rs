@@ -37,9 +37,7 @@ pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<()> {
 /// Replace `dest` atomically with `data`: temp file in the same directory,
 /// fsync, rename, fsync the directory. On error nothing is left behind.
 pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let s = Staged::create(dest, "tmp", mode)?;
-    s.file()?.write_all(data).at(dest)?;
-    publish(vec![s])
+    publish(vec![Staged::with_data(dest, "tmp", mode, data)?])
 }
 
 /// A file being written under a temp name (`.NAME.TAG.PID`) next to its
@@ -89,6 +87,14 @@ impl Staged {
             .set_permissions(fs::Permissions::from_mode(mode))
             .at(dest)?;
         Ok(staged)
+    }
+
+    /// A staged file holding `data`, already closed.
+    pub fn with_data(dest: &Path, tag: &str, mode: u32, data: &[u8]) -> Result<Staged> {
+        let mut s = Staged::create(dest, tag, mode)?;
+        s.file()?.write_all(data).at(dest)?;
+        s.close();
+        Ok(s)
     }
 
     /// The open temp file, until [`Staged::close`].

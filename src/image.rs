@@ -2,7 +2,6 @@
 //! `authenticode` signature module put together, one image at a time.
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -10,7 +9,7 @@ use time::OffsetDateTime;
 
 use crate::authenticode::{self, SignOptions};
 use crate::efivar;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::identity::Identity;
 use crate::par;
@@ -170,12 +169,12 @@ pub fn sign_all<T: Send + Sync>(
                 PeImage::open(&r.input)?.write_signed_in_place(digest, sigs)?;
                 Ok(None)
             }
-            Some(Pending::Detached(p7)) => {
-                let mut s = fsutil::Staged::create(&r.output, "tmp", fsutil::PUBLIC_MODE)?;
-                s.file()?.write_all(p7).at(&r.output)?;
-                s.close();
-                Ok(Some(s))
-            }
+            Some(Pending::Detached(p7)) => Ok(Some(fsutil::Staged::with_data(
+                &r.output,
+                "tmp",
+                fsutil::PUBLIC_MODE,
+                p7,
+            )?)),
             Some(Pending::Copy(_)) | None => Ok(None),
         }
     })?;

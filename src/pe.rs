@@ -767,6 +767,7 @@ impl PeImage {
         sigs: &[Vec<u8>],
         out: &Path,
     ) -> Result<fsutil::Staged> {
+        // A digest of another image is refused before the copy, not after.
         self.plan(digest, sigs)?;
         let staged = self.stage_copy(out)?;
         self.finish_copy(&staged, digest, sigs)?;
