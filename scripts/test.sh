@@ -14,8 +14,10 @@ source scripts/layer-deps.sh
 ensure_cargo
 # Peers: openssl (x509/verify/pkey), efitools (ESL/auth), sbsigntool, osslsigncode, pesign;
 # systemd-boot-efi and the kernel are real binaries to sign; SoftHSM2 + opensc are the HSM;
-# protoc reads GuestOS manifests independently.
-ensure_apt openssl efitools sbsigntool osslsigncode pesign systemd-boot-efi softhsm2 opensc protobuf-compiler
+# protoc reads GuestOS manifests independently; python3-cryptography makes the odd CSRs
+# (NUL, ESC, zero-width subjects) that openssl's -subj cannot.
+ensure_apt openssl efitools sbsigntool osslsigncode pesign systemd-boot-efi softhsm2 opensc protobuf-compiler \
+    python3-cryptography
 # OVMF + QEMU + virt-firmware (venv) for the firmware proof.
 ovmf_deps
 # bitbake's bb library (PyPI bitbake-setup), oelint-adv and pytest for the layer tests.

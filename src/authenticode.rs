@@ -24,7 +24,6 @@
 
 use std::path::Path;
 
-use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
 use cms::cert::x509::attr::Attribute;
 use cms::cert::x509::spki::AlgorithmIdentifierOwned;
 use cms::content_info::{CmsVersion, ContentInfo};
@@ -41,7 +40,7 @@ use crate::asn1::{
 use crate::error::{Error, Result};
 use crate::keys::{KeyType, SigScheme, Signer};
 use crate::pkcs7::{hash_name, SignerId};
-use crate::{asn1, pkcs7, x509};
+use crate::{asn1, pkcs7, sigalg, x509};
 
 /// Object identifiers used here, as dotted strings (what the reader compares).
 pub mod oid {
@@ -102,15 +101,6 @@ impl Hash {
             Hash::Sha256 => oid::SHA256,
             Hash::Sha384 => oid::SHA384,
             Hash::Sha512 => oid::SHA512,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Hash::Sha1 => "sha1",
-            Hash::Sha256 => "sha256",
-            Hash::Sha384 => "sha384",
-            Hash::Sha512 => "sha512",
         }
     }
 
@@ -404,6 +394,8 @@ pub struct Signature {
     signature: Vec<u8>,
     signer_digest_oid: String,
     signature_oid: String,
+    /// The whole signatureAlgorithm element (RSASSA-PSS carries parameters).
+    signature_alg: Vec<u8>,
     content_types: Vec<String>,
     message_digests: Vec<Vec<u8>>,
 }
@@ -498,7 +490,9 @@ fn parse_inner(der: &[u8]) -> std::result::Result<Signature, String> {
         signing_time,
         ..
     } = pkcs7::read_signer_head(&mut si)?;
-    let signature_oid = alg_oid(si.expect(SEQUENCE, "signatureAlgorithm")?, "signerInfo")?;
+    let alg = si.expect(SEQUENCE, "signatureAlgorithm")?;
+    let signature_oid = alg_oid(alg, "signerInfo")?;
+    let signature_alg = alg.raw.to_vec();
     let signature = si.expect(OCTET_STRING, "signature")?.value.to_vec();
     let mut nested = vec![];
     let mut timestamped = false;
@@ -539,6 +533,7 @@ fn parse_inner(der: &[u8]) -> std::result::Result<Signature, String> {
         signature,
         signer_digest_oid,
         signature_oid,
+        signature_alg,
         content_types,
         message_digests,
     })
@@ -546,80 +541,6 @@ fn parse_inner(der: &[u8]) -> std::result::Result<Signature, String> {
 
 // ---------------------------------------------------------------------------
 // Checking
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KeyKind {
-    Rsa,
-    P256,
-    P384,
-}
-
-fn key_kind(cert: &X509Certificate<'_>) -> Option<KeyKind> {
-    match cert.public_key().parsed() {
-        Ok(x509_parser::public_key::PublicKey::RSA(_)) => Some(KeyKind::Rsa),
-        Ok(x509_parser::public_key::PublicKey::EC(_)) => {
-            let curve = x509::ec_curve_oid(cert.public_key());
-            match curve.as_deref() {
-                Some("1.2.840.10045.3.1.7") => Some(KeyKind::P256),
-                Some("1.3.132.0.34") => Some(KeyKind::P384),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
-}
-
-/// The verification algorithm for a SignerInfo: the hash comes from the
-/// signature algorithm when it names one, else from the digest algorithm
-/// (rsaEncryption / id-ecPublicKey, as OpenSSL writes for RSA).
-fn verification_alg(
-    sig_oid: &str,
-    digest: Option<Hash>,
-    key: Option<KeyKind>,
-) -> std::result::Result<&'static dyn sig::VerificationAlgorithm, String> {
-    let (rsa, hash) = match sig_oid {
-        oid::RSA_ENCRYPTION => (true, digest),
-        oid::SHA256_WITH_RSA => (true, Some(Hash::Sha256)),
-        oid::SHA384_WITH_RSA => (true, Some(Hash::Sha384)),
-        oid::SHA512_WITH_RSA => (true, Some(Hash::Sha512)),
-        oid::EC_PUBLIC_KEY => (false, digest),
-        oid::ECDSA_WITH_SHA256 => (false, Some(Hash::Sha256)),
-        oid::ECDSA_WITH_SHA384 => (false, Some(Hash::Sha384)),
-        oid::ECDSA_WITH_SHA512 => (false, Some(Hash::Sha512)),
-        o => {
-            return Err(format!(
-                "unsupported signature algorithm {}",
-                sig_alg_name(o)
-            ))
-        }
-    };
-    use Hash::*;
-    use KeyKind::*;
-    Ok(match (rsa, hash, key) {
-        (true, Some(Sha256), Some(Rsa)) => &sig::RSA_PKCS1_2048_8192_SHA256,
-        (true, Some(Sha384), Some(Rsa)) => &sig::RSA_PKCS1_2048_8192_SHA384,
-        (true, Some(Sha512), Some(Rsa)) => &sig::RSA_PKCS1_2048_8192_SHA512,
-        (false, Some(Sha256), Some(P256)) => &sig::ECDSA_P256_SHA256_ASN1,
-        (false, Some(Sha384), Some(P256)) => &sig::ECDSA_P256_SHA384_ASN1,
-        (false, Some(Sha512), Some(P256)) => &sig::ECDSA_P256_SHA512_ASN1,
-        (false, Some(Sha256), Some(P384)) => &sig::ECDSA_P384_SHA256_ASN1,
-        (false, Some(Sha384), Some(P384)) => &sig::ECDSA_P384_SHA384_ASN1,
-        (false, Some(Sha512), Some(P384)) => &sig::ECDSA_P384_SHA512_ASN1,
-        (_, h, k) => {
-            return Err(format!(
-                "unsupported combination: {} with {} for a {} key",
-                sig_alg_name(sig_oid),
-                h.map(Hash::name).unwrap_or("an unknown hash"),
-                match k {
-                    Some(Rsa) => "RSA",
-                    Some(P256) => "P-256",
-                    Some(P384) => "P-384",
-                    None => "unsupported",
-                }
-            ))
-        }
-    })
-}
 
 /// Cryptographic check of one signature: the messageDigest attribute matches
 /// the SpcIndirectDataContent, the SignerInfo signature verifies with the
@@ -670,15 +591,15 @@ pub fn verify_signature(
     })?;
     let (_, cert) = X509Certificate::from_der(cert_der)
         .map_err(|e| format!("signer certificate does not parse: {e}"))?;
-    let alg = verification_alg(&sig.signature_oid, Some(hash), key_kind(&cert))?;
-    UnparsedPublicKey::new(alg, cert.public_key().subject_public_key.data.as_ref())
-        .verify(attrs, &sig.signature)
-        .map_err(|_| {
-            format!(
-                "signature does not verify with the key of '{}'",
-                cert.subject()
-            )
-        })?;
+    let digest = match hash {
+        Hash::Sha256 => pkcs7::Hash::Sha256,
+        Hash::Sha384 => pkcs7::Hash::Sha384,
+        Hash::Sha512 => pkcs7::Hash::Sha512,
+        Hash::Sha1 => return Err("SHA-1 signer digests are not accepted".into()),
+    };
+    let scheme = sigalg::Scheme::from_signer_info(&sig.signature_oid, &sig.signature_alg, digest)?;
+    sigalg::verify(cert.public_key(), scheme, attrs, &sig.signature)
+        .map_err(|e| format!("{e} with the key of '{}'", cert.subject()))?;
     if sig.image_digest != expected_image_digest {
         return Err(format!(
             "image digest mismatch: signed {} {}, image has {}",
@@ -690,15 +611,48 @@ pub fn verify_signature(
     Ok(())
 }
 
-/// Trust, EDK2-style: the index of the first anchor such that some
-/// certificate on a path from the signer certificate upward (through the
-/// certificates carried in the signature) is byte-equal to it or is validly
-/// signed by it. Issuers on the path, the anchor included, must be allowed
-/// to issue certificates (see `x509::may_issue`). Validity periods are ignored:
-/// firmware has no trusted clock. Extended key usage is not checked.
+/// What a signer certificate says that firmware does not check but a
+/// release engineer should hear: a root CA signing images directly (its
+/// key then has to sit on the build machine), or an extended key usage
+/// that does not include codeSigning (Windows and some shims refuse it).
+pub fn signer_warnings(cert_der: &[u8]) -> Vec<String> {
+    let Ok((_, c)) = X509Certificate::from_der(cert_der) else {
+        return vec![];
+    };
+    let mut w = vec![];
+    let name = c.subject().to_string();
+    if c.subject() == c.issuer() && matches!(c.basic_constraints(), Ok(Some(bc)) if bc.value.ca) {
+        w.push(format!(
+            "signer '{name}' is a root CA: sign with a sub CA or a signing certificate so the root key can stay offline"
+        ));
+    }
+    if let Ok(Some(eku)) = c.extended_key_usage() {
+        if !eku.value.code_signing && !eku.value.any {
+            w.push(format!(
+                "signer '{name}' has an extended key usage without codeSigning"
+            ));
+        }
+    }
+    w
+}
+
+/// Trust, EDK2-style (see [`crate::chain`]): the index of the first anchor
+/// that a valid path from the signer certificate (through the certificates
+/// carried in the signature) ends at.
 pub fn chains_to(sig: &Signature, anchors: &[Vec<u8>]) -> Option<usize> {
-    let leaf = sig.signer_cert.as_deref()?;
-    x509::anchor_index(leaf, &sig.certs, anchors, x509::may_issue, x509::may_issue)
+    trust_path(sig, anchors).ok().map(|p| p.anchor)
+}
+
+/// The path [`chains_to`] finds, or why there is none.
+pub fn trust_path(
+    sig: &Signature,
+    anchors: &[Vec<u8>],
+) -> std::result::Result<crate::chain::CertPath, String> {
+    let leaf = sig
+        .signer_cert
+        .as_deref()
+        .ok_or("signer certificate is not in the signature")?;
+    crate::chain::uefi_path(leaf, &sig.certs, anchors)
 }
 
 #[cfg(test)]

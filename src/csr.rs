@@ -4,9 +4,11 @@
 //! A device generates its key where it never leaves (TPM, secure element) and
 //! hands out a CSR. Before anything is issued, the CSR's self-signature must
 //! verify (proof that the requester holds the key) and it must not ask for CA
-//! powers. The issued certificate copies the subject and the subjectAltName
-//! from the CSR; everything else (CA:false, key usages, EKU clientAuth,
-//! validity) is decided here, never by the requester.
+//! powers. The issued certificate copies the subject attributes and the
+//! subjectAltName types the profile allows (see [`ProfileRules`]); names with
+//! control or invisible characters are refused. Everything else (CA:false,
+//! key usages, EKU clientAuth, validity) is decided here, never by the
+//! requester.
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -42,7 +44,7 @@ impl CsrFile {
     /// Read a CSR in PEM (`CERTIFICATE REQUEST`, or the older `NEW CERTIFICATE
     /// REQUEST`) or DER. Exactly one request per file.
     pub fn read(path: &Path) -> Result<CsrFile> {
-        let bytes = std::fs::read(path).at(path)?;
+        let bytes = fsutil::read_input(path, fsutil::InputKind::Csr)?;
         let der = if bytes.windows(10).any(|w| w == b"-----BEGIN") {
             let mut reqs: Vec<Vec<u8>> = pem::parse_many(&bytes)
                 .map_err(|e| Error::input(path, format!("bad PEM: {e}")))?
@@ -380,12 +382,386 @@ fn verify_pop(req: &X509CertificationRequest<'_>) -> std::result::Result<(), Str
 }
 
 /// Subject rules of the services device certificates are made for.
+/// Without a profile, [`ProfileRules::default`] applies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Profile {
     /// Golioth: O = the project slug, CN = the device's certificate ID.
     Golioth { project: String },
-    /// GyroidOS / trust|me: the CN names the device.
+    /// GyroidOS / trust|me: the CN names the device; cml's CSRs also carry
+    /// C, O, OU and a `URI:UUID:<device uuid>` subjectAltName.
     Gyroidos,
+    /// Rules read from a JSON file (`--profile FILE.json`).
+    Custom(Box<ProfileRules>),
+}
+
+/// Subject attributes a profile may name, by their short names.
+const SUBJECT_ATTRS: &[(&str, &str)] = &[
+    ("C", "2.5.4.6"),
+    ("ST", "2.5.4.8"),
+    ("L", "2.5.4.7"),
+    ("O", OID_ORG),
+    ("OU", "2.5.4.11"),
+    ("CN", OID_CN),
+    ("serialNumber", "2.5.4.5"),
+    ("emailAddress", "1.2.840.113549.1.9.1"),
+];
+
+/// What a profile lets into a certificate. Everything is decided by the
+/// profile, never by the requester: subject attributes not in `copy_subject`
+/// are dropped (as `openssl ca` drops fields its policy does not list), and
+/// a subjectAltName entry the profile does not allow is refused.
+///
+/// As JSON (`csr sign --profile FILE.json`), every field optional:
+/// `{"name": "acme", "copy_subject": ["O", "CN"], "require_subject": ["CN"],
+///   "subject_values": {"O": "acme"}, "allowed_san": ["dns", "uri:urn:uuid:"]}`
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileRules {
+    /// Shown in refusals ("not allowed by profile NAME").
+    #[serde(default = "default_profile_name")]
+    pub name: String,
+    /// Subject attributes copied into the certificate, by short name
+    /// (C, ST, L, O, OU, CN, serialNumber, emailAddress). Default: O, CN.
+    #[serde(default = "default_copy_subject")]
+    pub copy_subject: Vec<String>,
+    /// Attributes the CSR must have (each must also be copied).
+    #[serde(default)]
+    pub require_subject: Vec<String>,
+    /// Attributes that must have exactly this value (each must be copied).
+    #[serde(default)]
+    pub subject_values: std::collections::BTreeMap<String, String>,
+    /// subjectAltName types copied: `dns` (host names, no wildcard),
+    /// `dns-wildcard` (also `*.example.com`), `ip`, `email`, `uri` (any URI)
+    /// or `uri:PREFIX` (URIs starting with PREFIX, case-insensitive; after a
+    /// prefix ending in `uuid:` a UUID must follow). Default: none.
+    #[serde(default)]
+    pub allowed_san: Vec<String>,
+}
+
+fn default_profile_name() -> String {
+    "default".into()
+}
+
+fn default_copy_subject() -> Vec<String> {
+    vec!["O".into(), "CN".into()]
+}
+
+impl Default for ProfileRules {
+    /// No `--profile`: O and CN are copied, no attribute is required (the
+    /// certificate must still name someone), plain DNS names are the only
+    /// subjectAltName allowed.
+    fn default() -> Self {
+        ProfileRules {
+            name: default_profile_name(),
+            copy_subject: default_copy_subject(),
+            require_subject: vec![],
+            subject_values: Default::default(),
+            allowed_san: vec!["dns".into()],
+        }
+    }
+}
+
+/// One allowed subjectAltName type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum SanRule {
+    Dns,
+    DnsWildcard,
+    Ip,
+    Email,
+    Uri(String),
+}
+
+impl SanRule {
+    fn parse(s: &str) -> std::result::Result<SanRule, String> {
+        Ok(match s {
+            "dns" => SanRule::Dns,
+            "dns-wildcard" => SanRule::DnsWildcard,
+            "ip" => SanRule::Ip,
+            "email" => SanRule::Email,
+            "uri" => SanRule::Uri(String::new()),
+            _ => match s.strip_prefix("uri:") {
+                Some(p) if !p.is_empty() && p.bytes().all(|b| (0x21..0x7f).contains(&b)) => {
+                    SanRule::Uri(p.to_string())
+                }
+                _ => {
+                    let s = crate::text::escape_for_terminal(s);
+                    let known = "dns, dns-wildcard, ip, email, uri or uri:PREFIX";
+                    return Err(format!("allowed_san '{s}': expected {known}"));
+                }
+            },
+        })
+    }
+}
+
+/// A profile's rules, checked and resolved to OIDs once per run.
+struct Policy {
+    name: String,
+    copy: Vec<(String, String)>,
+    require: Vec<String>,
+    values: Vec<(String, String)>,
+    san: Vec<SanRule>,
+}
+
+fn attr_oid(name: &str) -> std::result::Result<String, String> {
+    SUBJECT_ATTRS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, o)| o.to_string())
+        .ok_or_else(|| {
+            format!(
+                "unknown subject attribute '{}' (known: {})",
+                crate::text::escape_for_terminal(name),
+                SUBJECT_ATTRS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+impl ProfileRules {
+    fn policy(&self) -> std::result::Result<Policy, String> {
+        let mut copy = vec![];
+        for n in &self.copy_subject {
+            let oid = attr_oid(n)?;
+            if !copy.iter().any(|(_, o)| *o == oid) {
+                copy.push((n.clone(), oid));
+            }
+        }
+        let copied = |n: &str, field: &str| {
+            attr_oid(n)?;
+            if copy.iter().any(|(c, _)| c == n) {
+                Ok(n.to_string())
+            } else {
+                Err(format!(
+                    "{field} names {n}, which copy_subject does not copy"
+                ))
+            }
+        };
+        let require = self
+            .require_subject
+            .iter()
+            .map(|n| copied(n, "require_subject"))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut values = vec![];
+        for (n, v) in &self.subject_values {
+            copied(n, "subject_values")?;
+            check_text(&format!("subject_values {n}"), v)?;
+            values.push((n.clone(), v.clone()));
+        }
+        let san = self
+            .allowed_san
+            .iter()
+            .map(|s| SanRule::parse(s))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Policy {
+            name: self.name.clone(),
+            copy,
+            require,
+            values,
+            san,
+        })
+    }
+}
+
+impl Profile {
+    /// Read a profile from JSON; unknown fields are refused.
+    pub fn load(path: &Path) -> Result<Profile> {
+        let bytes = fsutil::read_input(path, fsutil::InputKind::Profile)?;
+        let mut rules: ProfileRules = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::input(path, format!("bad CSR profile: {e}")))?;
+        if rules.name == default_profile_name() {
+            if let Some(stem) = path.file_stem() {
+                rules.name = stem.to_string_lossy().into_owned();
+            }
+        }
+        rules
+            .policy()
+            .map_err(|e| Error::input(path, format!("bad CSR profile: {e}")))?;
+        Ok(Profile::Custom(Box::new(rules)))
+    }
+
+    /// The rules this profile stands for.
+    pub fn rules(&self) -> ProfileRules {
+        match self {
+            Profile::Golioth { project } => ProfileRules {
+                name: "golioth".into(),
+                copy_subject: default_copy_subject(),
+                require_subject: vec!["O".into(), "CN".into()],
+                subject_values: [("O".to_string(), project.clone())].into_iter().collect(),
+                allowed_san: vec![],
+            },
+            Profile::Gyroidos => ProfileRules {
+                name: "gyroidos".into(),
+                copy_subject: ["C", "O", "OU", "CN"].map(String::from).to_vec(),
+                require_subject: vec!["CN".into()],
+                subject_values: Default::default(),
+                allowed_san: vec!["uri:UUID:".into(), "uri:urn:uuid:".into()],
+            },
+            Profile::Custom(r) => (**r).clone(),
+        }
+    }
+}
+
+/// Refuse text a device name must never hold: controls (C0 with NUL, ESC and
+/// newline; DEL; C1), format characters (zero-width, bidi controls, BOM...),
+/// leading or trailing whitespace, and values that are empty or draw nothing.
+fn check_text(field: &str, value: &str) -> std::result::Result<(), String> {
+    use crate::text::{describe_char, escape_for_terminal, is_control, is_format, is_invisible};
+    let shown = escape_for_terminal(value);
+    if value.chars().all(is_invisible) {
+        return Err(format!(
+            "{field} '{shown}' is empty or only invisible characters"
+        ));
+    }
+    if let Some((i, c)) = value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| is_control(*c) || is_format(*c) || matches!(c, '\u{2028}' | '\u{2029}'))
+    {
+        let what = if is_control(c) {
+            "control character"
+        } else {
+            "invisible or reordering character"
+        };
+        return Err(format!(
+            "{field} '{shown}' holds {what} {} at position {}",
+            describe_char(c),
+            i + 1
+        ));
+    }
+    if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
+        return Err(format!(
+            "{field} '{shown}' has leading or trailing whitespace"
+        ));
+    }
+    Ok(())
+}
+
+/// A host name: LDH labels of 1 to 63 characters, 253 at most in all; with
+/// `wildcard`, the first label may be `*`.
+fn check_dns(name: &str, wildcard: bool) -> std::result::Result<(), String> {
+    let rest = match name.strip_prefix("*.") {
+        Some(r) if wildcard => r,
+        Some(_) => return Err("wildcard DNS names are not allowed".into()),
+        None => name,
+    };
+    if name.len() > 253 {
+        return Err("DNS name longer than 253 characters".into());
+    }
+    for label in rest.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(if label.contains('*') {
+                "wildcard DNS names are not allowed".into()
+            } else {
+                format!(
+                    "'{}' is not a host name label (letters, digits and '-', 1 to 63 characters)",
+                    crate::text::escape_for_terminal(label)
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// Check one subjectAltName entry against the profile: its type must be
+/// listed and its value well-formed. Errors name the entry (escaped).
+fn check_san(g: &GeneralName<'_>, policy: &Policy) -> std::result::Result<(), String> {
+    let shown = crate::text::escape_for_terminal(
+        &general_name_text(g).map_err(|m| format!("subjectAltName: {m}"))?,
+    );
+    let refuse = |why: &str| Err(format!("subjectAltName {shown}: {why}"));
+    let not_allowed = |kind: &str| {
+        let allowed = if policy.san.is_empty() {
+            "none".to_string()
+        } else {
+            policy
+                .san
+                .iter()
+                .map(|r| match r {
+                    SanRule::Dns => "dns".to_string(),
+                    SanRule::DnsWildcard => "dns-wildcard".to_string(),
+                    SanRule::Ip => "ip".to_string(),
+                    SanRule::Email => "email".to_string(),
+                    SanRule::Uri(p) if p.is_empty() => "uri".to_string(),
+                    SanRule::Uri(p) => format!("uri:{p}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(format!(
+            "subjectAltName {shown}: {kind} not allowed by profile {} (it allows: {allowed})",
+            policy.name
+        ))
+    };
+    let ascii_printable = |s: &str| s.bytes().all(|b| (0x21..0x7f).contains(&b));
+    match g {
+        GeneralName::DNSName(s) => {
+            let wildcard_ok = policy.san.contains(&SanRule::DnsWildcard);
+            if !wildcard_ok && !policy.san.contains(&SanRule::Dns) {
+                return not_allowed("DNS names are");
+            }
+            if s.contains('*') && !wildcard_ok {
+                return not_allowed("wildcard DNS names are");
+            }
+            check_dns(s, wildcard_ok).or_else(|e| refuse(&e))
+        }
+        GeneralName::IPAddress(_) => {
+            if !policy.san.contains(&SanRule::Ip) {
+                return not_allowed("IP addresses are");
+            }
+            Ok(())
+        }
+        GeneralName::RFC822Name(s) => {
+            if !policy.san.contains(&SanRule::Email) {
+                return not_allowed("e-mail addresses are");
+            }
+            match s.split_once('@') {
+                Some((l, d)) if !l.is_empty() && ascii_printable(s) && !d.contains('@') => {
+                    check_dns(d, false).or_else(|e| refuse(&e))
+                }
+                _ => refuse("not an e-mail address (local@host, printable ASCII)"),
+            }
+        }
+        GeneralName::URI(s) => {
+            let lower = s.to_ascii_lowercase();
+            let rule = policy.san.iter().find_map(|r| match r {
+                SanRule::Uri(p) if lower.starts_with(&p.to_ascii_lowercase()) => Some(p),
+                _ => None,
+            });
+            let Some(prefix) = rule else {
+                return not_allowed("URIs of this form are");
+            };
+            if !ascii_printable(s) {
+                return refuse("URIs must be printable ASCII without spaces");
+            }
+            if prefix.to_ascii_lowercase().ends_with("uuid:") && !is_uuid(&s[prefix.len()..]) {
+                return refuse("no UUID (8-4-4-4-12 hex digits) after the prefix");
+            }
+            Ok(())
+        }
+        GeneralName::DirectoryName(_) => not_allowed("directory names are"),
+        GeneralName::RegisteredID(_) => not_allowed("registered IDs are"),
+        GeneralName::OtherName(..) => not_allowed("otherNames are"),
+        _ => not_allowed("this name type is"),
+    }
 }
 
 /// One subject attribute: type, value as given, and its text.
@@ -394,20 +770,46 @@ struct Attr {
     arcs: Vec<u64>,
     value: DnValue,
     text: String,
+    /// The value as encoded in the CSR (tag and content), to check the
+    /// certificate carries it unchanged.
+    tag: u32,
+    data: Vec<u8>,
+}
+
+/// The subject split by the profile: attributes copied (checked) and the
+/// ones dropped, as `NAME=value` (escaped) for a warning.
+struct Subject {
+    attrs: Vec<Attr>,
+    dropped: Vec<String>,
 }
 
 /// Read the subject into values rcgen re-encodes with the same string types.
 /// rcgen keeps one value per attribute type and single-valued RDNs only, so
 /// subjects it could not reproduce are refused rather than silently changed.
-fn subject_attrs(name: &X509Name<'_>) -> std::result::Result<Vec<Attr>, String> {
+/// Attributes the profile does not copy are dropped unchecked (their text
+/// only appears escaped, in a warning).
+fn subject_attrs(name: &X509Name<'_>, policy: &Policy) -> std::result::Result<Subject, String> {
     use x509_parser::der_parser::asn1_rs::Tag;
     let mut out: Vec<Attr> = vec![];
+    let mut dropped = vec![];
     for rdn in name.iter() {
         let mut it = rdn.iter();
         let (Some(a), None) = (it.next(), it.next()) else {
             return Err("subject has a multi-valued RDN, which is not supported".into());
         };
         let oid = a.attr_type().to_id_string();
+        if !policy.copy.iter().any(|(_, o)| *o == oid) {
+            let text = a
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|_| String::from_utf8_lossy(a.attr_value().data).into_owned());
+            dropped.push(format!(
+                "{}={}",
+                attr_name(&oid),
+                crate::text::escape_for_terminal(&text)
+            ));
+            continue;
+        }
         let arcs: Vec<u64> = a
             .attr_type()
             .iter()
@@ -456,7 +858,8 @@ fn subject_attrs(name: &X509Name<'_>) -> std::result::Result<Vec<Attr>, String> 
                     .chunks(2)
                     .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
                     .collect();
-                (DnValue::BmpString(b), String::from_utf16_lossy(&units))
+                let s = String::from_utf16(&units).map_err(|_| bad("invalid BMPString"))?;
+                (DnValue::BmpString(b), s)
             }
             Tag::UniversalString => {
                 let u = rcgen::string::UniversalString::from_utf32be(data.to_vec())
@@ -466,55 +869,64 @@ fn subject_attrs(name: &X509Name<'_>) -> std::result::Result<Vec<Attr>, String> 
                     .map(|c| {
                         let mut w = [0u8; 4];
                         w[..c.len()].copy_from_slice(c);
-                        char::from_u32(u32::from_be_bytes(w)).unwrap_or('\u{fffd}')
+                        char::from_u32(u32::from_be_bytes(w))
                     })
-                    .collect();
+                    .collect::<Option<String>>()
+                    .ok_or_else(|| bad("invalid UniversalString"))?;
                 (DnValue::UniversalString(u), s)
             }
             t => return Err(bad(&format!("unsupported string type {t}"))),
         };
+        check_text(&format!("subject {name}"), &text)?;
         out.push(Attr {
             oid,
             arcs,
             value,
             text,
+            tag: a.attr_value().tag().0,
+            data: data.to_vec(),
         });
     }
-    Ok(out)
+    Ok(Subject {
+        attrs: out,
+        dropped,
+    })
 }
 
-fn check_profile(attrs: &[Attr], profile: Option<&Profile>) -> std::result::Result<(), String> {
-    let cn = attrs
-        .iter()
-        .find(|a| a.oid == OID_CN)
-        .map(|a| a.text.trim());
-    match profile {
-        None => Ok(()),
-        Some(Profile::Golioth { project }) => {
-            match attrs.iter().find(|a| a.oid == OID_ORG) {
-                Some(o) if o.text == *project => {}
-                Some(o) => {
-                    return Err(format!(
-                    "subject O is '{}', but profile golioth needs O={project} (the project slug)",
-                    o.text
-                ))
-                }
-                None => {
-                    return Err(format!(
-                        "subject has no O, but profile golioth needs O={project} (the project slug)"
-                    ))
-                }
-            }
-            match cn {
-                Some(c) if !c.is_empty() => Ok(()),
-                _ => Err("subject has no CN, but profile golioth needs CN=<certificate ID>".into()),
-            }
+fn check_profile(attrs: &[Attr], policy: &Policy) -> std::result::Result<(), String> {
+    let mut names: Vec<&str> = policy.require.iter().map(String::as_str).collect();
+    for (n, _) in &policy.values {
+        if !names.contains(&n.as_str()) {
+            names.push(n);
         }
-        Some(Profile::Gyroidos) => match cn {
-            Some(c) if !c.is_empty() => Ok(()),
-            _ => Err("subject has no CN, but profile gyroidos needs CN=<device ID>".into()),
-        },
     }
+    let profile = &policy.name;
+    for n in names {
+        let oid = attr_oid(n)?;
+        let want = policy.values.iter().find(|(k, _)| k == n).map(|(_, v)| v);
+        let hint = match (want, profile.as_str(), n) {
+            (Some(v), "golioth", "O") => format!("O={v} (the project slug)"),
+            (Some(v), _, _) => format!("{n}={v}"),
+            (None, "golioth", "CN") => "CN=<certificate ID>".into(),
+            (None, _, "CN") => "CN=<device ID>".into(),
+            (None, _, _) => format!("{n}=<value>"),
+        };
+        match (attrs.iter().find(|a| a.oid == oid), want) {
+            (None, _) => {
+                return Err(format!(
+                    "subject has no {n}, but profile {profile} needs {hint}"
+                ))
+            }
+            (Some(a), Some(v)) if a.text != *v => {
+                return Err(format!(
+                    "subject {n} is '{}', but profile {profile} needs {hint}",
+                    crate::text::escape_for_terminal(&a.text)
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// How every certificate of one `csr sign` run is made.
@@ -561,6 +973,7 @@ impl<'a> Issuer<'a> {
         if opts.days == 0 {
             return Err(Error::Usage("--days must be at least 1".into()));
         }
+        policy_of(opts)?;
         let issuer_end = c.validity().not_after.to_datetime();
         let wanted = opts
             .not_before
@@ -599,6 +1012,9 @@ pub struct Issued {
     pub csr: PathBuf,
     pub der: Vec<u8>,
     pub info: x509::CertInfo,
+    /// Subject attributes of the CSR the profile does not copy, as
+    /// `NAME=value` with the value escaped.
+    pub dropped_subject: Vec<String>,
 }
 
 /// Check `csr` (proof of possession, no CA powers, profile) and issue its
@@ -615,6 +1031,7 @@ pub fn issue(csr: &CsrFile, issuer: &Issuer<'_>, opts: &IssueOptions) -> Result<
         ))
     })?;
     let exts = requested_extensions(&req).map_err(|e| csr.err(e))?;
+    let policy = policy_of(opts)?;
     let mut san = None;
     for e in &exts {
         match e.parsed_extension() {
@@ -633,8 +1050,7 @@ pub fn issue(csr: &CsrFile, issuer: &Issuer<'_>, opts: &IssueOptions) -> Result<
                     return Err(csr.err("requests an empty subjectAltName"));
                 }
                 for g in &s.general_names {
-                    general_name_text(g)
-                        .map_err(|m| csr.err(format!("subjectAltName: {m}")))?;
+                    check_san(g, &policy).map_err(|m| csr.err(m))?;
                 }
                 san = Some(*e);
             }
@@ -649,12 +1065,15 @@ pub fn issue(csr: &CsrFile, issuer: &Issuer<'_>, opts: &IssueOptions) -> Result<
             _ => {}
         }
     }
-    let attrs = subject_attrs(&cri.subject).map_err(|e| csr.err(e))?;
-    check_profile(&attrs, opts.profile.as_ref()).map_err(|e| csr.err(e))?;
+    let Subject { attrs, dropped } =
+        subject_attrs(&cri.subject, &policy).map_err(|e| csr.err(e))?;
+    check_profile(&attrs, &policy).map_err(|e| csr.err(e))?;
     if attrs.is_empty() && san.is_none() {
-        return Err(
-            csr.err("empty subject and no subjectAltName: the certificate would name nobody")
-        );
+        return Err(csr.err(format!(
+            "no subject attribute that profile {} copies ({}) and no subjectAltName: the certificate would name nobody",
+            policy.name,
+            policy.copy.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+        )));
     }
 
     let mut p = rcgen::CertificateParams::default();
@@ -687,7 +1106,22 @@ pub fn issue(csr: &CsrFile, issuer: &Issuer<'_>, opts: &IssueOptions) -> Result<
     // here instead of on a device in the field.
     let cert = x509::parse(&der, &csr.path)?;
     let issuer_cert = x509::parse(&issuer.id.cert, &csr.path)?;
-    if cert.subject().as_raw() != cri.subject.as_raw() {
+    let copied: Vec<(String, u32, &[u8])> = cert
+        .subject()
+        .iter_attributes()
+        .map(|a| {
+            (
+                a.attr_type().to_id_string(),
+                a.attr_value().tag().0,
+                a.attr_value().data,
+            )
+        })
+        .collect();
+    let wanted: Vec<(String, u32, &[u8])> = attrs
+        .iter()
+        .map(|a| (a.oid.clone(), a.tag, a.data.as_slice()))
+        .collect();
+    if copied != wanted || cert.subject().iter().any(|rdn| rdn.iter().count() != 1) {
         return Err(csr.err("subject could not be copied unchanged"));
     }
     if cert.public_key().raw != cri.subject_pki.raw {
@@ -706,7 +1140,20 @@ pub fn issue(csr: &CsrFile, issuer: &Issuer<'_>, opts: &IssueOptions) -> Result<
         csr: csr.path.clone(),
         der,
         info,
+        dropped_subject: dropped,
     })
+}
+
+/// The checked rules of the run's profile (or the default rules).
+fn policy_of(opts: &IssueOptions) -> Result<Policy> {
+    let rules = opts
+        .profile
+        .as_ref()
+        .map(Profile::rules)
+        .unwrap_or_default();
+    rules
+        .policy()
+        .map_err(|e| Error::Usage(format!("profile {}: {e}", rules.name)))
 }
 
 /// Check and issue every CSR, on all cores. All or nothing: the first
@@ -760,6 +1207,16 @@ pub fn append_index(path: &Path, entries: &[IndexEntry]) -> Result<()> {
     std::fs::create_dir_all(&dir).at(&dir)?;
     let mut lock = path.as_os_str().to_owned();
     lock.push(".lock");
+    // DirLock follows symlinks; a symlinked lock or index is refused here,
+    // and the index itself is opened with O_NOFOLLOW below.
+    for p in [path, Path::new(&lock)] {
+        if is_symlink(p) {
+            return Err(Error::input(
+                p,
+                "is a symlink; pki-signer never writes the index through one",
+            ));
+        }
+    }
     let _lock = DirLock::acquire(Path::new(&lock))?;
     let mut buf = String::new();
     for e in entries {
@@ -773,8 +1230,15 @@ pub fn append_index(path: &Path, entries: &[IndexEntry]) -> Result<()> {
         .append(true)
         .create(true)
         .mode(PUBLIC_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .at(path)?;
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::input(
+                path,
+                "is a symlink; pki-signer never writes the index through one",
+            ),
+            _ => Error::io(path, e),
+        })?;
     let len = f.metadata().at(path)?.len();
     if len > 0 {
         let mut last = [0u8; 1];
@@ -788,6 +1252,39 @@ pub fn append_index(path: &Path, entries: &[IndexEntry]) -> Result<()> {
     f.sync_all().at(path)?;
     if !existed {
         fsutil::sync_dir(&dir)?;
+    }
+    Ok(())
+}
+
+fn is_symlink(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// Refuse, before anything is issued, an index that would be written
+/// through a symlink: the PKI directory (GyroidOS links release PKIs),
+/// its `issued` directory, the index file or its lock. Certificates are only
+/// handed out once recorded, so such a run issues nothing; `--index FILE`
+/// records them elsewhere.
+pub fn check_index_target(ix: &IndexTarget) -> Result<()> {
+    let hint = "pki-signer never writes through one; give --index FILE to record issued certificates elsewhere";
+    if let Some(d) = &ix.pki_dir {
+        if is_symlink(d) {
+            return Err(Error::input(
+                d,
+                format!("PKI directory is a symlink (a release PKI?); {hint}"),
+            ));
+        }
+        let issued = d.join("issued");
+        if is_symlink(&issued) {
+            return Err(Error::input(&issued, format!("is a symlink; {hint}")));
+        }
+    }
+    let mut lock = ix.path.as_os_str().to_owned();
+    lock.push(".lock");
+    for p in [ix.path.as_path(), Path::new(&lock)] {
+        if is_symlink(p) {
+            return Err(Error::input(p, format!("is a symlink; {hint}")));
+        }
     }
     Ok(())
 }
@@ -837,6 +1334,9 @@ pub struct Job {
 pub struct IndexTarget {
     pub path: PathBuf,
     pub issuer_role: Option<String>,
+    /// The PKI directory, when the index is its `issued/index.jsonl`: a
+    /// symlinked PKI (a linked release PKI) is never written through.
+    pub pki_dir: Option<PathBuf>,
 }
 
 /// What `csr sign` did, per certificate.
@@ -845,6 +1345,9 @@ pub struct SignReport {
     pub csr: PathBuf,
     pub output: PathBuf,
     pub subject: String,
+    /// CSR subject attributes the profile does not copy (`NAME=value`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped_subject: Vec<String>,
     pub serial: String,
     pub fingerprint_sha256: String,
     pub not_before: String,
@@ -886,6 +1389,9 @@ pub fn sign(
         }
     }
     let issuer = Issuer::new(id, opts)?;
+    if let Some(ix) = index {
+        check_index_target(ix)?;
+    }
     let inputs: Vec<PathBuf> = jobs.iter().map(|j| j.csr.clone()).collect();
     let issued = issue_all(&inputs, &issuer, opts)?;
     let dirs: HashSet<PathBuf> = jobs.iter().map(|j| fsutil::parent_dir(&j.output)).collect();
@@ -915,6 +1421,7 @@ pub fn sign(
             csr: j.csr.clone(),
             output: j.output.clone(),
             subject: i.info.subject.clone(),
+            dropped_subject: i.dropped_subject.clone(),
             serial: i.info.serial.clone(),
             fingerprint_sha256: i.info.fingerprint_sha256.clone(),
             not_before: i.info.not_before.clone(),

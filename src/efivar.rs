@@ -178,6 +178,30 @@ pub fn parse_esl(bytes: &[u8], path: &Path) -> Result<Vec<SigEntry>> {
                 "signature size {sig_size} is smaller than an owner GUID"
             )));
         }
+        // Types of fixed size: UEFI 2.10 section 32.4.1 (hash, or hash then
+        // an EFI_TIME revocation time, after the owner GUID). Firmware reads
+        // exactly that many bytes, so any other size is a broken list.
+        let ty = Guid(t);
+        let fixed = [
+            (EFI_CERT_SHA1_GUID, 20),
+            (EFI_CERT_SHA224_GUID, 28),
+            (EFI_CERT_SHA256_GUID, 32),
+            (EFI_CERT_SHA384_GUID, 48),
+            (EFI_CERT_SHA512_GUID, 64),
+            (EFI_CERT_RSA2048_GUID, 256),
+            (EFI_CERT_X509_SHA256_GUID, 32 + 16),
+            (EFI_CERT_X509_SHA384_GUID, 48 + 16),
+            (EFI_CERT_X509_SHA512_GUID, 64 + 16),
+        ];
+        if let Some((_, n)) = fixed.iter().find(|(g, _)| *g == ty) {
+            if sig_size != 16 + n {
+                return Err(bad(format!(
+                    "{} entries are {} bytes, not {sig_size}",
+                    sig_type_name(ty),
+                    16 + n
+                )));
+            }
+        }
         let body = list_size - LIST_HEADER;
         if header_size > body || (body - header_size) % sig_size != 0 {
             return Err(bad(format!(

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 
@@ -257,6 +257,8 @@ pub struct DirLock {
 }
 
 impl DirLock {
+    /// A symlink planted at `lock_path` is refused, not followed: opening it
+    /// with O_CREAT would create or open whatever file it points to.
     pub fn acquire(lock_path: &Path) -> Result<DirLock> {
         let file = OpenOptions::new()
             .read(true)
@@ -264,10 +266,161 @@ impl DirLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(lock_path)
-            .at(lock_path)?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => Error::input(
+                    lock_path,
+                    "is a symlink; pki-signer does not follow a symlinked lock file",
+                ),
+                _ => Error::io(lock_path, e),
+            })?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| Error::io(lock_path, e.into()))?;
         Ok(DirLock { _file: file })
     }
+}
+
+const MIB: u64 = 1 << 20;
+
+/// What a non-PE input file holds, which sets how large it may be. Every
+/// such file is read through [`read_input`], so `/dev/zero`, a FIFO or a
+/// runaway file given by mistake is refused before it is read, instead of
+/// being read whole. PE images are streamed and have no cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    /// A certificate, chain or trust-anchor file (PEM or DER).
+    Certificate,
+    /// A private key file.
+    Key,
+    /// A certificate signing request.
+    Csr,
+    /// A GuestOS manifest (`NAME.conf`).
+    GuestosConf,
+    /// A signature: a GuestOS `NAME.sig`, a detached PKCS#7 for `pe attach`.
+    Signature,
+    /// A `pki init --profile` file.
+    Profile,
+    /// A key password file or a PKCS#11 `pin-source` file.
+    Password,
+    /// The `resign --keys` map (keys.json).
+    KeyMap,
+    /// A PKI's `pki.json`.
+    PkiManifest,
+    /// An EFI signature list (db, dbx, ...).
+    Esl,
+    /// An authenticated variable (`.auth`), e.g. a dbx update.
+    Auth,
+    /// A signing plan (`--plan`).
+    Plan,
+    /// A UKI part read whole: the systemd stub, os-release, splash, dtb, SBAT.
+    UkiPart,
+}
+
+impl InputKind {
+    /// The largest file of this kind that is read.
+    pub const fn cap(self) -> u64 {
+        match self {
+            InputKind::Esl | InputKind::Auth => 16 * MIB,
+            InputKind::Plan | InputKind::UkiPart => 64 * MIB,
+            _ => MIB,
+        }
+    }
+
+    /// "a certificate file", for error messages.
+    pub const fn what(self) -> &'static str {
+        match self {
+            InputKind::Certificate => "a certificate file",
+            InputKind::Key => "a key file",
+            InputKind::Csr => "a CSR",
+            InputKind::GuestosConf => "a GuestOS manifest",
+            InputKind::Signature => "a signature file",
+            InputKind::Profile => "a profile",
+            InputKind::Password => "a password or PIN file",
+            InputKind::KeyMap => "a keys file",
+            InputKind::PkiManifest => "pki.json",
+            InputKind::Esl => "a signature list",
+            InputKind::Auth => "an .auth file",
+            InputKind::Plan => "a signing plan",
+            InputKind::UkiPart => "a UKI part (stub, os-release, splash, dtb, SBAT)",
+        }
+    }
+
+    /// Passwords and PINs may also come through a pipe (`<(pass show x)`):
+    /// the read is bounded either way.
+    fn pipe_ok(self) -> bool {
+        self == InputKind::Password
+    }
+
+    fn too_big(self, path: &Path, size: impl std::fmt::Display) -> Error {
+        Error::input(
+            path,
+            format!(
+                "{size} bytes; {} may be at most {} MiB",
+                self.what(),
+                self.cap() / MIB
+            ),
+        )
+    }
+}
+
+fn check_input_type(path: &Path, kind: InputKind, t: &fs::FileType) -> Result<()> {
+    if t.is_file() || (t.is_fifo() && kind.pipe_ok()) {
+        return Ok(());
+    }
+    let what = if t.is_dir() {
+        "directory"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    };
+    Err(Error::input(path, format!("not a regular file ({what})")))
+}
+
+/// Read a non-PE input whole, refusing anything but a regular file of at
+/// most `kind.cap()` bytes: one-line [`Error::Input`] (exit 2) otherwise.
+/// The type is checked before opening (a device is never opened) and again,
+/// with the size, on the opened descriptor; at most cap + 1 bytes are read,
+/// so a file that grows meanwhile is still refused, not read whole. The
+/// buffer is allocated once, at its final size: a key read into it leaves
+/// no copy behind in freed memory.
+pub fn read_input(path: &Path, kind: InputKind) -> Result<Vec<u8>> {
+    check_input_type(path, kind, &fs::metadata(path).at(path)?.file_type())?;
+    // O_NONBLOCK: opening a FIFO for reading must not wait for a writer.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .at(path)?;
+    let md = file.metadata().at(path)?;
+    check_input_type(path, kind, &md.file_type())?;
+    let cap = kind.cap();
+    if md.is_file() && md.len() > cap {
+        return Err(kind.too_big(path, md.len()));
+    }
+    if md.file_type().is_fifo() {
+        // A pipe: now do wait for its writer's data.
+        let flags = rustix::fs::fcntl_getfl(&file).map_err(|e| Error::io(path, e.into()))?;
+        rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)
+            .map_err(|e| Error::io(path, e.into()))?;
+    }
+    let mut buf = Vec::with_capacity(md.len().min(cap) as usize + 1);
+    file.take(cap + 1).read_to_end(&mut buf).at(path)?;
+    if buf.len() as u64 > cap {
+        return Err(kind.too_big(path, format!("more than {cap}")));
+    }
+    Ok(buf)
+}
+
+/// [`read_input`] for text: the file must be UTF-8.
+pub fn read_input_to_string(path: &Path, kind: InputKind) -> Result<String> {
+    String::from_utf8(read_input(path, kind)?)
+        .map_err(|e| Error::input(path, format!("not UTF-8 text: {}", e.utf8_error())))
 }

@@ -18,16 +18,18 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::digest;
-use aws_lc_rs::signature as sig;
 use time::OffsetDateTime;
-use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::prelude::X509Certificate;
 
+use crate::chain;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::identity::Identity;
 use crate::keys::SigScheme;
 use crate::par;
 use crate::x509;
+
+mod cml;
 
 // ---------------------------------------------------------------------------
 // Protobuf text format, with byte positions kept so values can be edited in place.
@@ -470,6 +472,9 @@ pub struct Manifest {
     pub mounts: Vec<Mount>,
     /// Things cml's parser may reject but we can still sign (unknown fields).
     pub warnings: Vec<String>,
+    /// Why cml could not load this conf ("line L col C: what"), when it could
+    /// not: `sign` and `verify` refuse it, `show` tells.
+    pub cml_problem: Option<String>,
 }
 
 struct Ctx<'a> {
@@ -531,11 +536,39 @@ fn messages(f: &Field) -> Vec<(&[Field], usize)> {
 
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest> {
-        let bytes = fs::read(path).at(path)?;
+        let bytes = fsutil::read_input(path, fsutil::InputKind::GuestosConf)?;
         Manifest::parse(path, bytes)
     }
 
+    /// Parse leniently (protobuf's text format, as `show` reads it) and note
+    /// in `cml_problem` whether cml's own parser would load the conf. When
+    /// both fail, cml's reason is the error.
     pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<Manifest> {
+        let cml_problem = cml::check(&bytes)
+            .err()
+            .map(|(pos, msg)| format!("{}: {msg}", line_col(&bytes, pos)));
+        match Self::parse_lenient(path, bytes) {
+            Ok(mut m) => {
+                m.cml_problem = cml_problem;
+                Ok(m)
+            }
+            Err(e) => Err(match cml_problem {
+                Some(p) => Error::input(path, p),
+                None => e,
+            }),
+        }
+    }
+
+    /// Like `parse`, but a conf cml cannot load is an error.
+    pub fn parse_for_cml(path: &Path, bytes: Vec<u8>) -> Result<Manifest> {
+        let m = Self::parse(path, bytes)?;
+        match &m.cml_problem {
+            Some(p) => Err(Error::input(path, p.clone())),
+            None => Ok(m),
+        }
+    }
+
+    fn parse_lenient(path: &Path, bytes: Vec<u8>) -> Result<Manifest> {
         let cx = Ctx {
             path,
             bytes: &bytes,
@@ -608,6 +641,7 @@ impl Manifest {
             build_date,
             mounts,
             warnings,
+            cml_problem: None,
         })
     }
 
@@ -725,65 +759,73 @@ impl ImageDir {
         &self.root
     }
 
-    /// The image for `image_file` of the manifest `conf`. cml keeps images in
-    /// `<store>/<name>-<version>/` next to `<name>-<version>.conf`, so that
-    /// place wins; then a directory named like the conf anywhere under root;
-    /// then `root/IMAGE.img`; then the only match under root. Two equally good
-    /// matches are an error.
-    pub fn find(&self, conf: &Path, image_file: &str) -> Result<Option<PathBuf>> {
+    /// The image for `image_file` of a GuestOS named `name` at `version`. cml
+    /// reads `<store>/<name>-<version>/<image_file>.img`, with name and version
+    /// from the conf's contents (daemon/guestos.c: `guestos_new_internal`,
+    /// `guestos_check_mount_image_block`), whatever the conf file is called.
+    /// Looked for, in this order:
+    /// - `<name>-<version>/` next to the conf (cml's store layout), if under the root;
+    /// - the root itself, when it is named `<name>-<version>`;
+    /// - `<root>/<name>-<version>/`;
+    /// - the only `<name>-<version>/` directory anywhere under the root that has
+    ///   the file (two are an error).
+    pub fn find(
+        &self,
+        conf: &Path,
+        name: &str,
+        version: u64,
+        image_file: &str,
+    ) -> Result<Option<PathBuf>> {
+        let nv = format!("{name}-{version}");
         let file = format!("{image_file}.img");
-        let Some(cands) = self.by_name.get(std::ffi::OsStr::new(&file)) else {
-            // image_file may name a subdirectory, as cml joins it verbatim.
-            let direct = self.root.join(&file);
-            return Ok(direct.is_file().then_some(direct));
-        };
-        let stem = conf.file_stem();
-        if let Some(stem) = stem {
-            let beside = fsutil::parent_dir(conf).join(stem).join(&file);
-            if let Ok(real) = fs::canonicalize(&beside) {
-                if let Some(c) = cands
-                    .iter()
-                    .find(|c| fs::canonicalize(c).is_ok_and(|r| r == real))
-                {
-                    return Ok(Some(c.clone()));
-                }
+        let canon_root = fs::canonicalize(&self.root).at(&self.root)?;
+        let beside = fsutil::parent_dir(conf).join(&nv);
+        if fs::canonicalize(&beside).is_ok_and(|d| d.starts_with(&canon_root)) {
+            let p = beside.join(&file);
+            if p.is_file() {
+                return Ok(Some(p));
             }
         }
-        // An image in `X/` beside an `X.conf` belongs to that other GuestOS.
-        let cands: Vec<&PathBuf> = cands
-            .iter()
-            .filter(|p| {
-                let Some(d) = p.parent() else { return true };
-                d.file_name() == stem || !d.with_extension("conf").is_file()
-            })
-            .collect();
+        if self.root.file_name() == Some(std::ffi::OsStr::new(&nv)) {
+            let p = self.root.join(&file);
+            if p.is_file() {
+                return Ok(Some(p));
+            }
+        }
+        let p = self.root.join(&nv).join(&file);
+        if p.is_file() {
+            return Ok(Some(p));
+        }
+        let Some(cands) = self.by_name.get(std::ffi::OsStr::new(&file)) else {
+            return Ok(None);
+        };
         let named: Vec<&PathBuf> = cands
             .iter()
-            .copied()
-            .filter(|p| p.parent().and_then(|d| d.file_name()) == stem)
+            .filter(|p| p.parent().and_then(|d| d.file_name()) == Some(std::ffi::OsStr::new(&nv)))
             .collect();
-        let pick: Vec<&PathBuf> = if !named.is_empty() {
-            named
-        } else if let Some(d) = cands
-            .iter()
-            .find(|p| p.parent() == Some(self.root.as_path()))
-        {
-            vec![*d]
-        } else {
-            cands
-        };
-        match pick.as_slice() {
+        match named.as_slice() {
             [one] => Ok(Some((*one).clone())),
             [a, b, ..] => Err(Error::input(
                 &self.root,
                 format!(
-                    "{file} for {} is ambiguous: {} and {}; keep each GuestOS's images in NAME/ next to NAME.conf",
+                    "{file} for {} ({nv}) is ambiguous: {} and {}; keep each GuestOS's images in <name>-<version>/ next to its conf",
                     conf.display(),
                     a.display(),
                     b.display()
                 ),
             )),
             [] => Ok(None),
+        }
+    }
+
+    /// Where cml would look for an image that `find` did not find.
+    pub fn expected(&self, name: &str, version: u64, image_file: &str) -> PathBuf {
+        let nv = format!("{name}-{version}");
+        let file = format!("{image_file}.img");
+        if self.root.file_name() == Some(std::ffi::OsStr::new(&nv)) {
+            self.root.join(file)
+        } else {
+            self.root.join(nv).join(file)
         }
     }
 }
@@ -955,10 +997,19 @@ fn insertion(
 const OID_RSA: &str = "1.2.840.113549.1.1.1";
 const OID_RSA_PSS: &str = "1.2.840.113549.1.1.10";
 const OID_EC: &str = "1.2.840.10045.2.1";
-const OID_P256: &str = "1.2.840.10045.3.1.7";
-const OID_P384: &str = "1.3.132.0.34";
 /// cml sets the PSS salt to the digest length (openssl's `rsa_pss_saltlen:-1`).
 const PSS_SALT: u16 = 64;
+/// cml's `ssl_verify_signature_from_digest` (common/ssl_util.c).
+const CML_KEY_RULE: &str = "cml verifies GuestOS signatures only with RSA (PKCS#1 v1.5) or RSA-PSS keys; any other key is \"Unsupported key type\" (ssl_verify_signature_from_digest, common/ssl_util.c)";
+
+fn key_kind(oid: &str) -> String {
+    match oid {
+        OID_EC => "EC".into(),
+        "1.3.101.112" => "Ed25519".into(),
+        "1.3.101.113" => "Ed448".into(),
+        o => o.to_string(),
+    }
+}
 
 fn scheme_name(s: SigScheme) -> &'static str {
     match s {
@@ -983,10 +1034,9 @@ fn scheme_for(id: &Identity, cert_origin: &Path) -> Result<SigScheme> {
             ),
         )),
         OID_RSA => Ok(SigScheme::RsaPkcs1Sha512),
-        OID_EC => Ok(SigScheme::EcdsaSha512),
         o => Err(Error::input(
             cert_origin,
-            format!("unsupported signer key algorithm {o}"),
+            format!("{} key: {CML_KEY_RULE}", key_kind(o)),
         )),
     }
 }
@@ -997,34 +1047,23 @@ fn verify_raw(
     msg: &[u8],
     signature: &[u8],
 ) -> std::result::Result<SigScheme, String> {
+    use crate::pkcs7::Hash;
+    use crate::sigalg::{self, Scheme};
     let spki = leaf.public_key();
-    let key = spki.subject_public_key.data.as_ref();
-    let pss;
-    let (scheme, alg): (SigScheme, &dyn sig::VerificationAlgorithm) =
-        match spki.algorithm.algorithm.to_id_string().as_str() {
-            OID_RSA_PSS => {
-                pss = sig::RSA_PSS_2048_8192_SHA512
-                    .with_pss_salt_length(sig::RsaPssSaltLength::Custom(PSS_SALT));
-                (SigScheme::RsaPssSha512, &pss)
-            }
-            OID_RSA => (SigScheme::RsaPkcs1Sha512, &sig::RSA_PKCS1_2048_8192_SHA512),
-            OID_EC => {
-                let curve = x509::ec_curve_oid(spki);
-                match curve.as_deref() {
-                    Some(OID_P256) => (SigScheme::EcdsaSha512, &sig::ECDSA_P256_SHA512_ASN1),
-                    Some(OID_P384) => (SigScheme::EcdsaSha512, &sig::ECDSA_P384_SHA512_ASN1),
-                    c => return Err(format!("unsupported EC curve {}", c.unwrap_or("(none)"))),
-                }
-            }
-            o => {
-                return Err(format!(
-                    "unsupported key type {o} (cml: \"Unsupported key type\")"
-                ))
-            }
-        };
-    alg.verify_sig(key, msg, signature)
+    let (scheme, alg) = match spki.algorithm.algorithm.to_id_string().as_str() {
+        OID_RSA_PSS => (
+            SigScheme::RsaPssSha512,
+            Scheme::RsaPss {
+                hash: Hash::Sha512,
+                salt: PSS_SALT,
+            },
+        ),
+        OID_RSA => (SigScheme::RsaPkcs1Sha512, Scheme::RsaPkcs1(Hash::Sha512)),
+        o => return Err(format!("{} signer key: {CML_KEY_RULE}", key_kind(o))),
+    };
+    sigalg::verify(spki, alg, msg, signature)
         .map(|()| scheme)
-        .map_err(|_| format!("{} signature does not verify", scheme_name(scheme)))
+        .map_err(|e| format!("{} {e}", scheme_name(scheme)))
 }
 
 /// Options for `sign`.
@@ -1033,6 +1072,9 @@ pub struct SignOptions<'a> {
     pub images: Option<&'a ImageDir>,
     /// Also write a detached CMS signature NAME.p7s.
     pub cms: bool,
+    /// With `images`: sign even when an image cml checks is not there (its
+    /// values in the conf are left as they are). Without it that is an error.
+    pub allow_missing_images: bool,
     pub signing_time: Option<OffsetDateTime>,
 }
 
@@ -1100,15 +1142,33 @@ pub fn sign(confs: &[PathBuf], id: &Identity, opts: &SignOptions<'_>) -> Result<
     let mut located = vec![];
     for conf in confs {
         let manifest = Manifest::load(conf)?;
+        if let Some(p) = &manifest.cml_problem {
+            return Err(Error::input(conf, p.clone()));
+        }
         let mut found = vec![];
         if let Some(dir) = opts.images {
             for (i, m) in manifest.mounts.iter().enumerate() {
                 if !m.has_image() {
                     continue;
                 }
-                let p = dir.find(conf, &m.image_file)?;
-                if let Some(p) = &p {
-                    wanted.insert(p.clone());
+                let p = dir.find(conf, &manifest.name, manifest.version, &m.image_file)?;
+                match &p {
+                    Some(p) => {
+                        wanted.insert(p.clone());
+                    }
+                    None if !opts.allow_missing_images => {
+                        return Err(Error::input(
+                            conf,
+                            format!(
+                                "{} ({}): image {} not found (cml reads <store>/<name>-<version>/<image_file>.img); --allow-missing-images signs without it",
+                                m.id,
+                                m.mount_type,
+                                dir.expected(&manifest.name, manifest.version, &m.image_file)
+                                    .display()
+                            ),
+                        ))
+                    }
+                    None => {}
                 }
                 found.push((i, p));
             }
@@ -1148,7 +1208,7 @@ pub fn sign(confs: &[PathBuf], id: &Identity, opts: &SignOptions<'_>) -> Result<
         } else {
             let t = fill_text(&manifest.bytes, &pairs);
             // The edited text must still be a manifest with exactly our values.
-            let again = Manifest::parse(&manifest.path, t.clone())?;
+            let again = Manifest::parse_for_cml(&manifest.path, t.clone())?;
             for (m, h) in &pairs {
                 let n = again.mounts.iter().find(|n| n.id == m.id);
                 let good = n.is_some_and(|n| {
@@ -1297,10 +1357,10 @@ pub struct VerifyReport {
 /// certificate is the signer, the others are untrusted intermediates, and the
 /// path must end at one of the trust anchors.
 pub fn verify(conf: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport> {
-    let bytes = fs::read(conf).at(conf)?;
+    let bytes = fsutil::read_input(conf, fsutil::InputKind::GuestosConf)?;
     let sig_path = Manifest::sibling(conf, "sig");
     let cert_path = Manifest::sibling(conf, "cert");
-    let signature = fs::read(&sig_path).at(&sig_path)?;
+    let signature = fsutil::read_input(&sig_path, fsutil::InputKind::Signature)?;
     let certs = x509::read_certs(&cert_path)?;
     let leaf = x509::parse(&certs[0], &cert_path)?;
     let mut problems = vec![];
@@ -1312,28 +1372,16 @@ pub fn verify(conf: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport> {
             None
         }
     };
-    let (chain, chain_problem) = build_chain(&certs, opts.trust);
+    // cml: X509_verify_cert with its defaults, the root file as the store.
+    let rules = chain::Rules::root(opts.check_time.then(OffsetDateTime::now_utc));
+    let (chain, chain_problem) = match chain::build(&certs[0], &certs[1..], opts.trust, &rules) {
+        Ok(p) => (p.certs, None),
+        Err(e) => (vec![], Some(e)),
+    };
     if let Some(p) = &chain_problem {
         problems.push(format!("{}: {p}", cert_path.display()));
     }
-    let mut chain_ok = chain_problem.is_none();
-    if opts.check_time && chain_ok {
-        let now = OffsetDateTime::now_utc();
-        for der in &chain {
-            let c = x509::parse(der, &cert_path)?;
-            let v = c.validity();
-            if now > v.not_after.to_datetime() || now < v.not_before.to_datetime() {
-                chain_ok = false;
-                problems.push(format!(
-                    "{}: certificate '{}' is not valid now ({} .. {})",
-                    cert_path.display(),
-                    c.subject(),
-                    x509::rfc3339(&v.not_before),
-                    x509::rfc3339(&v.not_after)
-                ));
-            }
-        }
-    }
+    let chain_ok = chain_problem.is_none();
     let chain_subjects = chain
         .iter()
         .filter_map(|d| {
@@ -1344,7 +1392,7 @@ pub fn verify(conf: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport> {
         .collect();
 
     // A conf cml cannot parse is rejected by it, whatever the signature says.
-    let manifest = match Manifest::parse(conf, bytes) {
+    let manifest = match Manifest::parse_for_cml(conf, bytes) {
         Ok(m) => Some(m),
         Err(e) => {
             problems.push(e.to_string());
@@ -1387,7 +1435,7 @@ fn check_images(m: &Manifest, dir: &ImageDir) -> Result<Vec<ImageCheck>> {
     let mut located = vec![];
     let mut wanted = BTreeSet::new();
     for mount in m.mounts.iter().filter(|x| x.has_image()) {
-        let p = dir.find(&m.path, &mount.image_file)?;
+        let p = dir.find(&m.path, &m.name, m.version, &mount.image_file)?;
         if let Some(p) = &p {
             wanted.insert(p.clone());
         }
@@ -1401,9 +1449,10 @@ fn check_images(m: &Manifest, dir: &ImageDir) -> Result<Vec<ImageCheck>> {
         let h = p.as_ref().map(|p| &hashes[p]);
         match h {
             None => problems.push(format!(
-                "{}.img not found under {}",
+                "{}.img not found: cml reads {}",
                 mount.image_file,
-                dir.root().display()
+                dir.expected(&m.name, m.version, &mount.image_file)
+                    .display()
             )),
             Some(h) => {
                 match mount.image_size {
@@ -1461,83 +1510,6 @@ fn check_images(m: &Manifest, dir: &ImageDir) -> Result<Vec<ImageCheck>> {
         });
     }
     Ok(out)
-}
-
-const MAX_DEPTH: usize = 8;
-
-/// The path (DER, signer first, anchor last) from `certs[0]` through
-/// `certs[1..]` to an anchor, or the reason there is none.
-fn build_chain(certs: &[Vec<u8>], anchors: &[Vec<u8>]) -> (Vec<Vec<u8>>, Option<String>) {
-    fn parse(d: &[u8]) -> Option<X509Certificate<'_>> {
-        X509Certificate::from_der(d).ok().map(|(_, c)| c)
-    }
-    let Some(leaf) = parse(&certs[0]) else {
-        return (vec![], Some("signer certificate does not parse".into()));
-    };
-    let pool: Vec<(&[u8], X509Certificate<'_>)> = certs[1..]
-        .iter()
-        .filter_map(|d| parse(d).map(|c| (d.as_slice(), c)))
-        .collect();
-    let anchors: Vec<(&[u8], X509Certificate<'_>)> = anchors
-        .iter()
-        .filter_map(|d| parse(d).map(|c| (d.as_slice(), c)))
-        .collect();
-    let mut path = vec![certs[0].clone()];
-    let mut used = vec![false; pool.len()];
-    if walk(&certs[0], &leaf, &anchors, &pool, &mut used, &mut path) {
-        return (path, None);
-    }
-    let reason = if pool.iter().any(|(_, c)| c.subject() == leaf.issuer())
-        || anchors.iter().any(|(_, a)| a.subject() == leaf.issuer())
-    {
-        format!(
-            "no valid certificate path from '{}' to a trusted root",
-            leaf.subject()
-        )
-    } else {
-        format!(
-            "unable to get issuer certificate '{}' of '{}'",
-            leaf.issuer(),
-            leaf.subject()
-        )
-    };
-    (vec![], Some(reason))
-}
-
-fn walk(
-    der: &[u8],
-    cert: &X509Certificate<'_>,
-    anchors: &[(&[u8], X509Certificate<'_>)],
-    pool: &[(&[u8], X509Certificate<'_>)],
-    used: &mut [bool],
-    path: &mut Vec<Vec<u8>>,
-) -> bool {
-    if anchors.iter().any(|(a, _)| *a == der) {
-        return true;
-    }
-    for (a, ac) in anchors {
-        if x509::may_issue(ac) && x509::verify_signed_by(cert, ac).is_ok() {
-            path.push(a.to_vec());
-            return true;
-        }
-    }
-    if path.len() > MAX_DEPTH {
-        return false;
-    }
-    for j in 0..pool.len() {
-        let (cder, c) = &pool[j];
-        if used[j] || !x509::may_issue(c) || x509::verify_signed_by(cert, c).is_err() {
-            continue;
-        }
-        used[j] = true;
-        path.push(cder.to_vec());
-        if walk(cder, c, anchors, pool, used, path) {
-            return true;
-        }
-        path.pop();
-        used[j] = false;
-    }
-    false
 }
 
 #[cfg(test)]

@@ -8,7 +8,15 @@ use crate::error::{Error, Result};
 use crate::keys::{self, FileKey, Signer};
 use crate::pkcs11::{self, Pkcs11Key};
 use crate::pki::Pki;
+use crate::release;
 use crate::x509;
+
+/// Where an identity's key came from, for the release-mode check.
+struct Origin<'a> {
+    role: Option<&'a str>,
+    pki_dir: Option<&'a Path>,
+    key: &'a Path,
+}
 
 pub struct Identity {
     pub signer: Box<dyn Signer>,
@@ -57,7 +65,12 @@ impl Identity {
             }
         };
         let signer = load_signer(&key_path, spec.key_pass_file.as_deref())?;
-        Identity::from_signer(signer, &cert_path, spec.chain.as_deref())
+        let origin = Origin {
+            role: spec.role.as_deref(),
+            pki_dir: Some(&spec.dir),
+            key: &key_path,
+        };
+        Identity::checked(signer, &cert_path, spec.chain.as_deref(), &origin)
     }
 
     /// Pair `signer` with the first certificate of `cert_path` (a file or a
@@ -68,6 +81,23 @@ impl Identity {
         signer: Box<dyn Signer>,
         cert_path: &Path,
         chain_path: Option<&Path>,
+    ) -> Result<Identity> {
+        let key = PathBuf::from(signer.origin());
+        let origin = Origin {
+            role: None,
+            pki_dir: None,
+            key: &key,
+        };
+        Identity::checked(signer, cert_path, chain_path, &origin)
+    }
+
+    /// `from_signer`, knowing where the key came from. Every identity is made
+    /// here, so every signing path passes the release-mode check.
+    fn checked(
+        signer: Box<dyn Signer>,
+        cert_path: &Path,
+        chain_path: Option<&Path>,
+        origin: &Origin<'_>,
     ) -> Result<Identity> {
         let mut certs = read_cert_chain(cert_path)?;
         let cert = certs.remove(0);
@@ -106,13 +136,28 @@ impl Identity {
             }
         }
         let mut chain: Vec<Vec<u8>> = certs;
+        let mut extra = vec![];
         if let Some(p) = chain_path {
             for c in x509::read_certs(p)? {
                 if !chain.contains(&c) {
+                    extra.push(c.clone());
                     chain.push(c);
                 }
             }
         }
+        // Release mode: never a development key (roots included in the check).
+        let all: Vec<Vec<u8>> = std::iter::once(cert.clone())
+            .chain(chain.iter().cloned())
+            .collect();
+        release::check_key(&release::Candidate {
+            role: origin.role,
+            pki_dir: origin.pki_dir,
+            key: origin.key,
+            cert: cert_path,
+            chain: chain_path,
+            certs: &all,
+            in_cert_file: all.len() - extra.len(),
+        })?;
         // Roots are trust anchors, not chain members: leave self-signed certs out.
         chain.retain(|c| {
             x509::parse(c, cert_path)

@@ -271,7 +271,7 @@ fn sign_one(
 /// Attach a detached signature made elsewhere (e.g. by an HSM workflow or sbsign --detached).
 pub fn attach(input: &Path, sig_path: &Path, out: &Path, existing: Existing) -> Result<SignReport> {
     let img = PeImage::open(input)?;
-    let raw = std::fs::read(sig_path).map_err(|e| Error::io(sig_path, e))?;
+    let raw = fsutil::read_input(sig_path, fsutil::InputKind::Signature)?;
     let der = if raw.starts_with(b"-----BEGIN") {
         pem::parse(&raw)
             .map_err(|e| Error::input(sig_path, format!("bad PEM: {e}")))?
@@ -339,6 +339,10 @@ pub struct Trust {
     /// Image digests allowed by db.
     pub hashes: Vec<Vec<u8>>,
     pub revoked_certs: Vec<Vec<u8>>,
+    /// dbx EFI_CERT_X509_SHA256/384/512 entries: the hash of a revoked
+    /// certificate's TBSCertificate (the revocation time is not kept: with no
+    /// dbt, firmware treats every such certificate as revoked).
+    pub revoked_cert_hashes: Vec<Vec<u8>>,
     pub revoked_hashes: Vec<Vec<u8>>,
 }
 
@@ -351,7 +355,7 @@ impl Trust {
     }
 
     fn read_esl(path: &Path) -> Result<Vec<efivar::SigEntry>> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = fsutil::read_input(path, fsutil::InputKind::Esl)?;
         efivar::parse_esl(&bytes, path)
     }
 
@@ -369,10 +373,28 @@ impl Trust {
 
     pub fn add_dbx(&mut self, path: &Path) -> Result<()> {
         for e in Self::read_esl(path)? {
+            let hash_len = match e.sig_type {
+                t if t == efivar::EFI_CERT_X509_SHA256_GUID => 32,
+                t if t == efivar::EFI_CERT_X509_SHA384_GUID => 48,
+                t if t == efivar::EFI_CERT_X509_SHA512_GUID => 64,
+                _ => 0,
+            };
             if e.is_x509() {
                 self.revoked_certs.push(e.data);
             } else if e.sig_type == efivar::EFI_CERT_SHA256_GUID {
                 self.revoked_hashes.push(e.data);
+            } else if hash_len > 0 {
+                // Hash, then EFI_TIME revocation time.
+                let h = e.data.get(..hash_len).ok_or_else(|| {
+                    Error::input(
+                        path,
+                        format!(
+                            "dbx certificate-hash entry of {} bytes is too short",
+                            e.data.len()
+                        ),
+                    )
+                })?;
+                self.revoked_cert_hashes.push(h.to_vec());
             }
         }
         Ok(())
@@ -435,11 +457,13 @@ pub fn verify(path: &Path, trust: &Trust) -> Result<VerifyReport> {
                     Err(e) => r.problems.push(e),
                 }
                 let anchors: Vec<Vec<u8>> = trust.certs.iter().map(|(_, c)| c.clone()).collect();
-                if let Some(a) = authenticode::chains_to(&sig, &anchors) {
-                    r.trusted_by = Some(trust.certs[a].0.clone());
-                } else if !anchors.is_empty() {
-                    r.problems
-                        .push("signer does not chain to any trusted certificate".into());
+                let tpath = authenticode::trust_path(&sig, &anchors);
+                match &tpath {
+                    Ok(p) => r.trusted_by = Some(trust.certs[p.anchor].0.clone()),
+                    Err(e) if !anchors.is_empty() => r.problems.push(format!(
+                        "signer does not chain to any trusted certificate: {e}"
+                    )),
+                    Err(_) => {}
                 }
                 if !trust.revoked_certs.is_empty()
                     && authenticode::chains_to(&sig, &trust.revoked_certs).is_some()
@@ -448,18 +472,40 @@ pub fn verify(path: &Path, trust: &Trust) -> Result<VerifyReport> {
                     r.problems
                         .push("signer chains to a certificate in dbx".into());
                 }
+                // EDK2 hashes the signer certificate(s) and the db certificate
+                // that verified; we take every certificate of the path, so an
+                // intermediate revoked by hash is refused too.
+                let mut on_path: Vec<&[u8]> = sig.signer_cert.as_deref().into_iter().collect();
+                if let Ok(p) = &tpath {
+                    on_path.extend(p.certs.iter().map(|c| c.as_slice()));
+                }
+                if let Some(c) = on_path.iter().find(|c| {
+                    trust
+                        .revoked_cert_hashes
+                        .iter()
+                        .any(|h| crate::chain::tbs_hash(c, h.len()).is_some_and(|d| d == *h))
+                }) {
+                    r.revoked = true;
+                    let name = x509::parse(c, path)
+                        .map(|p| p.subject().to_string())
+                        .unwrap_or_default();
+                    r.problems
+                        .push(format!("certificate '{name}' is revoked by hash in dbx"));
+                }
             }
         }
         reports.push(r);
     }
+    // Firmware hashes the image as it is: an unsigned, unaligned image is
+    // not padded, so only that digest may match a db or dbx entry.
     let digest_in_db = trust
         .hashes
         .iter()
-        .any(|h| h[..] == digest.sha256[..] || h[..] == digest.sha256_unpadded[..]);
+        .any(|h| h[..] == digest.sha256_unpadded[..]);
     let digest_revoked = trust
         .revoked_hashes
         .iter()
-        .any(|h| h[..] == digest.sha256[..] || h[..] == digest.sha256_unpadded[..]);
+        .any(|h| h[..] == digest.sha256_unpadded[..]);
     let any_trusted = reports.iter().any(|r| r.valid && r.trusted_by.is_some());
     let any_revoked = reports.iter().any(|r| r.revoked);
     let ok = (any_trusted || digest_in_db) && !any_revoked && !digest_revoked;

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// A key algorithm and size, spelled as on the command line (`rsa:4096`, `ec:prime256v1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -215,7 +215,12 @@ pub const KEY_PASS_ENV: &str = "PKI_SIGNER_KEY_PASS";
 /// The password for encrypted keys: `--key-pass-file` (first line) or `$PKI_SIGNER_KEY_PASS`.
 pub fn key_password(pass_file: Option<&Path>) -> Result<Option<zeroize::Zeroizing<String>>> {
     if let Some(p) = pass_file {
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(p).at(p)?);
+        let bytes = zeroize::Zeroizing::new(crate::fsutil::read_input(
+            p,
+            crate::fsutil::InputKind::Password,
+        )?);
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| Error::input(p, format!("not UTF-8 text: {e}")))?;
         let line = text.lines().next().unwrap_or("");
         return Ok(Some(zeroize::Zeroizing::new(line.to_string())));
     }
@@ -277,7 +282,10 @@ impl FileKey {
     /// Read a key file: PEM (PKCS#8, encrypted PKCS#8, PKCS#1 "RSA PRIVATE KEY",
     /// SEC1 "EC PRIVATE KEY") or PKCS#8 DER. `password` decrypts encrypted PKCS#8.
     pub fn load(path: &Path, password: Option<&str>) -> Result<FileKey> {
-        let bytes = zeroize::Zeroizing::new(std::fs::read(path).at(path)?);
+        let bytes = zeroize::Zeroizing::new(crate::fsutil::read_input(
+            path,
+            crate::fsutil::InputKind::Key,
+        )?);
         if !bytes.starts_with(b"-----BEGIN") {
             return FileKey::from_pkcs8(&bytes, path);
         }

@@ -2,6 +2,7 @@
 
 pub mod asn1;
 pub mod authenticode;
+pub mod chain;
 pub mod csr;
 pub mod efivar;
 pub mod error;
@@ -16,7 +17,10 @@ pub mod pkcs11;
 pub mod pkcs7;
 pub mod pki;
 pub mod plan;
+pub mod release;
 pub mod resign;
+pub mod sigalg;
+pub mod text;
 pub mod x509;
 
 pub use error::{Error, Result};

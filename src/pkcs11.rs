@@ -326,10 +326,12 @@ fn pin(uri: &Pkcs11Uri) -> Result<Option<AuthPin>> {
         if path.starts_with('|') || (path.contains(':') && !path.starts_with('/')) {
             return Err(uri.err(format!("pin-source '{src}': only file:PATH is supported")));
         }
-        let text = zeroize::Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| uri.err(format!("pin-source {path}: {e}")))?,
+        let bytes = zeroize::Zeroizing::new(
+            crate::fsutil::read_input(Path::new(path), crate::fsutil::InputKind::Password)
+                .map_err(|e| uri.err(format!("pin-source {e}")))?,
         );
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| uri.err(format!("pin-source {path}: not UTF-8 text: {e}")))?;
         let line = text.lines().next().unwrap_or("");
         return Ok(Some(AuthPin::from(line.to_string())));
     }

@@ -26,7 +26,6 @@
 
 use std::path::Path;
 
-use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
 use cms::cert::x509::attr::Attribute;
 use cms::cert::x509::spki::AlgorithmIdentifierOwned;
 use cms::content_info::{CmsVersion, ContentInfo};
@@ -715,7 +714,16 @@ impl SignedData {
     /// validly signed by it. Validity periods are ignored: firmware has no
     /// trusted clock.
     pub fn trusted_by(&self, leaf: &[u8], anchors: &[Vec<u8>]) -> Option<usize> {
-        x509::anchor_index(leaf, &self.certs, anchors, |_| true, x509::is_ca)
+        self.trusted_path(leaf, anchors).ok().map(|p| p.anchor)
+    }
+
+    /// The path [`Self::trusted_by`] finds, or why there is none.
+    pub fn trusted_path(
+        &self,
+        leaf: &[u8],
+        anchors: &[Vec<u8>],
+    ) -> std::result::Result<crate::chain::CertPath, String> {
+        crate::chain::uefi_path(leaf, &self.certs, anchors)
     }
 }
 
@@ -728,58 +736,10 @@ fn verify_raw(
     digest: Hash,
     msg: &[u8],
 ) -> std::result::Result<(), String> {
-    if si.signature_oid == oid::RSASSA_PSS {
-        // x509::verify_with_key knows the PSS parameters.
-        let (_, alg) = x509_parser::x509::AlgorithmIdentifier::from_der(&si.signature_alg)
-            .map_err(|e| format!("bad RSASSA-PSS parameters: {e}"))?;
-        return x509::verify_with_key(cert, &alg, msg, &si.signature)
-            .map_err(|e| format!("{e} (RSASSA-PSS, key of '{}')", cert.subject()));
-    }
-    let (rsa, hash) = match si.signature_oid.as_str() {
-        oid::RSA_ENCRYPTION => (true, digest),
-        oid::SHA256_WITH_RSA => (true, Hash::Sha256),
-        oid::SHA384_WITH_RSA => (true, Hash::Sha384),
-        oid::SHA512_WITH_RSA => (true, Hash::Sha512),
-        oid::EC_PUBLIC_KEY => (false, digest),
-        oid::ECDSA_WITH_SHA256 => (false, Hash::Sha256),
-        oid::ECDSA_WITH_SHA384 => (false, Hash::Sha384),
-        oid::ECDSA_WITH_SHA512 => (false, Hash::Sha512),
-        o => {
-            return Err(format!(
-                "unsupported signature algorithm {}",
-                sig_alg_name(o)
-            ))
-        }
-    };
-    let (_, kt) = x509::key_description(cert);
-    use Hash::*;
-    let alg: &'static dyn sig::VerificationAlgorithm = match (rsa, hash, kt) {
-        (true, Sha256, Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA256,
-        (true, Sha384, Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA384,
-        (true, Sha512, Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA512,
-        (false, Sha256, Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA256_ASN1,
-        (false, Sha384, Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA384_ASN1,
-        (false, Sha512, Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA512_ASN1,
-        (false, Sha256, Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA256_ASN1,
-        (false, Sha384, Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA384_ASN1,
-        (false, Sha512, Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA512_ASN1,
-        _ => {
-            return Err(format!(
-                "unsupported combination: {} with {} for a {} key",
-                sig_alg_name(&si.signature_oid),
-                hash.name(),
-                x509::key_description(cert).0
-            ))
-        }
-    };
-    UnparsedPublicKey::new(alg, cert.public_key().subject_public_key.data.as_ref())
-        .verify(msg, &si.signature)
-        .map_err(|_| {
-            format!(
-                "signature does not verify with the key of '{}'",
-                cert.subject()
-            )
-        })
+    let scheme =
+        crate::sigalg::Scheme::from_signer_info(&si.signature_oid, &si.signature_alg, digest)?;
+    crate::sigalg::verify(cert.public_key(), scheme, msg, &si.signature)
+        .map_err(|e| format!("{e} with the key of '{}'", cert.subject()))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
@@ -30,6 +30,14 @@ const DEFAULT_COUNTRY: &str = "DE";
 const DEFAULT_OU: &str = "Development";
 /// UEFI firmware handles RSA-2048 best; PK/KEK/DB and the TPM policy key use it.
 const UEFI_KEY_TYPE: KeyType = KeyType::Rsa(2048);
+
+/// The GuestOS signing roles: gen_dev_certs.sh (provisioning_lib.sh's
+/// NEWKEY_ARGS_secondary) gives them RSA-PSS keys, and cml checks GuestOS
+/// signatures only with RSA or RSA-PSS keys (common/ssl_util.c,
+/// `ssl_verify_signature_from_digest`: anything else is "Unsupported key type").
+/// They stay RSA whatever `--key-type` says.
+pub const GUESTOS_ROLES: &[&str] = &["ssig_subca_cml", "ssig_cml"];
+const GUESTOS_KEY_TYPE: KeyType = KeyType::Rsa(4096);
 const TPM_PCR_PRIVATE: &str = "tpm2-pcr-private.pem";
 const TPM_PCR_PUBLIC: &str = "tpm2-pcr-public.pem";
 /// `pki check` warns when a certificate expires within this many days.
@@ -239,7 +247,7 @@ pub struct RoleOverride {
 
 impl Profile {
     pub fn load(path: &Path) -> Result<Profile> {
-        let text = fs::read_to_string(path).at(path)?;
+        let text = fsutil::read_input_to_string(path, fsutil::InputKind::Profile)?;
         serde_json::from_str(&text).map_err(|e| Error::input(path, format!("bad profile: {e}")))
     }
 }
@@ -323,6 +331,8 @@ impl Plan {
                 days: b.days,
                 key_type: if b.kind == RoleKind::Uefi {
                     UEFI_KEY_TYPE
+                } else if GUESTOS_ROLES.contains(&b.name) && !default_kt.is_rsa() {
+                    GUESTOS_KEY_TYPE
                 } else {
                     default_kt
                 },
@@ -411,6 +421,11 @@ impl Plan {
             if let Some(v) = o.key_type {
                 if s.kind == RoleKind::Uefi && !v.is_rsa() {
                     return Err(perr(format!("role '{name}': UEFI keys must be RSA")));
+                }
+                if GUESTOS_ROLES.contains(&name.as_str()) && !v.is_rsa() {
+                    return Err(perr(format!(
+                        "role '{name}': key_type {v}: GuestOS signing keys must be RSA: cml verifies GuestOS signatures only with RSA or RSA-PSS keys (\"Unsupported key type\", common/ssl_util.c), and gen_dev_certs.sh gives this role an RSA-PSS key"
+                    )));
                 }
                 s.key_type = v;
             }
@@ -643,7 +658,7 @@ pub struct FileEntry {
 impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest> {
         let p = dir.join(MANIFEST);
-        let text = fs::read_to_string(&p).at(&p)?;
+        let text = fsutil::read_input_to_string(&p, fsutil::InputKind::PkiManifest)?;
         serde_json::from_str(&text).map_err(|e| Error::input(&p, format!("bad manifest: {e}")))
     }
 
@@ -938,8 +953,13 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
         .unwrap_or(false);
 
     // Fast path without touching anything (a release PKI may be read-only).
-    match inspect(&dir, &opts.plan)? {
-        DirState::Complete(m) => return present_for(opts, &dir, m, started),
+    let state = inspect(&dir, &opts.plan)?;
+    let creating = matches!(state, DirState::Absent | DirState::Empty);
+    match state {
+        DirState::Complete(m) => {
+            crate::release::check_pki_init(&dir, false, opts.hsm.is_some())?;
+            return present_for(opts, &dir, m, started);
+        }
         DirState::Partial(why) if is_symlink => {
             return Err(Error::input(&dir, format!("is a symlink (a release PKI?) and incomplete: {why}; pki-signer never writes through it")))
         }
@@ -949,6 +969,8 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
         _ => {}
     }
 
+    // Release mode never creates a development PKI.
+    crate::release::check_pki_init(&dir, creating, opts.hsm.is_some())?;
     let parent = fsutil::parent_dir(&dir);
     fs::create_dir_all(&parent).at(&parent)?;
     let name = dir
@@ -960,7 +982,10 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
     let _lock = DirLock::acquire(&lock_path)?;
 
     match inspect(&dir, &opts.plan)? {
-        DirState::Complete(m) => return present_for(opts, &dir, m, started),
+        DirState::Complete(m) => {
+            crate::release::check_pki_init(&dir, false, opts.hsm.is_some())?;
+            return present_for(opts, &dir, m, started);
+        }
         DirState::Partial(why) => {
             return Err(Error::input(
                 &dir,
@@ -986,8 +1011,9 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
         None => None,
     };
     let tmp = parent.join(format!("{tmp_prefix}{}", std::process::id()));
-    fs::create_dir(&tmp).at(&tmp)?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700)).at(&tmp)?;
+    // Private from its first instant: keys are written into it (the umask
+    // can only narrow 0700).
+    fs::DirBuilder::new().mode(0o700).create(&tmp).at(&tmp)?;
     let result = generate_into(&tmp, &opts.plan, hsm.as_mut()).and_then(|m| {
         fsutil::sync_dir(&tmp)?;
         // rename(2) atomically replaces an empty directory, too.
@@ -1095,6 +1121,9 @@ fn generate_into(tmp: &Path, plan: &Plan, mut hsm: Option<&mut TokenWriter>) -> 
         types.push(UEFI_KEY_TYPE); // TPM PCR-policy key
         names.push(TPM_PCR_LABEL);
     }
+    // A PKI whose keys were made in a token is meant for production; every
+    // other one is a development PKI, and each of its certificates says so.
+    let development = hsm.is_none();
     let keys = generate_keys(&names, &types, hsm.as_deref_mut())?;
 
     let now = OffsetDateTime::now_utc()
@@ -1122,7 +1151,12 @@ fn generate_into(tmp: &Path, plan: &Plan, mut hsm: Option<&mut TokenWriter>) -> 
                 Some((ders[iname].as_slice(), keys[j].signer.as_ref()))
             }
         };
-        let der = x509::issue(&spec, keys[i].signer.as_ref(), issuer)?;
+        let marker = if development {
+            vec![crate::release::marker_extension()]
+        } else {
+            vec![]
+        };
+        let der = x509::issue_with(&spec, keys[i].signer.as_ref(), issuer, marker)?;
         let mut files = role_files(&role.name, role.kind);
         match (&keys[i].pkcs8, &files.key) {
             (Some(p8), Some(kf)) => {
@@ -1236,9 +1270,9 @@ fn generate_into(tmp: &Path, plan: &Plan, mut hsm: Option<&mut TokenWriter>) -> 
     let manifest = Manifest {
         format: 1,
         generator: format!("pki-signer {}", env!("CARGO_PKG_VERSION")),
-        // A PKI whose keys were made in a token is meant for production;
-        // `resign` accepts it where it refuses development PKIs.
-        development: keys.iter().all(|k| k.token.is_none()),
+        // `resign` and release mode accept a token PKI where they refuse
+        // development PKIs.
+        development,
         created: now
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
@@ -1345,6 +1379,15 @@ pub fn check(pki: &Pki, now: OffsetDateTime, password: Option<&str>) -> Result<C
             it.ok = it.problems.is_empty();
             items.push(it);
         }
+    }
+    // Listed only when something is wrong, so a sound PKI keeps its item count.
+    let mut perms = CheckItem {
+        role: "permissions".into(),
+        ..Default::default()
+    };
+    check_permissions(pki, &mut perms);
+    if !perms.problems.is_empty() {
+        items.push(perms);
     }
     Ok(CheckReport {
         dir: pki.dir.clone(),
@@ -1454,6 +1497,27 @@ fn check_role(ctx: &CheckCtx<'_>, r: &RoleEntryRef, chain: &[Vec<u8>], it: &mut 
             },
         }
     }
+    // The rules every verifier applies (CA flags, path length, critical
+    // extensions) over the PKI's own certificates, up to its root.
+    if it.problems.is_empty() {
+        let pool: Vec<Vec<u8>> = chain
+            .iter()
+            .skip(1)
+            .chain(chains.iter().filter_map(|c| c.as_ref().ok()).flatten())
+            .cloned()
+            .collect();
+        let roots: Vec<Vec<u8>> = pool
+            .iter()
+            .chain(chain.iter())
+            .filter(|d| x509::parse(d, &r.cert).is_ok_and(|c| c.subject() == c.issuer()))
+            .cloned()
+            .collect();
+        if let Err(e) =
+            crate::chain::build(&chain[0], &pool, &roots, &crate::chain::Rules::root(None))
+        {
+            it.problems.push(format!("certificate path: {e}"));
+        }
+    }
     // The private key must belong to the certificate.
     match &r.key {
         None => it.warnings.push("no private key file".into()),
@@ -1473,14 +1537,8 @@ fn check_role(ctx: &CheckCtx<'_>, r: &RoleEntryRef, chain: &[Vec<u8>], it: &mut 
             }
         }
         Some(kp) => {
-            if let Ok(md) = fs::metadata(kp) {
-                if md.mode() & 0o077 != 0 {
-                    it.warnings.push(format!(
-                        "{} is readable by group/others (mode {:o})",
-                        kp.display(),
-                        md.mode() & 0o777
-                    ));
-                }
+            if let Some(p) = key_mode_problem(kp) {
+                it.problems.push(p);
             }
             match FileKey::load(kp, password) {
                 Err(e) => it.problems.push(e.to_string()),
@@ -1497,11 +1555,52 @@ fn check_role(ctx: &CheckCtx<'_>, r: &RoleEntryRef, chain: &[Vec<u8>], it: &mut 
     }
 }
 
+/// A private key file open to group or others (any bit of 077).
+fn key_mode_problem(path: &Path) -> Option<String> {
+    let mode = fs::metadata(path).ok()?.mode() & 0o7777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{}: mode {mode:04o}; a private key must not be open to group or others (chmod 600)",
+            path.display()
+        )
+    })
+}
+
+/// The TPM PCR key (role keys are checked with their role), and the
+/// directory itself when it holds private key files: group or others may
+/// neither list nor change it.
+fn check_permissions(pki: &Pki, it: &mut CheckItem) {
+    let tpm_keys: Vec<PathBuf> = pki
+        .manifest
+        .iter()
+        .flat_map(|m| &m.files)
+        .filter(|f| f.kind == "tpm-pcr-private-key" && !f.path.is_empty())
+        .map(|f| pki.dir.join(&f.path))
+        .collect();
+    it.problems
+        .extend(tpm_keys.iter().filter_map(|k| key_mode_problem(k)));
+    let key_files = !tpm_keys.is_empty()
+        || pki
+            .roles
+            .iter()
+            .any(|r| r.key.as_deref().is_some_and(|k| !pkcs11::is_uri(k)));
+    if let (true, Ok(md)) = (key_files, fs::metadata(&pki.dir)) {
+        let mode = md.mode() & 0o7777;
+        if mode & 0o066 != 0 {
+            it.problems.push(format!(
+                "{}: mode {mode:04o}; a directory of private keys must not be readable or writable by group or others (chmod 700)",
+                pki.dir.display()
+            ));
+        }
+    }
+    it.ok = it.problems.is_empty();
+}
+
 fn check_esl(pki: &Pki, m: &Manifest, f: &FileEntry, it: &mut CheckItem) {
     let path = pki.dir.join(&f.path);
-    match fs::read(&path) {
+    match fsutil::read_input(&path, fsutil::InputKind::Esl) {
         Ok(bytes) => check_esl_content(pki, m, f, &bytes, &path, it),
-        Err(e) => it.problems.push(Error::io(&path, e).to_string()),
+        Err(e) => it.problems.push(e.to_string()),
     }
 }
 
@@ -1520,8 +1619,7 @@ fn check_auth(pki: &Pki, m: &Manifest, f: &FileEntry, it: &mut CheckItem) {
                 .push("not a variable pki init writes; not checked".into())
         }
     };
-    let auth = match fs::read(&path)
-        .at(&path)
+    let auth = match fsutil::read_input(&path, fsutil::InputKind::Auth)
         .and_then(|b| efivar::parse_auth(&b, &path))
     {
         Ok(a) => a,

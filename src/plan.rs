@@ -204,7 +204,7 @@ fn starts_with_array(f: &File, plan: &Path) -> Result<bool> {
 /// A plan someone keeps as a JSON array stays one: rewrite it whole
 /// (atomically, still under the lock) with the records added.
 fn append_to_array(plan: &Path, records: &[Record]) -> Result<()> {
-    let text = fs::read(plan).at(plan)?;
+    let text = fsutil::read_input(plan, fsutil::InputKind::Plan)?;
     let mut all: Vec<serde_json::Value> = serde_json::from_slice(&text)
         .map_err(|e| Error::input(plan, format!("not a JSON array of records: {e}")))?;
     for r in records {
@@ -218,7 +218,7 @@ fn append_to_array(plan: &Path, records: &[Record]) -> Result<()> {
 
 /// Every record of `plan`, in file order.
 pub fn read(plan: &Path) -> Result<Vec<Record>> {
-    let text = fs::read_to_string(plan).at(plan)?;
+    let text = fsutil::read_input_to_string(plan, fsutil::InputKind::Plan)?;
     let records: Vec<Record> = if text.trim_start().starts_with('[') {
         serde_json::from_str(&text)
             .map_err(|e| Error::input(plan, format!("bad signing plan: {e}")))?

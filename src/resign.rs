@@ -5,9 +5,11 @@
 //! production keys (files or `pkcs11:` URIs) in KEYS.json and runs `resign`:
 //!
 //! - Before touching anything it refuses production keys that are the build's
-//!   own keys or chain to a root of a development PKI (`pki.json` says
-//!   `"development": true`), and keys that do not chain to the production
-//!   trust anchors given for them.
+//!   own keys or the key of any development certificate (public keys are
+//!   compared, not certificates), or chain to a root of a development PKI
+//!   (`pki.json` says `"development": true`, or a GyroidOS gen_dev_certs.sh
+//!   directory without `pki.json`), and keys that do not chain to the
+//!   production trust anchors given for them.
 //! - Each artifact must still be what the build signed (SHA-256 from the plan).
 //! - The new file(s) are made next to their destination, verified against the
 //!   production anchors, then renamed into place, so each artifact is either
@@ -36,6 +38,7 @@ use crate::pe::{PeImage, WIN_CERT_TYPE_PKCS_SIGNED_DATA};
 use crate::pkcs11;
 use crate::pki::Pki;
 use crate::plan::{self, Kind, Record};
+use crate::release;
 use crate::x509;
 
 // ---------------------------------------------------------------------------
@@ -78,7 +81,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn load(path: &Path) -> Result<Keys> {
-        let text = fs::read_to_string(path).at(path)?;
+        let text = fsutil::read_input_to_string(path, fsutil::InputKind::KeyMap)?;
         let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
             .map_err(|e| {
                 Error::input(
@@ -184,15 +187,16 @@ fn dev_certs(
             continue;
         }
         let pki = Pki::open(&dir)?;
-        let development = pki.manifest.as_ref().map(|m| m.development);
-        if !explicit && development != Some(true) {
+        // pki.json says "development": true, or a GyroidOS gen_dev_certs.sh
+        // directory without pki.json.
+        let development = release::development_dir(&dir)?.map(|_| match pki.manifest {
+            Some(_) => "pki.json \"development\": true",
+            None => "a GyroidOS gen_dev_certs.sh directory: no pki.json, root CA key beside the signing keys",
+        });
+        if !explicit && development.is_none() {
             continue;
         }
-        let why = if development == Some(true) {
-            "pki.json \"development\": true"
-        } else {
-            "given as --dev-pki"
-        };
+        let why = development.unwrap_or("given as --dev-pki");
         let mut chained = vec![];
         for r in &pki.roles {
             let certs = x509::read_certs(&r.cert)?;
@@ -248,40 +252,71 @@ fn dev_root(dev: &[DevCert], mut i: usize) -> usize {
     i
 }
 
-/// The development certificate that `der` is, or was issued by.
-fn dev_match(der: &[u8], dev: &[DevCert]) -> Option<usize> {
-    let c = parse_cert(der)?;
-    dev.iter().position(|d| {
-        d.der == der || parse_cert(&d.der).is_some_and(|dc| x509::verify_signed_by(&c, &dc).is_ok())
-    })
+/// The public key (subjectPublicKey bits) of a certificate.
+fn public_key(der: &[u8]) -> Option<Vec<u8>> {
+    parse_cert(der).map(|c| c.public_key().subject_public_key.data.to_vec())
 }
 
-/// Does `leaf` chain through `pool` to one of `anchors` (equal to one, or
-/// signed by one)? Validity periods are checked when the key is loaded.
-fn chains_to_anchor(leaf: &[u8], pool: &[Vec<u8>], anchors: &[Vec<u8>]) -> bool {
-    let mut cur = leaf.to_vec();
-    for _ in 0..8 {
-        if anchors.contains(&cur) {
-            return true;
-        }
-        let Some(c) = parse_cert(&cur) else {
-            return false;
+/// How a production certificate relates to a development certificate.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DevLink {
+    /// The same certificate, or one issued by the development key.
+    Chains,
+    /// Another certificate for the development certificate's public key
+    /// (e.g. the development ssig_subca key under a production-issued certificate).
+    SameKey,
+}
+
+/// The development certificate whose public key `der` certifies, or that
+/// issued `der`. Public keys are compared, not certificates: a development
+/// key under a new certificate is still a development key.
+fn dev_match(der: &[u8], dev: &[DevCert]) -> Option<(usize, DevLink)> {
+    let c = parse_cert(der)?;
+    let key = c.public_key().subject_public_key.data.as_ref();
+    if let Some(i) = dev.iter().position(|d| d.der == der) {
+        return Some((i, DevLink::Chains));
+    }
+    if let Some(i) = dev
+        .iter()
+        .position(|d| public_key(&d.der).is_some_and(|k| k == key))
+    {
+        return Some((i, DevLink::SameKey));
+    }
+    dev.iter()
+        .position(|d| parse_cert(&d.der).is_some_and(|dc| x509::verify_signed_by(&c, &dc).is_ok()))
+        .map(|i| (i, DevLink::Chains))
+}
+
+/// The certificates the build signed with, found in the artifacts it signed
+/// (each record names its certificate by fingerprint only): the signer
+/// certificates of the PE signatures and the first certificate of a GuestOS
+/// NAME.cert. Best effort: an artifact that cannot be read adds nothing.
+fn build_certs(records: &[Record], plan_dir: &Path) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = vec![];
+    for rec in records {
+        let src = locate(rec, plan_dir);
+        let found: Vec<Vec<u8>> = match rec.kind {
+            Kind::Pe => PeImage::open(&src)
+                .and_then(|img| img.signatures())
+                .map(|sigs| {
+                    sigs.into_iter()
+                        .filter(|c| c.cert_type == WIN_CERT_TYPE_PKCS_SIGNED_DATA)
+                        .filter_map(|c| authenticode::parse(&c.data, &src).ok()?.signer_cert)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Kind::Guestos => x509::read_certs(&guestos::Manifest::sibling(&src, "cert"))
+                .map(|v| v.into_iter().take(1).collect())
+                .unwrap_or_default(),
         };
-        if anchors
-            .iter()
-            .any(|a| parse_cert(a).is_some_and(|ac| x509::verify_signed_by(&c, &ac).is_ok()))
-        {
-            return true;
-        }
-        let next = pool.iter().find(|p| {
-            **p != cur && parse_cert(p).is_some_and(|pc| x509::verify_signed_by(&c, &pc).is_ok())
-        });
-        match next {
-            Some(n) => cur = n.clone(),
-            None => return false,
+        for c in found {
+            if x509::sha256_hex(&c).eq_ignore_ascii_case(&rec.key_fingerprint) && !out.contains(&c)
+            {
+                out.push(c);
+            }
         }
     }
-    false
+    out
 }
 
 fn subject_of(der: &[u8]) -> String {
@@ -461,6 +496,8 @@ pub fn run(opts: &Options) -> Result<Report> {
         }
     }
     let dev = dev_certs(&opts.dev_pki, &plan_pkis, &mut warnings)?;
+    // The build's own keys, by public key: also those signed with --key/--cert.
+    let built_with = build_certs(&records, &fsutil::parent_dir(&plan::absolute(&opts.plan)?));
     let mut anchors_of: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
     for name in &needed {
         let e = &keys.entries[name];
@@ -470,7 +507,20 @@ pub fn run(opts: &Options) -> Result<Report> {
             certs.extend(x509::read_certs(c)?);
         }
         for der in &certs {
-            if let Some(i) = dev_match(der, &dev) {
+            if let Some((i, DevLink::SameKey)) = dev_match(der, &dev) {
+                return Err(Error::input(
+                    &keys.path,
+                    format!(
+                        "{label}: production certificate '{}' has the public key of development certificate '{}' ({} in {}, {}); refusing to re-sign",
+                        subject_of(der),
+                        subject_of(&dev[i].der),
+                        dev[i].role,
+                        dev[i].dir.display(),
+                        dev[i].why
+                    ),
+                ));
+            }
+            if let Some((i, _)) = dev_match(der, &dev) {
                 let root = &dev[dev_root(&dev, i)];
                 return Err(Error::input(
                     &keys.path,
@@ -486,6 +536,21 @@ pub fn run(opts: &Options) -> Result<Report> {
             }
         }
         let fp = x509::sha256_hex(&certs[0]);
+        let key = public_key(&certs[0]);
+        if let Some(b) = built_with
+            .iter()
+            .find(|b| public_key(b).is_some() && public_key(b) == key)
+        {
+            return Err(Error::input(
+                &keys.path,
+                format!(
+                    "{label}: production certificate '{}' has the public key of the build's certificate '{}' (SHA-256 {}); refusing to re-sign",
+                    subject_of(&certs[0]),
+                    subject_of(b),
+                    x509::sha256_hex(b)
+                ),
+            ));
+        }
         if records
             .iter()
             .any(|r| r.key_fingerprint.eq_ignore_ascii_case(&fp))
@@ -507,7 +572,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         let mut anchors = vec![];
         for t in &e.trust {
             for der in x509::read_certs(t)? {
-                if let Some(i) = dev_match(&der, &dev) {
+                if let Some((i, _)) = dev_match(&der, &dev) {
                     let root = &dev[dev_root(&dev, i)];
                     return Err(Error::input(
                         t,
@@ -522,11 +587,13 @@ pub fn run(opts: &Options) -> Result<Report> {
                 anchors.push(der);
             }
         }
-        if !chains_to_anchor(&certs[0], &certs[1..], &anchors) {
+        // The path rules every verifier uses (partial chains, as firmware
+        // allows; validity was checked when the key was loaded).
+        if let Err(why) = crate::chain::uefi_path(&certs[0], &certs[1..], &anchors) {
             return Err(Error::input(
                 &keys.path,
                 format!(
-                    "{label}: production certificate '{}' does not chain to any of its trust anchors ({})",
+                    "{label}: production certificate '{}' does not chain to any of its trust anchors ({}): {why}",
                     subject_of(&certs[0]),
                     e.trust
                         .iter()
@@ -972,7 +1039,7 @@ impl Job<'_> {
             .file_name()
             .ok_or_else(|| Error::input(self.dest, "not a file name"))?;
         let conf = staging.join(name);
-        let bytes = fs::read(self.src).at(self.src)?;
+        let bytes = fsutil::read_input(self.src, fsutil::InputKind::GuestosConf)?;
         let mode = fs::metadata(self.src).at(self.src)?.permissions().mode() & 0o7777;
         fsutil::write_new(&conf, &bytes, mode)?;
         if !plan::sha256_file(&conf)?.eq_ignore_ascii_case(&self.rec.sha256_after) {
@@ -989,6 +1056,7 @@ impl Job<'_> {
                 images: None,
                 cms,
                 signing_time: self.signing_time,
+                allow_missing_images: false,
             },
         )?;
         self.check_guestos(&conf).map_err(|e| {

@@ -3,14 +3,13 @@
 
 use std::path::Path;
 
-use aws_lc_rs::signature as sig;
 use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, Issuer, KeyIdMethod};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::time::ASN1Time;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::keys::{KeyType, Signer};
 
 /// Lets rcgen sign and embed public keys through our `Signer` trait, so
@@ -109,7 +108,19 @@ pub fn issue(
     subject_key: &dyn Signer,
     issuer: Option<(&[u8], &dyn Signer)>,
 ) -> Result<Vec<u8>> {
+    issue_with(spec, subject_key, issuer, vec![])
+}
+
+/// `issue`, with further extensions after the standard ones (`pki init`
+/// adds the development marker, see `release::marker_extension`).
+pub fn issue_with(
+    spec: &CertSpec,
+    subject_key: &dyn Signer,
+    issuer: Option<(&[u8], &dyn Signer)>,
+    extensions: Vec<rcgen::CustomExtension>,
+) -> Result<Vec<u8>> {
     let mut p = CertificateParams::default();
+    p.custom_extensions = extensions;
     p.distinguished_name = spec.subject.to_dn()?;
     p.not_before = spec.not_before;
     p.not_after = spec.not_before + time::Duration::days(i64::from(spec.days));
@@ -151,7 +162,7 @@ pub fn pem_encode(tag: &str, der: &[u8]) -> String {
 
 /// Read every certificate from a PEM file (in order) or a single DER certificate.
 pub fn read_certs(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let bytes = std::fs::read(path).at(path)?;
+    let bytes = crate::fsutil::read_input(path, crate::fsutil::InputKind::Certificate)?;
     parse_certs(&bytes, path)
 }
 
@@ -281,66 +292,7 @@ pub fn verify_with_spki(
     msg: &[u8],
     sig: &[u8],
 ) -> std::result::Result<(), String> {
-    let key = spki.subject_public_key.data.as_ref();
-    let key_type = match spki.algorithm.algorithm.to_id_string().as_str() {
-        "1.2.840.113549.1.1.1" | "1.2.840.113549.1.1.10" => {
-            x509_parser::public_key::RSAPublicKey::from_der(key)
-                .ok()
-                .map(|(_, k)| KeyType::Rsa(k.key_size() as u32))
-        }
-        "1.2.840.10045.2.1" => match spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok())
-            .map(|o| o.to_id_string())
-            .as_deref()
-        {
-            Some("1.2.840.10045.3.1.7") => Some(KeyType::EcP256),
-            Some("1.3.132.0.34") => Some(KeyType::EcP384),
-            _ => None,
-        },
-        _ => None,
-    };
-    let oid = alg.algorithm.to_id_string();
-    let pss: sig::RsaParameters;
-    let verifier: &dyn sig::VerificationAlgorithm = match (oid.as_str(), key_type) {
-        ("1.2.840.113549.1.1.11", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA256,
-        ("1.2.840.113549.1.1.12", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA384,
-        ("1.2.840.113549.1.1.13", Some(KeyType::Rsa(_))) => &sig::RSA_PKCS1_2048_8192_SHA512,
-        ("1.2.840.113549.1.1.10", Some(KeyType::Rsa(_))) => {
-            let parsed = x509_parser::signature_algorithm::SignatureAlgorithm::try_from(alg)
-                .map_err(|e| format!("bad RSA-PSS parameters: {e}"))?;
-            let x509_parser::signature_algorithm::SignatureAlgorithm::RSASSA_PSS(p) = parsed else {
-                return Err("bad RSA-PSS parameters".into());
-            };
-            let base = match p.hash_algorithm_oid().to_id_string().as_str() {
-                "2.16.840.1.101.3.4.2.1" => sig::RSA_PSS_2048_8192_SHA256,
-                "2.16.840.1.101.3.4.2.2" => sig::RSA_PSS_2048_8192_SHA384,
-                "2.16.840.1.101.3.4.2.3" => sig::RSA_PSS_2048_8192_SHA512,
-                h => return Err(format!("unsupported RSA-PSS hash {h}")),
-            };
-            let salt = u16::try_from(p.salt_length()).map_err(|_| "RSA-PSS salt too long")?;
-            pss = base.with_pss_salt_length(sig::RsaPssSaltLength::Custom(salt));
-            &pss
-        }
-        ("1.2.840.10045.4.3.2", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA256_ASN1,
-        ("1.2.840.10045.4.3.3", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA384_ASN1,
-        ("1.2.840.10045.4.3.4", Some(KeyType::EcP256)) => &sig::ECDSA_P256_SHA512_ASN1,
-        ("1.2.840.10045.4.3.2", Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA256_ASN1,
-        ("1.2.840.10045.4.3.3", Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA384_ASN1,
-        ("1.2.840.10045.4.3.4", Some(KeyType::EcP384)) => &sig::ECDSA_P384_SHA512_ASN1,
-        (o, k) => {
-            return Err(format!(
-                "unsupported signature algorithm {o} for key {}",
-                k.map(|k| k.to_string())
-                    .unwrap_or_else(|| "of unknown type".into())
-            ))
-        }
-    };
-    verifier
-        .verify_sig(key, msg, sig)
-        .map_err(|_| "signature does not verify".to_string())
+    crate::sigalg::verify(spki, crate::sigalg::Scheme::from_alg_id(alg)?, msg, sig)
 }
 
 /// Issue a certificate for a public key we hold no `Signer` for (a CSR's key),
@@ -379,111 +331,6 @@ pub fn issue_for_spki(
 
 pub fn is_ca(cert: &X509Certificate<'_>) -> bool {
     matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
-}
-
-/// May `cert` issue certificates? OpenSSL's rule (X509_check_ca), which
-/// EDK2 inherits: basicConstraints decides when present; without it a
-/// self-issued v1 certificate or one whose keyUsage has keyCertSign may.
-/// A keyUsage without keyCertSign always forbids it.
-pub fn may_issue(cert: &X509Certificate<'_>) -> bool {
-    let ku = match cert.key_usage() {
-        Ok(ku) => ku.map(|k| k.value.key_cert_sign()),
-        Err(_) => return false,
-    };
-    if ku == Some(false) {
-        return false;
-    }
-    match cert.basic_constraints() {
-        Ok(Some(bc)) => bc.value.ca,
-        Ok(None) => {
-            (cert.version() == x509_parser::x509::X509Version::V1
-                && cert.subject() == cert.issuer())
-                || ku == Some(true)
-        }
-        Err(_) => false,
-    }
-}
-
-/// Depth limit when walking from a signer certificate up to an anchor.
-const MAX_CHAIN_DEPTH: usize = 8;
-
-/// Trust, EDK2-style: the index of the first anchor such that `leaf`, or a
-/// certificate on a path from it upward through `carried`, is byte-equal to
-/// it or validly signed by it. Only anchors passing `anchor_ok` may sign and
-/// only carried certificates passing `issuer_ok` may be intermediates.
-/// Validity periods are ignored: firmware has no trusted clock.
-pub fn anchor_index(
-    leaf: &[u8],
-    carried: &[Vec<u8>],
-    anchors: &[Vec<u8>],
-    anchor_ok: fn(&X509Certificate<'_>) -> bool,
-    issuer_ok: fn(&X509Certificate<'_>) -> bool,
-) -> Option<usize> {
-    let anchors: Vec<(&[u8], Option<X509Certificate<'_>>)> = anchors
-        .iter()
-        .map(|a| {
-            let parsed = X509Certificate::from_der(a)
-                .ok()
-                .map(|(_, c)| c)
-                .filter(|c| anchor_ok(c));
-            (a.as_slice(), parsed)
-        })
-        .collect();
-    let pool: Vec<(&[u8], X509Certificate<'_>)> = carried
-        .iter()
-        .filter_map(|c| {
-            X509Certificate::from_der(c)
-                .ok()
-                .map(|(_, p)| (c.as_slice(), p))
-        })
-        .collect();
-    let (_, leaf_parsed) = X509Certificate::from_der(leaf).ok()?;
-    let mut visited: Vec<bool> = pool.iter().map(|(d, _)| *d == leaf).collect();
-    walk(
-        leaf,
-        &leaf_parsed,
-        &anchors,
-        &pool,
-        issuer_ok,
-        &mut visited,
-        0,
-    )
-}
-
-fn walk(
-    der: &[u8],
-    cert: &X509Certificate<'_>,
-    anchors: &[(&[u8], Option<X509Certificate<'_>>)],
-    pool: &[(&[u8], X509Certificate<'_>)],
-    issuer_ok: fn(&X509Certificate<'_>) -> bool,
-    visited: &mut [bool],
-    depth: usize,
-) -> Option<usize> {
-    if let Some(i) = anchors.iter().position(|(a, _)| *a == der) {
-        return Some(i);
-    }
-    if let Some(i) = anchors.iter().position(|(_, a)| {
-        a.as_ref()
-            .is_some_and(|a| verify_signed_by(cert, a).is_ok())
-    }) {
-        return Some(i);
-    }
-    if depth >= MAX_CHAIN_DEPTH {
-        return None;
-    }
-    for (j, (cder, c)) in pool.iter().enumerate() {
-        if visited[j] || c.subject() != cert.issuer() || !issuer_ok(c) {
-            continue;
-        }
-        if verify_signed_by(cert, c).is_err() {
-            continue;
-        }
-        visited[j] = true;
-        if let Some(i) = walk(cder, c, anchors, pool, issuer_ok, visited, depth + 1) {
-            return Some(i);
-        }
-    }
-    None
 }
 
 pub fn rfc3339(t: &ASN1Time) -> String {

@@ -356,7 +356,10 @@ fn sign_with_images_fills_hashes_like_coreutils_and_openssl_accepts_the_signatur
         ],
     )));
     assert!(
-        out.contains("signed core-1.conf (core v1) -> core-1.sig, core-1.cert (ECDSA SHA-512"),
+        // `--key-type ec:*` still gives ssig_cml an RSA key: cml verifies no other.
+        out.contains(
+            "signed core-1.conf (core v1) -> core-1.sig, core-1.cert (RSA PKCS#1 v1.5 SHA-512"
+        ),
         "{out}"
     );
 
@@ -690,7 +693,7 @@ fn one_changed_byte_in_conf_or_image_fails_verification() {
     fs::write(dir.join("core-1.conf"), &bad).unwrap();
     let err = fails(verify(dir, "core-1.conf", &root, &[]), 1);
     assert!(
-        err.contains("core-1.sig: ECDSA SHA-512 signature does not verify"),
+        err.contains("core-1.sig: RSA PKCS#1 v1.5 SHA-512 signature does not verify"),
         "{err}"
     );
     assert!(!openssl_dgst_verify(dir, "core-1", &[]));
@@ -824,7 +827,7 @@ fn sign_all_walks_the_directory() {
         2,
     );
     assert!(
-        err.contains("root.img for core-1.conf is ambiguous"),
+        err.contains("root.img for core-1.conf (core-1) is ambiguous"),
         "{err}"
     );
     fs::remove_dir_all(other.path().join("deploy/b")).unwrap();
@@ -940,8 +943,10 @@ fn show_lists_the_mounts() {
     assert_eq!(v["mounts"][0]["image_size"], 4096);
 }
 
+/// `pki init --key-type ec:secp384r1` still makes an RSA ssig_cml (cml checks
+/// no other key type), and its signatures verify raw and as CMS.
 #[test]
-fn p384_keys_sign_ecdsa_with_sha512_raw_and_cms() {
+fn an_ec_pki_still_signs_guestos_with_rsa() {
     let w = workdir();
     let dir = w.path();
     let pki = pki("ec:secp384r1").to_str().unwrap();
@@ -966,4 +971,308 @@ fn p384_keys_sign_ecdsa_with_sha512_raw_and_cms() {
         &role("ec:secp384r1", "ssig_rootca.cert"),
         &[],
     ));
+}
+
+/// The confs of testdata/guestos/cml/: `accepted/` holds what cml's parser
+/// loads, `refused/` what it refuses and `stricter/` what it loads but reads
+/// otherwise than it looks (refused by us too). Each `VERDICTS` line names a
+/// conf, what pki-signer must say and what cml does, from cml's parser source
+/// (gyroidos/external_protobuf-c-text parse.re, protobuf-c's message check).
+fn cml_corpus(sub: &str) -> Vec<(PathBuf, String)> {
+    let dir = Path::new(TESTDATA).join("cml").join(sub);
+    let mut listed = vec![];
+    if sub != "accepted" {
+        let verdicts = fs::read_to_string(dir.join("VERDICTS")).unwrap();
+        for line in verdicts.lines().filter(|l| !l.starts_with('#')) {
+            let mut cols = line.split('\t');
+            let (name, want) = (cols.next().unwrap(), cols.next().unwrap());
+            assert!(cols.next().is_some_and(|c| !c.is_empty()), "{line}");
+            listed.push((dir.join(name), want.to_string()));
+        }
+    }
+    let mut confs: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    confs.sort();
+    if sub == "accepted" {
+        return confs.into_iter().map(|p| (p, String::new())).collect();
+    }
+    let mut names: Vec<&PathBuf> = listed.iter().map(|(p, _)| p).collect();
+    names.sort();
+    assert_eq!(names, confs.iter().collect::<Vec<_>>(), "{sub}/VERDICTS");
+    listed
+}
+
+#[test]
+fn cml_corpus_accepted_confs_sign_verify_and_show_clean() {
+    let pki = pki("rsa:2048").to_str().unwrap();
+    let root = role("rsa:2048", "ssig_rootca.cert");
+    let all = cml_corpus("accepted");
+    assert!(all.len() >= 10);
+    for (conf, _) in all {
+        let name = conf.file_name().unwrap().to_str().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::copy(&conf, dir.join(name)).unwrap();
+        let show = ok(run_in(dir, &["guestos", "show", name]));
+        assert!(
+            !stderr(&show).contains("cml would not load"),
+            "{name}: {}",
+            stderr(&show)
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&ok(run_in(dir, &["guestos", "show", name, "--json"])).stdout)
+                .unwrap();
+        assert_eq!(v["cml_loads"], true, "{name}");
+        ok(run_in(
+            dir,
+            &["guestos", "sign", name, "--role", "ssig_cml", "--dir", pki],
+        ));
+        ok(verify(dir, name, &root, &[]));
+        // An independent text-format parser reads it too.
+        if let Some(protoc) = peer("protoc") {
+            let o = std::process::Command::new(protoc)
+                .args(["--encode=GuestOSConfig", "-I", TESTDATA, "guestos.proto"])
+                .stdin(fs::File::open(dir.join(name)).unwrap())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "protoc: {name}: {}", stderr(&o));
+        }
+    }
+}
+
+#[test]
+fn cml_corpus_refused_confs_are_refused_by_sign_verify_and_show() {
+    let pki = pki("rsa:2048");
+    let root = role("rsa:2048", "ssig_rootca.cert");
+    let key = role("rsa:2048", "ssig_cml.key");
+    let mut all = cml_corpus("refused");
+    assert!(all.len() >= 40);
+    all.extend(cml_corpus("stricter"));
+    for (conf, want) in all {
+        let name = conf.file_name().unwrap().to_str().unwrap();
+        let stem = name.trim_end_matches(".conf");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::copy(&conf, dir.join(name)).unwrap();
+        let reason = format!("{name}: {want}");
+
+        // sign: exit 2, the reason, nothing written.
+        let err = fails(
+            run_in(
+                dir,
+                &[
+                    "guestos",
+                    "sign",
+                    name,
+                    "--role",
+                    "ssig_cml",
+                    "--dir",
+                    pki.to_str().unwrap(),
+                    "--cms",
+                ],
+            ),
+            2,
+        );
+        assert!(err.contains(&reason), "sign {name}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert_eq!(
+            fs::read_dir(dir).unwrap().count(),
+            1,
+            "{name}: files written"
+        );
+        assert_eq!(fs::read(dir.join(name)).unwrap(), fs::read(&conf).unwrap());
+
+        // verify of a valid signature made the GyroidOS way: exit 1, the reason.
+        peer_ok(
+            &openssl(),
+            &[
+                "dgst",
+                "-sha512",
+                "-sign",
+                &key,
+                "-out",
+                &format!("{stem}.sig"),
+                name,
+            ],
+            dir,
+        );
+        fs::copy(
+            role("rsa:2048", "ssig_cml.cert"),
+            dir.join(format!("{stem}.cert")),
+        )
+        .unwrap();
+        let err = fails(verify(dir, name, &root, &[]), 1);
+        assert!(err.contains(&reason), "verify {name}: {err}");
+
+        // show: lenient, but says cml would not load it (or fails with the reason).
+        let o = run_in(dir, &["guestos", "show", name]);
+        let e = stderr(&o);
+        if o.status.success() {
+            assert!(
+                e.contains("cml would not load this conf") && e.contains(&want),
+                "show {name}: {e}"
+            );
+        } else {
+            assert!(e.contains(&reason), "show {name}: {e}");
+        }
+    }
+}
+
+#[test]
+fn ec_signer_keys_are_refused_as_cml_does() {
+    // ssig is not a GuestOS role: with --key-type ec it is EC.
+    let p = pki("ec:prime256v1");
+    let (key, cert) = (p.join("ssig.key"), p.join("ssig.cert"));
+    let w = workdir();
+    let dir = w.path();
+    let err = fails(
+        run_in(
+            dir,
+            &[
+                "guestos",
+                "sign",
+                "core-1.conf",
+                "--key",
+                key.to_str().unwrap(),
+                "--cert",
+                cert.to_str().unwrap(),
+                "--images",
+                ".",
+            ],
+        ),
+        2,
+    );
+    assert!(
+        err.contains("EC key: cml verifies GuestOS signatures only with RSA (PKCS#1 v1.5) or RSA-PSS keys; any other key is \"Unsupported key type\""),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!dir.join("core-1.sig").exists() && !dir.join("core-1.cert").exists());
+    assert_eq!(
+        fs::read(dir.join("core-1.conf")).unwrap(),
+        fs::read(Path::new(TESTDATA).join("core-1.conf")).unwrap()
+    );
+    // An ECDSA signature that openssl makes and accepts is refused by verify.
+    peer_ok(
+        &openssl(),
+        &[
+            "dgst",
+            "-sha512",
+            "-sign",
+            key.to_str().unwrap(),
+            "-out",
+            "core-1.sig",
+            "core-1.conf",
+        ],
+        dir,
+    );
+    fs::copy(&cert, dir.join("core-1.cert")).unwrap();
+    assert!(openssl_dgst_verify(dir, "core-1", &[]));
+    let root = p.join("ssig_rootca.cert");
+    let err = fails(verify(dir, "core-1.conf", root.to_str().unwrap(), &[]), 1);
+    assert!(
+        err.contains("core-1.sig: EC signer key: ") && err.contains("Unsupported key type"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pki_init_keeps_the_guestos_roles_rsa() {
+    // --key-type ec: the GuestOS roles are RSA, the others EC.
+    let p = pki("ec:prime256v1");
+    for (cert, want) in [
+        ("ssig_cml.cert", "rsaEncryption"),
+        ("ssig_subca_cml.cert", "rsaEncryption"),
+        ("ssig.cert", "id-ecPublicKey"),
+    ] {
+        let text = peer_ok(
+            &openssl(),
+            &[
+                "x509",
+                "-noout",
+                "-text",
+                "-in",
+                p.join(cert).to_str().unwrap(),
+            ],
+            Path::new("/"),
+        );
+        assert!(
+            text.contains(&format!("Public Key Algorithm: {want}")),
+            "{cert}: {text}"
+        );
+    }
+    // A profile asking for an EC GuestOS signing key is refused, with the reason.
+    let tmp = tempfile::tempdir().unwrap();
+    for r in ["ssig_cml", "ssig_subca_cml"] {
+        fs::write(
+            tmp.path().join("p.json"),
+            format!("{{\"roles\": {{\"{r}\": {{\"key_type\": \"ec:prime256v1\"}}}}}}"),
+        )
+        .unwrap();
+        let err = fails(
+            run_in(tmp.path(), &["pki", "init", "--profile", "p.json"]),
+            2,
+        );
+        assert!(
+            err.contains(&format!(
+                "role '{r}': key_type ec:prime256v1: GuestOS signing keys must be RSA"
+            )) && err.contains("Unsupported key type"),
+            "{err}"
+        );
+        assert!(!tmp.path().join("pki").exists());
+    }
+}
+
+#[test]
+fn images_are_found_by_name_and_version_from_the_contents() {
+    let w = workdir();
+    let dir = w.path();
+    let pki = pki("rsa:2048").to_str().unwrap();
+    // foo.conf holds core v1: cml reads core-1/, never foo/.
+    fs::copy(dir.join("core-1.conf"), dir.join("foo.conf")).unwrap();
+    fs::create_dir_all(dir.join("foo")).unwrap();
+    fs::write(dir.join("foo/root.img"), data(999, "decoy")).unwrap();
+    let sign = |conf: &str, images: &str, extra: &[&str]| {
+        let mut args = vec![
+            "guestos", "sign", conf, "--role", "ssig_cml", "--dir", pki, "--images", images,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run_in(dir, &args)
+    };
+    let v: serde_json::Value =
+        serde_json::from_slice(&ok(sign("foo.conf", ".", &[])).stdout).unwrap();
+    assert_eq!(v[0]["images"][0]["path"], "./core-1/root.img");
+    assert_eq!(v[0]["images"][1]["path"], "./core-1/modules.img");
+    // The image directory itself, named NAME-VERSION (what the layer's class passes).
+    fs::create_dir_all(dir.join("confs")).unwrap();
+    fs::copy(dir.join("kiosk-7.conf"), dir.join("confs/kiosk-7.conf")).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&ok(sign("confs/kiosk-7.conf", "kiosk-7", &[])).stdout).unwrap();
+    assert_eq!(v[0]["images"][0]["path"], "kiosk-7/root.img");
+
+    // A missing image: exit 2 naming the path cml reads, nothing written.
+    fs::remove_file(dir.join("core-1/modules.img")).unwrap();
+    fs::remove_file(dir.join("core-1.sig")).ok();
+    let before = fs::read(dir.join("core-1.conf")).unwrap();
+    let err = fails(sign("core-1.conf", ".", &[]), 2);
+    assert!(
+        err.contains("core-1.conf: mounts[2] (OVERLAY_RO): image ./core-1/modules.img not found"),
+        "{err}"
+    );
+    assert!(!dir.join("core-1.sig").exists());
+    assert_eq!(fs::read(dir.join("core-1.conf")).unwrap(), before);
+    // Unless asked for: then a warning, and the other image is filled.
+    let o = ok(sign("core-1.conf", ".", &["--allow-missing-images"]));
+    assert!(
+        stderr(&o).contains("no modules.img (--allow-missing-images)"),
+        "{}",
+        stderr(&o)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["images"][0]["path"], "./core-1/root.img");
+    assert!(v[0]["images"][1]["path"].is_null());
 }

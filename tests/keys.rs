@@ -38,6 +38,8 @@ fn make(dir: &Path, name: &str, genkey: &[&str]) {
 fn keys_in_every_common_format_match_their_openssl_certificates() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
+    // A directory of keys is private, or `pki check` fails.
+    fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     std::env::set_var("PKI_SIGNER_KEY_PASS", "test1234");
     make(
         d,

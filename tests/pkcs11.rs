@@ -486,7 +486,30 @@ fn guestos_manifests_and_device_csrs_sign_with_token_keys() {
     let ossl = openssl();
     let d = h.dir.as_path();
     let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/guestos/core-1.conf");
-    for (object, cert) in [("ssig", "rsa.crt"), ("ssig-ec", "ec.crt")] {
+    // cml verifies GuestOS signatures with RSA keys only: an EC token key is
+    // refused before anything is written.
+    std::fs::copy(&conf, d.join("ec-guest.conf")).unwrap();
+    let o = run(
+        h,
+        ENV,
+        &[
+            "guestos",
+            "sign",
+            "ec-guest.conf",
+            "--key",
+            "pkcs11:token=test;object=ssig-ec",
+            "--cert",
+            "ec.crt",
+        ],
+    );
+    assert!(
+        stderr(&o).contains("Unsupported key type"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.join("ec-guest.sig").exists());
+    {
+        let (object, cert) = ("ssig", "rsa.crt");
         let name = format!("{object}-guest.conf");
         std::fs::copy(&conf, d.join(&name)).unwrap();
         let key = format!("pkcs11:token=test;object={object}");

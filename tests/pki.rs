@@ -570,6 +570,8 @@ fn check_finds_wrong_keys_expiry_and_near_expiry() {
 fn gyroidos_style_directory_made_by_openssl_is_understood() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
+    // A directory of keys is private, or `pki check` fails.
+    fs::set_permissions(d, fs::Permissions::from_mode(0o700)).unwrap();
     let ossl = openssl();
     let ec = [
         "-newkey",
@@ -649,4 +651,76 @@ fn gyroidos_style_directory_made_by_openssl_is_understood() {
     assert_eq!(roles, ["ssig_rootca", "ssig_subca"]);
     let out = stdout(&ok(run_in(d, &["pki", "check", "--dir", "."])));
     assert!(out.contains("OK (2 items)"), "{out}");
+}
+
+/// `pki check` fails on a private key or a key directory open to group or
+/// others, with one problem line naming the file and its mode.
+#[test]
+fn check_fails_on_keys_and_directory_open_to_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(run_in(
+        tmp.path(),
+        &["pki", "init", "--uefi", "--key-type", "ec:prime256v1"],
+    ));
+    let dir = tmp.path().join("pki");
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let chmod = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    ok(run_in(tmp.path(), &["pki", "check"]));
+
+    let failing = |want: &str| {
+        let o = run_in(tmp.path(), &["pki", "check"]);
+        assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+        let out = stdout(&o);
+        let hits: Vec<&str> = out.lines().filter(|l| l.contains(want)).collect();
+        assert_eq!(hits.len(), 1, "{want:?} in {out}");
+        assert!(hits[0].trim_start().starts_with("problem: "), "{out}");
+    };
+    for (file, m) in [
+        ("ssig.key", 0o644),
+        ("ssig.key", 0o640),
+        ("ssig.key", 0o604),
+        ("tpm2-pcr-private.pem", 0o644),
+    ] {
+        let key = dir.join(file);
+        chmod(&key, m);
+        failing(&format!(
+            "pki/{file}: mode {m:04o}; a private key must not be open to group or others"
+        ));
+        chmod(&key, 0o600);
+    }
+    for m in [0o755, 0o750, 0o705, 0o720] {
+        chmod(&dir, m);
+        failing(&format!("pki: mode {m:04o}; a directory of private keys must not be readable or writable by group or others"));
+    }
+    chmod(&dir, 0o700);
+    let out = stdout(&ok(run_in(tmp.path(), &["pki", "check"])));
+    assert!(!out.contains("permissions"), "{out}");
+}
+
+/// A symlink planted at DIR.lock is refused, not followed: nothing is
+/// created or opened at its target, and no PKI is made.
+#[test]
+fn symlinked_lock_file_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    symlink(d.join("elsewhere"), d.join("pki.lock")).unwrap();
+    let err = fails(
+        run_in(d, &["pki", "init", "--key-type", "ec:prime256v1"]),
+        2,
+    );
+    assert!(
+        err.contains("pki.lock: is a symlink; pki-signer does not follow a symlinked lock file"),
+        "{err}"
+    );
+    assert!(!d.join("elsewhere").exists(), "followed the symlink");
+    assert!(!d.join("pki").exists());
+    // A symlink to an existing file is not opened either.
+    fs::write(d.join("elsewhere"), "keep").unwrap();
+    fails(
+        run_in(d, &["pki", "init", "--key-type", "ec:prime256v1"]),
+        2,
+    );
+    assert_eq!(fs::read_to_string(d.join("elsewhere")).unwrap(), "keep");
+    assert!(!d.join("pki").exists());
 }

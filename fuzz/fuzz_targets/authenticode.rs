@@ -17,6 +17,13 @@ fuzz_target!(|data: &[u8]| {
     let _ = authenticode::chains_to(&sig, &sig.certs);
     if let Some(leaf) = &sig.signer_cert {
         let _ = authenticode::chains_to(&sig, std::slice::from_ref(leaf));
+        // The cml / openssl-default rules: full path to a self-signed root.
+        let _ = pki_signer::chain::build(
+            leaf,
+            &sig.certs,
+            &sig.certs,
+            &pki_signer::chain::Rules::root(None),
+        );
     }
     for n in &sig.nested {
         let _ = authenticode::parse(n, origin);

@@ -1,19 +1,12 @@
 use std::path::PathBuf;
 
-use clap::{ArgGroup, Subcommand, ValueEnum};
+use clap::{ArgGroup, Subcommand};
 use pki_signer::csr::{self, CsrFile, IndexTarget, IssueOptions, Job, Profile};
 use pki_signer::identity::Identity;
+use pki_signer::text::escape_for_terminal as esc;
 use pki_signer::{Error, Result};
 
 use super::{print_json, KeyArgs};
-
-#[derive(Clone, Copy, ValueEnum)]
-pub(super) enum ProfileArg {
-    /// O must be the project slug (--project), CN the device's certificate ID.
-    Golioth,
-    /// CN must name the device.
-    Gyroidos,
-}
 
 // Parsed once per process; boxing the big variant would only add noise.
 #[allow(clippy::large_enum_variant)]
@@ -35,9 +28,11 @@ pub(super) enum CsrCmd {
         /// Validity in days from now, cut to the issuer's notAfter.
         #[arg(long, default_value_t = 365)]
         days: u32,
-        /// Subject rules of the service the certificates are for.
-        #[arg(long, value_enum)]
-        profile: Option<ProfileArg>,
+        /// Subject and subjectAltName rules: golioth (O = --project, CN; no SAN),
+        /// gyroidos (C, O, OU, CN; SAN URI:UUID:/urn:uuid:) or a JSON FILE.
+        /// Default: O and CN copied, DNS host names as the only SAN.
+        #[arg(long, value_name = "golioth|gyroidos|FILE.json")]
+        profile: Option<String>,
         /// Golioth project slug, required in O by --profile golioth.
         #[arg(long, value_name = "SLUG")]
         project: Option<String>,
@@ -71,11 +66,11 @@ pub(super) fn run(cmd: CsrCmd) -> Result<i32> {
             index,
             json,
         } => {
-            let profile = match (profile, project) {
-                (Some(ProfileArg::Golioth), Some(p)) if !p.is_empty() => {
+            let profile = match (profile.as_deref(), project) {
+                (Some("golioth"), Some(p)) if !p.is_empty() => {
                     Some(Profile::Golioth { project: p })
                 }
-                (Some(ProfileArg::Golioth), _) => {
+                (Some("golioth"), _) => {
                     return Err(Error::Usage(
                         "--profile golioth needs --project SLUG (the subject O)".into(),
                     ))
@@ -85,7 +80,8 @@ pub(super) fn run(cmd: CsrCmd) -> Result<i32> {
                         "--project only applies to --profile golioth".into(),
                     ))
                 }
-                (Some(ProfileArg::Gyroidos), None) => Some(Profile::Gyroidos),
+                (Some("gyroidos"), None) => Some(Profile::Gyroidos),
+                (Some(file), None) => Some(Profile::load(std::path::Path::new(file))?),
                 (None, None) => None,
             };
             if inputs.len() > 1 && output.is_some() {
@@ -116,10 +112,12 @@ pub(super) fn run(cmd: CsrCmd) -> Result<i32> {
                 (Some(p), role) => Some(IndexTarget {
                     path: p.clone(),
                     issuer_role: role.clone(),
+                    pki_dir: None,
                 }),
                 (None, Some(role)) => Some(IndexTarget {
                     path: csr::default_index(&key.dir),
                     issuer_role: Some(role.clone()),
+                    pki_dir: Some(key.dir.clone()),
                 }),
                 (None, None) => None,
             };
@@ -143,6 +141,15 @@ pub(super) fn run(cmd: CsrCmd) -> Result<i32> {
                         .unwrap_or("with it")
                 );
             }
+            for c in &s.certificates {
+                if !c.dropped_subject.is_empty() {
+                    eprintln!(
+                        "pki-signer: warning: {}: subject {} not copied (the profile does not copy it)",
+                        c.csr.display(),
+                        c.dropped_subject.join(", ")
+                    );
+                }
+            }
             if json {
                 print_json(&s)?;
             } else {
@@ -150,7 +157,7 @@ pub(super) fn run(cmd: CsrCmd) -> Result<i32> {
                     println!(
                         "issued {} for '{}' (serial {}, until {})",
                         c.output.display(),
-                        c.subject,
+                        esc(&c.subject),
                         c.serial,
                         c.not_after
                     );
@@ -164,20 +171,20 @@ pub(super) fn run(cmd: CsrCmd) -> Result<i32> {
                 print_json(&info)?;
             } else {
                 println!("file:       {}", info.file.display());
-                println!("subject:    {}", info.subject);
+                println!("subject:    {}", esc(&info.subject));
                 match &info.key_unsupported {
                     None => println!("key:        {}", info.key),
                     Some(why) => println!("key:        {} (not certifiable: {why})", info.key),
                 }
                 for san in &info.subject_alt_names {
-                    println!("SAN:        {san}");
+                    println!("SAN:        {}", esc(san));
                 }
                 for e in &info.requested_extensions {
                     println!(
                         "requests:   {}{}: {}{}",
                         e.name,
                         if e.critical { " (critical)" } else { "" },
-                        e.value,
+                        esc(&e.value),
                         if e.copied { "" } else { " [not copied]" }
                     );
                 }

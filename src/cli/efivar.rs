@@ -2,10 +2,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use pki_signer::efivar::{self, AuthFile, EfiTime, Guid, SecureVar};
-use pki_signer::error::IoContext;
-use pki_signer::fsutil::{self, PUBLIC_MODE};
+use pki_signer::fsutil::{self, InputKind, PUBLIC_MODE};
 use pki_signer::identity::Identity;
 use pki_signer::pe::PeImage;
+use pki_signer::text::escape_for_terminal as esc;
 use pki_signer::{pkcs7, x509, Error, Result};
 
 use super::{print_json, KeyArgs};
@@ -153,7 +153,7 @@ pub(super) fn run(cmd: EfivarCmd) -> Result<i32> {
                 Some(t) => EfiTime::parse(&t).map_err(|e| Error::Usage(format!("--time {e}")))?,
                 None => EfiTime::from_env_or(time::OffsetDateTime::now_utc())?,
             };
-            let data = std::fs::read(&input).at(&input)?;
+            let data = fsutil::read_input(&input, InputKind::Esl)?;
             let entries = efivar::check_var_content(var, &data, &input)?;
             let id = Identity::load(&key.spec())?;
             if !id.signer.key_type().is_rsa() {
@@ -183,7 +183,12 @@ pub(super) fn run(cmd: EfivarCmd) -> Result<i32> {
             Ok(0)
         }
         EfivarCmd::Show { input, json } => {
-            let bytes = std::fs::read(&input).at(&input)?;
+            let kind = if input.extension().is_some_and(|e| e == "auth") {
+                InputKind::Auth
+            } else {
+                InputKind::Esl
+            };
+            let bytes = fsutil::read_input(&input, kind)?;
             let report = show(&bytes, &input)?;
             if json {
                 print_json(&report)?;
@@ -205,7 +210,7 @@ pub(super) fn run(cmd: EfivarCmd) -> Result<i32> {
                 anchors.extend(x509::read_certs(c)?);
             }
             for e in &esl {
-                let bytes = std::fs::read(e).at(e)?;
+                let bytes = fsutil::read_input(e, InputKind::Esl)?;
                 anchors.extend(
                     efivar::parse_esl(&bytes, e)?
                         .into_iter()
@@ -227,10 +232,10 @@ pub(super) fn run(cmd: EfivarCmd) -> Result<i32> {
                     );
                 }
                 if let Some(s) = &r.signer {
-                    println!("signer: {s}");
+                    println!("signer: {}", esc(s));
                 }
                 if let Some(t) = &r.trusted_by {
-                    println!("trusted via: {t}");
+                    println!("trusted via: {}", esc(t));
                 }
                 for w in &r.warnings {
                     println!("warning: {w}");
@@ -366,7 +371,7 @@ fn print_show(path: &Path, r: &ShowReport) {
         }
         match &a.signer {
             Some(s) => {
-                println!("  signer: {}", s.subject);
+                println!("  signer: {}", esc(&s.subject));
                 println!("  signer sha256: {}", s.fingerprint_sha256);
             }
             None => println!("  signer: {} (certificate not included)", a.signer_id),
@@ -404,10 +409,10 @@ fn print_show(path: &Path, r: &ShowReport) {
     for (i, e) in r.entries.iter().enumerate() {
         println!("  [{i}] {} owner {}", e.sig_type, e.owner);
         if let Some(s) = &e.subject {
-            println!("      subject: {s}");
+            println!("      subject: {}", esc(s));
         }
         if let Some(s) = &e.issuer {
-            println!("      issuer: {s}");
+            println!("      issuer: {}", esc(s));
         }
         if let Some(s) = &e.fingerprint_sha256 {
             println!("      sha256 fingerprint: {s}");
@@ -431,6 +436,9 @@ struct VerifyReport {
     signer: Option<String>,
     /// Subject of the trusted certificate the signer chains to.
     trusted_by: Option<String>,
+    /// No trust anchor was given for a PK update, so the new PK itself was
+    /// trusted, as only firmware in Setup Mode would.
+    assumed_setup_mode: bool,
     problems: Vec<String>,
     warnings: Vec<String>,
 }
@@ -440,7 +448,7 @@ fn verify(
     want: Option<(SecureVar, bool)>,
     anchors: &[Vec<u8>],
 ) -> Result<VerifyReport> {
-    let bytes = std::fs::read(path).at(path)?;
+    let bytes = fsutil::read_input(path, InputKind::Auth)?;
     let a: AuthFile = efivar::parse_auth(&bytes, path)?;
     let sd = pkcs7::parse(&a.pkcs7, path)?;
     let mut problems = vec![];
@@ -497,6 +505,7 @@ fn verify(
     };
     let mut signer = None;
     let mut trusted_by = None;
+    let mut setup_mode = false;
     if let Some((v, append)) = found {
         let payload = efivar::auth_payload(v, efivar::auth_attributes(append), a.time, &a.data);
         let leaf = sd
@@ -508,7 +517,14 @@ fn verify(
         }
         let mut anchors = anchors.to_vec();
         if anchors.is_empty() && v == SecureVar::Pk {
-            // Setup mode: the new PK vouches for itself.
+            // Setup mode: the new PK vouches for itself. In user mode the
+            // current PK must have signed it, so say what was assumed.
+            setup_mode = true;
+            warnings.push(
+                "no --cert given: assumed Setup Mode, where a PK update may be signed by the new PK itself; \
+                 in User Mode the current PK must sign it"
+                    .into(),
+            );
             anchors.extend(
                 efivar::parse_esl(&a.data, path)
                     .unwrap_or_default()
@@ -526,15 +542,13 @@ fn verify(
                     "nothing to trust for a {v} update: give --cert or --esl"
                 ));
             } else {
-                match sd.trusted_by(&leaf, &anchors) {
-                    Some(i) => {
+                match efivar_trust(v, &sd, &leaf, &anchors) {
+                    Ok(i) => {
                         trusted_by = x509::parse(&anchors[i], path)
                             .ok()
                             .map(|c| c.subject().to_string())
                     }
-                    None => {
-                        problems.push("the signer does not chain to a trusted certificate".into())
-                    }
+                    Err(e) => problems.push(e),
                 }
             }
         }
@@ -547,7 +561,36 @@ fn verify(
         time: a.time.to_string(),
         signer,
         trusted_by,
+        assumed_setup_mode: setup_mode,
         problems,
         warnings,
     })
+}
+
+/// Who may sign an update, as EDK2's AuthVariableLib decides: PK and KEK
+/// updates are checked against the PK with no chaining (the signer must be
+/// the PK certificate itself); db and dbx updates may chain to any KEK
+/// certificate, one at a time.
+fn efivar_trust(
+    v: SecureVar,
+    sd: &pkcs7::SignedData,
+    leaf: &[u8],
+    anchors: &[Vec<u8>],
+) -> std::result::Result<usize, String> {
+    match v {
+        SecureVar::Pk | SecureVar::Kek => {
+            let i = anchors.iter().position(|a| a == leaf).ok_or_else(|| {
+                format!(
+                    "the signer is not the PK certificate (firmware does not chain {v} updates)"
+                )
+            })?;
+            pki_signer::chain::uefi_path(leaf, &[], &anchors[i..=i])
+                .map(|_| i)
+                .map_err(|e| format!("the signer's path is invalid: {e}"))
+        }
+        SecureVar::Db | SecureVar::Dbx => sd
+            .trusted_path(leaf, anchors)
+            .map(|p| p.anchor)
+            .map_err(|e| format!("the signer does not chain to a trusted certificate: {e}")),
+    }
 }

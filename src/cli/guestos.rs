@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use pki_signer::guestos::{self, ImageDir, Manifest, SignOptions, VerifyOptions};
 use pki_signer::identity::Identity;
+use pki_signer::text::escape_for_terminal as esc;
 use pki_signer::{plan, x509, Error, Result};
 
 use super::{print_json, signing_time, KeyArgs};
@@ -21,10 +22,14 @@ pub(super) enum GuestosCmd {
         #[command(flatten)]
         key: KeyArgs,
         /// First fill image_size, image_sha1 and image_sha2_256 of the mounts
-        /// cml checks (SHARED, FLASH, OVERLAY_RO, SHARED_RW, STORE_ONLY) from the
-        /// IMAGE_FILE.img files found under DIR.
+        /// cml checks (SHARED, FLASH, OVERLAY_RO, SHARED_RW, STORE_ONLY) from
+        /// NAME-VERSION/IMAGE_FILE.img under DIR, as cml finds them (NAME and
+        /// VERSION from the conf's contents). A missing image is an error.
         #[arg(long, value_name = "DIR")]
         images: Option<PathBuf>,
+        /// With --images: sign even if an image is missing (its values stay as they are).
+        #[arg(long, requires = "images")]
+        allow_missing_images: bool,
         /// Also write NAME.p7s, a detached CMS signature (SHA-512, DER).
         #[arg(long)]
         cms: bool,
@@ -68,6 +73,7 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
             all,
             key,
             images,
+            allow_missing_images,
             cms,
             signing_time: st,
             plan: plan_file,
@@ -84,6 +90,7 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
                 images: dir.as_ref(),
                 cms,
                 signing_time: st,
+                allow_missing_images,
             };
             // Before signing: --images may rewrite the conf.
             let before = match &plan_file {
@@ -119,7 +126,7 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
                 }
                 for f in r.images.iter().filter(|f| f.path.is_none()) {
                     eprintln!(
-                        "pki-signer: warning: {}: {} ({}): no {}.img under the images directory; left as it was",
+                        "pki-signer: warning: {}: {} ({}): no {}.img (--allow-missing-images); left as it was",
                         r.conf.display(),
                         f.mount,
                         f.mount_type,
@@ -156,7 +163,7 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
                     r.version,
                     outs.join(", "),
                     r.scheme,
-                    r.signer
+                    esc(&r.signer)
                 );
             }
             Ok(0)
@@ -184,7 +191,7 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
                 println!(
                     "signature: {} by '{}': {}",
                     r.scheme.as_deref().unwrap_or("-"),
-                    r.signer,
+                    esc(&r.signer),
                     if r.signature_ok { "ok" } else { "BAD" }
                 );
                 println!(
@@ -192,7 +199,7 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
                     if r.chain.is_empty() {
                         "-".to_string()
                     } else {
-                        r.chain.join(" <- ")
+                        esc(&r.chain.join(" <- "))
                     },
                     if r.chain_ok { "ok" } else { "BAD" }
                 );
@@ -233,6 +240,13 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
             for w in &m.warnings {
                 eprintln!("pki-signer: warning: {w}");
             }
+            if let Some(p) = &m.cml_problem {
+                eprintln!(
+                    "pki-signer: warning: {}: cml would not load this conf: {}",
+                    conf.display(),
+                    esc(p)
+                );
+            }
             if json {
                 print_json(&serde_json::json!({
                     "conf": conf,
@@ -242,21 +256,23 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
                     "description": m.description,
                     "build_date": m.build_date,
                     "mounts": m.mounts,
+                    "cml_loads": m.cml_problem.is_none(),
+                    "cml_problem": m.cml_problem,
                 }))?;
                 return Ok(0);
             }
             println!(
                 "{}: {} v{} ({})",
                 conf.display(),
-                m.name,
+                esc(&m.name),
                 m.version,
-                m.hardware
+                esc(&m.hardware)
             );
             if let Some(d) = &m.description {
-                println!("description: {d}");
+                println!("description: {}", esc(d));
             }
             if let Some(d) = &m.build_date {
-                println!("build date: {d}");
+                println!("build date: {}", esc(d));
             }
             for mt in &m.mounts {
                 println!(

@@ -21,6 +21,9 @@ mod resign;
     about = "Development PKI and signing for secure-boot images"
 )]
 struct Cli {
+    /// Release mode: refuse development keys (same as PKI_SIGNER_RELEASE=1).
+    #[arg(long, global = true)]
+    release: bool,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -52,7 +55,8 @@ struct KeyArgs {
     /// Role in the PKI directory whose key and certificate sign (e.g. ssig_subca).
     #[arg(long, conflicts_with_all = ["key", "cert"])]
     role: Option<String>,
-    /// PKI directory for --role.
+    /// PKI directory for --role (in release mode, its development keys are refused under
+    /// --key/--cert too).
     #[arg(long, env = "PKI_SIGNER_DIR", default_value = "pki")]
     dir: PathBuf,
     /// Private key: a file (PEM/DER; PKCS#8, PKCS#1, SEC1, encrypted PKCS#8) or a PKCS#11 URI
@@ -175,6 +179,9 @@ pub fn run() -> i32 {
             return code;
         }
     };
+    if cli.release {
+        pki_signer::release::enable();
+    }
     let res = match cli.cmd {
         Command::Pki(c) => pki::run(c),
         Command::Pe(c) => pe::run(c),
@@ -193,11 +200,15 @@ pub fn run() -> i32 {
 }
 
 /// Errors are printed on one line, whatever the underlying message holds.
+/// Subjects and file contents inside the message are escaped, so a hostile
+/// name cannot move the cursor or fake a second line.
 fn one_line(e: &Error) -> String {
-    e.to_string()
+    let line = e
+        .to_string()
         .split_whitespace()
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    pki_signer::text::escape_for_terminal(&line)
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {

@@ -4,6 +4,7 @@ use clap::{ArgGroup, Subcommand};
 use pki_signer::identity::Identity;
 use pki_signer::image::{self, Existing, Output, Trust};
 use pki_signer::pe::PeImage;
+use pki_signer::text::escape_for_terminal as esc;
 use pki_signer::{authenticode, plan, x509, Error, Result};
 
 use super::{print_json, signing_time, KeyArgs};
@@ -127,6 +128,9 @@ pub(super) fn run(cmd: PeCmd) -> Result<i32> {
             }
             // The key is loaded and checked once for the whole batch.
             let id = Identity::load(&key.spec())?;
+            for w in pki_signer::authenticode::signer_warnings(&id.cert) {
+                eprintln!("pki-signer: warning: {w}");
+            }
             let mut jobs = Vec::with_capacity(inputs.len());
             for input in &inputs {
                 let output = if in_place {
@@ -273,7 +277,7 @@ pub(super) fn run(cmd: PeCmd) -> Result<i32> {
                     } else {
                         "INVALID".to_string()
                     };
-                    println!("signature {}: {who}: {verdict}", s.index);
+                    println!("signature {}: {}: {}", s.index, esc(who), esc(&verdict));
                     for p in &s.problems {
                         println!("  problem: {p}");
                     }
@@ -346,9 +350,9 @@ pub(super) fn run(cmd: PeCmd) -> Result<i32> {
                     println!(
                         "  [{}] signer: {}",
                         s["index"],
-                        s["signer"].as_str().unwrap_or("?")
+                        esc(s["signer"].as_str().unwrap_or("?"))
                     );
-                    println!("      issuer: {}", s["issuer"].as_str().unwrap_or("?"));
+                    println!("      issuer: {}", esc(s["issuer"].as_str().unwrap_or("?")));
                     println!(
                         "      image digest: {} {}",
                         s["digest_algorithm"].as_str().unwrap_or("?"),

@@ -1,4 +1,5 @@
 use pki_signer::pki::{self, InitOptions, Pki, Plan, Profile};
+use pki_signer::text::escape_for_terminal as esc;
 use pki_signer::{Error, Result};
 
 use super::{print_json, PkiCmd};
@@ -33,7 +34,7 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
                     report.seconds
                 );
                 for r in &report.roles {
-                    println!("  {:<16} {:<14} {}", r.role, r.key_type, r.subject);
+                    println!("  {:<16} {:<14} {}", r.role, r.key_type, esc(&r.subject));
                 }
                 if report.roles.iter().any(|r| r.key_uri.is_some()) {
                     println!(
@@ -58,8 +59,8 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
             } else {
                 for r in rows {
                     println!("{} ({})", r.role, r.file.display());
-                    println!("  subject:     {}", r.info.subject);
-                    println!("  issuer:      {}", r.info.issuer);
+                    println!("  subject:     {}", esc(&r.info.subject));
+                    println!("  issuer:      {}", esc(&r.info.issuer));
                     println!(
                         "  key:         {}{}",
                         r.info.key,
