@@ -3,7 +3,7 @@
 #   scripts/fuzz.sh                 # every target, 600 s each
 #   scripts/fuzz.sh 120             # every target, 120 s each
 #   scripts/fuzz.sh 300 pe csr      # some targets
-# Targets (fuzz/fuzz_targets/): pe, authenticode, pkcs7, efivar, csr, guestos.
+# Targets (fuzz/fuzz_targets/): pe, authenticode, pkcs7, efivar, csr, guestos, uki.
 #
 # cargo-fuzz passes nightly-only -Z flags to rustc. No nightly toolchain can be
 # downloaded on our machines, so the stable compiler is told to accept them
@@ -23,7 +23,7 @@ root=$PWD
 secs=${1:-600}
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(pe authenticode pkcs7 efivar csr guestos)
+[ ${#targets[@]} -gt 0 ] || targets=(pe authenticode pkcs7 efivar csr guestos uki)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz
@@ -37,7 +37,7 @@ bin=$root/target/release/pki-signer
 # Seeds (rebuilt each run; small)
 seeds=$root/fuzz/seeds
 rm -rf "$seeds"
-for t in pe authenticode pkcs7 efivar csr guestos; do mkdir -p "$seeds/$t"; done
+for t in pe authenticode pkcs7 efivar csr guestos uki; do mkdir -p "$seeds/$t"; done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -84,7 +84,7 @@ EOF
         -out "$seeds/csr/rsa.csr" 2>/dev/null
     openssl req -in "$seeds/csr/ec.csr" -outform DER -out "$seeds/csr/ec.der"
 )
-for t in pe authenticode pkcs7 efivar csr guestos; do
+for t in pe authenticode pkcs7 efivar csr guestos uki; do
     for d in "testdata/malformed/$t" "testdata/regress/$t"; do
         [ -d "$d" ] && cp_if "$seeds/$t" "$d"/*
     done

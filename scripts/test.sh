@@ -18,6 +18,8 @@ ensure_cargo
 # (NUL, ESC, zero-width subjects) that openssl's -subj cannot.
 ensure_apt openssl efitools sbsigntool osslsigncode pesign systemd-boot-efi softhsm2 opensc protobuf-compiler \
     python3-cryptography
+# uki: systemd-measure (systemd) predicts PCR 11; its `sign` needs libtss2 and a TPM (swtpm).
+ensure_apt systemd swtpm libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0 libtss2-tcti-swtpm0
 # OVMF + QEMU + virt-firmware (venv) for the firmware proof.
 ovmf_deps
 # bitbake's bb library (PyPI bitbake-setup), oelint-adv and pytest for the layer tests.

@@ -21,6 +21,7 @@ pub mod release;
 pub mod resign;
 pub mod sigalg;
 pub mod text;
+pub mod uki;
 pub mod x509;
 
 pub use error::{Error, Result};

@@ -1568,3 +1568,64 @@ fn b64(data: &[u8]) -> String {
     }
     out
 }
+
+/// Broken systemd stubs (`stub-*`: `uki build/measure --stub`) and broken
+/// UKIs (`uki-*`: `uki show/measure`), made by testdata/uki/make-malformed.py.
+#[test]
+fn malformed_ukis_and_stubs_fail_cleanly() {
+    let w = world();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let all = files(&repo().join("testdata/malformed/uki"));
+    assert!(all.len() >= 20, "testdata/malformed/uki has {}", all.len());
+    let part = d.join("part");
+    fs::write(&part, b"x").unwrap();
+    let out = d.join("uki.efi");
+    let pki = s(&w.pki);
+    for f in all {
+        let n = name(&f);
+        eprintln!("uki: {n}");
+        if n.starts_with("stub-") {
+            // A symbol-table pointer that is not at the end is kept as it is;
+            // header room only matters when building.
+            let odd_but_usable = n.contains("symbol-table");
+            let measurable = odd_but_usable || n.contains("header-room");
+            check(
+                d,
+                &[
+                    "uki",
+                    "build",
+                    "--stub",
+                    s(&f),
+                    "--linux",
+                    s(&part),
+                    "--os-release",
+                    s(&part),
+                    "--cmdline",
+                    "x",
+                    "-o",
+                    s(&out),
+                    "--role",
+                    "ssig_subca",
+                    "--dir",
+                    pki,
+                ],
+                odd_but_usable,
+                Outputs(&[&out]),
+            );
+            check(
+                d,
+                &["uki", "measure", "--stub", s(&f), "--linux", s(&part)],
+                measurable,
+                Outputs(&[]),
+            );
+        } else {
+            // .pcrsig problems fail `show`; the other breakage fails `measure`.
+            let sig = n.contains("pcrsig") || n.contains("pcrpkey");
+            check(d, &["uki", "show", s(&f)], !sig, Outputs(&[]));
+            check(d, &["uki", "show", "--json", s(&f)], !sig, Outputs(&[]));
+            check(d, &["uki", "measure", s(&f)], sig, Outputs(&[]));
+        }
+    }
+    assert_clean();
+}

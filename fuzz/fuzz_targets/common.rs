@@ -22,7 +22,6 @@ pub fn scratch_with(name: &str, data: &[u8]) -> PathBuf {
     p
 }
 
-
 /// A self-signed EC P-256 CA with its key, made once per process: signing
 /// with it is cheap enough to run on every accepted input.
 pub fn identity() -> pki_signer::identity::Identity {

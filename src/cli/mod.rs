@@ -13,6 +13,7 @@ mod guestos;
 mod pe;
 mod pki;
 mod resign;
+mod uki;
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +48,9 @@ enum Command {
     Csr(csr::CsrCmd),
     /// Re-sign the artifacts of a signing plan with production keys.
     Resign(resign::ResignArgs),
+    /// Build, measure (PCR 11) and inspect Unified Kernel Images.
+    #[command(subcommand)]
+    Uki(Box<uki::UkiCmd>),
 }
 
 /// How a signing command finds its key: a role of the PKI, or explicit files.
@@ -189,6 +193,7 @@ pub fn run() -> i32 {
         Command::Guestos(c) => guestos::run(c),
         Command::Csr(c) => csr::run(c),
         Command::Resign(a) => resign::run(a),
+        Command::Uki(c) => uki::run(*c),
     };
     match res {
         Ok(code) => code,

@@ -1,0 +1,714 @@
+//! `uki build`: a systemd stub plus its parts, laid out as ukify lays them
+//! out, the PCR policy signed, then Authenticode-signed as `pe sign` does.
+//!
+//! Layout (ukify's `pe_add_sections`, systemd-stub(7)):
+//! - the stub's COFF symbol table is dropped when it ends the file (image
+//!   files should not carry one);
+//! - new sections follow the stub's last section in the order `.osrel
+//!   .cmdline .dtb .uname .splash .pcrpkey .initrd .linux .pcrsig`, each
+//!   with `VirtualSize` = its length, raw data at the next `FileAlignment`
+//!   boundary, `SizeOfRawData` rounded up to it, and `VirtualAddress` at the
+//!   next 4 KiB boundary (or `SectionAlignment`, if larger) after the
+//!   previous section, as the systemd-stub(7) objcopy recipe does;
+//! - `.linux` is code, the others initialized data, all read-only;
+//! - `NumberOfSections`, `SizeOfInitializedData`, `SizeOfImage` follow;
+//!   `CheckSum` is set when the image is signed;
+//! - several initrds are concatenated, each padded to 4 bytes (ukify);
+//! - `--sbat` lines are added to the stub's own `.sbat` in place.
+//!
+//! Every input is read once: each part is copied into the output while the
+//! banks' digests of it are computed. The Authenticode digest is then
+//! computed over the finished file (from the page cache), as `pe sign` does.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::pcr::{self, Bank, MultiHasher, PcrSig, Predictions};
+use super::{canonical, measured_for, open_stream, read_part, stream_file, StubVersion};
+use crate::authenticode::{self, SignOptions};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::identity::Identity;
+use crate::keys::Signer;
+use crate::pe::PeImage;
+
+const SECTION_HEADER: usize = 40;
+const IMAGE_SCN_CNT_CODE: u32 = 0x0000_0020;
+const IMAGE_SCN_CNT_INITIALIZED_DATA: u32 = 0x0000_0040;
+const IMAGE_SCN_MEM_READ: u32 = 0x4000_0000;
+const IMAGE_FILE_LOCAL_SYMS_STRIPPED: u16 = 0x0008;
+/// Sections start on page boundaries in memory, as in the objcopy recipe.
+const MIN_SECTION_ALIGN: u32 = 4096;
+
+fn le16(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?))
+}
+
+fn le32(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
+}
+
+fn put16(b: &mut [u8], off: usize, v: u16) {
+    if let Some(s) = b.get_mut(off..off + 2) {
+        s.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn put32(b: &mut [u8], off: usize, v: u32) {
+    if let Some(s) = b.get_mut(off..off + 4) {
+        s.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn round_up(x: u64, a: u64) -> u64 {
+    if a <= 1 {
+        x
+    } else {
+        x.div_ceil(a) * a
+    }
+}
+
+/// One section header of the stub.
+#[derive(Clone, Debug)]
+pub struct StubSection {
+    pub name: String,
+    pub virtual_size: u32,
+    pub virtual_address: u32,
+    pub raw_size: u32,
+    pub raw_offset: u32,
+    /// File offset of the header.
+    header: usize,
+}
+
+/// A systemd stub, read whole (it is small) and parsed.
+pub struct Stub {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    pub version: StubVersion,
+    pub sections: Vec<StubSection>,
+    coff: usize,
+    opt: usize,
+    table_end: usize,
+    size_of_headers: u32,
+    file_align: u32,
+    section_align: u32,
+    /// Where the stub's data ends (its symbol table dropped, if it ended the file).
+    data_end: usize,
+    strip_symbols: bool,
+}
+
+impl Stub {
+    pub fn load(path: &Path) -> Result<Stub> {
+        let bytes = read_part(path)?;
+        Stub::parse(bytes, path)
+    }
+
+    /// Parse a stub image held in memory. Never panics on malformed input.
+    pub fn parse(bytes: Vec<u8>, path: &Path) -> Result<Stub> {
+        let bad = |m: String| Error::input(path, m);
+        if bytes.get(..2) != Some(b"MZ") {
+            return Err(bad("not a PE image: no MZ signature".into()));
+        }
+        let pe = le32(&bytes, 0x3c).unwrap_or(0) as usize;
+        if bytes.get(pe..pe.saturating_add(4)) != Some(b"PE\0\0") {
+            return Err(bad(format!("not a PE image: no PE signature at {pe:#x}")));
+        }
+        let coff = pe + 4;
+        let trunc = || bad("truncated PE headers".into());
+        let nsect = le16(&bytes, coff + 2).ok_or_else(trunc)? as usize;
+        let sym_ptr = le32(&bytes, coff + 8).ok_or_else(trunc)? as u64;
+        let nsym = le32(&bytes, coff + 12).ok_or_else(trunc)? as u64;
+        let opt_size = le16(&bytes, coff + 16).ok_or_else(trunc)? as usize;
+        let opt = coff + 20;
+        let magic = le16(&bytes, opt).ok_or_else(trunc)?;
+        let dd = match magic {
+            0x20b => opt + 112,
+            0x10b => opt + 96,
+            m => return Err(bad(format!("unsupported optional header magic {m:#06x}"))),
+        };
+        if dd > opt + opt_size {
+            return Err(trunc());
+        }
+        let section_align = le32(&bytes, opt + 32).ok_or_else(trunc)?;
+        let file_align = le32(&bytes, opt + 36).ok_or_else(trunc)?;
+        let size_of_headers = le32(&bytes, opt + 60).ok_or_else(trunc)?;
+        let ndirs = le32(&bytes, dd - 4).ok_or_else(trunc)? as usize;
+        if ndirs > 4 && le32(&bytes, dd + 4 * 8 + 4).ok_or_else(trunc)? != 0 {
+            return Err(bad(
+                "the stub is signed; sign the UKI, not the stub (pe unsign it first)".into(),
+            ));
+        }
+        if !file_align.is_power_of_two() || !(512..=65536).contains(&file_align) {
+            return Err(bad(format!(
+                "FileAlignment {file_align:#x} is not supported"
+            )));
+        }
+        if !section_align.is_power_of_two() || section_align < file_align {
+            return Err(bad(format!(
+                "SectionAlignment {section_align:#x} is not supported"
+            )));
+        }
+        let table = opt + opt_size;
+        let table_end = table + nsect * SECTION_HEADER;
+        if table_end > size_of_headers as usize || size_of_headers as usize > bytes.len() {
+            return Err(bad("section table extends past SizeOfHeaders".into()));
+        }
+        let mut sections = vec![];
+        for i in 0..nsect {
+            let h = table + i * SECTION_HEADER;
+            let raw_name = &bytes[h..h + 8];
+            let end = raw_name.iter().position(|&b| b == 0).unwrap_or(8);
+            let name = String::from_utf8_lossy(&raw_name[..end]).into_owned();
+            let s = StubSection {
+                name,
+                virtual_size: le32(&bytes, h + 8).ok_or_else(trunc)?,
+                virtual_address: le32(&bytes, h + 12).ok_or_else(trunc)?,
+                raw_size: le32(&bytes, h + 16).ok_or_else(trunc)?,
+                raw_offset: le32(&bytes, h + 20).ok_or_else(trunc)?,
+                header: h,
+            };
+            if s.raw_size > 0 {
+                let end = u64::from(s.raw_offset) + u64::from(s.raw_size);
+                if end > bytes.len() as u64 || s.raw_offset < size_of_headers {
+                    return Err(bad(format!(
+                        "section {} raw data lies outside the file",
+                        s.name
+                    )));
+                }
+                if s.raw_offset % file_align != 0 {
+                    return Err(bad(format!(
+                        "section {} raw data at {:#x} is not FileAlignment-aligned",
+                        s.name, s.raw_offset
+                    )));
+                }
+            }
+            sections.push(s);
+        }
+        let sections_end = sections
+            .iter()
+            .map(|s| u64::from(s.raw_offset) + u64::from(s.raw_size))
+            .max()
+            .unwrap_or(u64::from(size_of_headers));
+        // A symbol table (and its string table) that ends the file is dropped.
+        let mut data_end = bytes.len();
+        let mut strip_symbols = false;
+        if sym_ptr != 0 {
+            let syms_end = sym_ptr.saturating_add(18 * nsym);
+            let strtab = le32(&bytes, syms_end as usize).map_or(0, u64::from);
+            let end = syms_end.saturating_add(strtab);
+            if end == bytes.len() as u64 && sym_ptr >= sections_end {
+                data_end = sym_ptr as usize;
+                strip_symbols = true;
+            }
+        }
+        let version = {
+            let s = sections
+                .iter()
+                .find(|s| s.name == ".sdmagic")
+                .ok_or_else(|| bad("no .sdmagic section: not a systemd stub".into()))?;
+            let start = s.raw_offset as usize;
+            let len = s.virtual_size.min(s.raw_size) as usize;
+            let data = bytes.get(start..start + len).unwrap_or_default();
+            super::parse_sdmagic(data).map_err(bad)?
+        };
+        Ok(Stub {
+            path: path.to_path_buf(),
+            bytes,
+            version,
+            sections,
+            coff,
+            opt,
+            table_end,
+            size_of_headers,
+            file_align,
+            section_align,
+            data_end,
+            strip_symbols,
+        })
+    }
+}
+
+/// What a new section holds.
+pub enum Content {
+    Bytes(Vec<u8>),
+    /// Large files, streamed; several are concatenated, each padded to 4
+    /// bytes (ukify's `join_initrds`).
+    Files(Vec<(PathBuf, u64)>),
+}
+
+impl Content {
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::Files(f) if f.len() == 1 => f[0].1,
+            Content::Files(f) => f.iter().map(|(_, n)| round_up(*n, 4)).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stream the content through `f`, reading each file once.
+    pub fn stream(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        match self {
+            Content::Bytes(b) => f(b),
+            Content::Files(files) => {
+                let pad = files.len() > 1;
+                for (p, len) in files {
+                    let (file, now) = open_stream(p)?;
+                    if now != *len {
+                        return Err(Error::input(p, "file changed while the UKI was built"));
+                    }
+                    stream_file(p, file, *len, &mut f)?;
+                    let zeros = [0u8; 3];
+                    let n = (round_up(*len, 4) - len) as usize;
+                    if pad && n > 0 {
+                        f(&zeros[..n])?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One section to add.
+pub struct Part {
+    pub name: &'static str,
+    pub content: Content,
+}
+
+/// The parts of a UKI, as given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    pub linux: Option<PathBuf>,
+    pub initrds: Vec<PathBuf>,
+    pub cmdline: Option<Vec<u8>>,
+    pub os_release: Option<PathBuf>,
+    pub uname: Option<String>,
+    pub splash: Option<PathBuf>,
+    pub dtb: Option<PathBuf>,
+    /// A PEM public key for `.pcrpkey` (measure only; build takes it from the PCR key).
+    pub pcrpkey: Option<PathBuf>,
+    pub sbat: Option<PathBuf>,
+}
+
+impl Inputs {
+    /// The new sections in ukify's order (`.pcrsig` comes later).
+    /// `pcrpkey` overrides `self.pcrpkey`.
+    pub fn parts(&self, pcrpkey: Option<Vec<u8>>) -> Result<Vec<Part>> {
+        let mut v = vec![];
+        let file = |p: &Option<PathBuf>| -> Result<Option<Content>> {
+            p.as_deref()
+                .map(|p| read_part(p).map(Content::Bytes))
+                .transpose()
+        };
+        let mut add = |name, c: Option<Content>| {
+            if let Some(c) = c {
+                v.push(Part { name, content: c });
+            }
+        };
+        add(".osrel", file(&self.os_release)?);
+        add(".cmdline", self.cmdline.clone().map(Content::Bytes));
+        add(".dtb", file(&self.dtb)?);
+        add(
+            ".uname",
+            self.uname.clone().map(|s| Content::Bytes(s.into_bytes())),
+        );
+        add(".splash", file(&self.splash)?);
+        let pk = match pcrpkey {
+            Some(b) => Some(b),
+            None => match &self.pcrpkey {
+                Some(p) => {
+                    let b = fsutil::read_input(p, fsutil::InputKind::Certificate)?;
+                    super::public_key_from_pem(&b).map_err(|m| Error::input(p, m))?;
+                    Some(b)
+                }
+                None => None,
+            },
+        };
+        add(".pcrpkey", pk.map(Content::Bytes));
+        if !self.initrds.is_empty() {
+            let mut files = vec![];
+            for p in &self.initrds {
+                let (_, len) = open_stream(p)?;
+                files.push((p.clone(), len));
+            }
+            add(".initrd", Some(Content::Files(files)));
+        }
+        if let Some(p) = &self.linux {
+            let (_, len) = open_stream(p)?;
+            add(".linux", Some(Content::Files(vec![(p.clone(), len)])));
+        }
+        Ok(v)
+    }
+}
+
+/// The PCR policy key and how to sign.
+pub struct PcrSigning<'a> {
+    pub key: &'a dyn Signer,
+    pub banks: Vec<Bank>,
+    pub phases: Vec<String>,
+}
+
+pub struct BuildOptions<'a> {
+    pub inputs: Inputs,
+    pub stub: PathBuf,
+    pub output: PathBuf,
+    pub identity: &'a Identity,
+    pub pcr: Option<PcrSigning<'a>>,
+    /// Banks/phases of the predictions reported when there is no PCR key.
+    pub banks: Vec<Bank>,
+    pub phases: Vec<String>,
+    pub signing_time: Option<OffsetDateTime>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SectionReport {
+    pub name: String,
+    pub virtual_address: u32,
+    pub virtual_size: u32,
+    pub raw_offset: u32,
+    pub raw_size: u32,
+    pub measured: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BuildReport {
+    pub output: PathBuf,
+    pub stub: PathBuf,
+    pub stub_version: StubVersion,
+    pub sections: Vec<SectionReport>,
+    /// PCR 11 predictions per bank and phase.
+    pub pcr: Predictions,
+    /// `pkfp` of the PCR key, when the policy was signed.
+    pub pcr_key_fingerprint: Option<String>,
+    /// Authenticode SHA-256 that was signed (hex).
+    pub digest: String,
+}
+
+/// A new section's header fields.
+struct Placed {
+    name: &'static str,
+    va: u32,
+    vs: u32,
+    raw_offset: u32,
+    raw_size: u32,
+    flags: u32,
+}
+
+/// Build, measure, sign. Nothing is visible at `output` until the signed
+/// image is complete and durable.
+pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
+    let stub = Stub::load(&o.stub)?;
+    let measured = measured_for(&stub.version, &o.stub)?;
+    let (pcrpkey, banks, phases) = match &o.pcr {
+        Some(p) => {
+            let spki = crate::x509::spki_der(p.key);
+            let pem = crate::x509::pem_encode("PUBLIC KEY", &spki).into_bytes();
+            (Some(pem), p.banks.clone(), p.phases.clone())
+        }
+        None => (None, o.banks.clone(), o.phases.clone()),
+    };
+    if o.pcr.is_some() && o.inputs.pcrpkey.is_some() {
+        return Err(Error::Usage(
+            "--pcrpkey is taken from the PCR key when the policy is signed".into(),
+        ));
+    }
+    let mut parts = o.inputs.parts(pcrpkey)?;
+    parts.retain(|p| !p.content.is_empty());
+    if !parts.iter().any(|p| p.name == ".linux") {
+        return Err(Error::Usage("--linux is needed".into()));
+    }
+    let mut bytes = stub.bytes.clone();
+    let sbat = match &o.inputs.sbat {
+        Some(p) => Some(merge_sbat(&stub, &read_part(p)?, p)?),
+        None => None,
+    };
+
+    // Layout.
+    let n_new = parts.len() + usize::from(o.pcr.is_some());
+    let new_table_end = stub.table_end + n_new * SECTION_HEADER;
+    let first_raw = stub
+        .sections
+        .iter()
+        .filter(|s| s.raw_size > 0)
+        .map(|s| s.raw_offset as usize)
+        .min()
+        .unwrap_or(stub.size_of_headers as usize);
+    let soh = round_up(u64::from(stub.size_of_headers), u64::from(stub.file_align)) as usize;
+    if soh > first_raw {
+        return Err(Error::input(
+            &o.stub,
+            "SizeOfHeaders is not FileAlignment-aligned and the first section follows it at once",
+        ));
+    }
+    if new_table_end > soh {
+        return Err(Error::input(
+            &o.stub,
+            format!(
+                "the stub's headers have room for {} more section headers, {n_new} are needed",
+                (soh - stub.table_end) / SECTION_HEADER
+            ),
+        ));
+    }
+    let fa = u64::from(stub.file_align);
+    let sa = u64::from(stub.section_align.max(MIN_SECTION_ALIGN));
+    let mut next_va = stub
+        .sections
+        .iter()
+        .map(|s| u64::from(s.virtual_address) + u64::from(s.virtual_size))
+        .max()
+        .unwrap_or(0);
+    let mut next_raw = stub.data_end as u64;
+    let mut placed = vec![];
+    let too_big = || Error::Usage("the UKI would exceed the 4 GiB a PE image can address".into());
+    let mut place = |name: &'static str, len: u64| -> Result<Placed> {
+        let va = round_up(next_va, sa);
+        let raw = round_up(next_raw, fa);
+        let raw_size = round_up(len, fa);
+        next_va = va + len;
+        next_raw = raw + raw_size;
+        if next_raw > u64::from(u32::MAX) || next_va > u64::from(u32::MAX) {
+            return Err(too_big());
+        }
+        Ok(Placed {
+            name,
+            va: va as u32,
+            vs: len as u32,
+            raw_offset: raw as u32,
+            raw_size: raw_size as u32,
+            flags: IMAGE_SCN_MEM_READ
+                | if name == ".linux" {
+                    IMAGE_SCN_CNT_CODE
+                } else {
+                    IMAGE_SCN_CNT_INITIALIZED_DATA
+                },
+        })
+    };
+    for p in &parts {
+        placed.push(place(p.name, p.content.len())?);
+    }
+
+    // Write the stub's data and the parts, measuring as they pass.
+    let out = &o.output;
+    crate::pe::remove_stale_temps(&fsutil::parent_dir(out));
+    let mut staged = fsutil::Staged::create(out, "signing", fsutil::PUBLIC_MODE)?;
+    let f = staged.file()?;
+    if let (Some(new), Some(s)) = (&sbat, stub.sections.iter().find(|s| s.name == ".sbat")) {
+        let start = s.raw_offset as usize;
+        bytes[start..start + s.raw_size as usize].fill(0);
+        bytes[start..start + new.len()].copy_from_slice(new);
+        put32(&mut bytes, s.header + 8, new.len() as u32);
+    }
+    let body = (stub.size_of_headers as usize).min(stub.data_end);
+    f.write_all_at(&bytes[body..stub.data_end], body as u64)
+        .at(out)?;
+    let mut digests = vec![];
+    let mut writer = Writer { f, out };
+    for (p, at) in parts.iter().zip(&placed) {
+        let mut h = MultiHasher::new(&banks);
+        let is_measured = measured.contains(&p.name);
+        let mut pos = u64::from(at.raw_offset);
+        p.content.stream(|chunk| {
+            if is_measured {
+                h.update(chunk);
+            }
+            writer.write(chunk, pos)?;
+            pos += chunk.len() as u64;
+            Ok(())
+        })?;
+        if pos - u64::from(at.raw_offset) != u64::from(at.vs) {
+            return Err(Error::Usage(format!(
+                "section {}: input size changed while it was read",
+                p.name
+            )));
+        }
+        if is_measured {
+            digests.push((p.name.to_string(), h.finish()));
+        }
+    }
+    // Measured sections of the stub itself (none for 252, .sbat for later ones).
+    for s in &stub.sections {
+        if measured.contains(&s.name.as_str()) && s.virtual_size > 0 {
+            let mut h = MultiHasher::new(&banks);
+            let start = s.raw_offset as usize;
+            let raw = s.raw_size.min(s.virtual_size) as usize;
+            h.update(bytes.get(start..start + raw).unwrap_or_default());
+            h.update(&vec![0; s.virtual_size as usize - raw]);
+            digests.push((s.name.clone(), h.finish()));
+        }
+    }
+    let digests = canonical(measured, digests, &o.stub)?;
+    let predictions = pcr::predict(&digests, &banks, &phases);
+
+    // The signed policy, last.
+    let mut pkfp = None;
+    if let Some(p) = &o.pcr {
+        let (_, json): (PcrSig, Vec<u8>) =
+            pcr::sign_policies(&digests, &p.banks, &p.phases, p.key)?;
+        let at = place(".pcrsig", json.len() as u64)?;
+        writer.write(&json, u64::from(at.raw_offset))?;
+        placed.push(at);
+        pkfp = Some(pcr::key_fingerprint(p.key.public_key()));
+    }
+
+    // Headers.
+    let mut hdr = bytes[..soh].to_vec();
+    hdr.resize(soh, 0);
+    put32(&mut hdr, stub.opt + 60, soh as u32);
+    let nsect = stub.sections.len() + placed.len();
+    put16(&mut hdr, stub.coff + 2, nsect as u16);
+    if stub.strip_symbols {
+        put32(&mut hdr, stub.coff + 8, 0);
+        put32(&mut hdr, stub.coff + 12, 0);
+        let ch = le16(&hdr, stub.coff + 18).unwrap_or(0) | IMAGE_FILE_LOCAL_SYMS_STRIPPED;
+        put16(&mut hdr, stub.coff + 18, ch);
+    }
+    let mut init_data = le32(&hdr, stub.opt + 8).unwrap_or(0);
+    for (i, p) in placed.iter().enumerate() {
+        let h = stub.table_end + i * SECTION_HEADER;
+        let mut name = [0u8; 8];
+        name[..p.name.len()].copy_from_slice(p.name.as_bytes());
+        hdr[h..h + 8].copy_from_slice(&name);
+        put32(&mut hdr, h + 8, p.vs);
+        put32(&mut hdr, h + 12, p.va);
+        put32(&mut hdr, h + 16, p.raw_size);
+        put32(&mut hdr, h + 20, p.raw_offset);
+        put32(&mut hdr, h + 36, p.flags);
+        init_data = init_data.wrapping_add(p.vs);
+    }
+    put32(&mut hdr, stub.opt + 8, init_data);
+    let last_end = stub
+        .sections
+        .iter()
+        .map(|s| u64::from(s.virtual_address) + u64::from(s.virtual_size))
+        .chain(placed.iter().map(|p| u64::from(p.va) + u64::from(p.vs)))
+        .max()
+        .unwrap_or(0);
+    let size_of_image = round_up(last_end, u64::from(stub.section_align));
+    put32(&mut hdr, stub.opt + 56, size_of_image as u32);
+    put32(&mut hdr, stub.opt + 64, 0);
+    writer.write(&hdr, 0)?;
+    let end = placed.last().map_or(stub.data_end as u64, |p| {
+        u64::from(p.raw_offset) + u64::from(p.raw_size)
+    });
+    writer.f.set_len(end).at(out)?;
+    staged.close();
+
+    // Authenticode, as `pe sign` makes it.
+    let img = PeImage::open(staged.tmp())?;
+    let digest = img.digest()?;
+    let p7 = authenticode::sign_digest(
+        &digest.sha256,
+        &SignOptions {
+            signer: o.identity.signer.as_ref(),
+            cert: &o.identity.cert,
+            chain: &o.identity.chain,
+            signing_time: o.signing_time,
+        },
+    )?;
+    img.write_signed_in_place(&digest, &[p7])?;
+    staged.sync()?;
+    fsutil::publish(vec![staged])?;
+
+    let measured_names: Vec<&str> = digests.iter().map(|(n, _)| n.as_str()).collect();
+    let mut sections: Vec<SectionReport> = stub
+        .sections
+        .iter()
+        .map(|s| SectionReport {
+            name: s.name.clone(),
+            virtual_address: s.virtual_address,
+            virtual_size: s.virtual_size,
+            raw_offset: s.raw_offset,
+            raw_size: s.raw_size,
+            measured: measured_names.contains(&s.name.as_str()),
+        })
+        .collect();
+    sections.extend(placed.iter().map(|p| SectionReport {
+        name: p.name.to_string(),
+        virtual_address: p.va,
+        virtual_size: p.vs,
+        raw_offset: p.raw_offset,
+        raw_size: p.raw_size,
+        measured: measured_names.contains(&p.name),
+    }));
+    Ok(BuildReport {
+        output: out.clone(),
+        stub: o.stub.clone(),
+        stub_version: stub.version,
+        sections,
+        pcr: predictions,
+        pcr_key_fingerprint: pkfp,
+        digest: digest.hex(),
+    })
+}
+
+/// Positioned writes to the temp file; errors name the output.
+struct Writer<'a> {
+    f: &'a File,
+    out: &'a Path,
+}
+
+impl Writer<'_> {
+    fn write(&mut self, data: &[u8], at: u64) -> Result<()> {
+        self.f.write_all_at(data, at).at(self.out)
+    }
+}
+
+/// The stub's `.sbat` with the entries of `extra` (an SBAT CSV) added after
+/// its own; the `sbat,` header line is kept once. Must fit the stub's
+/// section.
+fn merge_sbat(stub: &Stub, extra: &[u8], path: &Path) -> Result<Vec<u8>> {
+    let s = stub
+        .sections
+        .iter()
+        .find(|s| s.name == ".sbat")
+        .ok_or_else(|| Error::input(&stub.path, "the stub has no .sbat section to extend"))?;
+    let start = s.raw_offset as usize;
+    let own = stub
+        .bytes
+        .get(start..start + s.virtual_size.min(s.raw_size) as usize)
+        .unwrap_or_default();
+    let own_end = own.iter().position(|&b| b == 0).unwrap_or(own.len());
+    let own = std::str::from_utf8(&own[..own_end])
+        .map_err(|_| Error::input(&stub.path, ".sbat is not text"))?;
+    let extra = std::str::from_utf8(extra).map_err(|_| Error::input(path, "not UTF-8 text"))?;
+    let mut lines: Vec<&str> = own.lines().filter(|l| !l.is_empty()).collect();
+    if !lines.first().is_some_and(|l| l.starts_with("sbat,")) {
+        return Err(Error::input(
+            &stub.path,
+            ".sbat does not start with an sbat, line",
+        ));
+    }
+    for l in extra.lines().filter(|l| !l.trim().is_empty()) {
+        if l.starts_with("sbat,") {
+            continue;
+        }
+        if l.split(',').count() < 6 {
+            return Err(Error::input(
+                path,
+                format!("SBAT line '{}' has fewer than 6 fields", l.escape_debug()),
+            ));
+        }
+        lines.push(l);
+    }
+    let mut out = lines.join("\n").into_bytes();
+    out.push(b'\n');
+    if out.len() > s.raw_size as usize {
+        return Err(Error::input(
+            path,
+            format!(
+                "merged SBAT is {} bytes; the stub's .sbat holds {}",
+                out.len(),
+                s.raw_size
+            ),
+        ));
+    }
+    Ok(out)
+}

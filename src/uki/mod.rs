@@ -1,0 +1,683 @@
+//! Unified Kernel Images (UAPI UKI specification, systemd-stub(7)): build
+//! one from a systemd-stub and its parts, predict the PCR 11 values the stub
+//! and systemd-pcrphase will produce, sign the PCR policy as
+//! `systemd-measure sign` does, and inspect a UKI.
+//!
+//! Which sections the stub measures, and in which order, depends on the stub
+//! version (its `.sdmagic` section says it). Only versions whose measured
+//! set is known here are accepted ([`measured_sections`]); a newer stub is
+//! refused rather than guessed at, because a wrong guess would sign a policy
+//! no boot ever satisfies.
+
+pub mod build;
+pub mod pcr;
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::pe::{PeImage, SectionInfo};
+use pcr::{Bank, MultiHasher, PcrSig, Predictions, SectionDigests};
+
+/// Where Debian (systemd-boot-efi) and OE-core (systemd-boot) put the x86-64 stub.
+pub const DEFAULT_STUBS: [&str; 2] = [
+    "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+    "/usr/lib/systemd/boot/efi/linuxx64.efi.stub.signed",
+];
+
+/// The stub to use when none is given: the first of [`DEFAULT_STUBS`] present.
+pub fn default_stub() -> Result<PathBuf> {
+    DEFAULT_STUBS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "no systemd stub at {} (apt install systemd-boot-efi); pass --stub",
+                DEFAULT_STUBS[0]
+            ))
+        })
+}
+
+/// The measured sections of systemd-stub `major`, in the order the stub
+/// measures them into PCR 11 (`.pcrsig` is never measured), or None when
+/// this version's set is not known here.
+///
+/// systemd 252 (`src/fundamental/tpm-pcr.c`, `unified_sections[]`):
+/// `.linux .osrel .cmdline .initrd .splash .dtb [.pcrsig] .pcrpkey`; checked
+/// against that release's `systemd-measure calculate` in tests/uki.rs.
+pub fn measured_sections(major: u32) -> Option<&'static [&'static str]> {
+    match major {
+        252 => Some(&[
+            ".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey",
+        ]),
+        _ => None,
+    }
+}
+
+/// The stub versions [`measured_sections`] knows.
+pub const KNOWN_STUB_VERSIONS: &str = "252";
+
+/// What `.sdmagic` says: `#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StubVersion {
+    /// The whole version word (`252.39-1~deb12u2`).
+    pub version: String,
+    pub major: u32,
+}
+
+/// Parse the content of `.sdmagic`.
+pub fn parse_sdmagic(data: &[u8]) -> std::result::Result<StubVersion, String> {
+    let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+    let text = std::str::from_utf8(&data[..end]).map_err(|_| ".sdmagic is not text".to_string())?;
+    let rest = text
+        .split("systemd-stub ")
+        .nth(1)
+        .ok_or_else(|| format!(".sdmagic '{}' names no systemd-stub", text.escape_debug()))?;
+    let version = rest.split_whitespace().next().unwrap_or("").to_string();
+    let digits: String = version.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let major = digits.parse::<u32>().map_err(|_| {
+        format!(
+            ".sdmagic version '{}' has no number",
+            version.escape_debug()
+        )
+    })?;
+    Ok(StubVersion { version, major })
+}
+
+/// The measured-section list of `v`, or an input error naming `path`.
+pub fn measured_for(v: &StubVersion, path: &Path) -> Result<&'static [&'static str]> {
+    measured_sections(v.major).ok_or_else(|| {
+        Error::input(
+            path,
+            format!(
+                "systemd-stub {}: which sections this version measures into PCR 11 is not known to pki-signer (known: {KNOWN_STUB_VERSIONS}); refusing to guess",
+                v.version
+            ),
+        )
+    })
+}
+
+/// Order `digests` (any order) as the stub measures them, keeping only the
+/// sections it measures. A section measured twice is refused: which copy the
+/// stub takes is not something to predict.
+pub fn canonical(
+    measured: &[&str],
+    digests: SectionDigests,
+    path: &Path,
+) -> Result<SectionDigests> {
+    let mut out = vec![];
+    for name in measured {
+        let mut found = digests.iter().filter(|(n, _)| n == name);
+        if let Some(d) = found.next() {
+            if found.next().is_some() {
+                return Err(Error::input(path, format!("section {name} appears twice")));
+            }
+            out.push(d.clone());
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Reading the sections of an existing UKI
+
+/// An opened UKI: validated PE headers and a descriptor for section reads.
+pub struct Uki {
+    pub path: PathBuf,
+    pub sections: Vec<SectionInfo>,
+    pub file_size: u64,
+    file: File,
+}
+
+/// How far a section's VirtualSize may exceed its raw data (zeros the loader
+/// adds, e.g. a kernel's bss): a 4 GiB VirtualSize is a broken image, not
+/// 4 GiB of zeros to hash.
+const MAX_ZERO_FILL: u64 = 256 << 20;
+
+/// Largest `.sdmagic`, `.pcrsig` or `.pcrpkey` read into memory.
+const MAX_SMALL_SECTION: u32 = 1 << 20;
+
+impl Uki {
+    pub fn open(path: &Path) -> Result<Uki> {
+        let img = PeImage::open(path)?;
+        let info = img.info();
+        let file = File::open(path).at(path)?;
+        Ok(Uki {
+            path: path.to_path_buf(),
+            sections: info.sections,
+            file_size: info.file_size,
+            file,
+        })
+    }
+
+    pub fn section(&self, name: &str) -> Option<&SectionInfo> {
+        self.sections.iter().find(|s| s.name == name)
+    }
+
+    /// Stream the VirtualSize bytes the loader maps for `s` (raw data, then
+    /// zeros past SizeOfRawData), as the stub measures them.
+    pub fn stream(&self, s: &SectionInfo, mut f: impl FnMut(&[u8])) -> Result<()> {
+        let vs = u64::from(s.virtual_size);
+        let raw = u64::from(s.raw_size).min(vs);
+        let start = u64::from(s.raw_offset);
+        if raw > 0 && start + raw > self.file_size {
+            return Err(Error::input(
+                &self.path,
+                format!("section {} extends past the end of the file", s.name),
+            ));
+        }
+        if vs - raw > MAX_ZERO_FILL {
+            return Err(Error::input(
+                &self.path,
+                format!(
+                    "section {}: VirtualSize {vs:#x} exceeds its raw data ({raw:#x} bytes) by more than {MAX_ZERO_FILL:#x}",
+                    s.name
+                ),
+            ));
+        }
+        let mut buf = vec![0u8; (256 << 10).min(vs.max(1) as usize)];
+        let mut pos = 0u64;
+        while pos < vs {
+            let n = (buf.len() as u64).min(vs - pos) as usize;
+            let chunk = &mut buf[..n];
+            if pos < raw {
+                let m = ((raw - pos) as usize).min(n);
+                self.file
+                    .read_exact_at(&mut chunk[..m], start + pos)
+                    .at(&self.path)?;
+                chunk[m..].fill(0);
+            } else {
+                chunk.fill(0);
+            }
+            f(chunk);
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// A small section's content (VirtualSize bytes), bounded.
+    pub fn read_small(&self, s: &SectionInfo) -> Result<Vec<u8>> {
+        if s.virtual_size > MAX_SMALL_SECTION {
+            return Err(Error::input(
+                &self.path,
+                format!(
+                    "section {} is {} bytes; at most {MAX_SMALL_SECTION} are read",
+                    s.name, s.virtual_size
+                ),
+            ));
+        }
+        let mut v = Vec::with_capacity(s.virtual_size as usize);
+        self.stream(s, |c| v.extend_from_slice(c))?;
+        Ok(v)
+    }
+
+    /// The stub version from `.sdmagic`.
+    pub fn stub_version(&self) -> Result<StubVersion> {
+        let s = self.section(".sdmagic").ok_or_else(|| {
+            Error::input(&self.path, "no .sdmagic section: not a systemd-stub image")
+        })?;
+        let data = self.read_small(s)?;
+        parse_sdmagic(&data).map_err(|m| Error::input(&self.path, m))
+    }
+
+    /// The digests, in `banks`, of the measured sections, in measuring order.
+    pub fn measured_digests(&self, measured: &[&str], banks: &[Bank]) -> Result<SectionDigests> {
+        let mut all = vec![];
+        for s in &self.sections {
+            if !measured.contains(&s.name.as_str()) || s.virtual_size == 0 {
+                continue;
+            }
+            let mut h = MultiHasher::new(banks);
+            self.stream(s, |c| h.update(c))?;
+            all.push((s.name.clone(), h.finish()));
+        }
+        canonical(measured, all, &self.path)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// uki measure
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MeasureReport {
+    pub stub_version: StubVersion,
+    /// The measured sections, in measuring order.
+    pub sections: Vec<String>,
+    pub pcr: Predictions,
+}
+
+/// PCR 11 predictions for an existing UKI.
+pub fn measure_uki(path: &Path, banks: &[Bank], phases: &[String]) -> Result<MeasureReport> {
+    let uki = Uki::open(path)?;
+    let v = uki.stub_version()?;
+    let measured = measured_for(&v, path)?;
+    let digests = uki.measured_digests(measured, banks)?;
+    Ok(MeasureReport {
+        stub_version: v,
+        sections: digests.iter().map(|(n, _)| n.clone()).collect(),
+        pcr: pcr::predict(&digests, banks, phases),
+    })
+}
+
+/// PCR 11 predictions for the UKI `inputs` would make with `stub`.
+pub fn measure_inputs(
+    inputs: &build::Inputs,
+    stub: &Path,
+    banks: &[Bank],
+    phases: &[String],
+) -> Result<MeasureReport> {
+    let stub_pe = build::Stub::load(stub)?;
+    let measured = measured_for(&stub_pe.version, stub)?;
+    let parts = inputs.parts(None)?;
+    let mut all = vec![];
+    for p in &parts {
+        if !measured.contains(&p.name) {
+            continue;
+        }
+        let mut h = MultiHasher::new(banks);
+        p.content.stream(|c| {
+            h.update(c);
+            Ok(())
+        })?;
+        if h.len > 0 {
+            all.push((p.name.to_string(), h.finish()));
+        }
+    }
+    let digests = canonical(measured, all, stub)?;
+    Ok(MeasureReport {
+        stub_version: stub_pe.version,
+        sections: digests.iter().map(|(n, _)| n.clone()).collect(),
+        pcr: pcr::predict(&digests, banks, phases),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// uki show
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ShowSection {
+    pub name: String,
+    pub virtual_address: u32,
+    pub virtual_size: u32,
+    pub raw_offset: u32,
+    pub raw_size: u32,
+    /// Measured into PCR 11 by this stub (None: stub version unknown).
+    pub measured: Option<bool>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyCheck {
+    pub bank: String,
+    /// The phase whose predicted PCR value the policy matches (default phases
+    /// tried), if any.
+    pub phase: Option<String>,
+    pub pol: String,
+    /// `pkfp` is the fingerprint of `.pcrpkey`.
+    pub key_matches: bool,
+    /// `sig` verifies over `pol` with `.pcrpkey`.
+    pub signature_valid: bool,
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ShowReport {
+    pub file: PathBuf,
+    pub stub_version: Option<StubVersion>,
+    pub sections: Vec<ShowSection>,
+    /// `.pcrpkey` SHA-256 fingerprint of its RSAPublicKey (as `pkfp`).
+    pub pcrpkey_fingerprint: Option<String>,
+    pub policies: Vec<PolicyCheck>,
+    pub problems: Vec<String>,
+    /// Every `.pcrsig` policy is signed by `.pcrpkey`'s key.
+    pub ok: bool,
+}
+
+/// List the sections and check `.pcrsig` against `.pcrpkey`.
+pub fn show(path: &Path) -> Result<ShowReport> {
+    let uki = Uki::open(path)?;
+    let version = uki.stub_version().ok();
+    let measured = version.as_ref().and_then(|v| measured_sections(v.major));
+    let sections = uki
+        .sections
+        .iter()
+        .map(|s| ShowSection {
+            name: s.name.clone(),
+            virtual_address: s.virtual_address,
+            virtual_size: s.virtual_size,
+            raw_offset: s.raw_offset,
+            raw_size: s.raw_size,
+            measured: measured.map(|m| m.contains(&s.name.as_str())),
+        })
+        .collect();
+    let mut report = ShowReport {
+        file: path.to_path_buf(),
+        stub_version: version,
+        sections,
+        pcrpkey_fingerprint: None,
+        policies: vec![],
+        problems: vec![],
+        ok: true,
+    };
+    let Some(sig_section) = uki.section(".pcrsig") else {
+        return Ok(report);
+    };
+    let sig_data = uki.read_small(sig_section)?;
+    let pcrsig = match pcr::parse_pcrsig(&sig_data) {
+        Ok(p) => p,
+        Err(m) => {
+            report.problems.push(format!(".pcrsig: {m}"));
+            report.ok = false;
+            return Ok(report);
+        }
+    };
+    let key = match uki.section(".pcrpkey") {
+        Some(s) => {
+            let pem = uki.read_small(s)?;
+            match public_key_from_pem(&pem) {
+                Ok(k) => Some(k),
+                Err(m) => {
+                    report.problems.push(format!(".pcrpkey: {m}"));
+                    None
+                }
+            }
+        }
+        None => {
+            report
+                .problems
+                .push(".pcrsig present but no .pcrpkey to check it with".into());
+            None
+        }
+    };
+    // Predictions for the default phases, to name the phase each policy is for.
+    let banks: Vec<Bank> = pcrsig.keys().filter_map(|b| b.parse().ok()).collect();
+    let phases: Vec<String> = pcr::DEFAULT_PHASES.iter().map(|s| s.to_string()).collect();
+    let predicted = match measured {
+        Some(m) => Some(pcr::predict_raw(
+            &uki.measured_digests(m, &banks)?,
+            &banks,
+            &phases,
+        )),
+        None => None,
+    };
+    report.pcrpkey_fingerprint = key.as_ref().map(|k| pcr::key_fingerprint(&k.key_bits));
+    report.policies = check_policies(&pcrsig, key.as_ref(), predicted.as_ref());
+    report.ok = report.problems.is_empty()
+        && report
+            .policies
+            .iter()
+            .all(|p| p.key_matches && p.signature_valid);
+    Ok(report)
+}
+
+/// A public key from a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
+pub struct PublicKey {
+    pub spki_der: Vec<u8>,
+    /// The subjectPublicKey BIT STRING content (RSAPublicKey DER for RSA).
+    pub key_bits: Vec<u8>,
+}
+
+pub fn public_key_from_pem(pem_bytes: &[u8]) -> std::result::Result<PublicKey, String> {
+    use x509_parser::prelude::FromDer;
+    let end = pem_bytes
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(pem_bytes.len());
+    let blocks = pem::parse_many(&pem_bytes[..end]).map_err(|e| format!("bad PEM: {e}"))?;
+    let block = blocks
+        .into_iter()
+        .find(|p| p.tag() == "PUBLIC KEY")
+        .ok_or("no PUBLIC KEY block")?;
+    let der = block.contents().to_vec();
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&der)
+        .map_err(|e| format!("bad SubjectPublicKeyInfo: {e}"))?;
+    let key_bits = spki.subject_public_key.data.to_vec();
+    Ok(PublicKey {
+        spki_der: der,
+        key_bits,
+    })
+}
+
+/// Verify a policy signature made with `bank`'s hash.
+pub fn verify_policy_sig(key: &PublicKey, bank: Bank, pol: &[u8], sig: &[u8]) -> bool {
+    use crate::pkcs7::Hash;
+    use crate::sigalg::{self, KeyKind, Scheme};
+    use x509_parser::prelude::FromDer;
+    let Ok((_, spki)) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&key.spki_der) else {
+        return false;
+    };
+    let kind = sigalg::key_kind(&spki);
+    let hash = match bank {
+        Bank::Sha256 => Hash::Sha256,
+        Bank::Sha384 => Hash::Sha384,
+        Bank::Sha512 => Hash::Sha512,
+        Bank::Sha1 => {
+            // Legacy: systemd-measure signs the sha1 bank with RSA-SHA1.
+            return kind == Some(KeyKind::Rsa)
+                && aws_lc_rs::signature::UnparsedPublicKey::new(
+                    &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+                    &key.key_bits,
+                )
+                .verify(pol, sig)
+                .is_ok();
+        }
+    };
+    let scheme = match kind {
+        Some(KeyKind::Rsa) => Scheme::RsaPkcs1(hash),
+        Some(_) => Scheme::Ecdsa(hash),
+        None => return false,
+    };
+    sigalg::verify(&spki, scheme, pol, sig).is_ok()
+}
+
+/// Check every policy of `pcrsig`: key fingerprint, signature, and which
+/// predicted phase it is for.
+pub fn check_policies(
+    pcrsig: &PcrSig,
+    key: Option<&PublicKey>,
+    predicted: Option<&pcr::RawPredictions>,
+) -> Vec<PolicyCheck> {
+    let mut out = vec![];
+    for (bank_name, entries) in pcrsig {
+        let Ok(bank) = bank_name.parse::<Bank>() else {
+            continue;
+        };
+        for e in entries {
+            let mut problems = vec![];
+            if e.pcrs != [pcr::PCR_KERNEL_BOOT] {
+                problems.push(format!("pcrs {:?}, expected [11]", e.pcrs));
+            }
+            let pol = pcr::unhex(&e.pol).filter(|p| p.len() == 32);
+            if pol.is_none() {
+                problems.push("pol is not a SHA-256 digest in hex".into());
+            }
+            let sig = pcr::base64_decode(&e.sig);
+            if sig.is_none() {
+                problems.push("sig is not base64".into());
+            }
+            let key_matches =
+                key.is_some_and(|k| pcr::key_fingerprint(&k.key_bits) == e.pkfp.to_lowercase());
+            if key.is_some() && !key_matches {
+                problems.push("pkfp is not the fingerprint of .pcrpkey".into());
+            }
+            let signature_valid = match (key, &pol, &sig) {
+                (Some(k), Some(p), Some(s)) => verify_policy_sig(k, bank, p, s),
+                _ => false,
+            };
+            if key.is_some() && pol.is_some() && sig.is_some() && !signature_valid {
+                problems.push("signature does not verify with .pcrpkey".into());
+            }
+            let phase = pol.as_ref().and_then(|p| {
+                predicted?
+                    .iter()
+                    .find(|(b, _)| *b == bank)?
+                    .1
+                    .iter()
+                    .find(|(_, v)| pcr::policy_pcr_digest(bank, v)[..] == p[..])
+                    .map(|(ph, _)| ph.clone())
+            });
+            out.push(PolicyCheck {
+                bank: bank_name.clone(),
+                phase,
+                pol: e.pol.clone(),
+                key_matches,
+                signature_valid,
+                problems,
+            });
+        }
+    }
+    out
+}
+
+/// Read a whole regular file that may be large (kernel, initrd), as a stream.
+pub(crate) fn open_stream(path: &Path) -> Result<(File, u64)> {
+    let f = File::open(path).at(path)?;
+    let md = f.metadata().at(path)?;
+    if !md.is_file() {
+        return Err(Error::input(path, "not a regular file"));
+    }
+    Ok((f, md.len()))
+}
+
+/// Stream `path` (expected `len` bytes) through `f` in 256 KiB chunks.
+pub(crate) fn stream_file(
+    path: &Path,
+    mut file: File,
+    len: u64,
+    mut f: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut done = 0u64;
+    loop {
+        let n = file.read(&mut buf).at(path)?;
+        if n == 0 {
+            break;
+        }
+        done += n as u64;
+        if done > len {
+            break;
+        }
+        f(&buf[..n])?;
+    }
+    if done != len {
+        return Err(Error::input(
+            path,
+            format!("file changed while it was read ({len} bytes expected, {done} read)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Read a small input (os-release, splash, dtb, sbat, stub): bounded.
+pub(crate) fn read_part(path: &Path) -> Result<Vec<u8>> {
+    fsutil::read_input(path, fsutil::InputKind::UkiPart)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdmagic_parses_debian_stub() {
+        let v = parse_sdmagic(b"#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####\0").unwrap();
+        assert_eq!(v.major, 252);
+        assert_eq!(v.version, "252.39-1~deb12u2");
+        assert!(parse_sdmagic(b"#### LoaderInfo: systemd-boot 252 ####").is_err());
+        assert!(parse_sdmagic(b"systemd-stub x").is_err());
+        assert!(measured_sections(253).is_none());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The PCR policy key
+
+/// The name `--pcr-role` takes: the PCR key `pki init --uefi` makes.
+pub const PCR_ROLE: &str = "tpm2-pcr";
+
+/// Where the PCR policy key comes from, as given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct PcrKeySpec {
+    /// `--pcr-role tpm2-pcr`: the PKI's `tpm2-pcr-private.pem` (or its token key).
+    pub role: Option<String>,
+    pub dir: PathBuf,
+    /// `--pcr-key`: a key file or a `pkcs11:` URI.
+    pub key: Option<PathBuf>,
+    pub key_pass_file: Option<PathBuf>,
+}
+
+/// Open the PCR policy key. It goes through the same `Signer` as every
+/// other key (file or PKCS#11), and the same release-mode check: a key of a
+/// development PKI, or lying in one, or equal to a development PKI's
+/// `tpm2-pcr-public.pem`, is refused in release mode.
+pub fn load_pcr_key(spec: &PcrKeySpec) -> Result<Box<dyn crate::keys::Signer>> {
+    let key_path = match (&spec.role, &spec.key) {
+        (Some(r), None) => {
+            if r != PCR_ROLE {
+                return Err(Error::Usage(format!(
+                    "--pcr-role '{r}': the PCR policy key's role is '{PCR_ROLE}'"
+                )));
+            }
+            pcr_role_key(&spec.dir)?
+        }
+        (None, Some(k)) => k.clone(),
+        (Some(_), Some(_)) => {
+            return Err(Error::Usage(
+                "give either --pcr-role or --pcr-key, not both".into(),
+            ))
+        }
+        (None, None) => return Err(Error::Usage("no PCR key given".into())),
+    };
+    let signer = crate::identity::load_signer(&key_path, spec.key_pass_file.as_deref())?;
+    crate::release::check_key(&crate::release::Candidate {
+        role: spec.role.as_deref(),
+        pki_dir: Some(&spec.dir),
+        key: &key_path,
+        cert: &key_path,
+        chain: None,
+        certs: &[],
+        in_cert_file: 0,
+    })?;
+    if crate::release::enabled() {
+        if let Some(why) = crate::release::development_dir(&spec.dir)? {
+            let public = spec.dir.join("tpm2-pcr-public.pem");
+            let dev = fsutil::read_input(&public, fsutil::InputKind::Certificate)
+                .ok()
+                .and_then(|b| public_key_from_pem(&b).ok());
+            if dev.is_some_and(|d| d.key_bits == signer.public_key()) {
+                return Err(Error::input(
+                    &key_path,
+                    format!("release mode refuses this PCR key: it is the development key of {} ({why}); sign with a production key", public.display()),
+                ));
+            }
+        }
+    }
+    Ok(signer)
+}
+
+/// The PCR key file (or token URI) of the PKI in `dir`.
+fn pcr_role_key(dir: &Path) -> Result<PathBuf> {
+    let pki = crate::pki::Pki::open(dir)?;
+    if let Some(m) = &pki.manifest {
+        if let Some(f) = m.files.iter().find(|f| f.kind == "tpm-pcr-private-key") {
+            if let Some(uri) = &f.key_uri {
+                return Ok(PathBuf::from(uri));
+            }
+            if !f.path.is_empty() {
+                return Ok(dir.join(&f.path));
+            }
+        }
+    }
+    let p = dir.join("tpm2-pcr-private.pem");
+    if p.is_file() {
+        return Ok(p);
+    }
+    Err(Error::input(
+        dir,
+        "no TPM PCR key in this PKI (pki init --uefi makes tpm2-pcr-private.pem)",
+    ))
+}

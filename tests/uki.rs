@@ -1,0 +1,777 @@
+//! `uki build / measure / show`, checked by peers: systemd-measure (Debian's
+//! systemd 252) predicts the same PCR 11 values for the same sections, an
+//! independent Python PolicyPCR computation gives the same policy digests,
+//! `openssl dgst -verify` accepts the policy signatures, `systemd-measure
+//! sign` (run against swtpm) writes the same .pcrsig byte for byte, and
+//! sbverify / osslsigncode accept the Authenticode signature.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+
+use common::*;
+
+const MEASURE: &str = "/usr/lib/systemd/systemd-measure";
+const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn testdata(f: &str) -> String {
+    repo().join("testdata/uki").join(f).display().to_string()
+}
+
+/// A required system file (systemd-measure, the stub): None skips the
+/// test, unless PKI_SIGNER_REQUIRE_PEERS=1.
+fn system_file(p: &str, pkg: &str) -> Option<PathBuf> {
+    if Path::new(p).is_file() {
+        return Some(PathBuf::from(p));
+    }
+    if std::env::var("PKI_SIGNER_REQUIRE_PEERS").as_deref() == Ok("1") {
+        panic!("{p} is required (apt install {pkg})");
+    }
+    eprintln!("skipped: {p} not installed");
+    None
+}
+
+fn run_env(cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = Command::new(bin());
+    c.args(args).current_dir(cwd);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PKI_SIGNER_") && k != "PKI_SIGNER_REQUIRE_PEERS"
+            || k == "SOURCE_DATE_EPOCH"
+        {
+            c.env_remove(k);
+        }
+    }
+    c.envs(env.iter().copied());
+    c.output().expect("run pki-signer")
+}
+
+/// A work directory with a development PKI (with the UEFI keys and the PCR
+/// key) and the parts of a UKI: two initrds of odd sizes (to check the
+/// 4-byte padding between them).
+fn setup() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(run_in(d, &["pki", "init", "--uefi"]));
+    let a: Vec<u8> = (0..100_003u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(d.join("initrd-a"), a).unwrap();
+    fs::write(d.join("initrd-b"), b"second initrd, 30 bytes long..").unwrap();
+    peer_ok(
+        &openssl(),
+        &[
+            "x509",
+            "-in",
+            "pki/ssig_subca.cert",
+            "-out",
+            "ssig_subca.pem",
+        ],
+        d,
+    );
+    tmp
+}
+
+const BUILD: &[&str] = &[
+    "uki",
+    "build",
+    "--initrd",
+    "initrd-a",
+    "--initrd",
+    "initrd-b",
+    "--cmdline",
+    "console=ttyS0 quiet",
+    "--uname",
+    "6.1.0-test",
+    "--role",
+    "ssig_subca",
+    "--pcr-role",
+    "tpm2-pcr",
+];
+
+fn build(d: &Path, out: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
+    let mut args: Vec<&str> = BUILD.to_vec();
+    args.extend(["--linux", &linux, "--os-release", &osrel, "-o", out]);
+    args.extend(extra);
+    run_env(d, env, &args)
+}
+
+/// The sections of `uki` as Python reads them, in `d/dir`.
+fn extract(d: &Path, uki: &str, dir: &str) -> Vec<String> {
+    let py = peer("python3").expect("python3");
+    let out = peer_ok(&py, &[&testdata("sections.py"), uki, dir], d);
+    out.lines()
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+/// systemd-measure's arguments for the measured sections extracted to `dir`.
+fn measure_args(d: &Path, dir: &str) -> Vec<String> {
+    let mut v = vec![];
+    for (opt, f) in [
+        ("linux", "linux"),
+        ("osrel", "osrel"),
+        ("cmdline", "cmdline"),
+        ("initrd", "initrd"),
+        ("splash", "splash"),
+        ("dtb", "dtb"),
+        ("pcrpkey", "pcrpkey"),
+    ] {
+        if d.join(dir).join(f).is_file() {
+            v.push(format!("--{opt}={dir}/{f}"));
+        }
+    }
+    v
+}
+
+fn systemd_measure(d: &Path, args: &[String]) -> serde_json::Value {
+    let o = Command::new(MEASURE)
+        .args(args)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "systemd-measure {args:?}: {}",
+        stderr(&o)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn json(o: Output) -> serde_json::Value {
+    serde_json::from_slice(&ok(o).stdout).unwrap()
+}
+
+#[test]
+fn measure_from_parts_equals_systemd_measure_calculate() {
+    let (Some(_), Some(_)) = (
+        system_file(MEASURE, "systemd"),
+        system_file(STUB, "systemd-boot-efi"),
+    ) else {
+        return;
+    };
+    let tmp = setup();
+    let d = tmp.path();
+    fs::write(d.join("cmdline"), "console=ttyS0 quiet").unwrap();
+    let ours = json(run_in(
+        d,
+        &[
+            "uki",
+            "measure",
+            "--linux",
+            &testdata("linux.bin"),
+            "--os-release",
+            &testdata("os-release"),
+            "--cmdline-file",
+            "cmdline",
+            "--initrd",
+            "initrd-a",
+            "--pcrpkey",
+            "pki/tpm2-pcr-public.pem",
+            "--json",
+        ],
+    ));
+    let theirs = systemd_measure(
+        d,
+        &[
+            "calculate".into(),
+            format!("--linux={}", testdata("linux.bin")),
+            format!("--osrel={}", testdata("os-release")),
+            "--cmdline=cmdline".into(),
+            "--initrd=initrd-a".into(),
+            "--pcrpkey=pki/tpm2-pcr-public.pem".into(),
+            "--json=short".into(),
+        ],
+    );
+    // All four banks, four phases each.
+    assert_eq!(theirs.as_object().unwrap().len(), 4);
+    assert_eq!(ours, theirs);
+
+    // Phases given: normalised, sorted and deduplicated as systemd-measure does.
+    let ours = json(run_in(
+        d,
+        &[
+            "uki",
+            "measure",
+            "--linux",
+            &testdata("linux.bin"),
+            "--phases",
+            "sysinit:ready,enter-initrd::",
+            "--phases",
+            "enter-initrd",
+            "--pcr-banks",
+            "sha384,sha256",
+            "--json",
+        ],
+    ));
+    let theirs = systemd_measure(
+        d,
+        &[
+            "calculate".into(),
+            format!("--linux={}", testdata("linux.bin")),
+            "--phase=sysinit:ready".into(),
+            "--phase=enter-initrd::".into(),
+            "--phase=enter-initrd".into(),
+            "--bank=sha384".into(),
+            "--bank=sha256".into(),
+            "--json=short".into(),
+        ],
+    );
+    assert_eq!(ours, theirs);
+}
+
+#[test]
+fn built_uki_is_accepted_by_peers_and_its_pcr_policy_verifies() {
+    let Some(measure) = system_file(MEASURE, "systemd") else {
+        return;
+    };
+    if system_file(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let tmp = setup();
+    let d = tmp.path();
+    let report = json(build(
+        d,
+        "uki.efi",
+        &["--pcr-banks", "sha512,sha256", "--json"],
+        &[],
+    ));
+
+    // Authenticode: sbverify and osslsigncode.
+    if let Some(sbverify) = peer("sbverify") {
+        peer_ok(&sbverify, &["--cert", "ssig_subca.pem", "uki.efi"], d);
+    }
+    if let Some(oss) = peer("osslsigncode") {
+        let t = peer_ok(
+            &oss,
+            &[
+                "verify",
+                "-CAfile",
+                "pki/ssig_rootca.cert",
+                "-in",
+                "uki.efi",
+            ],
+            d,
+        );
+        assert!(t.contains("Signature verification: ok"), "{t}");
+    }
+
+    // The layout, read independently.
+    let names = extract(d, "uki.efi", "s");
+    let tail: Vec<&str> = names.iter().map(|s| s.as_str()).skip(8).collect();
+    assert_eq!(
+        tail,
+        [".osrel", ".cmdline", ".uname", ".pcrpkey", ".initrd", ".linux", ".pcrsig"]
+    );
+    let initrd = fs::read(d.join("s/initrd")).unwrap();
+    let mut want = fs::read(d.join("initrd-a")).unwrap();
+    want.resize(100_004, 0);
+    want.extend_from_slice(&fs::read(d.join("initrd-b")).unwrap());
+    want.resize(want.len().next_multiple_of(4), 0);
+    assert!(
+        initrd == want,
+        "initrds concatenated, each padded to 4 bytes"
+    );
+    assert_eq!(
+        fs::read(d.join("s/pcrpkey")).unwrap(),
+        fs::read(d.join("pki/tpm2-pcr-public.pem")).unwrap()
+    );
+
+    // PCR 11: systemd-measure calculate over the extracted sections.
+    let mut args = vec!["calculate".to_string()];
+    args.extend(measure_args(d, "s"));
+    args.extend(["--bank=sha256".into(), "--bank=sha512".into()]);
+    args.push("--json=short".into());
+    let theirs = systemd_measure(d, &args);
+    assert_eq!(report["pcr"], theirs, "build report");
+    let ours = json(run_in(
+        d,
+        &[
+            "uki",
+            "measure",
+            "uki.efi",
+            "--pcr-banks",
+            "sha256,sha512",
+            "--json",
+        ],
+    ));
+    assert_eq!(ours, theirs, "uki measure of the built UKI");
+    fs::write(d.join("calc.json"), theirs.to_string()).unwrap();
+
+    // .pcrsig: the policy digests recomputed in Python from systemd-measure's
+    // PCR values, each signature checked by openssl.
+    let py = peer("python3").expect("python3");
+    let listed = peer_ok(
+        &py,
+        &[&testdata("policy.py"), "calc.json", "s/pcrsig", "pol"],
+        d,
+    );
+    assert_eq!(listed.lines().count(), 8, "{listed}");
+    for l in listed.lines() {
+        let id = l.split_whitespace().next().unwrap();
+        let bank = id.split('-').next().unwrap();
+        let (pol, sig) = (format!("pol/{id}.pol"), format!("pol/{id}.sig"));
+        let t = peer_ok(
+            &openssl(),
+            &[
+                "dgst",
+                &format!("-{bank}"),
+                "-verify",
+                "pki/tpm2-pcr-public.pem",
+                "-signature",
+                &sig,
+                &pol,
+            ],
+            d,
+        );
+        assert!(t.contains("Verified OK"), "{t}");
+    }
+    let pkfp = report["pcr_key_fingerprint"].as_str().unwrap();
+    let der = Command::new(openssl())
+        .args([
+            "rsa",
+            "-pubin",
+            "-in",
+            "pki/tpm2-pcr-public.pem",
+            "-RSAPublicKey_out",
+            "-outform",
+            "DER",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap()
+        .stdout;
+    use sha2::Digest as _;
+    assert_eq!(pkfp, hex(&sha2::Sha256::digest(&der)));
+
+    // uki show agrees.
+    let show = json(run_in(d, &["uki", "show", "uki.efi", "--json"]));
+    assert_eq!(show["ok"], true, "{show}");
+    assert_eq!(show["policies"].as_array().unwrap().len(), 8);
+    assert!(show["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["phase"].is_string() && p["signature_valid"] == true));
+
+    // systemd-measure sign, where it can run (systemd 252 needs libtss2 and a
+    // TPM for the trial policy session: swtpm), writes the same bytes.
+    let Some(tpm) = Swtpm::start(d) else {
+        return;
+    };
+    let mut args = vec!["sign".to_string()];
+    args.extend(measure_args(d, "s"));
+    args.extend([
+        "--bank=sha256".into(),
+        "--bank=sha512".into(),
+        "--private-key=pki/tpm2-pcr-private.pem".into(),
+        "--public-key=pki/tpm2-pcr-public.pem".into(),
+        format!("--tpm2-device=swtpm:host=127.0.0.1,port={}", tpm.port),
+        "--json=short".into(),
+    ]);
+    let o = Command::new(&measure)
+        .args(&args)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "systemd-measure sign: {}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&fs::read(d.join("s/pcrsig")).unwrap()),
+        String::from_utf8_lossy(&o.stdout),
+        ".pcrsig byte for byte"
+    );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// swtpm on a free TCP port, for `systemd-measure sign`. None (skipped)
+/// when swtpm or libtss2's swtpm TCTI is missing, unless required.
+struct Swtpm {
+    child: Child,
+    port: u16,
+}
+
+impl Swtpm {
+    fn start(d: &Path) -> Option<Swtpm> {
+        let swtpm = peer("swtpm")?;
+        let tcti = ["/usr/lib/x86_64-linux-gnu/libtss2-tcti-swtpm.so.0"];
+        if !tcti.iter().any(|p| Path::new(p).exists()) {
+            if std::env::var("PKI_SIGNER_REQUIRE_PEERS").as_deref() == Ok("1") {
+                panic!("libtss2-tcti-swtpm0 is required (apt install libtss2-tcti-swtpm0 libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0)");
+            }
+            eprintln!("skipped: libtss2 swtpm TCTI not installed");
+            return None;
+        }
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        fs::create_dir_all(d.join("tpm")).unwrap();
+        for _ in 0..5 {
+            // The swtpm TCTI finds the control channel at port + 1.
+            let port = free();
+            let ctrl = port.wrapping_add(1);
+            if port == u16::MAX || std::net::TcpListener::bind(("127.0.0.1", ctrl)).is_err() {
+                continue;
+            }
+            let mut child = Command::new(&swtpm)
+                .args([
+                    "socket",
+                    "--tpm2",
+                    "--tpmstate",
+                    "dir=tpm",
+                    "--server",
+                    &format!("type=tcp,port={port},bindaddr=127.0.0.1"),
+                    "--ctrl",
+                    &format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"),
+                    "--flags",
+                    "not-need-init,startup-clear",
+                ])
+                .current_dir(d)
+                .spawn()
+                .unwrap();
+            for _ in 0..50 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(Swtpm { child, port });
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("swtpm did not start");
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn build_is_deterministic_with_source_date_epoch() {
+    if system_file(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let tmp = setup();
+    let d = tmp.path();
+    let env = [("SOURCE_DATE_EPOCH", "1700000000")];
+    ok(build(d, "a.efi", &[], &env));
+    ok(build(d, "b.efi", &[], &env));
+    assert_eq!(
+        fs::read(d.join("a.efi")).unwrap(),
+        fs::read(d.join("b.efi")).unwrap()
+    );
+    // No temp files left behind.
+    let left: Vec<_> = fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn show_fails_on_a_tampered_pcrsig_and_measure_reads_the_built_uki() {
+    if system_file(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let tmp = setup();
+    let d = tmp.path();
+    ok(build(d, "uki.efi", &[], &[]));
+    let text = stdout(&ok(run_in(d, &["uki", "show", "uki.efi"])));
+    assert!(text.contains("systemd-stub 252"), "{text}");
+    assert!(
+        text.contains(".pcrsig sha256 enter-initrd: signature valid"),
+        "{text}"
+    );
+    // Flip one character of the first signature (same length: the layout stays).
+    let mut b = fs::read(d.join("uki.efi")).unwrap();
+    let at = find(&b, b"\"sig\":\"").unwrap() + 7;
+    b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+    fs::write(d.join("bad.efi"), &b).unwrap();
+    let err = fails(run_in(d, &["uki", "show", "bad.efi"]), 1);
+    assert!(err.contains("does not verify"), "{err}");
+    let r = run_in(d, &["uki", "show", "bad.efi", "--json"]);
+    assert_eq!(r.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["policies"][0]["signature_valid"], false);
+
+    // Text output of measure, systemd-measure's format.
+    let t = stdout(&ok(run_in(
+        d,
+        &["uki", "measure", "uki.efi", "--pcr-banks", "sha256"],
+    )));
+    assert_eq!(t.lines().count(), 8, "{t}");
+    assert!(
+        t.starts_with("# PCR[11] Phase <enter-initrd>\n11:sha256="),
+        "{t}"
+    );
+}
+
+fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    h.windows(n.len()).position(|w| w == n)
+}
+
+#[test]
+fn a_stub_of_unknown_version_is_refused() {
+    if system_file(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let tmp = setup();
+    let d = tmp.path();
+    let mut stub = fs::read(STUB).unwrap();
+    let at = find(&stub, b"systemd-stub 252").unwrap();
+    stub[at + 13..at + 16].copy_from_slice(b"999");
+    fs::write(d.join("stub999.efi"), &stub).unwrap();
+    let err = fails(build(d, "uki.efi", &["--stub", "stub999.efi"], &[]), 2);
+    assert!(
+        err.contains("systemd-stub 999") && err.contains("not known"),
+        "{err}"
+    );
+    assert!(!d.join("uki.efi").exists());
+    // Not a stub at all.
+    fs::write(d.join("junk.efi"), b"MZ junk").unwrap();
+    fails(build(d, "uki.efi", &["--stub", "junk.efi"], &[]), 2);
+}
+
+#[test]
+fn usage_and_input_errors_are_one_line() {
+    let tmp = setup();
+    let d = tmp.path();
+    // No --linux.
+    fails(
+        run_in(
+            d,
+            &[
+                "uki",
+                "build",
+                "--os-release",
+                "x",
+                "--cmdline",
+                "c",
+                "-o",
+                "o.efi",
+                "--role",
+                "ssig_subca",
+            ],
+        ),
+        2,
+    );
+    // A typo in a phase.
+    let err = fails(
+        build(d, "uki.efi", &["--phases", "enter-initrd:sysnit"], &[]),
+        2,
+    );
+    assert!(err.contains("sysnit"), "{err}");
+    // The sha1 bank is not signed.
+    let err = fails(build(d, "uki.efi", &["--pcr-banks", "sha1"], &[]), 2);
+    assert!(err.contains("sha1"), "{err}");
+    // An EC PCR key.
+    peer_ok(
+        &openssl(),
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "ec.pem",
+        ],
+        d,
+    );
+    let mut args: Vec<&str> = BUILD
+        .iter()
+        .copied()
+        .filter(|a| *a != "--pcr-role" && *a != "tpm2-pcr")
+        .collect();
+    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
+    args.extend([
+        "--linux",
+        &linux,
+        "--os-release",
+        &osrel,
+        "-o",
+        "uki.efi",
+        "--pcr-key",
+        "ec.pem",
+    ]);
+    let err = fails(run_in(d, &args), 2);
+    assert!(err.contains("RSA"), "{err}");
+    // A device as an input.
+    let err = fails(build(d, "uki.efi", &["--splash", "/dev/zero"], &[]), 2);
+    assert!(err.contains("/dev/zero"), "{err}");
+    assert!(!d.join("uki.efi").exists());
+}
+
+#[test]
+fn release_mode_refuses_the_development_pcr_key() {
+    if system_file(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let tmp = setup();
+    let d = tmp.path();
+    // A production-like Authenticode key outside the development PKI.
+    fs::create_dir(d.join("prod")).unwrap();
+    peer_ok(
+        &openssl(),
+        &[
+            "req",
+            "-x509",
+            "-nodes",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            "prod/db.key",
+            "-out",
+            "prod/db.crt",
+            "-subj",
+            "/CN=prod db",
+            "-days",
+            "30",
+        ],
+        d,
+    );
+    fs::copy(d.join("pki/tpm2-pcr-private.pem"), d.join("prod/pcr.pem")).unwrap();
+    let mut args: Vec<&str> = vec!["--release", "uki", "build"];
+    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
+    args.extend([
+        "--linux",
+        &linux,
+        "--os-release",
+        &osrel,
+        "--cmdline",
+        "x",
+        "-o",
+        "uki.efi",
+        "--key",
+        "prod/db.key",
+        "--cert",
+        "prod/db.crt",
+    ]);
+    // The role of a development PKI.
+    let mut a = args.clone();
+    a.extend(["--pcr-role", "tpm2-pcr"]);
+    let err = fails(run_in(d, &a), 2);
+    assert!(err.contains("release mode refuses"), "{err}");
+    // Its key, copied elsewhere: still the development public key.
+    let mut a = args.clone();
+    a.extend(["--pcr-key", "prod/pcr.pem"]);
+    let err = fails(run_in(d, &a), 2);
+    assert!(err.contains("release mode refuses"), "{err}");
+    // A fresh PCR key is fine.
+    peer_ok(
+        &openssl(),
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "prod/pcr2.pem",
+        ],
+        d,
+    );
+    let mut a = args.clone();
+    a.extend(["--pcr-key", "prod/pcr2.pem"]);
+    ok(run_in(d, &a));
+}
+
+#[test]
+fn pcr_key_in_a_pkcs11_token_signs_the_same_policy() {
+    if system_file(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let Some(t) = common::softhsm::tools() else {
+        return;
+    };
+    let tmp = setup();
+    let d = tmp.path();
+    let conf = common::softhsm::init_token(&t, d, "uki", "5678", "1234");
+    peer_ok(
+        &openssl(),
+        &[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            "pki/tpm2-pcr-private.pem",
+            "-outform",
+            "DER",
+            "-out",
+            "pcr.der",
+        ],
+        d,
+    );
+    let o = Command::new(&t.pkcs11_tool)
+        .args([
+            "--module",
+            common::softhsm::MODULE,
+            "--token-label",
+            "uki",
+            "--login",
+            "--pin",
+            "1234",
+            "--write-object",
+            "pcr.der",
+            "--type",
+            "privkey",
+            "--usage-sign",
+            "--label",
+            "pcr",
+            "--id",
+            "42",
+        ])
+        .current_dir(d)
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let env = [
+        ("SOFTHSM2_CONF", conf.to_str().unwrap()),
+        ("PKI_SIGNER_PKCS11_MODULE", common::softhsm::MODULE),
+        ("PKI_SIGNER_PKCS11_PIN", "1234"),
+    ];
+    // The file key, then the same key in the token: RSA PKCS#1 v1.5 is
+    // deterministic, so .pcrsig (and the whole UKI) are identical.
+    ok(build(d, "file.efi", &[], &env));
+    let mut args: Vec<&str> = BUILD
+        .iter()
+        .copied()
+        .filter(|a| *a != "--pcr-role" && *a != "tpm2-pcr")
+        .collect();
+    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
+    args.extend([
+        "--linux",
+        &linux,
+        "--os-release",
+        &osrel,
+        "-o",
+        "hsm.efi",
+        "--pcr-key",
+        "pkcs11:token=uki;object=pcr",
+    ]);
+    ok(run_env(d, &env, &args));
+    assert!(
+        fs::read(d.join("file.efi")).unwrap() == fs::read(d.join("hsm.efi")).unwrap(),
+        "same UKI with the PCR key in a token"
+    );
+    ok(run_in(d, &["uki", "show", "hsm.efi"]));
+}
