@@ -105,6 +105,16 @@ fn layer_recipe() {
 }
 
 #[test]
+fn layer_release() {
+    pytest("test_release.py");
+}
+
+#[test]
+fn layer_plan() {
+    pytest("test_plan.py");
+}
+
+#[test]
 fn layer_oelint() {
     pytest("test_oelint.py");
 }

@@ -76,5 +76,11 @@ pki_signer_sign_efi[doc] = "Signs PKI_SIGNER_EFI_FILES in PKI_SIGNER_EFI_DIR; ru
 pki_signer_sign_efi[vardepsexclude] = "${PKI_SIGNER_SIGNATURE_EXCLUDE}"
 
 python () {
-    pki_signer_hook(d, d.getVar("PKI_SIGNER_EFI_TASK"), "pki_signer_sign_efi", "PKI_SIGNER_EFI_ROLE")
+    task = d.getVar("PKI_SIGNER_EFI_TASK")
+    if task == "do_uki" and not bb.data.inherits_class("uki", d):
+        # OE-core has uki.bbclass from walnascar (5.2) on; scarthgap and styhead have none.
+        bb.fatal("pki-signer-efi: PKI_SIGNER_EFI_TASK is do_uki, which OE-core's uki.bbclass adds (walnascar and "
+                 "later): inherit uki before pki-signer-efi, or on scarthgap/styhead sign the UKI your own task "
+                 "deploys with PKI_SIGNER_EFI_TASK and PKI_SIGNER_EFI_DIR")
+    pki_signer_hook(d, task, "pki_signer_sign_efi", "PKI_SIGNER_EFI_ROLE")
 }

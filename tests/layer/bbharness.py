@@ -130,6 +130,11 @@ class Build:
         """Run TASK as bitbake-worker does: prefuncs, the task, postfuncs, stamp. True if it succeeded."""
         fn = d.getVar("FILE")
         bb.parse.siggen.setup_datacache_from_datastore(fn, d)
+        # bitbake-worker sets this before exec_task; OE-core's sstate code reads it.
+        d.setVar("BB_CURRENTTASK", task.replace("do_", "", 1))
+        # Each task runs in a new worker process, which has no mtimes cached
+        # from before a test removed TMPDIR (make_stamp trusts them).
+        bb.build.reset_cache()
         # exec_task duplicates stdin's descriptor, which a test runner may have replaced.
         stdin = sys.stdin
         with chdir(self.topdir), open(os.devnull) as devnull:

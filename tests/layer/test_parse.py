@@ -23,7 +23,7 @@ def test_layer_conf_declares_the_collection_and_releases(make_parse_build):
     data = make_parse_build().parse_config()
     assert "pki-signer" in data.getVar("BBFILE_COLLECTIONS").split()
     assert data.getVar("LAYERSERIES_COMPAT_pki-signer").split() == sorted(
-        "scarthgap styhead walnascar whinlatter".split())
+        "scarthgap styhead walnascar whinlatter wrynose".split())
     assert data.getVar("LAYERDEPENDS_pki-signer") == "core"
     # bitbake globs BBFILES: the tool's recipe is found, the kernel snippet is not,
     # so adding the layer signs nothing by itself.
@@ -44,10 +44,27 @@ def test_defaults_of_a_kernel_recipe(make_parse_build):
     assert d.getVar("PKI_SIGNER_EFI_DIR") == d.getVar("DEPLOYDIR")
     # The file kernel.bbclass installs; bzImage and bzImage-MACHINE.bin link to it.
     assert d.getVar("PKI_SIGNER_EFI_FILES") == "bzImage-1.0-r0-testmachine.bin"
-    assert "pki-signer-native" in d.getVar("DEPENDS").split()
     assert d.expand("${@pki_signer_init_args(d)}") == "--dir %s/pki --uefi" % topdir
     assert d.expand("${@pki_signer_key_args(d, 'ssig_subca')}") == "--role ssig_subca --dir %s/pki" % topdir
-    assert d.expand("${@pki_signer_plan_args(d)}") == "--plan " + d.getVar("DEPLOY_DIR_IMAGE") + "/signing-plan.json"
+    # pki-signer records into a private file in WORKDIR; the plan in the deploy
+    # directory is merged from the fragments the tasks deploy.
+    d.setVar("BB_RUNTASK", "do_deploy")
+    assert d.expand("${@pki_signer_plan_args(d)}") == "--plan " + d.getVar("WORKDIR") + "/pki-signer-plan/do_deploy.jsonl"
+
+
+def test_the_tool_is_a_dependency_of_the_signing_tasks_only(make_parse_build):
+    d = make_parse_build().parse(KERNEL)
+    # Not DEPENDS: that would put pki-signer-native (and Rust) before the
+    # kernel's do_prepare_recipe_sysroot, configure and compile.
+    assert "pki-signer-native" not in (d.getVar("DEPENDS") or "")
+    for task in ("do_prepare_recipe_sysroot", "do_configure", "do_compile", "do_install"):
+        assert "pki-signer" not in (d.getVarFlag(task, "depends") or ""), task
+    # [depends] on do_populate_sysroot: OE-core's staging.bbclass gives such a
+    # task extend_recipe_sysroot, which installs the tool for it.
+    for task in ("do_pki_signer_init", "do_deploy"):
+        assert "pki-signer-native:do_populate_sysroot" in d.getVarFlag(task, "depends").split(), task
+    host = make_parse_build('PKI_SIGNER_DEPENDS = ""\n', name="host").parse(KERNEL)
+    assert not host.getVarFlag("do_deploy", "depends").strip()
 
 
 def test_local_conf_settings_reach_the_commands(make_parse_build):
@@ -62,13 +79,13 @@ def test_local_conf_settings_reach_the_commands(make_parse_build):
     d = build.parse(KERNEL)
     assert d.expand("${@pki_signer_init_args(d)}") == \
         "--dir '/srv/pki dir' --profile /srv/profile.json --key-type ec:secp384r1"
-    assert d.expand("${@pki_signer_plan_args(d)}") == "--plan " + d.getVar("DEPLOY_DIR_IMAGE") + "/signing-plan.json"
     assert d.getVar("PKI_SIGNER_EFI_FILES").split() == [
         "Image-1.0-r0-testmachine.bin", "Image-initramfs-1.0-r0-testmachine.bin"]
 
 
 def test_plan_is_not_passed_when_empty(make_parse_build):
     d = make_parse_build('PKI_SIGNER_PLAN = ""\n').parse(KERNEL)
+    d.setVar("BB_RUNTASK", "do_deploy")
     assert d.expand("${@pki_signer_plan_args(d)}") == ""
 
 
@@ -115,8 +132,13 @@ def test_kernel_signs_in_do_deploy_after_init_and_before_sstate(make_parse_build
     assert "do_pki_signer_init" in d.getVarFlag("do_deploy", "deps")
     assert "do_install" in d.getVarFlag("do_deploy", "deps")
     assert "do_prepare_recipe_sysroot" in d.getVarFlag("do_pki_signer_init", "deps")
-    # Signed in DEPLOYDIR after the recipe's deploy function, before sstate captures it.
-    assert d.getVarFlag("do_deploy", "postfuncs").split() == ["pki_signer_sign_efi", "sstate_task_postfunc"]
+    # Signed in DEPLOYDIR after the recipe's deploy function, before sstate
+    # captures it with the plan fragment; the plan is merged once sstate has
+    # installed both into DEPLOY_DIR_IMAGE, and again after a restore.
+    assert d.getVarFlag("do_deploy", "postfuncs").split() == [
+        "pki_signer_sign_efi", "pki_signer_plan_fragment", "sstate_task_postfunc", "pki_signer_plan_merge"]
+    assert d.getVarFlag("do_deploy_setscene", "postfuncs").split() == ["pki_signer_plan_merge"]
+    assert "pki_signer_plan_reset" in d.getVarFlag("do_deploy", "prefuncs").split()
     # The PKI is shared build state, never an sstate object.
     assert "do_pki_signer_init" not in d.getVar("SSTATETASKS").split()
 
@@ -126,9 +148,20 @@ def test_uki_is_signed_when_uki_bbclass_writes_it(make_parse_build):
     assert d.getVar("PKI_SIGNER_EFI_TASK") == "do_uki"
     assert d.getVar("PKI_SIGNER_EFI_DIR") == d.getVar("DEPLOY_DIR_IMAGE")
     assert d.getVar("PKI_SIGNER_EFI_FILES") == "uki.efi"
-    assert d.getVarFlag("do_uki", "postfuncs").split() == ["pki_signer_sign_efi"]
+    # do_uki writes into DEPLOY_DIR_IMAGE itself, without sstate: its fragment goes there directly.
+    assert d.getVarFlag("do_uki", "postfuncs").split() == [
+        "pki_signer_sign_efi", "pki_signer_plan_fragment", "pki_signer_plan_merge"]
     assert "do_pki_signer_init" in d.getVarFlag("do_uki", "deps")
     assert not d.getVarFlag("do_deploy", "postfuncs")
+
+
+def test_signing_do_uki_without_uki_bbclass_says_which_releases_have_it(make_parse_build):
+    # scarthgap and styhead have no uki.bbclass, so nothing adds do_uki there.
+    build = make_parse_build('PKI_SIGNER_EFI_TASK:pn-fake-efiapp = "do_uki"\n')
+    with pytest.raises(Exception):
+        build.parse("recipes/fake-efiapp/fake-efiapp_1.0.bb")
+    errors = build.log.messages(logging.ERROR)
+    assert any("uki.bbclass" in m and "walnascar" in m for m in errors), errors
 
 
 def test_guestos_signs_in_image_postprocess(make_parse_build):
@@ -259,7 +292,8 @@ def test_the_kernel_snippet_signs_a_kernel_it_is_appended_to(make_parse_build):
         d = build.databuilder.parseRecipeVariants(str(plain), [str(snippet)], layername=None)[""]
     assert bb.data.inherits_class("pki-signer-efi", d)
     assert d.getVar("PKI_SIGNER_EFI_KEEP_UNSIGNED") == "1"
-    assert d.getVarFlag("do_deploy", "postfuncs").split() == ["pki_signer_sign_efi", "sstate_task_postfunc"]
+    assert d.getVarFlag("do_deploy", "postfuncs").split() == [
+        "pki_signer_sign_efi", "pki_signer_plan_fragment", "sstate_task_postfunc", "pki_signer_plan_merge"]
 
 
 def test_the_example_guestos_image_parses(make_parse_build):

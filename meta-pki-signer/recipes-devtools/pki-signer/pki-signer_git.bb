@@ -6,10 +6,14 @@ SECTION = "devel"
 LICENSE = "Apache-2.0"
 LIC_FILES_CHKSUM = "file://Cargo.toml;beginline=7;endline=7;md5=2507bd5f0713f05419cd2f22fa06fe62"
 
-# The layer lives in the pki-signer repository, so by default the tool is
-# built from the tip of PKI_SIGNER_GIT_BRANCH of that same repository, and the
-# classes and the tool always match. Release builds point PKI_SIGNER_GIT_URI
-# at their mirror and pin SRCREV in their distro configuration.
+# The layer lives in the pki-signer repository; by default the tool is built
+# from that same repository, at a pinned commit: a fixed SRCREV keeps the task
+# hashes (and every signing task after them) stable and parsing free of git
+# look-ups. The commit is the one whose Cargo.lock pki-signer-crates.inc was
+# generated from (tests/layer/test_recipe.py checks it); bump both together.
+# Point PKI_SIGNER_GIT_URI at your mirror for release builds. To follow a branch
+# instead (rebuilds on every commit), in local.conf:
+#   SRCREV:pn-pki-signer-native = "${AUTOREV}"
 PKI_SIGNER_GIT_URI ?= "git://${@os.path.abspath(os.path.join(d.getVar('THISDIR'), '../../..'))};protocol=file"
 PKI_SIGNER_GIT_BRANCH ?= "main"
 
@@ -17,9 +21,17 @@ PV = "0.1.0+git"
 
 # destsuffix=${BP} is where S points in every supported release.
 SRC_URI = "${PKI_SIGNER_GIT_URI};branch=${PKI_SIGNER_GIT_BRANCH};destsuffix=${BP}"
-SRCREV ?= "${AUTOREV}"
+SRCREV ?= "9350fb0167fc80b9cd5ed3cecbda856bbefe9d3d"
 
 inherit cargo
+
+# aws-lc-sys (aws-lc-rs's C part) 0.47 compiles AWS-LC with the cc crate and
+# its pregenerated "universal" bindings on every Linux target: no cmake, no
+# nasm (only Windows x86 assembles .asm), no bindgen/libclang. Pin that
+# builder, and never link a system libcrypto found through pkg-config, so a
+# change of the build host or sysroot cannot change the tool.
+export AWS_LC_SYS_CMAKE_BUILDER = "0"
+export AWS_LC_SYS_USE_SYSTEM = "0"
 
 require ${BPN}-crates.inc
 
