@@ -9,14 +9,17 @@
 #   pe-verify  verify it: vs sbverify, osslsigncode verify and `openssl dgst -sha256`
 #   pe-batch   1000 small EFI files in one call vs a loop of 1000 sbsign calls
 #   csr        10,000 device CSRs in one call (EC and RSA-4096 issuer) vs `openssl x509 -req`
+#   guestos-verity
+#              `guestos sign --images --verity` over 1 GB of GuestOS images vs what a
+#              GyroidOS build runs on them: `veritysetup format`, sha256sum, sha1sum
 #
 # Environment:
 #   PKI_SIGNER_CACHE   where the UKI and the CSRs are kept between runs
 #                      (default ~/.cache/pki-signer; ~200 MB + ~50 MB)
 #   BENCH_PE_KEY_TYPE  key type of the PKI the pe sections sign with (default
 #                      rsa:2048, what UEFI db keys are; pe-batch adds rsa:4096)
-#   BENCH_UKI_MB, BENCH_BATCH_N, BENCH_CSR_N
-#                      sizes (200, 1000, 10000), smaller for a quick try
+#   BENCH_UKI_MB, BENCH_BATCH_N, BENCH_CSR_N, BENCH_VERITY_MB
+#                      sizes (200, 1000, 10000, 1024), smaller for a quick try
 #
 # Benchmarks report, they do not judge: goals are printed as PASS/MISS and the
 # exit status is 0 unless a command fails.
@@ -26,7 +29,7 @@
 set -euo pipefail
 export LC_ALL=C # '.' as decimal separator in EPOCHREALTIME, printf and awk
 
-SECTIONS=(pki pe-sign pe-verify pe-batch csr)
+SECTIONS=(pki pe-sign pe-verify pe-batch csr guestos-verity)
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 runs=5
@@ -203,7 +206,7 @@ machine_facts() {
 bench_pki() {
     local script=$repo/scripts/bench/openssl-pki.sh
     local kts=(rsa:4096 ec:prime256v1)
-    local i kt tool d n
+    local i kt tool d n want
 
     echo
     echo "== pki init: 10 certificates + keys, $runs runs each, fresh temp dir per run"
@@ -218,7 +221,10 @@ bench_pki() {
                     run_case bash "$script" "$d/pki" "$kt"
                 fi >>"$scratch/pki-$tool-$kt"
                 n=$(find "$d/pki" -maxdepth 1 \( -name '*.cert' -o -name '*.key' \) | wc -l)
-                [ "$n" -eq 20 ] || die "$tool $kt: expected 10 .cert + 10 .key in $d/pki, found $n files"
+                # pki-signer also makes ocsp_server, as gen_dev_certs.sh does.
+                want=20
+                [ "$tool" = pki-signer ] && want=22
+                [ "$n" -eq "$want" ] || die "$tool $kt: expected $want .cert + .key files in $d/pki, found $n"
                 rm -rf "$d"
             done
         done
@@ -633,6 +639,112 @@ bench_csr() {
     echo "  samples (s, run order)"
     for spec in "${labels[@]}"; do
         raw_row "${spec#*=}" "$scratch/csr-${spec%%=*}"
+    done
+}
+
+# ---------------------------------------------------------------- guestos-verity
+
+verity_mb=${BENCH_VERITY_MB:-1024}
+
+# verity_case CASE RUN: one timed run on the images in $verity_dir.
+verity_case() {
+    local out=$scratch/verity-out i
+    fresh_dir "$out"
+    case $1 in
+        pki-signer)
+            cp "$verity_dir/conf.in" "$verity_dir/bench-1.conf"
+            rm -f "$verity_dir"/bench-1/*.hash.img
+            sync
+            run_case "$bin" guestos sign "$verity_dir/bench-1.conf" --role ssig_cml \
+                --dir "$verity_pki" --images "$verity_dir" --verity ;;
+        veritysetup)
+            run_case bash -c 'for i in "$2"/*.img; do veritysetup format "$i" "$1/${i##*/}.hash" >/dev/null; done' \
+                _ "$out" "$verity_dir/bench-1" ;;
+        gyroidos)
+            run_case bash -c 'for i in "$2"/*.img; do veritysetup format "$i" "$1/${i##*/}.hash" >/dev/null
+                sha256sum "$i" >/dev/null; sha1sum "$i" >/dev/null; done' _ "$out" "$verity_dir/bench-1" ;;
+        *) die "verity_case: $1" ;;
+    esac
+    if [ "$2" = 1 ] && [ "$1" = pki-signer ]; then
+        local img root name
+        for img in "$verity_dir"/bench-1/*.img; do
+            [[ $img == *.hash.img ]] && continue
+            name=${img##*/}
+            root=$(awk -v f="\"${name%.img}\"" '$0 ~ "image_file: " f { s = 1 }
+                s && /image_verity_sha256/ { gsub(/"/, "", $2); print $2; exit }' \
+                "$verity_dir/bench-1.conf")
+            veritysetup verify "$img" "${img%.img}.hash.img" "$root" >/dev/null \
+                || die "veritysetup verify rejects ${img%.img}.hash.img ($root)"
+        done
+    fi
+}
+
+# guestos-verity: signing a GuestOS with dm-verity against the tools a
+# GyroidOS build runs for it (cml_build_guestos.sh: veritysetup format; the
+# config creator: SHA-256 and SHA-1 of each image), on the same images.
+bench_guestos_verity() {
+    command -v veritysetup >/dev/null || ensure_apt cryptsetup-bin
+    verity_dir=$cache/bench-verity/$verity_mb
+    local root_mb=$((verity_mb * 3 / 4)) usr_mb
+    usr_mb=$((verity_mb - root_mb))
+    if [ ! -f "$verity_dir/bench-1/usr.img" ]; then
+        echo "  making $verity_mb MB of images in $verity_dir (once, cached)" >&2
+        mkdir -p "$verity_dir/bench-1"
+        head -c $((root_mb << 20)) /dev/urandom >"$verity_dir/bench-1/root.img"
+        head -c $((usr_mb << 20)) /dev/urandom >"$verity_dir/bench-1/usr.img"
+    fi
+    cat >"$verity_dir/conf.in" <<'CONF'
+name: "bench"
+hardware: "x86"
+version: 1
+init_path: "/sbin/cservice"
+mounts {
+	image_file: "root"
+	mount_point: "/"
+	fs_type: "squashfs"
+	mount_type: SHARED_RW
+}
+mounts {
+	image_file: "usr"
+	mount_point: "/usr"
+	fs_type: "squashfs"
+	mount_type: SHARED
+}
+description {
+	en: "bench"
+}
+CONF
+    verity_pki=$scratch/verity-pki
+    "$bin" pki init --dir "$verity_pki" --key-type rsa:2048 >/dev/null || die "pki init failed"
+
+    echo
+    echo "== guestos sign --images --verity: 2 images, $verity_mb MB ($root_mb + $usr_mb), $runs runs each, images in the page cache"
+    echo "  pki-signer: SHA-1 + SHA-256 + dm-verity tree in one read, then signs and fsyncs the hash images and conf"
+    load_note "start of section guestos-verity"
+    warm "$verity_dir/bench-1/root.img"
+    warm "$verity_dir/bench-1/usr.img"
+    local cases=(pki-signer veritysetup gyroidos)
+    interleave verity verity_case "${cases[@]}"
+    local labels=(
+        "pki-signer=pki-signer guestos sign --verity"
+        "veritysetup=veritysetup format"
+        "gyroidos=veritysetup + sha256sum + sha1sum"
+    )
+    local spec ratio
+    report_header
+    for spec in "${labels[@]}"; do
+        report_row "${spec#*=}" "$scratch/verity-${spec%%=*}"
+    done
+    echo
+    echo "  goals (medians)"
+    ratio=$(div "$(med verity-pki-signer)" "$(med verity-veritysetup)")
+    goal_row "pki-signer / veritysetup format alone" "$ratio" "goal <= 1.2" "$(verdict "$ratio" 1.2)"
+    ratio=$(div "$(med verity-pki-signer)" "$(med verity-gyroidos)")
+    goal_row "pki-signer / veritysetup + sha256sum + sha1sum" "$ratio" "(info)" ""
+    echo
+    echo "  samples (s, run order)"
+    for spec in "${labels[@]}"; do
+        raw_row "${spec#*=}" "$scratch/verity-${spec%%=*}"
     done
 }
 

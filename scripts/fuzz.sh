@@ -3,7 +3,7 @@
 #   scripts/fuzz.sh                 # every target, 600 s each
 #   scripts/fuzz.sh 120             # every target, 120 s each
 #   scripts/fuzz.sh 300 pe csr      # some targets
-# Targets (fuzz/fuzz_targets/): pe, authenticode, pkcs7, efivar, csr, guestos, uki.
+# Targets (fuzz/fuzz_targets/): pe, authenticode, pkcs7, efivar, csr, guestos, uki, offline, verity.
 #
 # cargo-fuzz passes nightly-only -Z flags to rustc. No nightly toolchain can be
 # downloaded on our machines, so the stable compiler is told to accept them
@@ -23,7 +23,7 @@ root=$PWD
 secs=${1:-600}
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(pe authenticode pkcs7 efivar csr guestos uki)
+[ ${#targets[@]} -gt 0 ] || targets=(pe authenticode pkcs7 efivar csr guestos uki offline verity)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz
@@ -37,7 +37,7 @@ bin=$root/target/release/pki-signer
 # Seeds (rebuilt each run; small)
 seeds=$root/fuzz/seeds
 rm -rf "$seeds"
-for t in pe authenticode pkcs7 efivar csr guestos uki; do mkdir -p "$seeds/$t"; done
+for t in pe authenticode pkcs7 efivar csr guestos uki offline verity; do mkdir -p "$seeds/$t"; done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -76,6 +76,12 @@ EOF
     cp "$root/testdata/guestos/core-1.conf" core-1.conf
     "$bin" guestos sign core-1.conf --cms --role ssig_cml --dir pki >/dev/null
     cp core-1.p7s "$seeds/pkcs7/"
+    # dm-verity: a hash image of a small image, followed by that image.
+    mkdir -p core-1
+    head -c 16384 /dev/zero >core-1/root.img
+    head -c 4096 /dev/zero >core-1/modules.img
+    "$bin" guestos sign core-1.conf --role ssig_cml --dir pki --images . --verity >/dev/null
+    cat core-1/root.hash.img core-1/root.img >"$seeds/verity/root.hash.img+data"
     # CSRs: EC and RSA, PEM and DER, with and without SANs.
     openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout k1.pem \
         -subj "/O=fuzz/CN=device-1" -addext "subjectAltName=DNS:d1.example,IP:10.0.0.1" \
@@ -84,7 +90,7 @@ EOF
         -out "$seeds/csr/rsa.csr" 2>/dev/null
     openssl req -in "$seeds/csr/ec.csr" -outform DER -out "$seeds/csr/ec.der"
 )
-for t in pe authenticode pkcs7 efivar csr guestos uki; do
+for t in pe authenticode pkcs7 efivar csr guestos uki offline; do
     for d in "testdata/malformed/$t" "testdata/regress/$t"; do
         [ -d "$d" ] && cp_if "$seeds/$t" "$d"/*
     done

@@ -15,9 +15,10 @@ ensure_cargo
 # Peers: openssl (x509/verify/pkey), efitools (ESL/auth), sbsigntool, osslsigncode, pesign;
 # systemd-boot-efi and the kernel are real binaries to sign; SoftHSM2 + opensc are the HSM;
 # protoc reads GuestOS manifests independently; python3-cryptography makes the odd CSRs
-# (NUL, ESC, zero-width subjects) that openssl's -subj cannot.
+# (NUL, ESC, zero-width subjects) that openssl's -subj cannot; veritysetup (cryptsetup-bin)
+# checks the dm-verity hash images of GuestOS images.
 ensure_apt openssl efitools sbsigntool osslsigncode pesign systemd-boot-efi softhsm2 opensc protobuf-compiler \
-    python3-cryptography
+    python3-cryptography cryptsetup-bin
 # uki: systemd-measure (systemd) predicts PCR 11; its `sign` needs libtss2 and a TPM (swtpm).
 ensure_apt systemd swtpm libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0 libtss2-tcti-swtpm0
 # OVMF + QEMU + virt-firmware (venv) for the firmware proof.

@@ -746,6 +746,34 @@ impl AuthFile {
     }
 }
 
+/// Who may sign an update, as EDK2's AuthVariableLib decides: PK and KEK
+/// updates are checked against the PK with no chaining (the signer must be
+/// the PK certificate itself); db and dbx updates may chain to any KEK
+/// certificate, one at a time.
+pub fn update_trust(
+    v: SecureVar,
+    sd: &crate::pkcs7::SignedData,
+    leaf: &[u8],
+    anchors: &[Vec<u8>],
+) -> std::result::Result<usize, String> {
+    match v {
+        SecureVar::Pk | SecureVar::Kek => {
+            let i = anchors.iter().position(|a| a == leaf).ok_or_else(|| {
+                format!(
+                    "the signer is not the PK certificate (firmware does not chain {v} updates)"
+                )
+            })?;
+            crate::chain::uefi_path(leaf, &[], &anchors[i..=i])
+                .map(|_| i)
+                .map_err(|e| format!("the signer's path is invalid: {e}"))
+        }
+        SecureVar::Db | SecureVar::Dbx => sd
+            .trusted_path(leaf, anchors)
+            .map(|p| p.anchor)
+            .map_err(|e| format!("the signer does not chain to a trusted certificate: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

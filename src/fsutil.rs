@@ -315,6 +315,8 @@ pub enum InputKind {
     Plan,
     /// A UKI part read whole: the systemd stub, os-release, splash, dtb, SBAT.
     UkiPart,
+    /// An `offline request` or `offline response` file.
+    Offline,
 }
 
 impl InputKind {
@@ -322,7 +324,7 @@ impl InputKind {
     pub const fn cap(self) -> u64 {
         match self {
             InputKind::Esl | InputKind::Auth => 16 * MIB,
-            InputKind::Plan | InputKind::UkiPart => 64 * MIB,
+            InputKind::Plan | InputKind::UkiPart | InputKind::Offline => 64 * MIB,
             _ => MIB,
         }
     }
@@ -343,6 +345,7 @@ impl InputKind {
             InputKind::Auth => "an .auth file",
             InputKind::Plan => "a signing plan",
             InputKind::UkiPart => "a UKI part (stub, os-release, splash, dtb, SBAT)",
+            InputKind::Offline => "an offline signing request or response",
         }
     }
 

@@ -439,6 +439,33 @@ fn ecdsa_deterministic(
     }
 }
 
+/// Re-type an RSA PKCS#8 key as id-RSASSA-PSS without parameters, what
+/// `openssl req -newkey rsa-pss` writes (gen_dev_certs.sh's GuestOS signing
+/// keys): the RSAPrivateKey inside stays as it is.
+pub fn pkcs8_as_rsa_pss(der: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    use pkcs8::der::Encode;
+    let info = pkcs8::PrivateKeyInfo::try_from(der)
+        .map_err(|e| Error::Crypto(format!("not a PKCS#8 private key: {e}")))?;
+    if info.algorithm.oid != OID_RSA {
+        return Err(Error::Crypto(format!(
+            "only RSA keys can be typed RSA-PSS, not {}",
+            info.algorithm.oid
+        )));
+    }
+    let pss = pkcs8::PrivateKeyInfo {
+        algorithm: pkcs8::AlgorithmIdentifierRef {
+            oid: OID_RSA_PSS,
+            parameters: None,
+        },
+        private_key: info.private_key,
+        public_key: None,
+    };
+    let mut out = zeroize::Zeroizing::new(vec![]);
+    pss.encode_to_vec(&mut out)
+        .map_err(|e| Error::Crypto(format!("PKCS#8 encoding: {e}")))?;
+    Ok(out)
+}
+
 /// PEM-encode a PKCS#8 private key.
 pub fn pkcs8_pem(der: &[u8]) -> String {
     crate::x509::pem_encode("PRIVATE KEY", der)

@@ -11,6 +11,7 @@ pub mod guestos;
 pub mod identity;
 pub mod image;
 pub mod keys;
+pub mod offline;
 pub mod par;
 pub mod pe;
 pub mod pkcs11;

@@ -35,9 +35,24 @@ const UEFI_KEY_TYPE: KeyType = KeyType::Rsa(2048);
 /// NEWKEY_ARGS_secondary) gives them RSA-PSS keys, and cml checks GuestOS
 /// signatures only with RSA or RSA-PSS keys (common/ssl_util.c,
 /// `ssl_verify_signature_from_digest`: anything else is "Unsupported key type").
-/// They stay RSA whatever `--key-type` says.
+/// They stay RSA whatever `--key-type` says, and their keys are typed
+/// id-RSASSA-PSS like the script's, so cml (which takes the padding from the
+/// certificate's key type) checks PSS, what GyroidOS's sign_config.sh makes.
 pub const GUESTOS_ROLES: &[&str] = &["ssig_subca_cml", "ssig_cml"];
 const GUESTOS_KEY_TYPE: KeyType = KeyType::Rsa(4096);
+/// Roles gen_dev_certs.sh makes with NEWKEY_ARGS_secondary: typed RSA-PSS
+/// when their key is RSA (with `--key-type ec:*` the OCSP server key is EC,
+/// as the script makes it).
+const RSA_PSS_ROLES: &[&str] = &["ssig_subca_cml", "ssig_cml", "ocsp_server"];
+/// The kernel module signing key and certificate gen_dev_certs.sh derives
+/// from ssig_subca (`derive_exports`): the key followed by the certificate
+/// (CONFIG_MODULE_SIG_KEY), and the certificate in DER.
+const MODULE_SIGNING_PEM: &str = "certs/signing_key.pem";
+const MODULE_SIGNING_X509: &str = "certs/signing_key.x509";
+const MODULE_SIGNING_ROLE: &str = "ssig_subca";
+/// Built-in roles newer than some PKIs already made: a PKI without them is
+/// still complete (it is used as it is, never regenerated).
+const ADDED_ROLES: &[&str] = &["ocsp_server"];
 const TPM_PCR_PRIVATE: &str = "tpm2-pcr-private.pem";
 const TPM_PCR_PUBLIC: &str = "tpm2-pcr-public.pem";
 /// `pki check` warns when a certificate expires within this many days.
@@ -66,6 +81,10 @@ pub struct RoleSpec {
     pub subject: Subject,
     pub key_usage: Vec<Ku>,
     pub eku: Vec<Eku>,
+    /// The key is typed id-RSASSA-PSS (key file and certificate), as
+    /// gen_dev_certs.sh types its "secondary" keys; its certificates are
+    /// signed with RSASSA-PSS.
+    pub rsa_pss: bool,
 }
 
 struct Builtin {
@@ -205,6 +224,14 @@ const BUILTIN: &[Builtin] = &[
         CUSTOMER,
         "backend_subca",
         &["serverAuth"],
+    ),
+    // gen_ocsp_certs.sh: issued by the backend sub CA, key as the GuestOS roles'.
+    leaf(
+        "ocsp_server",
+        "OCSP Server Certificate",
+        CUSTOMER,
+        "backend_subca",
+        &["OCSPSigning"],
     ),
 ];
 
@@ -352,6 +379,7 @@ impl Plan {
                     .iter()
                     .map(|k| parse_eku(k).expect("builtin"))
                     .collect(),
+                rsa_pss: false,
             })
             .collect();
 
@@ -401,6 +429,7 @@ impl Plan {
                             vec![Ku::DigitalSignature]
                         },
                         eku: vec![],
+                        rsa_pss: false,
                     });
                     specs.len() - 1
                 }
@@ -458,6 +487,12 @@ impl Plan {
                     .collect::<std::result::Result<_, _>>()
                     .map_err(|e| perr(format!("role '{name}': {e}")))?;
             }
+        }
+
+        for s in &mut specs {
+            s.rsa_pss = s.kind == RoleKind::X509
+                && s.key_type.is_rsa()
+                && RSA_PSS_ROLES.contains(&s.name.as_str());
         }
 
         // Order issuers first and reject unknown issuers, non-CA issuers and cycles.
@@ -518,12 +553,26 @@ impl Plan {
         v
     }
 
-    /// Non-role files: signature lists and the TPM PCR-policy key pair.
+    /// Non-role files: the kernel module signing key, signature lists and
+    /// the TPM PCR-policy key pair.
     fn extra_files(&self) -> Vec<FileEntry> {
-        if !self.uefi {
-            return vec![];
-        }
         let mut v = vec![];
+        if self.role(MODULE_SIGNING_ROLE).is_some() {
+            for (path, kind) in [
+                (MODULE_SIGNING_PEM, "module-signing-key"),
+                (MODULE_SIGNING_X509, "module-signing-cert"),
+            ] {
+                v.push(FileEntry {
+                    path: path.into(),
+                    kind: kind.into(),
+                    roles: vec![MODULE_SIGNING_ROLE.into()],
+                    key_uri: None,
+                });
+            }
+        }
+        if !self.uefi {
+            return v;
+        }
         // Only built-in UEFI roles are wired up; profiles cannot remove them.
         let esl = |path: &str, roles: &[&str]| FileEntry {
             path: path.into(),
@@ -852,7 +901,7 @@ fn inspect(dir: &Path, plan: &Plan) -> Result<DirState> {
         let lacking: Vec<String> = plan
             .roles
             .iter()
-            .filter(|r| m.role(&r.name).is_none())
+            .filter(|r| m.role(&r.name).is_none() && !ADDED_ROLES.contains(&r.name.as_str()))
             .map(|r| r.name.clone())
             .collect();
         if !lacking.is_empty() {
@@ -864,7 +913,18 @@ fn inspect(dir: &Path, plan: &Plan) -> Result<DirState> {
         return Ok(DirState::Complete(Some(m)));
     }
     let mut expected = plan.expected_files();
-    expected.retain(|f| f != MANIFEST);
+    // A directory gen_dev_certs.sh made before it derived the module signing
+    // files, or before some role existed, is complete all the same.
+    let newer: Vec<String> = ADDED_ROLES
+        .iter()
+        .filter_map(|r| plan.role(r))
+        .flat_map(|r| role_files(&r.name, r.kind).all())
+        .chain([
+            MODULE_SIGNING_PEM.to_string(),
+            MODULE_SIGNING_X509.to_string(),
+        ])
+        .collect();
+    expected.retain(|f| f != MANIFEST && !newer.contains(f));
     let missing = list_missing(dir, &expected);
     if missing.is_empty() {
         return Ok(DirState::Complete(None));
@@ -1078,9 +1138,13 @@ struct NewKey {
 }
 
 /// Generate one key per (name, type): in files, or in the token `hsm`.
+/// File keys with `pss` set are typed id-RSASSA-PSS; token keys are plain
+/// RSA objects (GyroidOS's sign_config.sh, too, leaves the PSS typing of
+/// token keys to whoever imports them).
 fn generate_keys(
     names: &[&str],
     types: &[KeyType],
+    pss: &[bool],
     hsm: Option<&mut TokenWriter>,
 ) -> Result<Vec<NewKey>> {
     match hsm {
@@ -1089,8 +1153,14 @@ fn generate_keys(
             pkcs8s
                 .into_iter()
                 .zip(names)
-                .map(|(der, name)| {
+                .zip(pss)
+                .map(|((der, name), &pss)| {
                     let der = zeroize::Zeroizing::new(der);
+                    let der = if pss {
+                        keys::pkcs8_as_rsa_pss(&der)?
+                    } else {
+                        der
+                    };
                     Ok(NewKey {
                         signer: Box::new(FileKey::from_pkcs8(&der, Path::new(name))?),
                         pkcs8: Some(der),
@@ -1117,14 +1187,16 @@ fn generate_keys(
 fn generate_into(tmp: &Path, plan: &Plan, mut hsm: Option<&mut TokenWriter>) -> Result<Manifest> {
     let mut types: Vec<KeyType> = plan.roles.iter().map(|r| r.key_type).collect();
     let mut names: Vec<&str> = plan.roles.iter().map(|r| r.name.as_str()).collect();
+    let mut pss: Vec<bool> = plan.roles.iter().map(|r| r.rsa_pss).collect();
     if plan.uefi {
         types.push(UEFI_KEY_TYPE); // TPM PCR-policy key
         names.push(TPM_PCR_LABEL);
+        pss.push(false);
     }
     // A PKI whose keys were made in a token is meant for production; every
     // other one is a development PKI, and each of its certificates says so.
     let development = hsm.is_none();
-    let keys = generate_keys(&names, &types, hsm.as_deref_mut())?;
+    let keys = generate_keys(&names, &types, &pss, hsm.as_deref_mut())?;
 
     let now = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
@@ -1174,7 +1246,10 @@ fn generate_into(tmp: &Path, plan: &Plan, mut hsm: Option<&mut TokenWriter>) -> 
             kind: role.kind,
             issuer: role.issuer.clone(),
             ca: role.ca,
-            key_type: role.key_type.to_string(),
+            key_type: match role.key_type {
+                KeyType::Rsa(bits) if keys[i].signer.rsa_pss_only() => format!("rsa-pss:{bits}"),
+                t => t.to_string(),
+            },
             subject: info.subject,
             fingerprint_sha256: info.fingerprint_sha256,
             files,
@@ -1192,9 +1267,42 @@ fn generate_into(tmp: &Path, plan: &Plan, mut hsm: Option<&mut TokenWriter>) -> 
 
     let mut extra = plan.extra_files();
     let tpm_key = keys.last().filter(|_| plan.uefi);
+    let module_key = plan
+        .roles
+        .iter()
+        .position(|r| r.name == MODULE_SIGNING_ROLE)
+        .map(|j| &keys[j]);
+    // A token key cannot go into a PEM file: only the certificate is written.
+    extra.retain(|f| {
+        f.kind != "module-signing-key" || module_key.is_some_and(|k| k.pkcs8.is_some())
+    });
     for f in &mut extra {
         let path = tmp.join(&f.path);
+        if let Some(d) = Path::new(&f.path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(tmp.join(d))
+                .at(tmp.join(d))?;
+        }
         match f.kind.as_str() {
+            // gen_dev_certs.sh's derive_exports: `cat ssig_subca.key` then
+            // `openssl x509 -in ssig_subca.cert -outform PEM` (the first
+            // certificate only), and the same certificate as DER.
+            "module-signing-key" => {
+                let p8 = module_key
+                    .and_then(|k| k.pkcs8.as_ref())
+                    .expect("retained only with a key file");
+                let mut pem = zeroize::Zeroizing::new(keys::pkcs8_pem(p8));
+                pem.push_str(&x509::pem_cert(&ders[MODULE_SIGNING_ROLE]));
+                fsutil::write_new(&path, pem.as_bytes(), KEY_MODE)?;
+            }
+            "module-signing-cert" => {
+                fsutil::write_new(&path, &ders[MODULE_SIGNING_ROLE], PUBLIC_MODE)?;
+            }
             "esl" => {
                 let data: Vec<u8> = f
                     .roles
@@ -1574,7 +1682,10 @@ fn check_permissions(pki: &Pki, it: &mut CheckItem) {
         .manifest
         .iter()
         .flat_map(|m| &m.files)
-        .filter(|f| f.kind == "tpm-pcr-private-key" && !f.path.is_empty())
+        .filter(|f| {
+            (f.kind == "tpm-pcr-private-key" || f.kind == "module-signing-key")
+                && !f.path.is_empty()
+        })
         .map(|f| pki.dir.join(&f.path))
         .collect();
     it.problems

@@ -1057,6 +1057,7 @@ impl Job<'_> {
                 cms,
                 signing_time: self.signing_time,
                 allow_missing_images: false,
+                verity: false,
             },
         )?;
         self.check_guestos(&conf).map_err(|e| {

@@ -17,6 +17,15 @@ use crate::keys::{KeyType, Signer};
 struct RcgenKey<'a> {
     key: &'a dyn Signer,
     alg: &'static rcgen::SignatureAlgorithm,
+    /// The key is typed id-RSASSA-PSS in certificates (GyroidOS's GuestOS
+    /// signing keys). rcgen 0.14 knows no RSA-PSS at all: it writes the
+    /// rsaEncryption form, which [`finish_pss`] replaces. The SKI and AKI are
+    /// derived from [`rcgen::PublicKeyData::subject_public_key_info`], so they
+    /// are computed over the id-RSASSA-PSS form from the start.
+    pss_spki: bool,
+    /// Do not sign: the TBSCertificate is changed and signed afterwards by
+    /// [`finish_pss`]; rcgen gets a placeholder.
+    deferred: bool,
 }
 
 impl<'a> RcgenKey<'a> {
@@ -26,7 +35,18 @@ impl<'a> RcgenKey<'a> {
             KeyType::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             KeyType::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
         };
-        RcgenKey { key, alg }
+        RcgenKey {
+            key,
+            alg,
+            pss_spki: false,
+            deferred: false,
+        }
+    }
+
+    fn pss(mut self, pss_spki: bool, deferred: bool) -> Self {
+        self.pss_spki = pss_spki;
+        self.deferred = deferred;
+        self
     }
 }
 
@@ -37,14 +57,111 @@ impl rcgen::PublicKeyData for RcgenKey<'_> {
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
         self.alg
     }
+    fn subject_public_key_info(&self) -> Vec<u8> {
+        if self.pss_spki {
+            return rsa_pss_spki_der(self.key.public_key());
+        }
+        plain_spki(self.alg, self.key.public_key())
+    }
 }
 
 impl rcgen::SigningKey for RcgenKey<'_> {
     fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        if self.deferred {
+            return Ok(vec![0]);
+        }
         self.key
             .sign(self.key.key_type().default_scheme(), msg)
             .map_err(|_| rcgen::Error::RemoteKeyError)
     }
+}
+
+/// rcgen's own SubjectPublicKeyInfo encoding (what the trait's default
+/// method returns), for keys that are not typed id-RSASSA-PSS.
+fn plain_spki(alg: &'static rcgen::SignatureAlgorithm, key: &[u8]) -> Vec<u8> {
+    struct Plain<'a>(&'static rcgen::SignatureAlgorithm, &'a [u8]);
+    impl rcgen::PublicKeyData for Plain<'_> {
+        fn der_bytes(&self) -> &[u8] {
+            self.1
+        }
+        fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+            self.0
+        }
+    }
+    rcgen::PublicKeyData::subject_public_key_info(&Plain(alg, key))
+}
+
+const OID_RSASSA_PSS: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
+
+/// RSASSA-PSS with SHA-256, MGF1-SHA-256 and a 32-byte salt, byte for byte
+/// what `openssl ca -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:-1`
+/// writes (gen_dev_certs.sh's SIGOPT_ARGS, default_md sha256).
+const PSS_SHA256_ALG: &[u8] = &[
+    0x30, 0x41, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a, 0x30, 0x34, 0xa0,
+    0x0f, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
+    0xa1, 0x1c, 0x30, 0x1a, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08, 0x30,
+    0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0xa2, 0x03,
+    0x02, 0x01, 0x20,
+];
+
+/// SubjectPublicKeyInfo of an RSA key typed id-RSASSA-PSS without
+/// parameters (no restrictions), as `openssl req -newkey rsa-pss` makes it.
+pub fn rsa_pss_spki_der(rsa_public_key: &[u8]) -> Vec<u8> {
+    use cms::cert::x509::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+    use der::Encode;
+    let spki = SubjectPublicKeyInfoOwned {
+        algorithm: AlgorithmIdentifierOwned {
+            oid: OID_RSASSA_PSS,
+            parameters: None,
+        },
+        subject_public_key: der::asn1::BitString::from_bytes(rsa_public_key)
+            .expect("a byte string is a bit string"),
+    };
+    spki.to_der().expect("SubjectPublicKeyInfo encodes")
+}
+
+/// Is the key of this certificate typed id-RSASSA-PSS?
+fn cert_key_is_pss(der: &[u8]) -> Result<bool> {
+    let c = parse(der, Path::new("issuer certificate"))?;
+    Ok(c.public_key().algorithm.algorithm.to_id_string() == OID_RSASSA_PSS.to_string())
+}
+
+/// Give a certificate rcgen made the parts rcgen cannot write, and sign it:
+/// the subject key typed id-RSASSA-PSS (`subject_pss`), and an RSASSA-PSS
+/// signature (SHA-256, salt 32) when the issuer's key is typed so
+/// (`issuer_pss`; OpenSSL refuses any other signature by such a key).
+/// Otherwise the issuer signs with its usual scheme and rcgen's algorithm
+/// identifier stays.
+fn finish_pss(
+    der: &[u8],
+    subject_pss: bool,
+    issuer_pss: bool,
+    issuer_key: &dyn Signer,
+) -> Result<Vec<u8>> {
+    use cms::cert::x509::spki::AlgorithmIdentifierOwned;
+    use cms::cert::x509::Certificate;
+    use der::{Decode, Encode};
+    let enc = |e: der::Error| Error::Crypto(format!("certificate encoding: {e}"));
+    let mut cert = Certificate::from_der(der).map_err(enc)?;
+    if subject_pss {
+        cert.tbs_certificate.subject_public_key_info.algorithm = AlgorithmIdentifierOwned {
+            oid: OID_RSASSA_PSS,
+            parameters: None,
+        };
+    }
+    let scheme = if issuer_pss {
+        let alg = AlgorithmIdentifierOwned::from_der(PSS_SHA256_ALG).map_err(enc)?;
+        cert.tbs_certificate.signature = alg.clone();
+        cert.signature_algorithm = alg;
+        crate::keys::SigScheme::RsaPssSha256
+    } else {
+        issuer_key.key_type().default_scheme()
+    };
+    let tbs = cert.tbs_certificate.to_der().map_err(enc)?;
+    let sig = issuer_key.sign(scheme, &tbs)?;
+    cert.signature = der::asn1::BitString::from_bytes(&sig).map_err(enc)?;
+    cert.to_der().map_err(enc)
 }
 
 /// SubjectPublicKeyInfo DER of a signer's public key.
@@ -133,19 +250,38 @@ pub fn issue_with(
     p.key_usages = spec.key_usage.clone();
     p.extended_key_usages = spec.eku.clone();
     p.key_identifier_method = KeyIdMethod::Sha256;
-    let subject = RcgenKey::new(subject_key);
-    let err =
-        |e: rcgen::Error| Error::Crypto(format!("issuing '{}': {e}", spec.subject.common_name));
-    let cert = match issuer {
-        None => p.self_signed(&subject).map_err(err)?,
-        Some((issuer_der, issuer_key)) => {
-            p.use_authority_key_identifier_extension = true;
-            let issuer =
-                Issuer::from_ca_cert_der(&issuer_der.to_vec().into(), RcgenKey::new(issuer_key))
-                    .map_err(err)?;
-            p.signed_by(&subject, &issuer).map_err(err)?
+    // A key typed id-RSASSA-PSS (GyroidOS's GuestOS signing roles) is
+    // certified as such, and such an issuer signs with RSASSA-PSS.
+    let subject_pss = subject_key.rsa_pss_only();
+    let (issuer_pss, issuer_spki_pss) = match issuer {
+        None => (subject_pss, subject_pss),
+        Some((d, k)) => {
+            let typed = cert_key_is_pss(d)?;
+            (typed || k.rsa_pss_only(), typed)
         }
     };
+    let finish = subject_pss || issuer_pss;
+    let err =
+        |e: rcgen::Error| Error::Crypto(format!("issuing '{}': {e}", spec.subject.common_name));
+    let (cert, signer) = match issuer {
+        None => {
+            let subject = RcgenKey::new(subject_key).pss(subject_pss, finish);
+            (p.self_signed(&subject).map_err(err)?, subject_key)
+        }
+        Some((issuer_der, issuer_key)) => {
+            p.use_authority_key_identifier_extension = true;
+            let subject = RcgenKey::new(subject_key).pss(subject_pss, false);
+            let issuer = Issuer::from_ca_cert_der(
+                &issuer_der.to_vec().into(),
+                RcgenKey::new(issuer_key).pss(issuer_spki_pss, finish),
+            )
+            .map_err(err)?;
+            (p.signed_by(&subject, &issuer).map_err(err)?, issuer_key)
+        }
+    };
+    if finish {
+        return finish_pss(cert.der(), subject_pss, issuer_pss, signer);
+    }
     Ok(cert.der().to_vec())
 }
 
@@ -320,13 +456,18 @@ pub fn issue_for_spki(
     params.key_identifier_method = KeyIdMethod::Sha256;
     params.use_authority_key_identifier_extension = true;
     let err = |e: rcgen::Error| Error::Crypto(format!("issuing certificate: {e}"));
-    let issuer = Issuer::from_ca_cert_der(&issuer_der.to_vec().into(), RcgenKey::new(issuer_key))
-        .map_err(err)?;
-    Ok(params
-        .signed_by(&subject, &issuer)
-        .map_err(err)?
-        .der()
-        .to_vec())
+    let issuer_spki_pss = cert_key_is_pss(issuer_der)?;
+    let issuer_pss = issuer_spki_pss || issuer_key.rsa_pss_only();
+    let issuer = Issuer::from_ca_cert_der(
+        &issuer_der.to_vec().into(),
+        RcgenKey::new(issuer_key).pss(issuer_spki_pss, issuer_pss),
+    )
+    .map_err(err)?;
+    let cert = params.signed_by(&subject, &issuer).map_err(err)?;
+    if issuer_pss {
+        return finish_pss(cert.der(), false, true, issuer_key);
+    }
+    Ok(cert.der().to_vec())
 }
 
 pub fn is_ca(cert: &X509Certificate<'_>) -> bool {

@@ -356,9 +356,10 @@ fn sign_with_images_fills_hashes_like_coreutils_and_openssl_accepts_the_signatur
         ],
     )));
     assert!(
-        // `--key-type ec:*` still gives ssig_cml an RSA key: cml verifies no other.
+        // `--key-type ec:*` still gives ssig_cml an RSA-PSS key: cml verifies
+        // no EC key, and GyroidOS's own ssig_cml is RSA-PSS.
         out.contains(
-            "signed core-1.conf (core v1) -> core-1.sig, core-1.cert (RSA PKCS#1 v1.5 SHA-512"
+            "signed core-1.conf (core v1) -> core-1.sig, core-1.cert (RSA-PSS SHA-512 (MGF1-SHA-512, salt 64)"
         ),
         "{out}"
     );
@@ -384,8 +385,9 @@ fn sign_with_images_fills_hashes_like_coreutils_and_openssl_accepts_the_signatur
         }
     }
 
-    // What cml runs: SHA-512 signature by the first certificate, chain to the root.
-    assert!(openssl_dgst_verify(dir, "core-1", &[]));
+    // What cml runs: SHA-512 signature by the first certificate, with the
+    // padding its key type says, chain to the root.
+    assert!(openssl_dgst_verify(dir, "core-1", PSS));
     openssl_verify_chain(dir, &root, "core-1");
     let ours = stdout(&ok(verify(dir, "core-1.conf", &root, &["--images", "."])));
     assert!(ours.contains("core-1.conf: OK"), "{ours}");
@@ -464,6 +466,8 @@ fn existing_values_are_replaced_in_place_in_creator_output() {
     ));
 }
 
+/// A plain rsaEncryption key (here `ssig`; GuestOS roles are RSA-PSS)
+/// signs PKCS#1 v1.5, which cml checks for such a key.
 #[test]
 fn rsa_keys_sign_pkcs1_and_cms_verifies_with_openssl() {
     let w = workdir();
@@ -477,7 +481,7 @@ fn rsa_keys_sign_pkcs1_and_cms_verifies_with_openssl() {
             "sign",
             "core-1.conf",
             "--role",
-            "ssig_cml",
+            "ssig",
             "--dir",
             pki,
             "--cms",
@@ -517,7 +521,7 @@ fn rsa_keys_sign_pkcs1_and_cms_verifies_with_openssl() {
                 "sign",
                 "core-1.conf",
                 "--role",
-                "ssig_cml",
+                "ssig",
                 "--dir",
                 pki,
                 "--cms",
@@ -587,14 +591,25 @@ fn gyroidos_rsa_pss_ssig_cml_key_signs_pss_with_salt_64() {
 fn our_verify_accepts_what_openssl_dgst_signs() {
     let ossl = openssl();
     let mut cases: Vec<(PathBuf, PathBuf, PathBuf, bool)> = vec![];
+    // pki init's ssig_cml is RSA-PSS whatever the key type: GyroidOS's
+    // sign_config.sh steps (always PSS) give signatures cml accepts.
     for kt in ["ec:prime256v1", "ec:secp384r1", "rsa:2048"] {
         let p = pki(kt);
         cases.push((
             p.join("ssig_cml.key"),
             p.join("ssig_cml.cert"),
             p.join("ssig_rootca.cert"),
-            false,
+            true,
         ));
+        // A plain RSA key (ssig, rsaEncryption) signed without -sigopt.
+        if kt.starts_with("rsa") {
+            cases.push((
+                p.join("ssig.key"),
+                p.join("ssig.cert"),
+                p.join("ssig_rootca.cert"),
+                false,
+            ));
+        }
     }
     if let Some(p) = gyroidos_pss_pki() {
         cases.push((
@@ -693,10 +708,12 @@ fn one_changed_byte_in_conf_or_image_fails_verification() {
     fs::write(dir.join("core-1.conf"), &bad).unwrap();
     let err = fails(verify(dir, "core-1.conf", &root, &[]), 1);
     assert!(
-        err.contains("core-1.sig: RSA PKCS#1 v1.5 SHA-512 signature does not verify"),
+        err.contains(
+            "core-1.sig: RSA-PSS SHA-512 (MGF1-SHA-512, salt 64) signature does not verify"
+        ),
         "{err}"
     );
-    assert!(!openssl_dgst_verify(dir, "core-1", &[]));
+    assert!(!openssl_dgst_verify(dir, "core-1", PSS));
     fs::write(dir.join("core-1.conf"), &conf).unwrap();
 
     // An image: one byte flipped, same size.
@@ -1093,6 +1110,10 @@ fn cml_corpus_refused_confs_are_refused_by_sign_verify_and_show() {
                 "-sha512",
                 "-sign",
                 &key,
+                "-sigopt",
+                PSS[0],
+                "-sigopt",
+                PSS[1],
                 "-out",
                 &format!("{stem}.sig"),
                 name,
@@ -1180,13 +1201,14 @@ fn ec_signer_keys_are_refused_as_cml_does() {
 }
 
 #[test]
-fn pki_init_keeps_the_guestos_roles_rsa() {
-    // --key-type ec: the GuestOS roles are RSA, the others EC.
+fn pki_init_gives_the_guestos_roles_rsa_pss_keys() {
+    // --key-type ec: the GuestOS roles are RSA-PSS (as gen_dev_certs.sh
+    // makes them), the others EC; ssig_subca_cml signs with RSASSA-PSS.
     let p = pki("ec:prime256v1");
-    for (cert, want) in [
-        ("ssig_cml.cert", "rsaEncryption"),
-        ("ssig_subca_cml.cert", "rsaEncryption"),
-        ("ssig.cert", "id-ecPublicKey"),
+    for (cert, want, signed) in [
+        ("ssig_cml.cert", "rsassaPss", "rsassaPss"),
+        ("ssig_subca_cml.cert", "rsassaPss", "ecdsa-with-SHA256"),
+        ("ssig.cert", "id-ecPublicKey", "ecdsa-with-SHA256"),
     ] {
         let text = peer_ok(
             &openssl(),
@@ -1202,6 +1224,23 @@ fn pki_init_keeps_the_guestos_roles_rsa() {
         assert!(
             text.contains(&format!("Public Key Algorithm: {want}")),
             "{cert}: {text}"
+        );
+        assert!(
+            text.contains(&format!("Signature Algorithm: {signed}")),
+            "{cert}: {text}"
+        );
+    }
+    // The key files are typed id-RSASSA-PSS too (PKCS#8), as openssl's
+    // `req -newkey rsa-pss` writes them.
+    for key in ["ssig_cml.key", "ssig_subca_cml.key"] {
+        let asn1 = peer_ok(
+            &openssl(),
+            &["asn1parse", "-in", p.join(key).to_str().unwrap()],
+            Path::new("/"),
+        );
+        assert!(
+            asn1.lines().take(4).any(|l| l.contains(":rsassaPss")),
+            "{key}: {asn1}"
         );
     }
     // A profile asking for an EC GuestOS signing key is refused, with the reason.
@@ -1275,4 +1314,328 @@ fn images_are_found_by_name_and_version_from_the_contents() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["images"][0]["path"], "./core-1/root.img");
     assert!(v[0]["images"][1]["path"].is_null());
+}
+
+/// GyroidOS's sign_config.sh, step by step, on a `pki init` PKI: `openssl
+/// dgst -sha512 -sign ssig_cml.key -sigopt rsa_padding_mode:pss -sigopt
+/// rsa_pss_saltlen:-1`, then `cat ssig_cml.cert > NAME.cert`; and its --cms
+/// branch, which adds `-keyopt rsa_padding_mode:pss` when `openssl x509
+/// -text` says rsassaPss. cml takes the padding from the certificate's key
+/// type: PSS with salt = digest length.
+#[test]
+fn gyroidos_sign_config_steps_work_on_a_pki_init_pki() {
+    let ossl = openssl();
+    for kt in ["rsa:2048", "ec:prime256v1"] {
+        let p = pki(kt);
+        let (key, cert, root) = (
+            p.join("ssig_cml.key"),
+            p.join("ssig_cml.cert"),
+            p.join("ssig_rootca.cert"),
+        );
+        let (key, cert, root) = (
+            key.to_str().unwrap(),
+            cert.to_str().unwrap(),
+            root.to_str().unwrap(),
+        );
+        let w = workdir();
+        let dir = w.path();
+        // do_sign_rsa_pss (the test password is ignored for a plain key).
+        let o = std::process::Command::new(&ossl)
+            .args([
+                "dgst",
+                "-sha512",
+                "-sign",
+                key,
+                "-sigopt",
+                PSS[0],
+                "-sigopt",
+                PSS[1],
+                "-out",
+                "kiosk-7.sig",
+                "-passin",
+                "env:GYROIDOS_TEST_PASSWD_PKI",
+                "kiosk-7.conf",
+            ])
+            .env("GYROIDOS_TEST_PASSWD_PKI", "pass")
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        fs::copy(cert, dir.join("kiosk-7.cert")).unwrap();
+        // The padding cml derives from the key type, and no other.
+        assert!(openssl_dgst_verify(dir, "kiosk-7", PSS), "{kt}");
+        assert!(!openssl_dgst_verify(
+            dir,
+            "kiosk-7",
+            &["rsa_padding_mode:pkcs1"]
+        ));
+        let text = peer_ok(&ossl, &["x509", "-in", cert, "-noout", "-text"], dir);
+        assert!(text.contains("Public Key Algorithm: rsassaPss"), "{text}");
+        assert!(text.contains("Signature Algorithm: rsassaPss"), "{text}");
+        openssl_verify_chain(dir, root, "kiosk-7");
+        let ours = stdout(&ok(verify(dir, "kiosk-7.conf", root, &[])));
+        assert!(
+            ours.contains("RSA-PSS SHA-512 (MGF1-SHA-512, salt 64)") && ours.contains(": OK"),
+            "{ours}"
+        );
+
+        // do_sign_cms: the key type grep finds rsassaPss, so -keyopt pss
+        // (the chain from the sub CA's file: OpenSSL 3.0 refuses the signer
+        // certificate twice, as the script's --certfile of the chain gives it).
+        let sub = p.join("ssig_subca_cml.cert");
+        peer_ok(
+            &ossl,
+            &[
+                "cms",
+                "-sign",
+                "-outform",
+                "DER",
+                "-md",
+                "sha512",
+                "-signer",
+                cert,
+                "-inkey",
+                key,
+                "-keyopt",
+                "rsa_padding_mode:pss",
+                "-out",
+                "kiosk-7.p7s",
+                "-in",
+                "kiosk-7.conf",
+                "-binary",
+                "-certfile",
+                sub.to_str().unwrap(),
+            ],
+            dir,
+        );
+        openssl_cms_verify(dir, "kiosk-7", root);
+    }
+}
+
+/// Images laid out for dm-verity: whole 4096-byte blocks (one block, two
+/// hash levels, one level), in cml's store layout.
+fn verity_workdir() -> tempfile::TempDir {
+    let w = workdir();
+    for (dir, img, blocks) in [
+        ("core-1", "root", 129usize),
+        ("core-1", "modules", 3),
+        ("kiosk-7", "root", 300),
+        ("kiosk-7", "setup", 1),
+    ] {
+        fs::write(
+            w.path().join(dir).join(format!("{img}.img")),
+            data(blocks * 4096, img),
+        )
+        .unwrap();
+    }
+    w
+}
+
+fn verity_sign(dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let pki = pki("rsa:2048").to_str().unwrap();
+    let mut args = vec![
+        "guestos",
+        "sign",
+        "core-1.conf",
+        "kiosk-7.conf",
+        "--role",
+        "ssig_cml",
+        "--dir",
+        pki,
+        "--images",
+        ".",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_slice(&ok(run_in(dir, &args)).stdout).unwrap()
+}
+
+#[test]
+fn verity_hash_images_are_what_veritysetup_verifies_and_reproducible() {
+    let w = verity_workdir();
+    let dir = w.path();
+    let v = verity_sign(dir, &["--verity"]);
+    // SHARED and SHARED_RW mounts get a hash image; OVERLAY_RO does not
+    // (cml finds hash images only for the first two).
+    let mut roots = vec![];
+    for r in v.as_array().unwrap() {
+        for f in r["images"].as_array().unwrap() {
+            let img = PathBuf::from(f["path"].as_str().unwrap());
+            let hash_img =
+                img.with_file_name(format!("{}.hash.img", f["image_file"].as_str().unwrap()));
+            if f["mount_type"] == "OVERLAY_RO" {
+                assert!(f["image_verity_sha256"].is_null(), "{f}");
+                assert!(!dir.join(&hash_img).exists());
+                continue;
+            }
+            let root = f["image_verity_sha256"].as_str().unwrap().to_string();
+            roots.push((img, hash_img, root));
+        }
+    }
+    assert_eq!(roots.len(), 3);
+    let veritysetup = peer("veritysetup");
+    for (img, hash_img, root) in &roots {
+        let conf = fs::read_to_string(dir.join(if img.starts_with("./core-1") {
+            "core-1.conf"
+        } else {
+            "kiosk-7.conf"
+        }))
+        .unwrap();
+        assert!(
+            conf.contains(&format!("image_verity_sha256: \"{root}\"")),
+            "{conf}"
+        );
+        let Some(vs) = &veritysetup else { continue };
+        let (i, h) = (img.to_str().unwrap(), hash_img.to_str().unwrap());
+        peer_ok(vs, &["verify", i, h, root], dir);
+        // Byte for byte what veritysetup format writes with the same salt and UUID.
+        let dump = peer_ok(vs, &["dump", h], dir);
+        let field = |k: &str| {
+            dump.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let (salt, uuid) = (field("Salt:"), field("UUID:"));
+        assert_eq!(field("Hash algorithm:"), "sha256");
+        assert_eq!(field("Data block size:"), "4096");
+        let out = peer_ok(
+            vs,
+            &[
+                "format",
+                &format!("--salt={salt}"),
+                &format!("--uuid={uuid}"),
+                i,
+                "ref.hash.img",
+            ],
+            dir,
+        );
+        assert!(out.contains(&format!("Root hash:      \t{root}")), "{out}");
+        assert_eq!(
+            fs::read(dir.join("ref.hash.img")).unwrap(),
+            fs::read(dir.join(hash_img)).unwrap(),
+            "{h}"
+        );
+        fs::remove_file(dir.join("ref.hash.img")).unwrap();
+        // A wrong root hash is refused.
+        let mut bad = root.clone();
+        bad.replace_range(..1, if bad.starts_with('0') { "1" } else { "0" });
+        let o = std::process::Command::new(vs)
+            .args(["verify", i, h, &bad])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+    }
+    let root = role("rsa:2048", "ssig_rootca.cert");
+    for conf in ["core-1.conf", "kiosk-7.conf"] {
+        ok(verify(dir, conf, &root, &["--images", "."]));
+    }
+
+    // Two builds of the same inputs: the same hash images and confs.
+    let w2 = verity_workdir();
+    verity_sign(w2.path(), &["--verity"]);
+    for f in [
+        "core-1.conf",
+        "kiosk-7.conf",
+        "core-1/root.hash.img",
+        "kiosk-7/root.hash.img",
+        "kiosk-7/setup.hash.img",
+    ] {
+        assert_eq!(
+            fs::read(dir.join(f)).unwrap(),
+            fs::read(w2.path().join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // Signing again without --verity keeps the verity values (the confs
+    // carry image_verity_sha256 now) and changes nothing.
+    let before = fs::read(dir.join("core-1/root.hash.img")).unwrap();
+    let v = verity_sign(dir, &[]);
+    assert_eq!(v[0]["conf_updated"], false, "{v}");
+    assert_eq!(fs::read(dir.join("core-1/root.hash.img")).unwrap(), before);
+
+    // A changed image: verify finds the stale hash tree; signing renews it.
+    let img = dir.join("core-1/root.img");
+    let mut b = fs::read(&img).unwrap();
+    b[4096 * 100 + 5] ^= 1;
+    fs::write(&img, &b).unwrap();
+    let err = fails(verify(dir, "core-1.conf", &root, &["--images", "."]), 1);
+    assert!(err.contains("core-1.conf: mounts[0] root.img: "), "{err}");
+    let v = verity_sign(dir, &[]);
+    assert_eq!(v[0]["conf_updated"], true);
+    ok(verify(dir, "core-1.conf", &root, &["--images", "."]));
+    // A damaged hash image is found by verify.
+    let h = dir.join("core-1/root.hash.img");
+    let mut t = fs::read(&h).unwrap();
+    let last = t.len() - 4096;
+    t[last] ^= 1;
+    fs::write(&h, &t).unwrap();
+    let err = fails(verify(dir, "core-1.conf", &root, &["--images", "."]), 1);
+    assert!(
+        err.contains("root.hash.img: the hash tree does not match the image"),
+        "{err}"
+    );
+}
+
+#[test]
+fn verity_is_refused_where_cml_could_not_open_it() {
+    let pki = pki("rsa:2048").to_str().unwrap();
+    let sign = |dir: &Path, conf: &str, extra: &[&str]| {
+        let mut args = vec![
+            "guestos", "sign", conf, "--role", "ssig_cml", "--dir", pki, "--images", ".",
+        ];
+        args.extend_from_slice(extra);
+        run_in(dir, &args)
+    };
+    // An image that is not whole 4096-byte blocks (workdir's core-1/root.img is 300000 bytes).
+    let w = workdir();
+    let dir = w.path();
+    let err = fails(sign(dir, "core-1.conf", &["--verity"]), 2);
+    assert!(
+        err.contains(
+            "core-1/root.img: no dm-verity hash image: its size is not a multiple of 4096 bytes"
+        ) && err.contains("Data device is too small"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!dir.join("core-1.sig").exists() && !dir.join("core-1/root.hash.img").exists());
+    let leftovers: Vec<_> = fs::read_dir(dir.join("core-1"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // image_verity_sha256 on a mount type cml has no hash image for.
+    let w = verity_workdir();
+    let dir = w.path();
+    let conf = fs::read_to_string(dir.join("core-1.conf"))
+        .unwrap()
+        .replace(
+            "\tmount_type: OVERLAY_RO\n",
+            "\tmount_type: OVERLAY_RO\n\timage_verity_sha256: \"\"\n",
+        );
+    fs::write(dir.join("core-1.conf"), &conf).unwrap();
+    let err = fails(sign(dir, "core-1.conf", &[]), 2);
+    assert!(
+        err.contains("mounts[2] (OVERLAY_RO): image_verity_sha256 is set, but cml sets up dm-verity only for SHARED and SHARED_RW mounts"),
+        "{err}"
+    );
+
+    // An empty image_verity_sha256 on a SHARED_RW mount: filled without --verity.
+    let conf = fs::read_to_string(Path::new(TESTDATA).join("core-1.conf"))
+        .unwrap()
+        .replace(
+            "\tmount_type: SHARED_RW\n",
+            "\tmount_type: SHARED_RW\n\timage_verity_sha256: \"\"\n",
+        );
+    fs::write(dir.join("core-1.conf"), &conf).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&ok(sign(dir, "core-1.conf", &["--json"])).stdout).unwrap();
+    let root = v[0]["images"][0]["image_verity_sha256"].as_str().unwrap();
+    assert_eq!(root.len(), 64);
+    assert!(dir.join("core-1/root.hash.img").exists());
+    assert!(!dir.join("core-1/modules.hash.img").exists());
 }

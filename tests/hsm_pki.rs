@@ -31,6 +31,7 @@ const CHAINS: &[(&str, &str)] = &[
     ("user_subca", "gen_rootca"),
     ("backend_subca", "gen_rootca"),
     ("backend", "gen_rootca"),
+    ("ocsp_server", "gen_rootca"),
 ];
 const UEFI_ROLES: &[&str] = &["PK", "KEK", "DB"];
 
@@ -300,7 +301,7 @@ fn rsa_pki_in_a_token_verifies_and_signs_with_role_keys() {
         ],
     )));
     assert!(
-        out.starts_with("created PKI in prod-pki (13 roles"),
+        out.starts_with("created PKI in prod-pki (14 roles"),
         "{out}"
     );
     assert!(!out.contains(PIN), "{out}");

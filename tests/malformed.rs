@@ -1629,3 +1629,50 @@ fn malformed_ukis_and_stubs_fail_cleanly() {
     }
     assert_clean();
 }
+
+/// Broken offline signing requests (`request-*`, through `offline sign`) and
+/// responses (`response-*`, through `offline complete`), made by
+/// `regenerate_testdata_malformed_offline` in tests/offline.rs.
+#[test]
+fn malformed_offline_files_fail_cleanly() {
+    let w = world();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let keys = d.join("keys.json");
+    fs::write(
+        &keys,
+        serde_json::json!({
+            "trust": [w.pki.join("ssig_rootca.cert")],
+            "ssig_subca": { "key": w.pki.join("ssig_subca.key"), "cert": w.pki.join("ssig_subca.cert") },
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let all = files(&repo().join("testdata/malformed/offline"));
+    assert!(
+        all.len() >= 30,
+        "testdata/malformed/offline has {}",
+        all.len()
+    );
+    let (out, done) = (d.join("out.json"), d.join("done"));
+    for f in all {
+        eprintln!("offline: {}", name(&f));
+        if name(&f).starts_with("request-") {
+            let args = [
+                "offline",
+                "sign",
+                s(&f),
+                "--keys",
+                s(&keys),
+                "-o",
+                s(&out),
+                "--yes",
+            ];
+            check(d, &args, false, Outputs(&[&out]));
+        } else {
+            let args = ["offline", "complete", s(&f), "--out-dir", s(&done)];
+            check(d, &args, false, Outputs(&[&done.join("a.efi")]));
+        }
+    }
+    assert_clean();
+}

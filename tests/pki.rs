@@ -21,6 +21,7 @@ const CHAINS: &[(&str, &str)] = &[
     ("user_subca", "gen_rootca"),
     ("backend_subca", "gen_rootca"),
     ("backend", "gen_rootca"),
+    ("ocsp_server", "gen_rootca"),
 ];
 
 fn verify_chains(dir: &Path) {
@@ -107,7 +108,7 @@ fn default_pki_with_uefi_is_accepted_by_openssl_and_efitools() {
             !is_root,
             "{role} AKI"
         );
-        let is_leaf = matches!(*role, "ssig" | "ssig_cml" | "backend");
+        let is_leaf = matches!(*role, "ssig" | "ssig_cml" | "backend" | "ocsp_server");
         if is_leaf {
             assert!(
                 text.contains("X509v3 Basic Constraints: critical\n                CA:FALSE"),
@@ -132,6 +133,7 @@ fn default_pki_with_uefi_is_accepted_by_openssl_and_efitools() {
         match *role {
             "ssig" | "ssig_cml" => assert!(text.contains("Code Signing"), "{role}"),
             "backend" => assert!(text.contains("TLS Web Server Authentication"), "{role}"),
+            "ocsp_server" => assert!(text.contains("OCSP Signing"), "{role}"),
             "PK" | "KEK" | "DB" => assert!(text.contains("Public-Key: (2048 bit)"), "{role}"),
             _ => assert!(text.contains("Public-Key: (4096 bit)"), "{role}"),
         }
@@ -197,7 +199,7 @@ fn default_pki_with_uefi_is_accepted_by_openssl_and_efitools() {
     let shown: serde_json::Value =
         serde_json::from_str(&stdout(&ok(run_in(tmp.path(), &["pki", "show", "--json"])))).unwrap();
     let rows = shown.as_array().unwrap();
-    assert_eq!(rows.len(), 13);
+    assert_eq!(rows.len(), 14);
     for r in rows {
         let file = r["file"].as_str().unwrap();
         let fp = peer_ok(
@@ -215,7 +217,7 @@ fn default_pki_with_uefi_is_accepted_by_openssl_and_efitools() {
         assert_eq!(r["fingerprint_sha256"].as_str().unwrap(), fp, "{file}");
     }
     let check = stdout(&ok(run_in(tmp.path(), &["pki", "check"])));
-    assert!(check.contains("OK (20 items)"), "{check}");
+    assert!(check.contains("OK (21 items)"), "{check}");
 
     // check verifies the .auth files too: a db update put in KEK.auth's place
     // (signed by KEK, for db) and a PK.auth whose list was altered.
@@ -283,11 +285,18 @@ fn sorted_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap())
-        .map(|e| {
-            (
+        .flat_map(|e| {
+            // One level down: certs/ (the kernel module signing files).
+            if e.file_type().unwrap().is_dir() {
+                return sorted_files(&e.path())
+                    .into_iter()
+                    .map(|(n, b)| (format!("{}/{n}", e.file_name().to_string_lossy()), b))
+                    .collect();
+            }
+            vec![(
                 e.file_name().to_string_lossy().into_owned(),
                 fs::read(e.path()).unwrap(),
-            )
+            )]
         })
         .collect();
     v.sort();
@@ -723,4 +732,239 @@ fn symlinked_lock_file_is_refused() {
     );
     assert_eq!(fs::read_to_string(d.join("elsewhere")).unwrap(), "keep");
     assert!(!d.join("pki").exists());
+}
+
+/// What a PKI file is: its PEM blocks (or "DER CERTIFICATE") and the key
+/// algorithm of the key or first certificate in it, as openssl names them.
+fn file_kind(dir: &Path, file: &str) -> (Vec<String>, String) {
+    let bytes = fs::read(dir.join(file)).unwrap();
+    let ossl = openssl();
+    if !bytes.starts_with(b"-----BEGIN") && !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        let text = peer_ok(
+            &ossl,
+            &["x509", "-inform", "DER", "-in", file, "-noout", "-text"],
+            dir,
+        );
+        let alg = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Public Key Algorithm: "))
+            .unwrap()
+            .to_string();
+        return (vec!["DER CERTIFICATE".into()], alg);
+    }
+    let text = String::from_utf8(bytes).unwrap();
+    let labels: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("-----BEGIN "))
+        .map(|l| l.trim_end_matches('-').to_string())
+        .collect();
+    let alg = if labels[0].ends_with("PRIVATE KEY") {
+        // The PKCS#8 algorithm: the first OBJECT openssl finds.
+        let asn1 = peer_ok(&ossl, &["asn1parse", "-in", file], dir);
+        asn1.lines()
+            .find_map(|l| l.split("prim: OBJECT            :").nth(1))
+            .unwrap()
+            .trim()
+            .to_string()
+    } else {
+        let text = peer_ok(&ossl, &["x509", "-in", file, "-noout", "-text"], dir);
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("Public Key Algorithm: "))
+            .unwrap()
+            .to_string()
+    };
+    // gen_dev_certs.sh's chains include the root, ours stop below it: the
+    // number of certificates after the first is not compared.
+    let mut kinds = vec![labels[0].clone()];
+    kinds.extend(
+        labels
+            .iter()
+            .skip(1)
+            .filter(|l| !kinds.contains(l))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    (kinds, alg)
+}
+
+/// GyroidOS's gen_dev_certs.sh with KEY_TYPE rsa:2048, its openssl steps
+/// for the files a drop-in replacement must have beyond the role
+/// certificates: NEWKEY_ARGS_secondary (rsa-pss) for ssig_subca_cml,
+/// ssig_cml and ocsp_server, SIGOPT_ARGS (PSS) where ssig_subca_cml signs,
+/// and derive_exports' certs/signing_key.{pem,x509}.
+fn gen_dev_certs_files(d: &Path) {
+    let ossl = openssl();
+    let run = |args: &[&str]| peer_ok(&ossl, args, d);
+    let root = |name: &str| {
+        run(&[
+            "req",
+            "-batch",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.cert"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:true",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+    };
+    let issue = |name: &str, newkey: &[&str], ca: &str, ext: &str, pss: bool| {
+        let mut args = vec!["req", "-batch"];
+        args.extend_from_slice(newkey);
+        let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
+        let subj = format!("/CN={name}");
+        args.extend(["-nodes", "-keyout", &key, "-out", &csr, "-subj", &subj]);
+        run(&args);
+        let (ca_cert, ca_key, out) = (
+            format!("{ca}.cert"),
+            format!("{ca}.key"),
+            format!("{name}.cert"),
+        );
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_cert,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-sha256",
+            "-extfile",
+            ext,
+            "-out",
+            &out,
+        ];
+        if pss {
+            args.extend([
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:-1",
+            ]);
+        }
+        run(&args);
+        // The chain after the certificate, as the script's `cat`.
+        let mut chain = fs::read(d.join(&out)).unwrap();
+        chain.extend(fs::read(d.join(&ca_cert)).unwrap());
+        fs::write(d.join(&out), chain).unwrap();
+    };
+    fs::write(
+        d.join("ca.ext"),
+        "basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    fs::write(
+        d.join("leaf.ext"),
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n",
+    )
+    .unwrap();
+    let primary: &[&str] = &["-newkey", "rsa:2048"];
+    let secondary: &[&str] = &["-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:2048"];
+    root("ssig_rootca");
+    issue("ssig_subca", primary, "ssig_rootca", "ca.ext", false);
+    issue("ssig_subca_cml", secondary, "ssig_rootca", "ca.ext", false);
+    issue("ssig_cml", secondary, "ssig_subca_cml", "leaf.ext", true);
+    root("gen_rootca");
+    issue("backend_subca", primary, "gen_rootca", "ca.ext", false);
+    issue("ocsp_server", secondary, "backend_subca", "leaf.ext", false);
+    // derive_exports
+    fs::create_dir_all(d.join("certs")).unwrap();
+    run(&[
+        "x509",
+        "-in",
+        "ssig_subca.cert",
+        "-outform",
+        "DER",
+        "-out",
+        "certs/signing_key.x509",
+    ]);
+    let pem = run(&["x509", "-in", "ssig_subca.cert", "-outform", "PEM"]);
+    let mut key = fs::read(d.join("ssig_subca.key")).unwrap();
+    key.extend(pem.as_bytes());
+    fs::write(d.join("certs/signing_key.pem"), key).unwrap();
+}
+
+#[test]
+fn pki_init_is_a_drop_in_for_gen_dev_certs() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(run_in(
+        tmp.path(),
+        &["pki", "init", "--key-type", "rsa:2048"],
+    ));
+    let ours = tmp.path().join("pki");
+    let theirs = tmp.path().join("gyroidos");
+    fs::create_dir_all(&theirs).unwrap();
+    gen_dev_certs_files(&theirs);
+    for f in [
+        "ssig_subca.cert",
+        "ssig_subca.key",
+        "ssig_subca_cml.cert",
+        "ssig_subca_cml.key",
+        "ssig_cml.cert",
+        "ssig_cml.key",
+        "ocsp_server.cert",
+        "ocsp_server.key",
+        "certs/signing_key.pem",
+        "certs/signing_key.x509",
+    ] {
+        assert_eq!(file_kind(&ours, f), file_kind(&theirs, f), "{f}");
+    }
+    let (_, alg) = file_kind(&ours, "ssig_cml.key");
+    assert_eq!(alg, "rsassaPss");
+    // The module signing files hold ssig_subca's key and certificate.
+    let der = fs::read(ours.join("certs/signing_key.x509")).unwrap();
+    let pem = peer_ok(
+        &openssl(),
+        &[
+            "x509",
+            "-in",
+            "ssig_subca.cert",
+            "-outform",
+            "DER",
+            "-out",
+            "first.der",
+        ],
+        &ours,
+    );
+    assert!(pem.is_empty());
+    assert_eq!(fs::read(ours.join("first.der")).unwrap(), der);
+    fs::remove_file(ours.join("first.der")).unwrap();
+    assert_eq!(
+        pubkey_of_key(&ours, "certs/signing_key.pem"),
+        pubkey_of_cert(&ours, "ssig_subca.cert")
+    );
+    assert_eq!(mode(&ours.join("certs/signing_key.pem")), 0o600);
+    // Chains verify, and the PKI checks out (the module signing key included).
+    verify_chains(&ours);
+    ok(run_in(tmp.path(), &["pki", "check"]));
+    // A PKI made before ocsp_server existed is used as it is.
+    let m = fs::read_to_string(ours.join("pki.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&m).unwrap();
+    v["roles"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|r| r["role"] != "ocsp_server");
+    fs::write(
+        ours.join("pki.json"),
+        serde_json::to_string_pretty(&v).unwrap(),
+    )
+    .unwrap();
+    let out = stdout(&ok(run_in(
+        tmp.path(),
+        &["pki", "init", "--key-type", "rsa:2048"],
+    )));
+    assert!(!out.contains("created"), "{out}");
 }

@@ -542,7 +542,7 @@ fn verify(
                     "nothing to trust for a {v} update: give --cert or --esl"
                 ));
             } else {
-                match efivar_trust(v, &sd, &leaf, &anchors) {
+                match efivar::update_trust(v, &sd, &leaf, &anchors) {
                     Ok(i) => {
                         trusted_by = x509::parse(&anchors[i], path)
                             .ok()
@@ -565,32 +565,4 @@ fn verify(
         problems,
         warnings,
     })
-}
-
-/// Who may sign an update, as EDK2's AuthVariableLib decides: PK and KEK
-/// updates are checked against the PK with no chaining (the signer must be
-/// the PK certificate itself); db and dbx updates may chain to any KEK
-/// certificate, one at a time.
-fn efivar_trust(
-    v: SecureVar,
-    sd: &pkcs7::SignedData,
-    leaf: &[u8],
-    anchors: &[Vec<u8>],
-) -> std::result::Result<usize, String> {
-    match v {
-        SecureVar::Pk | SecureVar::Kek => {
-            let i = anchors.iter().position(|a| a == leaf).ok_or_else(|| {
-                format!(
-                    "the signer is not the PK certificate (firmware does not chain {v} updates)"
-                )
-            })?;
-            pki_signer::chain::uefi_path(leaf, &[], &anchors[i..=i])
-                .map(|_| i)
-                .map_err(|e| format!("the signer's path is invalid: {e}"))
-        }
-        SecureVar::Db | SecureVar::Dbx => sd
-            .trusted_path(leaf, anchors)
-            .map(|p| p.anchor)
-            .map_err(|e| format!("the signer does not chain to a trusted certificate: {e}")),
-    }
 }

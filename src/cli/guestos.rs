@@ -30,6 +30,13 @@ pub(super) enum GuestosCmd {
         /// With --images: sign even if an image is missing (its values stay as they are).
         #[arg(long, requires = "images")]
         allow_missing_images: bool,
+        /// With --images: write IMAGE_FILE.hash.img (dm-verity: SHA-256,
+        /// 4096-byte blocks, superblock, salt derived from NAME-VERSION/IMAGE_FILE)
+        /// next to each SHARED and SHARED_RW image and fill its
+        /// image_verity_sha256 with the root hash, as cml opens it. Done
+        /// without this flag for mounts that already have image_verity_sha256.
+        #[arg(long, requires = "images")]
+        verity: bool,
         /// Also write NAME.p7s, a detached CMS signature (SHA-512, DER).
         #[arg(long)]
         cms: bool,
@@ -74,6 +81,7 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
             key,
             images,
             allow_missing_images,
+            verity,
             cms,
             signing_time: st,
             plan: plan_file,
@@ -91,6 +99,7 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
                 cms,
                 signing_time: st,
                 allow_missing_images,
+                verity,
             };
             // Before signing: --images may rewrite the conf.
             let before = match &plan_file {
@@ -142,12 +151,19 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
                 for f in &r.images {
                     if let (Some(p), Some(h)) = (&f.path, &f.hash) {
                         println!(
-                            "{}: {} {} {} bytes sha256 {}{}",
+                            "{}: {} {} {} bytes sha256 {}{}{}",
                             r.conf.display(),
                             f.mount,
                             p.display(),
                             h.size,
                             h.sha256,
+                            match &h.image_verity_sha256 {
+                                Some(root) => format!(
+                                    ", dm-verity root {root} ({})",
+                                    guestos::verity_path(p).display()
+                                ),
+                                None => String::new(),
+                            },
                             if f.changed { " (updated)" } else { "" }
                         );
                     }

@@ -10,6 +10,7 @@ use pki_signer::{Error, Result};
 mod csr;
 mod efivar;
 mod guestos;
+mod offline;
 mod pe;
 mod pki;
 mod resign;
@@ -48,6 +49,9 @@ enum Command {
     Csr(csr::CsrCmd),
     /// Re-sign the artifacts of a signing plan with production keys.
     Resign(resign::ResignArgs),
+    /// Sign on an air-gapped HSM host: request (build host), sign, complete (build host).
+    #[command(subcommand)]
+    Offline(offline::OfflineCmd),
     /// Build, measure (PCR 11) and inspect Unified Kernel Images.
     #[command(subcommand)]
     Uki(Box<uki::UkiCmd>),
@@ -193,6 +197,7 @@ pub fn run() -> i32 {
         Command::Guestos(c) => guestos::run(c),
         Command::Csr(c) => csr::run(c),
         Command::Resign(a) => resign::run(a),
+        Command::Offline(c) => offline::run(c),
         Command::Uki(c) => uki::run(*c),
     };
     match res {
