@@ -90,7 +90,7 @@ EOF
         -out "$seeds/csr/rsa.csr" 2>/dev/null
     openssl req -in "$seeds/csr/ec.csr" -outform DER -out "$seeds/csr/ec.der"
 )
-for t in pe authenticode pkcs7 efivar csr guestos uki offline; do
+for t in pe authenticode pkcs7 efivar csr guestos uki offline verity; do
     for d in "testdata/malformed/$t" "testdata/regress/$t"; do
         [ -d "$d" ] && cp_if "$seeds/$t" "$d"/*
     done

@@ -3,8 +3,9 @@
 //! 101), a signal, a hang, a runaway allocation or a half-written output.
 //!
 //! - `testdata/malformed/KIND/` holds small crafted inputs (KIND: pe,
-//!   authenticode, esl, auth, csr, conf, cert; see its README.md). They are
-//!   made by `regenerate_testdata_malformed` below:
+//!   authenticode, esl, auth, csr, conf, cert, verity; see its README.md). They
+//!   are made by `regenerate_testdata_malformed` below (verity: by
+//!   `regenerate_testdata_malformed_verity`, which rewrites only that kind):
 //!   `PKI_SIGNER_REGEN_MALFORMED=1 cargo test --test malformed regenerate`.
 //! - `testdata/regress/TARGET/` holds inputs a fuzz target (fuzz/, run by
 //!   scripts/fuzz.sh) once crashed on; they go through the same commands.
@@ -676,6 +677,11 @@ fn conf_commands(w: &World, d: &Path, f: &Path) {
             "-sha512",
             "-sign",
             &w.p("ssig_cml.key"),
+            // ssig_cml has an RSA-PSS key; cml wants the salt as long as the digest.
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:-1",
             "-out",
             "x.sig",
             "x.conf",
@@ -715,6 +721,19 @@ fn conf_commands(w: &World, d: &Path, f: &Path) {
     );
     for (n, b) in ["x.conf", "x.sig", "x.cert"].iter().zip(before) {
         assert_eq!(fs::read(sub.join(n)).unwrap(), b, "{n} changed");
+    }
+}
+
+/// Copy a PKI directory (files and the `certs/` export below it).
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
     }
 }
 
@@ -784,10 +803,7 @@ fn cert_commands(w: &World, d: &Path, f: &Path) {
     let pki = d.join("pki-broken");
     let _ = fs::remove_dir_all(&pki);
     fs::create_dir_all(&pki).unwrap();
-    for e in fs::read_dir(&w.pki).unwrap() {
-        let e = e.unwrap();
-        fs::copy(e.path(), pki.join(e.file_name())).unwrap();
-    }
+    copy_tree(&w.pki, &pki);
     fs::copy(f, pki.join("ssig.cert")).unwrap();
     check(d, &["pki", "show", "--dir", s(&pki)], false, Outputs(&[]));
     check(d, &["pki", "check", "--dir", s(&pki)], false, Outputs(&[]));
@@ -1675,4 +1691,329 @@ fn malformed_offline_files_fail_cleanly() {
         }
     }
     assert_clean();
+}
+
+// ---------------------------------------------------------------------------
+// dm-verity hash images
+
+/// Superblock offsets (cryptsetup's `struct verity_sb`).
+const SB_VERSION: usize = 8;
+const SB_HASH_TYPE: usize = 12;
+const SB_ALGORITHM: usize = 32;
+const SB_DATA_BLOCK_SIZE: usize = 64;
+const SB_HASH_BLOCK_SIZE: usize = 68;
+const SB_DATA_BLOCKS: usize = 72;
+const SB_SALT_SIZE: usize = 80;
+
+/// The GuestOS image the files in testdata/malformed/verity/ are hash images
+/// of: three 4096-byte blocks, so its tree is one hash block after the
+/// superblock's. `seed` 40 is the image; 42 is another (`noise` ignores the low bit).
+fn verity_image(seed: u64) -> Vec<u8> {
+    noise(seed, 3 * 4096)
+}
+
+/// A GuestOS `core` with one SHARED_RW image, `root`, checked by dm-verity.
+fn verity_conf(version: u64) -> String {
+    format!(
+        "name: \"core\"\nhardware: \"x86\"\nversion: {version}\ninit_path: \"/sbin/cservice\"\nmounts {{\n\timage_file: \"root\"\n\tmount_point: \"/\"\n\tfs_type: \"squashfs\"\n\tmount_type: SHARED_RW\n\timage_verity_sha256: \"\"\n}}\nmounts {{\n\timage_file: \"tmpfs\"\n\tmount_point: \"/data/\"\n\tfs_type: \"tmpfs\"\n\tmount_type: EMPTY\n\tdef_size: 12\n}}\ndescription {{\n\ten: \"dm-verity test\"\n}}\n"
+    )
+}
+
+/// In `dir` (emptied): `core-VERSION.conf` and cml's store `store/` holding
+/// `core-VERSION/root.img` (`image`), signed by `guestos sign --images`,
+/// which fills the image's size, hashes and `image_verity_sha256` and writes
+/// `root.hash.img` next to it. Returns the conf.
+fn verity_store(w: &World, dir: &Path, version: u64, image: &[u8]) -> PathBuf {
+    let _ = fs::remove_dir_all(dir);
+    let images = dir.join(format!("store/core-{version}"));
+    fs::create_dir_all(&images).unwrap();
+    fs::write(images.join("root.img"), image).unwrap();
+    let conf = dir.join(format!("core-{version}.conf"));
+    fs::write(&conf, verity_conf(version)).unwrap();
+    ok(run_in(
+        dir,
+        &[
+            "guestos",
+            "sign",
+            s(&conf),
+            "--images",
+            "store",
+            "--role",
+            "ssig_cml",
+            "--dir",
+            s(&w.pki),
+        ],
+    ));
+    assert!(images.join("root.hash.img").is_file());
+    conf
+}
+
+/// The value of `field: "..."` in a conf.
+fn conf_value(conf: &str, field: &str) -> String {
+    let at = conf.find(&format!("{field}: \"")).expect(field) + field.len() + 3;
+    conf[at..at + conf[at..].find('"').unwrap()].to_string()
+}
+
+/// Each broken hash image in place of the right one, through `guestos verify
+/// --images`: the conf is sound and validly signed, the image is what it
+/// says, so the hash image alone fails the verdict (exit 1) or the command
+/// (exit 2), never with a panic, a hang or an allocation its size fields ask for.
+#[test]
+fn malformed_verity_hash_images_fail_cleanly() {
+    let w = world();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let all = files(&repo().join("testdata/malformed/verity"));
+    assert!(
+        all.len() >= 25,
+        "testdata/malformed/verity has {}",
+        all.len()
+    );
+    let v = d.join("v");
+    let conf = verity_store(w, &v, 1, &verity_image(40));
+    // Signed again with openssl, by ssig_cml, as conf_commands signs; with
+    // the padding cml wants of an RSA-PSS key (MGF1-SHA-512, salt 64), which
+    // openssl's default salt length is not.
+    peer_ok(
+        &openssl(),
+        &[
+            "dgst",
+            "-sha512",
+            "-sign",
+            &w.p("ssig_cml.key"),
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:-1",
+            "-out",
+            "core-1.sig",
+            "core-1.conf",
+        ],
+        &v,
+    );
+    fs::copy(w.pki.join("ssig_cml.cert"), v.join("core-1.cert")).unwrap();
+    let text = fs::read_to_string(&conf).unwrap();
+    let root_hash = conf_value(&text, "image_verity_sha256");
+    let (image, hash_img) = (
+        v.join("store/core-1/root.img"),
+        v.join("store/core-1/root.hash.img"),
+    );
+    assert_eq!(fs::read(&hash_img).unwrap().len(), 2 * 4096);
+    // The store is right by veritysetup too.
+    if let Some(vs) = peer("veritysetup") {
+        peer_ok(&vs, &["verify", s(&image), s(&hash_img), &root_hash], d);
+    }
+    let trust = w.p("ssig_rootca.cert");
+    let store = v.join("store");
+    let verify = [
+        "guestos",
+        "verify",
+        s(&conf),
+        "--trust",
+        &trust,
+        "--images",
+        s(&store),
+    ];
+    let verify_json: Vec<&str> = verify.iter().copied().chain(["--json"]).collect();
+    // With the hash image sign wrote, it passes: what fails below is the broken file.
+    ok(run_guarded(d, &verify));
+    let image_bytes = fs::read(&image).unwrap();
+    for f in all {
+        let n = name(&f);
+        eprintln!("verity: {n}");
+        fs::copy(&f, &hash_img).unwrap();
+        check(d, &verify, false, Outputs(&[]));
+        let code = check(d, &verify_json, false, Outputs(&[]));
+        // A failed verdict names the hash image (or its root hash).
+        if code == 1 {
+            let o = run_guarded(d, &verify_json);
+            let report: serde_json::Value = match serde_json::from_slice(&o.stdout) {
+                Ok(r) => r,
+                Err(e) => {
+                    fail(format!("verity {n}: --json output: {e}\n{}", stdout(&o)));
+                    continue;
+                }
+            };
+            let r = if report.is_array() {
+                &report[0]
+            } else {
+                &report
+            };
+            let problems = r["problems"].to_string();
+            if r["ok"] != false
+                || !(problems.contains("root.hash.img") || problems.contains("dm-verity root hash"))
+            {
+                fail(format!(
+                    "verity {n}: verdict does not blame the hash image: {r}"
+                ));
+            }
+        }
+        // Verifying reads; it changed neither the image nor the hash image.
+        assert!(
+            fs::read(&image).unwrap() == image_bytes,
+            "{n}: image changed"
+        );
+        assert!(
+            fs::read(&hash_img).unwrap() == fs::read(&f).unwrap(),
+            "{n}: hash image changed"
+        );
+    }
+    assert_clean();
+}
+
+/// Rewrites testdata/malformed/verity/ when PKI_SIGNER_REGEN_MALFORMED=1 (else
+/// does nothing); only that directory, so the other kinds keep their files.
+/// The files depend on nothing random: the image is `verity_image`, and salt
+/// and UUID of a hash image are derived from the GuestOS name and version.
+#[test]
+fn regenerate_testdata_malformed_verity() {
+    if std::env::var("PKI_SIGNER_REGEN_MALFORMED").as_deref() != Ok("1") {
+        return;
+    }
+    let w = world();
+    let t = tempfile::tempdir().unwrap();
+    let hash_of = |dir: &str, version: u64, image: &[u8]| {
+        let at = t.path().join(dir);
+        verity_store(w, &at, version, image);
+        fs::read(at.join(format!("store/core-{version}/root.hash.img"))).unwrap()
+    };
+    // What `guestos sign` writes for the image: the superblock, one hash block.
+    let good = hash_of("good", 1, &verity_image(40));
+    assert_eq!(good.len(), 2 * 4096);
+    // Sound hash images that are not the image's: another salt (that of
+    // core-2), and the same salt over other data.
+    let other_salt = hash_of("other-salt", 2, &verity_image(40));
+    let other_data = hash_of("other-data", 1, &verity_image(42));
+    assert!(other_salt != good && other_data != good);
+    // The good hash image with a change in its superblock; the tree is kept,
+    // so only that change makes it wrong.
+    let m = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut d = good.clone();
+        f(&mut d);
+        d
+    };
+    let p64 = |d: &mut [u8], off: usize, v: u64| d[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    let alg = |name: &'static [u8]| {
+        move |d: &mut Vec<u8>| {
+            d[SB_ALGORITHM..SB_ALGORITHM + 32].fill(0);
+            d[SB_ALGORITHM..SB_ALGORITHM + name.len()].copy_from_slice(name);
+        }
+    };
+    let broken: Vec<(&str, Vec<u8>)> = vec![
+        ("zero-size.hash.img", vec![]),
+        ("garbage.hash.img", noise(44, 2 * 4096)),
+        ("zeros.hash.img", vec![0; 2 * 4096]),
+        ("truncated-superblock.hash.img", good[..100].to_vec()),
+        ("truncated-superblock-511.hash.img", good[..511].to_vec()),
+        // `veritysetup format --no-superblock`: cml needs the superblock.
+        ("no-superblock.hash.img", good[4096..].to_vec()),
+        ("magic-capitalised.hash.img", m(&|d| d[0] = b'V')),
+        (
+            "magic-unterminated.hash.img",
+            m(&|d| d[6..8].copy_from_slice(b"XX")),
+        ),
+        (
+            "magic-luks.hash.img",
+            m(&|d| d[..8].copy_from_slice(b"LUKS\xba\xbe\0\x01")),
+        ),
+        ("version-0.hash.img", m(&|d| put32(d, SB_VERSION, 0))),
+        ("version-2.hash.img", m(&|d| put32(d, SB_VERSION, 2))),
+        (
+            "version-huge.hash.img",
+            m(&|d| put32(d, SB_VERSION, 0xffff_ffff)),
+        ),
+        // Hash type 0 is Chrome OS's (no salt first); others are unknown.
+        (
+            "hash-type-chromeos.hash.img",
+            m(&|d| put32(d, SB_HASH_TYPE, 0)),
+        ),
+        (
+            "hash-type-unknown.hash.img",
+            m(&|d| put32(d, SB_HASH_TYPE, 7)),
+        ),
+        ("algorithm-sha1.hash.img", m(&alg(b"sha1"))),
+        ("algorithm-uppercase.hash.img", m(&alg(b"SHA256"))),
+        ("algorithm-unknown.hash.img", m(&alg(b"whirlpool-9000"))),
+        ("algorithm-empty.hash.img", m(&alg(b""))),
+        ("algorithm-unterminated.hash.img", m(&alg(&[b'a'; 32]))),
+        ("algorithm-trailing-bytes.hash.img", m(&alg(b"sha256\0x"))),
+        (
+            "data-block-size-zero.hash.img",
+            m(&|d| put32(d, SB_DATA_BLOCK_SIZE, 0)),
+        ),
+        (
+            "data-block-size-not-power-of-two.hash.img",
+            m(&|d| put32(d, SB_DATA_BLOCK_SIZE, 4095)),
+        ),
+        (
+            "data-block-size-huge.hash.img",
+            m(&|d| put32(d, SB_DATA_BLOCK_SIZE, 0x8000_0000)),
+        ),
+        (
+            "data-block-size-max.hash.img",
+            m(&|d| put32(d, SB_DATA_BLOCK_SIZE, 0xffff_ffff)),
+        ),
+        (
+            "data-block-size-512.hash.img",
+            m(&|d| put32(d, SB_DATA_BLOCK_SIZE, 512)),
+        ),
+        (
+            "hash-block-size-mismatch.hash.img",
+            m(&|d| put32(d, SB_HASH_BLOCK_SIZE, 1024)),
+        ),
+        (
+            "hash-block-size-zero.hash.img",
+            m(&|d| put32(d, SB_HASH_BLOCK_SIZE, 0)),
+        ),
+        (
+            "hash-block-size-huge.hash.img",
+            m(&|d| put32(d, SB_HASH_BLOCK_SIZE, 0x4000_0000)),
+        ),
+        ("salt-size-zero.hash.img", m(&|d| put16(d, SB_SALT_SIZE, 0))),
+        // The salt field holds 256 bytes.
+        (
+            "salt-size-257.hash.img",
+            m(&|d| put16(d, SB_SALT_SIZE, 257)),
+        ),
+        (
+            "salt-size-max.hash.img",
+            m(&|d| put16(d, SB_SALT_SIZE, 0xffff)),
+        ),
+        // A reader trusting the count would allocate or seek exabytes away.
+        (
+            "data-blocks-huge.hash.img",
+            m(&|d| p64(d, SB_DATA_BLOCKS, u64::MAX)),
+        ),
+        (
+            "data-blocks-2-pow-40.hash.img",
+            m(&|d| p64(d, SB_DATA_BLOCKS, 1 << 40)),
+        ),
+        (
+            "data-blocks-zero.hash.img",
+            m(&|d| p64(d, SB_DATA_BLOCKS, 0)),
+        ),
+        (
+            "data-blocks-one-more.hash.img",
+            m(&|d| p64(d, SB_DATA_BLOCKS, 4)),
+        ),
+        // A sound superblock, the tree cut short or damaged.
+        ("tree-missing.hash.img", good[..4096].to_vec()),
+        ("tree-truncated-half.hash.img", good[..4096 + 2048].to_vec()),
+        (
+            "tree-truncated-one-byte.hash.img",
+            good[..good.len() - 1].to_vec(),
+        ),
+        ("tree-damaged.hash.img", m(&|d| d[4096 + 40] ^= 0x01)),
+        // Sound hash images, but not of this image with this conf's root hash.
+        ("root-differs-other-salt.hash.img", other_salt),
+        ("tree-of-other-image.hash.img", other_data),
+    ];
+    let top = repo().join("testdata/malformed/verity");
+    for f in files(&top) {
+        fs::remove_file(f).unwrap();
+    }
+    fs::create_dir_all(&top).unwrap();
+    for (n, d) in broken {
+        fs::write(top.join(n), d).unwrap();
+    }
 }

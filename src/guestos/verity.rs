@@ -230,9 +230,11 @@ pub fn parse_superblock(b: &[u8]) -> Result<Superblock, String> {
     let alg = &b[32..64];
     let alg_len = alg.iter().position(|&c| c == 0).unwrap_or(alg.len());
     if &alg[..alg_len] != b"sha256" || alg[alg_len..].iter().any(|&c| c != 0) {
+        // The whole field, so that bytes after a NUL show.
+        let end = alg.iter().rposition(|&c| c != 0).map_or(0, |i| i + 1);
         return Err(format!(
             "hash algorithm {:?}: only sha256 is supported",
-            String::from_utf8_lossy(&alg[..alg_len])
+            String::from_utf8_lossy(&alg[..end])
         ));
     }
     let (data_bs, hash_bs) = (u32_at(64), u32_at(68));
@@ -344,5 +346,10 @@ mod tests {
             assert!(e.contains(want), "{off}: {e}");
         }
         assert!(parse_superblock(&good[..100]).is_err());
+        // Bytes after the name's NUL are named in the error.
+        let mut b = good;
+        b[39] = b'x';
+        let e = parse_superblock(&b).unwrap_err();
+        assert!(e.contains(r#""sha256\0x""#), "{e}");
     }
 }
