@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::identity::Identity;
 use crate::par;
-use crate::pe::{ImageDigest, PeImage, WIN_CERT_TYPE_PKCS_SIGNED_DATA};
+use crate::pe::{ImageDigest, PeImage};
 use crate::x509;
 
 /// What to do with signatures an image already carries.
@@ -49,22 +49,13 @@ pub struct SignReport {
     pub signatures_after: usize,
 }
 
-fn pkcs7_entries(img: &PeImage) -> Result<Vec<Vec<u8>>> {
-    Ok(img
-        .signatures()?
-        .into_iter()
-        .filter(|c| c.cert_type == WIN_CERT_TYPE_PKCS_SIGNED_DATA)
-        .map(|c| c.data)
-        .collect())
-}
-
 fn existing_for(
     img: &PeImage,
     input: &Path,
     existing: Existing,
     new: Vec<u8>,
 ) -> Result<(usize, Vec<Vec<u8>>)> {
-    let old = pkcs7_entries(img)?;
+    let old = img.pkcs7_signatures()?;
     let before = old.len();
     let sigs = match existing {
         Existing::Refuse if before > 0 => {
@@ -248,7 +239,7 @@ fn sign_one(
     };
     Ok(match &job.output {
         Output::Detached(p) => {
-            let r = report(p, pkcs7_entries(&img)?.len(), 1);
+            let r = report(p, img.pkcs7_signatures()?.len(), 1);
             (r, Pending::Detached(p7))
         }
         Output::InPlace => {
@@ -306,7 +297,7 @@ pub fn attach(input: &Path, sig_path: &Path, out: &Path, existing: Existing) -> 
 /// Remove the signature at `index` (0-based), or all of them.
 pub fn unsign(input: &Path, out: &Path, index: Option<usize>) -> Result<SignReport> {
     let img = PeImage::open(input)?;
-    let mut sigs = pkcs7_entries(&img)?;
+    let mut sigs = img.pkcs7_signatures()?;
     let before = sigs.len();
     match index {
         None => sigs.clear(),
@@ -430,7 +421,7 @@ pub struct VerifyReport {
 pub fn verify(path: &Path, trust: &Trust) -> Result<VerifyReport> {
     let img = PeImage::open(path)?;
     let digest = img.digest()?;
-    let entries = pkcs7_entries(&img)?;
+    let entries = img.pkcs7_signatures()?;
     let mut reports = vec![];
     for (i, der) in entries.iter().enumerate() {
         let mut r = SignatureReport {

@@ -48,11 +48,11 @@ use crate::efivar::{self, EfiTime, SecureVar};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, InputKind, Staged};
 use crate::guestos;
-use crate::identity::{self, Identity, KeySpec};
+use crate::identity::{self, Identity};
 use crate::image::{self, Existing, Trust};
 use crate::keys::{KeyType, SigScheme, Signer};
 use crate::par;
-use crate::pe::{PeImage, WIN_CERT_TYPE_PKCS_SIGNED_DATA};
+use crate::pe::PeImage;
 use crate::pkcs11;
 use crate::pkcs7;
 use crate::plan;
@@ -1183,15 +1183,6 @@ fn path_str(p: &Path) -> Result<String> {
         .ok_or_else(|| Error::input(p, "file name is not UTF-8"))
 }
 
-fn pkcs7_entries(img: &PeImage) -> Result<Vec<Vec<u8>>> {
-    Ok(img
-        .signatures()?
-        .into_iter()
-        .filter(|c| c.cert_type == WIN_CERT_TYPE_PKCS_SIGNED_DATA)
-        .map(|c| c.data)
-        .collect())
-}
-
 /// The signatures a PE image keeps under `existing` once `drop` signers'
 /// are gone; refuses an image still signed when told to refuse.
 fn kept_signatures(
@@ -1201,7 +1192,7 @@ fn kept_signatures(
     drop: &[String],
 ) -> Result<Vec<Vec<u8>>> {
     let mut kept = vec![];
-    for der in pkcs7_entries(img)? {
+    for der in img.pkcs7_signatures()? {
         let fp = authenticode::parse(&der, path)
             .ok()
             .and_then(|s| s.signer_cert)
@@ -1487,14 +1478,7 @@ pub fn prepare(request_path: &Path, opts: &SignOptions) -> Result<Signing> {
     let mut loaded = BTreeMap::new();
     for name in req.roles.keys() {
         let e = &keys.entries[name];
-        let id = Identity::load(&KeySpec {
-            role: None,
-            dir: PathBuf::new(),
-            key: Some(e.key.clone()),
-            cert: Some(e.cert.clone()),
-            chain: e.chain.clone(),
-            key_pass_file: e.key_pass_file.clone(),
-        })?;
+        let id = e.identity()?;
         let n = req.items.iter().filter(|i| &i.role == name).count();
         if req
             .items
@@ -1890,7 +1874,7 @@ impl Job<'_> {
         digest: &[u8; 32],
     ) -> std::result::Result<(), String> {
         let img = PeImage::open(path).map_err(|e| e.to_string())?;
-        let entries = pkcs7_entries(&img).map_err(|e| e.to_string())?;
+        let entries = img.pkcs7_signatures().map_err(|e| e.to_string())?;
         let i = entries
             .iter()
             .position(|e| e == p7)

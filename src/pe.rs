@@ -590,6 +590,17 @@ impl PeImage {
         }
     }
 
+    /// The Authenticode signatures (PKCS#7 DER) of the certificate table, in
+    /// order; entries of other certificate types are skipped, as EDK2 does.
+    pub fn pkcs7_signatures(&self) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .signatures()?
+            .into_iter()
+            .filter(|c| c.cert_type == WIN_CERT_TYPE_PKCS_SIGNED_DATA)
+            .map(|c| c.data)
+            .collect())
+    }
+
     /// The entries of the certificate table (empty when there is none), walked
     /// like EDK2: each entry starts at the previous one's `ALIGN8(dwLength)`.
     pub fn signatures(&self) -> Result<Vec<WinCertificate>> {

@@ -34,7 +34,7 @@ use crate::fsutil;
 use crate::guestos;
 use crate::identity::{self, Identity, KeySpec};
 use crate::image::{self, Trust};
-use crate::pe::{PeImage, WIN_CERT_TYPE_PKCS_SIGNED_DATA};
+use crate::pe::PeImage;
 use crate::pkcs11;
 use crate::pki::Pki;
 use crate::plan::{self, Kind, Record};
@@ -69,6 +69,21 @@ pub struct KeyEntry {
     /// Production trust anchors for this key: its own `trust` plus the top-level one.
     pub trust: Vec<PathBuf>,
     pub key_pass_file: Option<PathBuf>,
+}
+
+impl KeyEntry {
+    /// Open the key (a token login for a `pkcs11:` URI) with its certificate
+    /// and chain; release mode's check applies as for every identity.
+    pub fn identity(&self) -> Result<Identity> {
+        Identity::load(&KeySpec {
+            role: None,
+            dir: PathBuf::new(),
+            key: Some(self.key.clone()),
+            cert: Some(self.cert.clone()),
+            chain: self.chain.clone(),
+            key_pass_file: self.key_pass_file.clone(),
+        })
+    }
 }
 
 /// KEYS.json: `{"trust": [ROOT...], "ROLE": {"key", "cert", "chain"?, "trust"?}, ...}`.
@@ -297,11 +312,10 @@ fn build_certs(records: &[Record], plan_dir: &Path) -> Vec<Vec<u8>> {
         let src = locate(rec, plan_dir);
         let found: Vec<Vec<u8>> = match rec.kind {
             Kind::Pe => PeImage::open(&src)
-                .and_then(|img| img.signatures())
+                .and_then(|img| img.pkcs7_signatures())
                 .map(|sigs| {
-                    sigs.into_iter()
-                        .filter(|c| c.cert_type == WIN_CERT_TYPE_PKCS_SIGNED_DATA)
-                        .filter_map(|c| authenticode::parse(&c.data, &src).ok()?.signer_cert)
+                    sigs.iter()
+                        .filter_map(|der| authenticode::parse(der, &src).ok()?.signer_cert)
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -650,14 +664,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     let mut prod: BTreeMap<String, Production> = BTreeMap::new();
     for name in &needed {
         let e = &keys.entries[name];
-        let id = Identity::load(&KeySpec {
-            role: None,
-            dir: PathBuf::new(),
-            key: Some(e.key.clone()),
-            cert: Some(e.cert.clone()),
-            chain: e.chain.clone(),
-            key_pass_file: e.key_pass_file.clone(),
-        })?;
+        let id = e.identity()?;
         let subject = subject_of(&id.cert);
         prod.insert(
             name.clone(),
@@ -840,15 +847,12 @@ impl Job<'_> {
         let digest = img.digest()?;
         let mut kept = vec![];
         let mut dropped = 0;
-        for c in img.signatures()? {
-            if c.cert_type != WIN_CERT_TYPE_PKCS_SIGNED_DATA {
-                continue;
-            }
-            if self.by_build_key(&c.data) {
+        for der in img.pkcs7_signatures()? {
+            if self.by_build_key(&der) {
                 dropped += 1;
             } else {
                 // Someone else's signature (e.g. a distribution's on its kernel) stays.
-                kept.push(c.data);
+                kept.push(der);
             }
         }
         if dropped == 0 {
@@ -951,13 +955,7 @@ impl Job<'_> {
         };
         let report = image::verify(path, &trust).map_err(|e| e.to_string())?;
         let img = PeImage::open(path).map_err(|e| e.to_string())?;
-        let entries: Vec<Vec<u8>> = img
-            .signatures()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|c| c.cert_type == WIN_CERT_TYPE_PKCS_SIGNED_DATA)
-            .map(|c| c.data)
-            .collect();
+        let entries = img.pkcs7_signatures().map_err(|e| e.to_string())?;
         let mut ours = false;
         for (i, der) in entries.iter().enumerate() {
             if self.by_build_key(der) {
