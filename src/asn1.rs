@@ -14,7 +14,6 @@ use der::{Any, DateTime, Tag};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
-use crate::x509;
 
 pub const SEQUENCE: u8 = 0x30;
 pub const SET: u8 = 0x31;
@@ -135,7 +134,7 @@ impl<'a> Elements<'a> {
 pub fn oid_string(t: Tlv<'_>) -> String {
     ObjectIdentifier::from_bytes(t.value)
         .map(|o| o.to_string())
-        .unwrap_or_else(|_| format!("<bad OID {}>", x509::hex(t.value)))
+        .unwrap_or_else(|_| format!("<bad OID {}>", crate::codec::hex(t.value)))
 }
 
 /// A non-negative INTEGER that fits 32 bits (version numbers).

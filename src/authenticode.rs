@@ -40,7 +40,7 @@ use crate::asn1::{
 use crate::error::{Error, Result};
 use crate::keys::{KeyType, SigScheme, Signer};
 use crate::pkcs7::{hash_name, SignerId};
-use crate::{asn1, pkcs7, sigalg, x509};
+use crate::{asn1, pkcs7, sigalg};
 
 /// Object identifiers used here, as dotted strings (what the reader compares).
 pub mod oid {
@@ -326,7 +326,7 @@ fn cert_issuer_serial(cert: &[u8]) -> Option<(Tlv<'_>, Tlv<'_>)> {
 fn name_string(raw: &[u8]) -> String {
     match X509Name::from_der(raw) {
         Ok((_, n)) => n.to_string(),
-        Err(_) => format!("<name {}>", x509::hex(raw)),
+        Err(_) => format!("<name {}>", crate::codec::hex(raw)),
     }
 }
 
@@ -509,8 +509,10 @@ fn parse_inner(der: &[u8]) -> std::result::Result<Signature, String> {
 
     let signer_cert = certs.iter().find(|c| signer_matches(&sid, c)).cloned();
     let (signer_issuer, signer_serial) = match &sid {
-        SignerId::IssuerSerial { issuer, serial } => (name_string(issuer), x509::hex(serial)),
-        SignerId::KeyId(id) => ("subjectKeyIdentifier".to_string(), x509::hex(id)),
+        SignerId::IssuerSerial { issuer, serial } => {
+            (name_string(issuer), crate::codec::hex(serial))
+        }
+        SignerId::KeyId(id) => ("subjectKeyIdentifier".to_string(), crate::codec::hex(id)),
     };
     Ok(Signature {
         image_digest,
@@ -604,8 +606,8 @@ pub fn verify_signature(
         return Err(format!(
             "image digest mismatch: signed {} {}, image has {}",
             sig.digest_algorithm,
-            x509::hex(&sig.image_digest),
-            x509::hex(expected_image_digest)
+            crate::codec::hex(&sig.image_digest),
+            crate::codec::hex(expected_image_digest)
         ));
     }
     Ok(())
@@ -659,7 +661,7 @@ pub fn trust_path(
 mod tests {
     use super::*;
     use crate::keys::FileKey;
-    use crate::x509::{CertSpec, Subject};
+    use crate::x509::{self, CertSpec, Subject};
     use der::Decode;
     use rcgen::KeyUsagePurpose as Ku;
 

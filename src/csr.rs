@@ -215,7 +215,7 @@ fn ip_text(b: &[u8]) -> String {
             a.copy_from_slice(b);
             std::net::Ipv6Addr::from(a).to_string()
         }
-        _ => x509::hex(b),
+        _ => crate::codec::hex(b),
     }
 }
 
@@ -311,7 +311,7 @@ fn describe_extension(e: &X509Extension<'_>) -> RequestedExtension {
             .collect::<Vec<_>>()
             .join(", "),
         ParsedExtension::ParseError { error } => format!("<malformed: {error}>"),
-        _ => x509::hex(e.value),
+        _ => crate::codec::hex(e.value),
     };
     RequestedExtension {
         name: ext_name(&oid),
@@ -366,7 +366,7 @@ pub fn inspect(csr: &CsrFile) -> Result<CsrInfo> {
         signature_error: sig.err(),
         subject_alt_names: sans,
         requested_extensions: exts.iter().map(|e| describe_extension(e)).collect(),
-        sha256: x509::sha256_hex(&csr.der),
+        sha256: crate::codec::sha256_hex(&csr.der),
     })
 }
 
@@ -1411,7 +1411,7 @@ pub fn sign(
         .zip(jobs)
         .map(|(i, j)| {
             let pem = cert_file(i, &issuer);
-            fsutil::Staged::with_data(&j.output, "tmp", PUBLIC_MODE, pem.as_bytes())
+            fsutil::Staged::with_data(&j.output, fsutil::tag::TMP, PUBLIC_MODE, pem.as_bytes())
         })
         .collect::<Result<Vec<_>>>()?;
     fsutil::publish(staged)?;

@@ -2,10 +2,11 @@
 //! KEK, db and dbx variables.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+use crate::{pkcs7, x509};
 
 /// An EFI_GUID, stored in its on-disk byte order (first three fields little-endian).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -343,12 +344,12 @@ pub fn describe_entry(e: &SigEntry, path: &Path) -> EntryInfo {
             Ok(c) => {
                 info.subject = Some(c.subject().to_string());
                 info.issuer = Some(c.issuer().to_string());
-                info.fingerprint_sha256 = Some(crate::x509::sha256_hex(&e.data));
+                info.fingerprint_sha256 = Some(crate::codec::sha256_hex(&e.data));
             }
             Err(err) => info.problem = Some(err.to_string()),
         }
     } else {
-        info.data = Some(crate::x509::hex(&e.data));
+        info.data = Some(crate::codec::hex(&e.data));
     }
     info
 }
@@ -772,6 +773,161 @@ pub fn update_trust(
             .map(|p| p.anchor)
             .map_err(|e| format!("the signer does not chain to a trusted certificate: {e}")),
     }
+}
+
+/// What [`verify_auth`] found: `ok` when firmware would apply the update.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AuthVerdict {
+    pub file: PathBuf,
+    pub ok: bool,
+    pub var: Option<String>,
+    pub append: bool,
+    pub time: String,
+    pub signer: Option<String>,
+    /// Subject of the trusted certificate the signer chains to.
+    pub trusted_by: Option<String>,
+    /// No trust anchor was given for a PK update, so the new PK itself was
+    /// trusted, as only firmware in Setup Mode would.
+    pub assumed_setup_mode: bool,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    /// The signer's certificate (DER), when the signature verified.
+    #[serde(skip)]
+    pub leaf: Option<Vec<u8>>,
+}
+
+/// Check an `.auth` update as EDK2's AuthVariableLib does: EFI_TIME with zero
+/// reserved fields, one SignerInfo over sha256, a signature over the name,
+/// GUID, attributes, time and data of `want` (or of whichever Secure Boot
+/// variable it verifies for), content the variable may hold, and a signer
+/// that `anchors` vouch for as [`update_trust`] decides. A PK update with no
+/// anchors is checked as Setup Mode would (the new PK vouches for itself),
+/// and the verdict says so. `path` only names the file in messages.
+pub fn verify_auth(
+    bytes: &[u8],
+    path: &Path,
+    want: Option<(SecureVar, bool)>,
+    anchors: &[Vec<u8>],
+) -> Result<AuthVerdict> {
+    let a = parse_auth(bytes, path)?;
+    let sd = pkcs7::parse(&a.pkcs7, path)?;
+    let mut problems = vec![];
+    let mut warnings = vec![];
+    if !a.time_reserved_zero {
+        problems.push(
+            "EFI_TIME has non-zero nanosecond/time zone/daylight/pad fields (firmware rejects it)"
+                .into(),
+        );
+    }
+    if sd.content_info {
+        warnings.push(
+            "the PKCS#7 is wrapped in a ContentInfo: EDK2-based firmware wants a bare SignedData"
+                .into(),
+        );
+    }
+    if sd.signers.len() != 1 {
+        problems.push(format!("{} SignerInfos (expected one)", sd.signers.len()));
+    }
+    if let Some(si) = sd.signers.first() {
+        if si.digest_oid != pkcs7::oid::SHA256 {
+            problems.push(format!(
+                "digest algorithm {} (time-based variables require sha256)",
+                pkcs7::hash_name(&si.digest_oid)
+            ));
+        }
+    }
+    let found = match want {
+        Some((v, append)) => {
+            let payload = auth_payload(v, auth_attributes(append), a.time, &a.data);
+            match sd.verify_detached(&payload) {
+                Ok(_) => Some((v, append)),
+                Err(e) => {
+                    let other = a.signed_for(&sd);
+                    problems.push(match other {
+                        Some((o, oa)) if (o, oa) != (v, append) => format!(
+                            "signed for {}{o}, not {}{v}",
+                            if oa { "append to " } else { "" },
+                            if append { "append to " } else { "" }
+                        ),
+                        _ => e,
+                    });
+                    None
+                }
+            }
+        }
+        None => {
+            let f = a.signed_for(&sd);
+            if f.is_none() {
+                problems.push("the signature verifies for none of PK, KEK, db, dbx".into());
+            }
+            f
+        }
+    };
+    let mut signer = None;
+    let mut trusted_by = None;
+    let mut setup_mode = false;
+    let mut found_leaf = None;
+    if let Some((v, append)) = found {
+        let payload = auth_payload(v, auth_attributes(append), a.time, &a.data);
+        let leaf = sd
+            .verify_detached(&payload)
+            .ok()
+            .and_then(|s| s.first().map(|c| c.to_vec()));
+        if let Err(e) = check_var_content(v, &a.data, path) {
+            problems.push(e.to_string());
+        }
+        let mut anchors = anchors.to_vec();
+        if anchors.is_empty() && v == SecureVar::Pk {
+            // Setup mode: the new PK vouches for itself. In user mode the
+            // current PK must have signed it, so say what was assumed.
+            setup_mode = true;
+            warnings.push(
+                "no --cert given: assumed Setup Mode, where a PK update may be signed by the new PK itself; \
+                 in User Mode the current PK must sign it"
+                    .into(),
+            );
+            anchors.extend(
+                parse_esl(&a.data, path)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|e| e.is_x509())
+                    .map(|e| e.data),
+            );
+        }
+        found_leaf.clone_from(&leaf);
+        if let Some(leaf) = leaf {
+            signer = x509::parse(&leaf, path)
+                .ok()
+                .map(|c| c.subject().to_string());
+            if anchors.is_empty() {
+                problems.push(format!(
+                    "nothing to trust for a {v} update: give --cert or --esl"
+                ));
+            } else {
+                match update_trust(v, &sd, &leaf, &anchors) {
+                    Ok(i) => {
+                        trusted_by = x509::parse(&anchors[i], path)
+                            .ok()
+                            .map(|c| c.subject().to_string())
+                    }
+                    Err(e) => problems.push(e),
+                }
+            }
+        }
+    }
+    Ok(AuthVerdict {
+        file: path.to_path_buf(),
+        ok: problems.is_empty(),
+        var: found.map(|(v, _)| v.name().to_string()),
+        append: found.is_some_and(|(_, ap)| ap),
+        time: a.time.to_string(),
+        signer,
+        trusted_by,
+        assumed_setup_mode: setup_mode,
+        leaf: found_leaf,
+        problems,
+        warnings,
+    })
 }
 
 #[cfg(test)]

@@ -37,10 +37,10 @@ pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<()> {
 /// Replace `dest` atomically with `data`: temp file in the same directory,
 /// fsync, rename, fsync the directory. On error nothing is left behind.
 pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
-    publish(vec![Staged::with_data(dest, "tmp", mode, data)?])
+    publish(vec![Staged::with_data(dest, tag::TMP, mode, data)?])
 }
 
-/// A file being written under a temp name (`.NAME.TAG.PID`) next to its
+/// A file being written under a temp name ([`temp_path`]) next to its
 /// destination. Nothing shows at the destination until [`publish`]; dropped
 /// unpublished, the temp file is removed.
 pub struct Staged {
@@ -54,10 +54,7 @@ pub struct Staged {
 
 impl Staged {
     pub fn create(dest: &Path, tag: &str, mode: u32) -> Result<Staged> {
-        let name = dest
-            .file_name()
-            .ok_or_else(|| Error::Usage(format!("{}: not a file name", dest.display())))?;
-        let tmp = parent_dir(dest).join(format!(".{}.{tag}.{}", name.to_string_lossy(), pid()));
+        let tmp = temp_path(dest, tag)?;
         let create = || {
             OpenOptions::new()
                 .write(true)
@@ -153,6 +150,81 @@ impl Staged {
 fn pid() -> u32 {
     static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *PID.get_or_init(std::process::id)
+}
+
+/// What a temp name says about its writer: `.NAME.TAG.PID`.
+pub mod tag {
+    /// A signed copy being written (PE, UKI).
+    pub const SIGNING: &str = "signing";
+    /// Any other file or directory being written (certificates, lists, a PKI).
+    pub const TMP: &str = "tmp";
+    /// `resign`'s copy of an artifact, and its copy of a GuestOS tree.
+    pub const RESIGN: &str = "resign";
+    pub const RESIGN_DIR: &str = "resign.d";
+    pub(super) const ALL: [&str; 4] = [SIGNING, TMP, RESIGN, RESIGN_DIR];
+}
+
+/// The one temp-name scheme, `.NAME.TAG.PID` beside the destination NAME: the
+/// final rename stays in one filesystem, the name says whose it is, and
+/// [`remove_stale_temps`] finds the leftovers of every writer.
+pub fn temp_path(dest: &Path, tag: &str) -> Result<PathBuf> {
+    let name = dest
+        .file_name()
+        .ok_or_else(|| Error::input(dest, "not a file name"))?;
+    Ok(parent_dir(dest).join(format!(".{}.{tag}.{}", name.to_string_lossy(), pid())))
+}
+
+/// Remove the temps beside `dest` that killed writers left: `.NAME.TAG.PID`
+/// files and directories, and the temps of those (`..NAME.TAG.PID.TAG2.PID2`),
+/// whose process no longer runs. Build systems kill tasks (SIGKILL leaves no
+/// chance to clean up), and each leftover can be as large as the image. A live
+/// process's temps are never touched, so concurrent writers of one destination
+/// stay safe; names of other destinations are not looked at.
+pub fn remove_stale_temps(dest: &Path) {
+    let Some(name) = dest.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(parent_dir(dest)) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(f) = file.to_str() else { continue };
+        let Some(rest) = f
+            .strip_prefix(&prefix)
+            .or_else(|| f.strip_prefix('.').and_then(|g| g.strip_prefix(&prefix)))
+        else {
+            continue;
+        };
+        let Some((tagged, pid)) = rest.rsplit_once('.') else {
+            continue;
+        };
+        let ours = tag::ALL
+            .iter()
+            .any(|t| tagged == *t || tagged.strip_suffix(t).is_some_and(|h| h.ends_with('.')));
+        let dead = pid
+            .parse::<i32>()
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|p| !process_runs(p));
+        if !(ours && dead) {
+            continue;
+        }
+        // The entry's own type: a symlink is removed, never followed.
+        let _ = match e.file_type() {
+            Ok(t) if t.is_dir() => fs::remove_dir_all(e.path()),
+            _ => fs::remove_file(e.path()),
+        };
+    }
+}
+
+fn process_runs(pid: rustix::process::Pid) -> bool {
+    // Signal 0 only asks. EPERM: it runs, as someone else.
+    !matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
 }
 
 impl Drop for Staged {
@@ -426,4 +498,57 @@ pub fn read_input(path: &Path, kind: InputKind) -> Result<Vec<u8>> {
 pub fn read_input_to_string(path: &Path, kind: InputKind) -> Result<String> {
     String::from_utf8(read_input(path, kind)?)
         .map_err(|e| Error::input(path, format!("not UTF-8 text: {}", e.utf8_error())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temps_of_dead_writers_go_and_the_rest_stays() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("bzImage");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let live = std::process::id();
+        let dead_names = [
+            format!(".bzImage.signing.{dead}"),
+            format!(".bzImage.resign.{dead}"),
+            format!("..bzImage.resign.{dead}.signing.{dead}"),
+        ];
+        let kept = [
+            format!(".bzImage.signing.{live}"),
+            format!(".other.signing.{dead}"),
+            format!(".bzImage.backup.{dead}"),
+            "bzImage".to_string(),
+        ];
+        for n in dead_names.iter().chain(&kept) {
+            fs::write(d.path().join(n), b"x").unwrap();
+        }
+        let tree = d.path().join(format!(".bzImage.resign.d.{dead}"));
+        fs::create_dir(&tree).unwrap();
+        fs::write(tree.join("root.img"), b"x").unwrap();
+
+        remove_stale_temps(&dest);
+
+        let mut left: Vec<String> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want = kept.to_vec();
+        want.sort();
+        assert_eq!(left, want);
+    }
+
+    #[test]
+    fn temp_names_say_whose_they_are() {
+        let t = temp_path(Path::new("/x/guestos.conf"), tag::TMP).unwrap();
+        assert_eq!(
+            t,
+            Path::new(&format!("/x/.guestos.conf.tmp.{}", std::process::id()))
+        );
+        assert!(temp_path(Path::new("/"), tag::TMP).is_err());
+    }
 }

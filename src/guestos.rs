@@ -462,7 +462,7 @@ struct MountLayout {
 
 /// A parsed GuestOS manifest, with the bytes it came from.
 #[derive(Debug)]
-pub struct Manifest {
+pub struct GuestOsConfig {
     pub path: PathBuf,
     pub bytes: Vec<u8>,
     pub name: String,
@@ -535,16 +535,16 @@ fn messages(f: &Field) -> Vec<(&[Field], usize)> {
     }
 }
 
-impl Manifest {
-    pub fn load(path: &Path) -> Result<Manifest> {
+impl GuestOsConfig {
+    pub fn load(path: &Path) -> Result<GuestOsConfig> {
         let bytes = fsutil::read_input(path, fsutil::InputKind::GuestosConf)?;
-        Manifest::parse(path, bytes)
+        GuestOsConfig::parse(path, bytes)
     }
 
     /// Parse leniently (protobuf's text format, as `show` reads it) and note
     /// in `cml_problem` whether cml's own parser would load the conf. When
     /// both fail, cml's reason is the error.
-    pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<Manifest> {
+    pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<GuestOsConfig> {
         let cml_problem = cml::check(&bytes)
             .err()
             .map(|(pos, msg)| format!("{}: {msg}", line_col(&bytes, pos)));
@@ -561,7 +561,7 @@ impl Manifest {
     }
 
     /// Like `parse`, but a conf cml cannot load is an error.
-    pub fn parse_for_cml(path: &Path, bytes: Vec<u8>) -> Result<Manifest> {
+    pub fn parse_for_cml(path: &Path, bytes: Vec<u8>) -> Result<GuestOsConfig> {
         let m = Self::parse(path, bytes)?;
         match &m.cml_problem {
             Some(p) => Err(Error::input(path, p.clone())),
@@ -569,7 +569,7 @@ impl Manifest {
         }
     }
 
-    fn parse_lenient(path: &Path, bytes: Vec<u8>) -> Result<Manifest> {
+    fn parse_lenient(path: &Path, bytes: Vec<u8>) -> Result<GuestOsConfig> {
         let cx = Ctx {
             path,
             bytes: &bytes,
@@ -632,7 +632,7 @@ impl Manifest {
                 }
             }
         }
-        Ok(Manifest {
+        Ok(GuestOsConfig {
             path: path.to_path_buf(),
             bytes,
             name,
@@ -986,8 +986,8 @@ pub fn hash_image_with(path: &Path, verity: Option<verity::Params>) -> Result<Ha
     let mut tree = None;
     for o in outs {
         match o {
-            Out::Sha1(d) => hash.sha1 = x509::hex(d.as_ref()),
-            Out::Sha256(d) => hash.sha256 = x509::hex(d.as_ref()),
+            Out::Sha1(d) => hash.sha1 = crate::codec::hex(d.as_ref()),
+            Out::Sha256(d) => hash.sha256 = crate::codec::hex(d.as_ref()),
             Out::Tree(t) => {
                 let h = t
                     .finish()
@@ -1275,7 +1275,7 @@ pub fn find_confs(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 struct Prepared {
-    manifest: Manifest,
+    manifest: GuestOsConfig,
     text: Vec<u8>,
     fills: Vec<ImageFill>,
 }
@@ -1294,7 +1294,7 @@ pub fn sign(confs: &[PathBuf], id: &Identity, opts: &SignOptions<'_>) -> Result<
     let mut verity_params: HashMap<PathBuf, verity::Params> = HashMap::new();
     let mut located = vec![];
     for conf in confs {
-        let manifest = Manifest::load(conf)?;
+        let manifest = GuestOsConfig::load(conf)?;
         if let Some(p) = &manifest.cml_problem {
             return Err(Error::input(conf, p.clone()));
         }
@@ -1353,7 +1353,7 @@ pub fn sign(confs: &[PathBuf], id: &Identity, opts: &SignOptions<'_>) -> Result<
         if let Some(t) = h.verity.take() {
             staged_trees.push(fsutil::Staged::with_data(
                 &verity_path(p),
-                "tmp",
+                fsutil::tag::TMP,
                 fsutil::PUBLIC_MODE,
                 &t.bytes,
             )?);
@@ -1398,7 +1398,7 @@ pub fn sign(confs: &[PathBuf], id: &Identity, opts: &SignOptions<'_>) -> Result<
         } else {
             let t = fill_text(&manifest.bytes, &pairs);
             // The edited text must still be a manifest with exactly our values.
-            let again = Manifest::parse_for_cml(&manifest.path, t.clone())?;
+            let again = GuestOsConfig::parse_for_cml(&manifest.path, t.clone())?;
             for (m, h) in &pairs {
                 let n = again.mounts.iter().find(|n| n.id == m.id);
                 let good = n.is_some_and(|n| {
@@ -1458,13 +1458,13 @@ pub fn sign(confs: &[PathBuf], id: &Identity, opts: &SignOptions<'_>) -> Result<
             let mode = fs::metadata(&real).at(&real)?.permissions().mode() & 0o7777;
             fsutil::write_atomic(&real, &w.text, mode)?;
         }
-        let sig_path = Manifest::sibling(conf, "sig");
-        let cert_path = Manifest::sibling(conf, "cert");
+        let sig_path = GuestOsConfig::sibling(conf, "sig");
+        let cert_path = GuestOsConfig::sibling(conf, "cert");
         fsutil::write_atomic(&sig_path, &signature, fsutil::PUBLIC_MODE)?;
         fsutil::write_atomic(&cert_path, pem.as_bytes(), fsutil::PUBLIC_MODE)?;
         let p7s_path = match p7s {
             Some(der) => {
-                let p = Manifest::sibling(conf, "p7s");
+                let p = GuestOsConfig::sibling(conf, "p7s");
                 fsutil::write_atomic(&p, &der, fsutil::PUBLIC_MODE)?;
                 Some(p)
             }
@@ -1551,8 +1551,8 @@ pub struct VerifyReport {
 /// path must end at one of the trust anchors.
 pub fn verify(conf: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport> {
     let bytes = fsutil::read_input(conf, fsutil::InputKind::GuestosConf)?;
-    let sig_path = Manifest::sibling(conf, "sig");
-    let cert_path = Manifest::sibling(conf, "cert");
+    let sig_path = GuestOsConfig::sibling(conf, "sig");
+    let cert_path = GuestOsConfig::sibling(conf, "cert");
     let signature = fsutil::read_input(&sig_path, fsutil::InputKind::Signature)?;
     let certs = x509::read_certs(&cert_path)?;
     let leaf = x509::parse(&certs[0], &cert_path)?;
@@ -1585,7 +1585,7 @@ pub fn verify(conf: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport> {
         .collect();
 
     // A conf cml cannot parse is rejected by it, whatever the signature says.
-    let manifest = match Manifest::parse_for_cml(conf, bytes) {
+    let manifest = match GuestOsConfig::parse_for_cml(conf, bytes) {
         Ok(m) => Some(m),
         Err(e) => {
             problems.push(e.to_string());
@@ -1624,7 +1624,7 @@ pub fn verify(conf: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport> {
     })
 }
 
-fn check_images(m: &Manifest, dir: &ImageDir) -> Result<Vec<ImageCheck>> {
+fn check_images(m: &GuestOsConfig, dir: &ImageDir) -> Result<Vec<ImageCheck>> {
     let mut located = vec![];
     let mut wanted = BTreeSet::new();
     for mount in m.mounts.iter().filter(|x| x.has_image()) {
@@ -1787,8 +1787,8 @@ mod tests {
 
     const CONF: &str = "name: \"core\"\nhardware: \"x86\"\nversion: 1\ninit_path: \"/sbin/cservice\"\nmounts {\n\timage_file: \"root\"\n\tmount_point: \"/\"\n\tfs_type: \"squashfs\"\n\tmount_type: SHARED_RW # the rootfs\n}\nmounts {\n\timage_file: \"tmpfs\"\n\tmount_point: \"/data/\"\n\tfs_type: \"tmpfs\"\n\tmount_type: EMPTY\n\tdef_size: 12\n}\ndescription {\n\ten: \"yocto based core userland (x86)\"\n}\n";
 
-    fn parse(s: &str) -> Manifest {
-        Manifest::parse(Path::new("t.conf"), s.as_bytes().to_vec()).unwrap()
+    fn parse(s: &str) -> GuestOsConfig {
+        GuestOsConfig::parse(Path::new("t.conf"), s.as_bytes().to_vec()).unwrap()
     }
 
     fn h() -> ImageHash {
@@ -1892,7 +1892,7 @@ mod tests {
             ("name: \"a/b\" hardware: \"h\" version: 1 description { en: \"\" }", "no '/'"),
         ];
         for (text, want) in cases {
-            let e = Manifest::parse(Path::new("t.conf"), text.as_bytes().to_vec())
+            let e = GuestOsConfig::parse(Path::new("t.conf"), text.as_bytes().to_vec())
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -1921,7 +1921,7 @@ mod tests {
             let pos = (seed as usize) % b.len();
             b[pos] = (seed >> 32) as u8;
             b.truncate((seed >> 40) as usize % (b.len() + 1));
-            if let Ok(m) = Manifest::parse(Path::new("t"), b.clone()) {
+            if let Ok(m) = GuestOsConfig::parse(Path::new("t"), b.clone()) {
                 let h = h();
                 let pairs: Vec<_> = m.mounts.iter().map(|x| (x, &h)).collect();
                 let _ = fill_text(&b, &pairs);

@@ -1,7 +1,7 @@
 //! Signing and verifying EFI images: the `pe` format module and the
 //! `authenticode` signature module put together, one image at a time.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -113,7 +113,6 @@ pub fn sign_all<T: Send + Sync>(
     before: impl Fn(&Path) -> Result<T> + Sync,
 ) -> Result<Vec<(SignReport, T)>> {
     let mut targets = HashSet::new();
-    let mut dirs = BTreeSet::new();
     for j in jobs {
         let target = match &j.output {
             Output::File(p) | Output::Detached(p) => p,
@@ -125,12 +124,7 @@ pub fn sign_all<T: Send + Sync>(
                 target.display()
             )));
         }
-        if let Output::File(p) = &j.output {
-            dirs.insert(fsutil::parent_dir(p));
-        }
-    }
-    for d in &dirs {
-        crate::pe::remove_stale_temps(d);
+        fsutil::remove_stale_temps(target);
     }
     // Copies are finished and fsynced as they are signed; the rest waits.
     let copies = jobs
@@ -162,7 +156,7 @@ pub fn sign_all<T: Send + Sync>(
             }
             Some(Pending::Detached(p7)) => Ok(Some(fsutil::Staged::with_data(
                 &r.output,
-                "tmp",
+                fsutil::tag::TMP,
                 fsutil::PUBLIC_MODE,
                 p7,
             )?)),
@@ -277,7 +271,7 @@ pub fn attach(input: &Path, sig_path: &Path, out: &Path, existing: Existing) -> 
             sig_path,
             format!(
                 "signature is for image digest {}, {} has {}",
-                x509::hex(&sig.image_digest),
+                crate::codec::hex(&sig.image_digest),
                 input.display(),
                 digest.hex()
             ),

@@ -165,7 +165,8 @@ pub enum SigScheme {
     EcdsaSha512,
 }
 
-/// Something that can sign: a key file now, a PKCS#11 object later.
+/// Something that can sign: a key file ([`FileKey`]) or a PKCS#11 object
+/// (`crate::pkcs11`); every signing path takes one, so an HSM key works everywhere.
 /// Implementations must never expose private key material.
 pub trait Signer: Send + Sync {
     fn key_type(&self) -> KeyType;
@@ -468,5 +469,5 @@ pub fn pkcs8_as_rsa_pss(der: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
 
 /// PEM-encode a PKCS#8 private key.
 pub fn pkcs8_pem(der: &[u8]) -> String {
-    crate::x509::pem_encode("PRIVATE KEY", der)
+    crate::codec::pem_encode("PRIVATE KEY", der)
 }

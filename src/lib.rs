@@ -1,8 +1,11 @@
 //! pki-signer: development PKI generation and signing for secure-boot images.
 
+#![forbid(unsafe_code)]
+
 pub mod asn1;
 pub mod authenticode;
 pub mod chain;
+pub mod codec;
 pub mod csr;
 pub mod efivar;
 pub mod error;

@@ -242,7 +242,7 @@ pub struct Signed {
 /// sorted), so it does not depend on whitespace.
 pub fn request_sha256(r: &Request) -> String {
     let bytes = serde_json::to_vec(r).unwrap_or_default();
-    x509::sha256_hex(&bytes)
+    crate::codec::sha256_hex(&bytes)
 }
 
 // ---------------------------------------------------------------------------
@@ -452,7 +452,7 @@ fn check_role(name: &str, rc: &RoleCerts, origin: &Path) -> Result<Role> {
     let at = format!("role '{name}'");
     let cert = unhex(&rc.cert, MAX_CERT, origin, &format!("{at}: cert"))?;
     let parsed = x509::parse(&cert, origin).map_err(|e| bad(origin, &at, format!("cert: {e}")))?;
-    let fp = x509::sha256_hex(&cert);
+    let fp = crate::codec::sha256_hex(&cert);
     if rc.cert_sha256 != fp {
         return Err(bad(
             origin,
@@ -631,7 +631,7 @@ fn guestos_scheme(role: &Role, origin: &Path) -> Result<SigScheme> {
 }
 
 fn sha256(data: &[u8]) -> String {
-    x509::hex(&Sha256::digest(data))
+    crate::codec::hex(&Sha256::digest(data))
 }
 
 fn check_item(
@@ -804,7 +804,7 @@ fn check_item(
                     "tbs is not the manifest (SHA-256 differs from artifact_sha256)",
                 ));
             }
-            guestos::Manifest::parse_for_cml(&artifact, tbs.clone())
+            guestos::GuestOsConfig::parse_for_cml(&artifact, tbs.clone())
                 .map_err(|e| bad(origin, &at, e))?;
             let s = guestos_scheme(role, origin)?;
             (Params::Guestos, Some((s, tbs.clone())))
@@ -1170,10 +1170,10 @@ fn role_certs(keys: &Keys, role: &str) -> Result<RoleCerts> {
         trust.extend(x509::read_certs(t)?);
     }
     Ok(RoleCerts {
-        cert_sha256: x509::sha256_hex(&cert),
-        cert: x509::hex(&cert),
-        chain: certs.iter().map(|c| x509::hex(c)).collect(),
-        trust: trust.iter().map(|c| x509::hex(c)).collect(),
+        cert_sha256: crate::codec::sha256_hex(&cert),
+        cert: crate::codec::hex(&cert),
+        chain: certs.iter().map(|c| crate::codec::hex(c)).collect(),
+        trust: trust.iter().map(|c| crate::codec::hex(c)).collect(),
     })
 }
 
@@ -1196,7 +1196,7 @@ fn kept_signatures(
         let fp = authenticode::parse(&der, path)
             .ok()
             .and_then(|s| s.signer_cert)
-            .map(|c| x509::sha256_hex(&c));
+            .map(|c| crate::codec::sha256_hex(&c));
         if fp.is_some_and(|f| drop.contains(&f)) {
             continue;
         }
@@ -1248,7 +1248,7 @@ fn make_item(id: usize, a: &Artifact, role: &Role, opts: &RequestOptions) -> Res
             item.artifact_sha256 = file?;
             let digest = digest?;
             item.pe = Some(PeParams {
-                authenticode_sha256: x509::hex(&digest.sha256),
+                authenticode_sha256: crate::codec::hex(&digest.sha256),
                 signing_time: opts.signing_time.map(rfc3339),
                 existing: existing_name(existing).into(),
                 drop_signers: a.drop_signers.clone(),
@@ -1279,7 +1279,7 @@ fn make_item(id: usize, a: &Artifact, role: &Role, opts: &RequestOptions) -> Res
         }
         Kind::Guestos => {
             let bytes = fsutil::read_input(path, InputKind::GuestosConf)?;
-            guestos::Manifest::parse_for_cml(path, bytes.clone())?;
+            guestos::GuestOsConfig::parse_for_cml(path, bytes.clone())?;
             item.artifact_sha256 = sha256(&bytes);
             (guestos_scheme(role, path)?, bytes)
         }
@@ -1287,12 +1287,12 @@ fn make_item(id: usize, a: &Artifact, role: &Role, opts: &RequestOptions) -> Res
             let bytes = fsutil::read_input(path, InputKind::Csr)?;
             let csr = csr::CsrFile::read(path)?;
             item.artifact_sha256 = sha256(&bytes);
-            item.tbs = x509::hex(&csr.der);
+            item.tbs = crate::codec::hex(&csr.der);
             return Ok(item);
         }
     };
     item.scheme = Some(scheme_name(scheme).into());
-    item.tbs = x509::hex(&tbs);
+    item.tbs = crate::codec::hex(&tbs);
     Ok(item)
 }
 
@@ -1456,7 +1456,7 @@ pub fn prepare(request_path: &Path, opts: &SignOptions) -> Result<Signing> {
                     role.cert_sha256,
                     role.subject,
                     keys.path.display(),
-                    x509::sha256_hex(&have)
+                    crate::codec::sha256_hex(&have)
                 ),
             ));
         }
@@ -1647,8 +1647,8 @@ impl Signing {
                     let csr = self.req.items[i].kind == Kind::Csr;
                     results.push(Signed {
                         id: i as u64,
-                        signature: (!csr).then(|| x509::hex(&v)),
-                        certificate: csr.then(|| x509::hex(&v)),
+                        signature: (!csr).then(|| crate::codec::hex(&v)),
+                        certificate: csr.then(|| crate::codec::hex(&v)),
                     });
                 }
                 Some(Err(e)) => {
@@ -1787,8 +1787,8 @@ fn outputs(kind: Kind, src: &Path, out_dir: Option<&Path>) -> Result<Vec<PathBuf
         Kind::Csr => vec![at(src.with_extension("cert"))],
         Kind::Guestos => {
             let mut v = vec![
-                at(guestos::Manifest::sibling(src, "cert")),
-                at(guestos::Manifest::sibling(src, "sig")),
+                at(guestos::GuestOsConfig::sibling(src, "cert")),
+                at(guestos::GuestOsConfig::sibling(src, "sig")),
             ];
             if out_dir.is_some() {
                 v.push(at(src.to_path_buf()));
@@ -1881,11 +1881,11 @@ impl Job<'_> {
             .ok_or("the offline signature is not in the image")?;
         drop(img);
         let report = image::verify(path, &self.pe_trust()).map_err(|e| e.to_string())?;
-        if report.digest != x509::hex(digest) {
+        if report.digest != crate::codec::hex(digest) {
             return Err(format!(
                 "Authenticode digest {} is not the request's {}",
                 report.digest,
-                x509::hex(digest)
+                crate::codec::hex(digest)
             ));
         }
         let r = report.signatures.get(i).ok_or("signature missing")?;
@@ -1942,12 +1942,12 @@ impl Job<'_> {
                 "{}: Authenticode digest {} is not the request's {}; refusing",
                 self.src.display(),
                 d.hex(),
-                x509::hex(digest)
+                crate::codec::hex(digest)
             )));
         }
         let mut sigs = kept_signatures(&img, &self.src, existing, drop)?;
         sigs.push(p7.clone());
-        crate::pe::remove_stale_temps(&fsutil::parent_dir(dest));
+        fsutil::remove_stale_temps(dest);
         let staged = img.stage_signed(&d, &sigs, dest)?;
         self.pe_verifies(staged.tmp(), &p7, digest).map_err(|e| {
             Error::Verify(format!(
@@ -1987,7 +1987,7 @@ impl Job<'_> {
         })?;
         Ok(Done::Staged(vec![Staged::with_data(
             dest,
-            "tmp",
+            fsutil::tag::TMP,
             fsutil::PUBLIC_MODE,
             &auth,
         )?]))
@@ -2001,19 +2001,13 @@ impl Job<'_> {
         append: bool,
     ) -> std::result::Result<(), String> {
         let p = &self.outs[0];
-        let a = efivar::parse_auth(auth, p).map_err(|e| e.to_string())?;
-        if !a.time_reserved_zero {
-            return Err("EFI_TIME has non-zero reserved fields".into());
+        let v = efivar::verify_auth(auth, p, Some((var, append)), self.anchors)
+            .map_err(|e| e.to_string())?;
+        if v.ok {
+            Ok(())
+        } else {
+            Err(v.problems.join("; "))
         }
-        let sd = pkcs7::parse(&a.pkcs7, p).map_err(|e| e.to_string())?;
-        let payload = efivar::auth_payload(var, efivar::auth_attributes(append), a.time, &a.data);
-        let leaf = sd
-            .verify_detached(&payload)?
-            .first()
-            .map(|c| c.to_vec())
-            .ok_or("no signer certificate")?;
-        efivar::check_var_content(var, &a.data, p).map_err(|e| e.to_string())?;
-        efivar::update_trust(var, &sd, &leaf, self.anchors).map(|_| ())
     }
 
     fn guestos(&self) -> Result<Done> {
@@ -2055,12 +2049,12 @@ impl Job<'_> {
         let checked = (|| {
             fsutil::write_new(&conf, &bytes, fsutil::PUBLIC_MODE)?;
             fsutil::write_new(
-                &guestos::Manifest::sibling(&conf, "sig"),
+                &guestos::GuestOsConfig::sibling(&conf, "sig"),
                 self.result,
                 fsutil::PUBLIC_MODE,
             )?;
             fsutil::write_new(
-                &guestos::Manifest::sibling(&conf, "cert"),
+                &guestos::GuestOsConfig::sibling(&conf, "cert"),
                 pem.as_bytes(),
                 fsutil::PUBLIC_MODE,
             )?;
@@ -2074,12 +2068,17 @@ impl Job<'_> {
         let _ = fs::remove_dir_all(&staging);
         checked?;
         let mut staged = vec![
-            Staged::with_data(cert_out, "tmp", fsutil::PUBLIC_MODE, pem.as_bytes())?,
-            Staged::with_data(sig_out, "tmp", fsutil::PUBLIC_MODE, self.result)?,
+            Staged::with_data(
+                cert_out,
+                fsutil::tag::TMP,
+                fsutil::PUBLIC_MODE,
+                pem.as_bytes(),
+            )?,
+            Staged::with_data(sig_out, fsutil::tag::TMP, fsutil::PUBLIC_MODE, self.result)?,
         ];
         if let Some(c) = self.outs.get(2) {
             let mode = fs::metadata(&self.src).at(&self.src)?.permissions().mode() & 0o777;
-            staged.push(Staged::with_data(c, "tmp", mode, &bytes)?);
+            staged.push(Staged::with_data(c, fsutil::tag::TMP, mode, &bytes)?);
         }
         Ok(Done::Staged(staged))
     }
@@ -2130,7 +2129,7 @@ impl Job<'_> {
         })?;
         Ok(Done::Staged(vec![Staged::with_data(
             dest,
-            "tmp",
+            fsutil::tag::TMP,
             fsutil::PUBLIC_MODE,
             file.as_bytes(),
         )?]))
@@ -2278,10 +2277,10 @@ mod tests {
         };
         let cert = x509::issue(&spec, &k, None).unwrap();
         let rc = RoleCerts {
-            cert_sha256: x509::sha256_hex(&cert),
-            cert: x509::hex(&cert),
+            cert_sha256: crate::codec::sha256_hex(&cert),
+            cert: crate::codec::hex(&cert),
             chain: vec![],
-            trust: vec![x509::hex(&cert)],
+            trust: vec![crate::codec::hex(&cert)],
         };
         (k, check_role("ssig_subca", &rc, Path::new("r")).unwrap())
     }
@@ -2295,9 +2294,9 @@ mod tests {
                 role.name.clone(),
                 RoleCerts {
                     cert_sha256: role.cert_sha256.clone(),
-                    cert: x509::hex(&role.cert),
+                    cert: crate::codec::hex(&role.cert),
                     chain: vec![],
-                    trust: vec![x509::hex(&role.cert)],
+                    trust: vec![crate::codec::hex(&role.cert)],
                 },
             )]
             .into_iter()
@@ -2310,9 +2309,9 @@ mod tests {
                 artifact_abs: "/b/a.efi".into(),
                 artifact_sha256: "1".repeat(64),
                 scheme: Some(scheme_name(s).into()),
-                tbs: x509::hex(&tbs),
+                tbs: crate::codec::hex(&tbs),
                 pe: Some(PeParams {
-                    authenticode_sha256: x509::hex(&digest),
+                    authenticode_sha256: crate::codec::hex(&digest),
                     signing_time: None,
                     existing: "refuse".into(),
                     drop_signers: vec![],
@@ -2342,7 +2341,7 @@ mod tests {
 
         // Another digest with the old tbs: not what the fields give.
         let mut t = req.clone();
-        t.items[0].pe.as_mut().unwrap().authenticode_sha256 = x509::hex(&[8u8; 32]);
+        t.items[0].pe.as_mut().unwrap().authenticode_sha256 = crate::codec::hex(&[8u8; 32]);
         let e = check_request(t, Path::new("r")).unwrap_err().to_string();
         assert!(e.contains("tbs is not what"), "{e}");
         // Unknown fields, kinds, schemes, uppercase hex.

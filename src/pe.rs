@@ -99,7 +99,7 @@ pub struct CertTableInfo {
     pub size: u64,
 }
 
-/// What `pe info` shows about an image.
+/// The image layout `pe show` prints (sections, header fields, certificate table).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PeInfo {
     /// `x86_64`, `aarch64`, ... or the hex machine code when unknown.
@@ -150,23 +150,13 @@ pub struct ImageDigest {
 impl ImageDigest {
     /// `sha256` in lower-case hex.
     pub fn hex(&self) -> String {
-        hex(&self.sha256)
+        crate::codec::hex(&self.sha256)
     }
 
     /// How many zero bytes signing appends to the image data before the table.
     pub fn padding(&self) -> u64 {
         self.padded_end - self.data_end
     }
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// Identity and version of the open file, to notice it changing under us.
@@ -347,7 +337,7 @@ fn zero_overlap(buf: &mut [u8], pos: u64, start: u64, len: u64) {
 }
 
 /// What writing a signed image puts where.
-struct Plan {
+struct SignedLayout {
     /// Bytes of the original image kept: `[0, keep)`.
     keep: u64,
     /// Where the table goes (after padding to 8 when there is a table).
@@ -764,7 +754,7 @@ impl PeImage {
     /// output replaces `out` atomically (temp file, fsync, rename); `out` may be
     /// this image's own path.
     pub fn write_signed(&self, digest: &ImageDigest, sigs: &[Vec<u8>], out: &Path) -> Result<()> {
-        remove_stale_temps(&fsutil::parent_dir(out));
+        fsutil::remove_stale_temps(out);
         let staged = self.stage_signed(digest, sigs, out)?;
         fsutil::publish(vec![staged])
     }
@@ -791,7 +781,7 @@ impl PeImage {
     /// [`PeImage::finish_copy`] adds the signatures.
     pub fn stage_copy(&self, out: &Path) -> Result<fsutil::Staged> {
         let mode = self.file.metadata().at(&self.path)?.permissions().mode() & 0o777;
-        let mut staged = fsutil::Staged::create(out, TEMP_TAG, mode)?;
+        let mut staged = fsutil::Staged::create(out, fsutil::tag::SIGNING, mode)?;
         let f = staged.file()?;
         // Errors name the output the user asked for ("OUT: No space left on
         // device"), not our temp file.
@@ -829,7 +819,7 @@ impl PeImage {
 
     /// Give `f`, which holds this image's data, the table and header fields of
     /// `plan`.
-    fn write_tail(&self, f: &File, plan: &Plan, path: &Path) -> Result<()> {
+    fn write_tail(&self, f: &File, plan: &SignedLayout, path: &Path) -> Result<()> {
         // set_len to the table offset both drops an old table and, for an
         // unaligned image, appends the zero padding.
         f.set_len(plan.table_offset).at(path)?;
@@ -870,7 +860,7 @@ impl PeImage {
     }
 
     /// Lay out the new table and compute the new header fields.
-    fn plan(&self, digest: &ImageDigest, sigs: &[Vec<u8>]) -> Result<Plan> {
+    fn plan(&self, digest: &ImageDigest, sigs: &[Vec<u8>]) -> Result<SignedLayout> {
         if digest.stamp != self.stamp || digest.data_end != self.data_end {
             return Err(Error::Usage(format!(
                 "{}: the digest given was not computed from this image as it is now",
@@ -918,7 +908,7 @@ impl PeImage {
         };
         sum.add(self.cert_dir_offset, &cert_dir);
         sum.add(table_offset, &table);
-        Ok(Plan {
+        Ok(SignedLayout {
             keep: digest.data_end,
             table_offset,
             checksum: sum.finish(table_offset + table_size),
@@ -986,40 +976,6 @@ impl PeImage {
         }
         Ok(())
     }
-}
-
-/// Remove the `.NAME.signing.PID` temp files of signers that no longer run.
-/// Build systems kill tasks (kill -9 leaves no chance to clean up), and each
-/// leftover can be as large as the image. A live PID's file is never touched,
-/// so concurrent signers of the same output are safe.
-/// Temp files of signed copies are `.NAME.signing.PID`.
-const TEMP_TAG: &str = "signing";
-
-/// Remove the temp files that signers killed before their rename left in
-/// `dir`. Those of live processes stay: they may be signing right now.
-pub fn remove_stale_temps(dir: &Path) {
-    let infix = format!(".{TEMP_TAG}.");
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let file = e.file_name();
-        let pid = file
-            .to_str()
-            .filter(|f| f.starts_with('.'))
-            .and_then(|f| f.rsplit_once(&infix))
-            .and_then(|(_, p)| p.parse::<i32>().ok());
-        if pid.is_some_and(|p| p > 0 && !process_exists(p)) {
-            let _ = fs::remove_file(e.path());
-        }
-    }
-}
-
-fn process_exists(pid: i32) -> bool {
-    // SAFETY: signal 0 sends nothing; it only asks whether `pid` exists.
-    let r = unsafe { libc::kill(pid, 0) };
-    // EPERM: it exists but belongs to someone else.
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], off: u64) -> Result<()> {
@@ -1753,7 +1709,12 @@ mod tests {
                 continue;
             };
             let dg = PeImage::open(&f).unwrap().digest().unwrap();
-            assert_eq!(h.trim(), hex(&dg.sha256_unpadded), "{}", f.display());
+            assert_eq!(
+                h.trim(),
+                crate::codec::hex(&dg.sha256_unpadded),
+                "{}",
+                f.display()
+            );
             println!("pesign agrees on {}", f.display());
         }
     }

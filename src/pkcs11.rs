@@ -159,7 +159,7 @@ impl Pkcs11Uri {
     fn object_name(&self) -> String {
         match (&self.object, &self.id) {
             (Some(o), _) => format!("'{o}'"),
-            (None, Some(id)) => format!("id {}", hex(id)),
+            (None, Some(id)) => format!("id {}", percent_encode(id)),
             (None, None) => "(any)".to_string(),
         }
     }
@@ -190,7 +190,8 @@ fn percent_decode(s: &str) -> std::result::Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn hex(b: &[u8]) -> String {
+/// RFC 7512 percent-encoding of every byte.
+fn percent_encode(b: &[u8]) -> String {
     b.iter().map(|x| format!("%{x:02x}")).collect()
 }
 
@@ -891,7 +892,7 @@ impl Pkcs11Uri {
         let slot = self.slot_id.map(|n| n.to_string());
         add("slot-id", slot.as_deref().map(str::as_bytes));
         add("object", Some(label.as_bytes()));
-        parts.push(format!("id={}", hex(id)));
+        parts.push(format!("id={}", percent_encode(id)));
         let mut uri = format!("pkcs11:{}", parts.join(";"));
         if let Some(m) = &self.module_path {
             uri.push_str("?module-path=");

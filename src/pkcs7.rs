@@ -452,10 +452,10 @@ impl SignerInfo {
             SignerId::IssuerSerial { issuer, serial } => {
                 let name = x509_parser::x509::X509Name::from_der(issuer)
                     .map(|(_, n)| n.to_string())
-                    .unwrap_or_else(|_| format!("<name {}>", x509::hex(issuer)));
-                format!("issuer '{name}', serial {}", x509::hex(serial))
+                    .unwrap_or_else(|_| format!("<name {}>", crate::codec::hex(issuer)));
+                format!("issuer '{name}', serial {}", crate::codec::hex(serial))
             }
-            SignerId::KeyId(id) => format!("key id {}", x509::hex(id)),
+            SignerId::KeyId(id) => format!("key id {}", crate::codec::hex(id)),
         }
     }
 }

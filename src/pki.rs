@@ -314,21 +314,21 @@ fn valid_role_name(n: &str) -> bool {
 
 /// What `pki init` will create.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub struct InitPlan {
     /// Issuers before the certificates they issue.
     pub roles: Vec<RoleSpec>,
     pub uefi: bool,
     pub owner_guid: Guid,
 }
 
-impl Plan {
+impl InitPlan {
     /// Resolve built-ins + profile + CLI flags. `profile_path` is only for messages.
     pub fn resolve(
         profile: &Profile,
         profile_path: Option<&Path>,
         cli_key_type: Option<KeyType>,
         cli_uefi: bool,
-    ) -> Result<Plan> {
+    ) -> Result<InitPlan> {
         let perr = |msg: String| match profile_path {
             Some(p) => Error::input(p, msg),
             None => Error::Usage(msg),
@@ -528,7 +528,7 @@ impl Plan {
             }
             pending = rest;
         }
-        Ok(Plan {
+        Ok(InitPlan {
             roles: ordered,
             uefi,
             owner_guid: profile
@@ -660,7 +660,7 @@ pub fn role_files(name: &str, kind: RoleKind) -> RoleFiles {
 
 /// `pki.json`: what is in the directory and how the roles relate.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Manifest {
+pub struct Inventory {
     pub format: u32,
     pub generator: String,
     /// Development PKIs are refused as production keys by `resign`.
@@ -704,8 +704,8 @@ pub struct FileEntry {
     pub key_uri: Option<String>,
 }
 
-impl Manifest {
-    pub fn load(dir: &Path) -> Result<Manifest> {
+impl Inventory {
+    pub fn load(dir: &Path) -> Result<Inventory> {
         let p = dir.join(MANIFEST);
         let text = fsutil::read_input_to_string(&p, fsutil::InputKind::PkiManifest)?;
         serde_json::from_str(&text).map_err(|e| Error::input(&p, format!("bad manifest: {e}")))
@@ -736,7 +736,7 @@ impl Manifest {
 /// one made by gen_dev_certs.sh (roles found by file name).
 pub struct Pki {
     pub dir: PathBuf,
-    pub manifest: Option<Manifest>,
+    pub manifest: Option<Inventory>,
     pub roles: Vec<RoleEntryRef>,
 }
 
@@ -758,7 +758,7 @@ impl Pki {
             return Err(Error::input(dir, "not a directory"));
         }
         if dir.join(MANIFEST).exists() {
-            let m = Manifest::load(dir)?;
+            let m = Inventory::load(dir)?;
             let roles = m
                 .roles
                 .iter()
@@ -834,7 +834,7 @@ impl Pki {
 #[derive(Clone, Debug)]
 pub struct InitOptions {
     pub dir: PathBuf,
-    pub plan: Plan,
+    pub plan: InitPlan,
     /// `pkcs11:token=...` (no object): generate every key of the PKI in this
     /// token instead of in files. DIR then holds certificates, signature
     /// lists and `pki.json`, which names each key by its URI.
@@ -855,7 +855,7 @@ pub struct InitReport {
 enum DirState {
     Absent,
     Empty,
-    Complete(Option<Manifest>),
+    Complete(Option<Inventory>),
     Partial(String),
 }
 
@@ -875,7 +875,7 @@ fn summarize(v: &[String]) -> String {
     }
 }
 
-fn inspect(dir: &Path, plan: &Plan) -> Result<DirState> {
+fn inspect(dir: &Path, plan: &InitPlan) -> Result<DirState> {
     let md = match fs::metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -890,7 +890,7 @@ fn inspect(dir: &Path, plan: &Plan) -> Result<DirState> {
         return Err(Error::input(dir, "exists and is not a directory"));
     }
     if dir.join(MANIFEST).exists() {
-        let m = Manifest::load(dir)?;
+        let m = Inventory::load(dir)?;
         let missing = list_missing(dir, &m.all_files());
         if !missing.is_empty() {
             return Ok(DirState::Partial(format!(
@@ -938,7 +938,7 @@ fn inspect(dir: &Path, plan: &Plan) -> Result<DirState> {
     )))
 }
 
-fn present(dir: &Path, m: Option<Manifest>, started: std::time::Instant) -> InitReport {
+fn present(dir: &Path, m: Option<Inventory>, started: std::time::Instant) -> InitReport {
     let note = m
         .is_none()
         .then(|| format!("no {MANIFEST}: using an existing GyroidOS-style PKI"));
@@ -957,7 +957,7 @@ fn present(dir: &Path, m: Option<Manifest>, started: std::time::Instant) -> Init
 fn present_for(
     opts: &InitOptions,
     dir: &Path,
-    m: Option<Manifest>,
+    m: Option<Inventory>,
     started: std::time::Instant,
 ) -> Result<InitReport> {
     if opts.hsm.is_some() && !m.as_ref().is_some_and(|m| m.keys_in_token()) {
@@ -972,7 +972,7 @@ fn present_for(
 /// Open the token for `pki init --hsm` and refuse it unless it can make
 /// every key of the plan and holds no object with a label the plan uses:
 /// two keys under one label are a signing accident waiting to happen.
-fn open_token(uri: &str, plan: &Plan) -> Result<TokenWriter> {
+fn open_token(uri: &str, plan: &InitPlan) -> Result<TokenWriter> {
     let w = TokenWriter::open(uri)?;
     let mut types: Vec<KeyType> = plan.roles.iter().map(|r| r.key_type).collect();
     if plan.uefi {
@@ -1055,22 +1055,14 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
         DirState::Absent | DirState::Empty => {}
     }
 
-    // Holding the lock, any temp dir of ours is a leftover of a killed run.
-    let tmp_prefix = format!(".{name}.tmp.");
-    if let Ok(rd) = fs::read_dir(&parent) {
-        for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&tmp_prefix) {
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
-    }
+    fsutil::remove_stale_temps(&dir);
     // The token is opened (and logged in to) before anything is written, so
     // a wrong PIN or a missing module leaves no trace.
     let mut hsm = match &opts.hsm {
         Some(uri) => Some(open_token(uri, &opts.plan)?),
         None => None,
     };
-    let tmp = parent.join(format!("{tmp_prefix}{}", std::process::id()));
+    let tmp = fsutil::temp_path(&dir, fsutil::tag::TMP)?;
     // Private from its first instant: keys are written into it (the umask
     // can only narrow 0700).
     fs::DirBuilder::new().mode(0o700).create(&tmp).at(&tmp)?;
@@ -1112,7 +1104,7 @@ fn normalize(p: &Path) -> PathBuf {
     }
 }
 
-fn chain_pem(plan: &Plan, ders: &HashMap<String, Vec<u8>>, role: &RoleSpec) -> String {
+fn chain_pem(plan: &InitPlan, ders: &HashMap<String, Vec<u8>>, role: &RoleSpec) -> String {
     let mut out = x509::pem_cert(&ders[&role.name]);
     let mut cur = role;
     while let Some(iss) = cur.issuer.as_deref().and_then(|i| plan.role(i)) {
@@ -1184,7 +1176,11 @@ fn generate_keys(
     }
 }
 
-fn generate_into(tmp: &Path, plan: &Plan, mut hsm: Option<&mut TokenWriter>) -> Result<Manifest> {
+fn generate_into(
+    tmp: &Path,
+    plan: &InitPlan,
+    mut hsm: Option<&mut TokenWriter>,
+) -> Result<Inventory> {
     let mut types: Vec<KeyType> = plan.roles.iter().map(|r| r.key_type).collect();
     let mut names: Vec<&str> = plan.roles.iter().map(|r| r.name.as_str()).collect();
     let mut pss: Vec<bool> = plan.roles.iter().map(|r| r.rsa_pss).collect();
@@ -1357,7 +1353,7 @@ fn generate_into(tmp: &Path, plan: &Plan, mut hsm: Option<&mut TokenWriter>) -> 
                 let spki = x509::spki_der(tpm_key.expect("tpm key").signer.as_ref());
                 fsutil::write_new(
                     &path,
-                    x509::pem_encode("PUBLIC KEY", &spki).as_bytes(),
+                    crate::codec::pem_encode("PUBLIC KEY", &spki).as_bytes(),
                     PUBLIC_MODE,
                 )?;
             }
@@ -1375,7 +1371,7 @@ fn generate_into(tmp: &Path, plan: &Plan, mut hsm: Option<&mut TokenWriter>) -> 
         w.check_unique(&names)?;
     }
 
-    let manifest = Manifest {
+    let manifest = Inventory {
         format: 1,
         generator: format!("pki-signer {}", env!("CARGO_PKG_VERSION")),
         // `resign` and release mode accept a token PKI where they refuse
@@ -1707,7 +1703,7 @@ fn check_permissions(pki: &Pki, it: &mut CheckItem) {
     it.ok = it.problems.is_empty();
 }
 
-fn check_esl(pki: &Pki, m: &Manifest, f: &FileEntry, it: &mut CheckItem) {
+fn check_esl(pki: &Pki, m: &Inventory, f: &FileEntry, it: &mut CheckItem) {
     let path = pki.dir.join(&f.path);
     match fsutil::read_input(&path, fsutil::InputKind::Esl) {
         Ok(bytes) => check_esl_content(pki, m, f, &bytes, &path, it),
@@ -1718,7 +1714,7 @@ fn check_esl(pki: &Pki, m: &Manifest, f: &FileEntry, it: &mut CheckItem) {
 /// An `.auth` file: its list holds the certificates of its roles, and it is
 /// signed, for the variable its name says, by the key firmware will check it
 /// with (PK for PK and KEK, KEK for db).
-fn check_auth(pki: &Pki, m: &Manifest, f: &FileEntry, it: &mut CheckItem) {
+fn check_auth(pki: &Pki, m: &Inventory, f: &FileEntry, it: &mut CheckItem) {
     let path = pki.dir.join(&f.path);
     let (var, signer) = match f.path.as_str() {
         "PK.auth" => (efivar::SecureVar::Pk, "PK"),
@@ -1730,31 +1726,32 @@ fn check_auth(pki: &Pki, m: &Manifest, f: &FileEntry, it: &mut CheckItem) {
                 .push("not a variable pki init writes; not checked".into())
         }
     };
-    let auth = match fsutil::read_input(&path, fsutil::InputKind::Auth)
-        .and_then(|b| efivar::parse_auth(&b, &path))
-    {
-        Ok(a) => a,
+    let bytes = match fsutil::read_input(&path, fsutil::InputKind::Auth) {
+        Ok(b) => b,
         Err(e) => return it.problems.push(e.to_string()),
     };
-    check_esl_content(pki, m, f, &auth.data, &path, it);
-    let sd = match crate::pkcs7::parse(&auth.pkcs7, &path) {
-        Ok(sd) => sd,
+    match efivar::parse_auth(&bytes, &path) {
+        Ok(auth) => check_esl_content(pki, m, f, &auth.data, &path, it),
         Err(e) => return it.problems.push(e.to_string()),
-    };
-    let payload = efivar::auth_payload(var, efivar::auth_attributes(false), auth.time, &auth.data);
-    let leaf = match sd.verify_detached(&payload) {
-        Ok(certs) => certs.first().map(|c| c.to_vec()),
-        Err(e) => return it.problems.push(format!("signature for {var}: {e}")),
-    };
+    }
     let want = m
         .role(signer)
         .map(|re| pki.dir.join(&re.files.cert))
         .and_then(|c| x509::read_certs(&c).ok())
         .and_then(|c| c.into_iter().next());
-    if leaf.is_none() || leaf != want {
-        it.problems.push(format!(
-            "not signed by the {signer} certificate of this PKI"
-        ));
+    let anchors: Vec<Vec<u8>> = want.iter().cloned().collect();
+    // The firmware's verdict, with this PKI's signer as the only anchor.
+    match efivar::verify_auth(&bytes, &path, Some((var, false)), &anchors) {
+        Ok(v) => {
+            it.problems
+                .extend(v.problems.iter().map(|p| format!("{var} update: {p}")));
+            if v.leaf.is_none() || v.leaf != want {
+                it.problems.push(format!(
+                    "not signed by the {signer} certificate of this PKI"
+                ));
+            }
+        }
+        Err(e) => it.problems.push(e.to_string()),
     }
 }
 
@@ -1762,7 +1759,7 @@ fn check_auth(pki: &Pki, m: &Manifest, f: &FileEntry, it: &mut CheckItem) {
 /// the file's roles.
 fn check_esl_content(
     pki: &Pki,
-    m: &Manifest,
+    m: &Inventory,
     f: &FileEntry,
     bytes: &[u8],
     path: &Path,

@@ -96,7 +96,7 @@ impl Record {
             pki: pki.map(absolute).transpose()?,
             sha256_before,
             sha256_after: sha256_file(output)?,
-            key_fingerprint: x509::sha256_hex(signer_cert),
+            key_fingerprint: crate::codec::sha256_hex(signer_cert),
             signer: Some(signer),
             output: output.to_path_buf(),
             output_abs: absolute(output)?,
@@ -141,7 +141,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(x509::hex(&h.finalize()))
+    Ok(crate::codec::hex(&h.finalize()))
 }
 
 /// The lock file that serialises writers of `plan`.

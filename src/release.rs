@@ -29,7 +29,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::pkcs11;
-use crate::pki::{Manifest, MANIFEST};
+use crate::pki::{Inventory, MANIFEST};
 use crate::x509;
 
 /// The environment variable that turns release mode on.
@@ -146,7 +146,7 @@ pub fn development_dir(dir: &Path) -> Result<Option<String>> {
         return Ok(None);
     }
     if dir.join(MANIFEST).exists() {
-        let m = Manifest::load(dir)?;
+        let m = Inventory::load(dir)?;
         return Ok(m.development.then(|| {
             format!(
                 "{} says \"development\": true",

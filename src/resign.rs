@@ -319,12 +319,13 @@ fn build_certs(records: &[Record], plan_dir: &Path) -> Vec<Vec<u8>> {
                         .collect()
                 })
                 .unwrap_or_default(),
-            Kind::Guestos => x509::read_certs(&guestos::Manifest::sibling(&src, "cert"))
+            Kind::Guestos => x509::read_certs(&guestos::GuestOsConfig::sibling(&src, "cert"))
                 .map(|v| v.into_iter().take(1).collect())
                 .unwrap_or_default(),
         };
         for c in found {
-            if x509::sha256_hex(&c).eq_ignore_ascii_case(&rec.key_fingerprint) && !out.contains(&c)
+            if crate::codec::sha256_hex(&c).eq_ignore_ascii_case(&rec.key_fingerprint)
+                && !out.contains(&c)
             {
                 out.push(c);
             }
@@ -549,7 +550,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                 ));
             }
         }
-        let fp = x509::sha256_hex(&certs[0]);
+        let fp = crate::codec::sha256_hex(&certs[0]);
         let key = public_key(&certs[0]);
         if let Some(b) = built_with
             .iter()
@@ -561,7 +562,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                     "{label}: production certificate '{}' has the public key of the build's certificate '{}' (SHA-256 {}); refusing to re-sign",
                     subject_of(&certs[0]),
                     subject_of(b),
-                    x509::sha256_hex(b)
+                    crate::codec::sha256_hex(b)
                 ),
             ));
         }
@@ -770,56 +771,6 @@ fn changed(path: &Path, now: &str, recorded: &str) -> Error {
     ))
 }
 
-/// Remove what killed runs left next to `dest`: staging files whose process
-/// is gone (`.NAME.resign.PID`, `.NAME.resign.d.PID`, and the temp file the
-/// PE writer makes for the former).
-fn remove_stale(dest: &Path) {
-    let Some(name) = dest.file_name().and_then(|n| n.to_str()) else {
-        return;
-    };
-    // Without /proc, a live run's files cannot be told from a dead one's.
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = fs::read_dir(fsutil::parent_dir(dest)) else {
-        return;
-    };
-    let prefix = format!(".{name}.resign.");
-    for e in entries.flatten() {
-        let file = e.file_name();
-        let Some(f) = file.to_str() else { continue };
-        let Some(rest) = f
-            .strip_prefix(&prefix)
-            .or_else(|| f.strip_prefix('.').and_then(|g| g.strip_prefix(&prefix)))
-        else {
-            continue;
-        };
-        let rest = rest.strip_prefix("d.").unwrap_or(rest);
-        let pid = rest.split('.').next().unwrap_or("");
-        if pid.parse::<u32>().is_err() || Path::new("/proc").join(pid).exists() {
-            continue;
-        }
-        let p = e.path();
-        let _ = if p.is_dir() {
-            fs::remove_dir_all(&p)
-        } else {
-            fs::remove_file(&p)
-        };
-    }
-}
-
-/// A temp name next to `dest`, so the final rename stays in one filesystem.
-fn staging_path(dest: &Path, what: &str) -> Result<PathBuf> {
-    let name = dest
-        .file_name()
-        .ok_or_else(|| Error::input(dest, "not a file name"))?;
-    Ok(fsutil::parent_dir(dest).join(format!(
-        ".{}.{what}.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    )))
-}
-
 impl Job<'_> {
     fn already(&self, old: Option<String>) -> Outcome {
         Outcome {
@@ -832,7 +783,7 @@ impl Job<'_> {
 
     fn pe(&self) -> Result<Outcome> {
         if !self.dry_run {
-            remove_stale(self.dest);
+            fsutil::remove_stale_temps(self.dest);
         }
         let now = plan::sha256_file(self.src)?;
         let fresh = now.eq_ignore_ascii_case(&self.rec.sha256_after);
@@ -893,7 +844,7 @@ impl Job<'_> {
         }
         let mut sigs = kept;
         sigs.push(p7);
-        let staging = staging_path(self.dest, "resign")?;
+        let staging = fsutil::temp_path(self.dest, fsutil::tag::RESIGN)?;
         let res = img
             .write_signed(&digest, &sigs, &staging)
             .and_then(|()| {
@@ -928,7 +879,9 @@ impl Job<'_> {
         authenticode::parse(p7, self.src)
             .ok()
             .and_then(|s| s.signer_cert)
-            .is_some_and(|c| x509::sha256_hex(&c).eq_ignore_ascii_case(&self.rec.key_fingerprint))
+            .is_some_and(|c| {
+                crate::codec::sha256_hex(&c).eq_ignore_ascii_case(&self.rec.key_fingerprint)
+            })
     }
 
     /// Is `path` this artifact, re-signed: the image the build signed, a
@@ -984,12 +937,12 @@ impl Job<'_> {
 
     fn guestos(&self) -> Result<Outcome> {
         if !self.dry_run {
-            remove_stale(self.dest);
+            fsutil::remove_stale_temps(self.dest);
         }
         let now = plan::sha256_file(self.src)?;
         let fresh = now.eq_ignore_ascii_case(&self.rec.sha256_after);
         let sig_of = |conf: &Path| {
-            let s = guestos::Manifest::sibling(conf, "sig");
+            let s = guestos::GuestOsConfig::sibling(conf, "sig");
             s.exists().then(|| plan::sha256_file(&s)).transpose()
         };
         // The conf is what was signed; re-signing leaves it as it is, so a
@@ -1003,7 +956,7 @@ impl Job<'_> {
             return Err(changed(self.src, &now, &self.rec.sha256_after));
         }
         let old = sig_of(self.src)?;
-        let cms = guestos::Manifest::sibling(self.src, "p7s").exists();
+        let cms = guestos::GuestOsConfig::sibling(self.src, "p7s").exists();
         if self.dry_run {
             return Ok(Outcome {
                 status: Status::WouldResign,
@@ -1012,7 +965,7 @@ impl Job<'_> {
                 note: None,
             });
         }
-        let staging = staging_path(self.dest, "resign.d")?;
+        let staging = fsutil::temp_path(self.dest, fsutil::tag::RESIGN_DIR)?;
         let _ = fs::remove_dir_all(&staging);
         fs::DirBuilder::new()
             .mode(0o700)
@@ -1064,14 +1017,14 @@ impl Job<'_> {
                 self.src.display()
             ))
         })?;
-        let new = plan::sha256_file(&guestos::Manifest::sibling(&conf, "sig"))?;
+        let new = plan::sha256_file(&guestos::GuestOsConfig::sibling(&conf, "sig"))?;
         // The certificate before the signature: a crash in between leaves a
         // pair that fails verification, which the next run redoes.
         let mut moves = vec![];
         for ext in ["cert", "sig", "p7s"] {
-            let s = guestos::Manifest::sibling(&conf, ext);
+            let s = guestos::GuestOsConfig::sibling(&conf, ext);
             if s.exists() {
-                moves.push((s, guestos::Manifest::sibling(self.dest, ext)));
+                moves.push((s, guestos::GuestOsConfig::sibling(self.dest, ext)));
             }
         }
         if self.out_dir {
@@ -1094,7 +1047,7 @@ impl Job<'_> {
         if !r.ok {
             return Err(r.problems.join("; "));
         }
-        let first = x509::read_certs(&guestos::Manifest::sibling(conf, "cert"))
+        let first = x509::read_certs(&guestos::GuestOsConfig::sibling(conf, "cert"))
             .map_err(|e| e.to_string())?;
         if first.first() != Some(&self.p.id.cert) {
             return Err(format!("signed by '{}', not the production key", r.signer));

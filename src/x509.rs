@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
+use crate::codec::{hex, pem_encode, sha256_hex};
 use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, Issuer, KeyIdMethod};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::time::ASN1Time;
@@ -289,13 +289,6 @@ pub fn pem_cert(der: &[u8]) -> String {
     pem_encode("CERTIFICATE", der)
 }
 
-/// PEM with LF line endings (the `pem` crate defaults to CRLF, which openssl
-/// tolerates but diff, sha256sum-based caches and humans do not).
-pub fn pem_encode(tag: &str, der: &[u8]) -> String {
-    let cfg = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
-    pem::encode_config(&pem::Pem::new(tag, der.to_vec()), cfg)
-}
-
 /// Read every certificate from a PEM file (in order) or a single DER certificate.
 pub fn read_certs(path: &Path) -> Result<Vec<Vec<u8>>> {
     let bytes = crate::fsutil::read_input(path, crate::fsutil::InputKind::Certificate)?;
@@ -329,19 +322,6 @@ pub fn parse<'a>(der: &'a [u8], path: &Path) -> Result<X509Certificate<'a>> {
         Ok(_) => Err(Error::input(path, "trailing bytes after certificate")),
         Err(e) => Err(Error::input(path, format!("not an X.509 certificate: {e}"))),
     }
-}
-
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
-pub fn hex(b: &[u8]) -> String {
-    use std::fmt::Write;
-    b.iter()
-        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
-            let _ = write!(s, "{x:02x}");
-            s
-        })
 }
 
 /// Describe a public key as "RSA 4096" / "EC P-256", plus its `KeyType` if we support it.

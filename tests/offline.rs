@@ -720,8 +720,8 @@ fn tampered_and_mixed_up_requests_and_responses_are_refused() {
     refused(sign(&b.join("role.json")), "role 'nobody' is not one of");
     let dev_cert = fs::read(dev().join("pki/ssig_subca.cert")).unwrap();
     let der = pem::parse(&dev_cert).unwrap().into_contents();
-    v["roles"]["ssig_subca"]["cert"] = pki_signer::x509::hex(&der).into();
-    v["roles"]["ssig_subca"]["cert_sha256"] = pki_signer::x509::sha256_hex(&der).into();
+    v["roles"]["ssig_subca"]["cert"] = pki_signer::codec::hex(&der).into();
+    v["roles"]["ssig_subca"]["cert_sha256"] = pki_signer::codec::sha256_hex(&der).into();
     fs::write(b.join("cert.json"), v.to_string()).unwrap();
     refused(sign(&b.join("cert.json")), "the request wants certificate");
     let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&req).unwrap()).unwrap();

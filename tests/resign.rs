@@ -239,7 +239,7 @@ fn build() -> Option<PathBuf> {
 
 fn sha(p: &Path) -> String {
     use sha2::Digest;
-    pki_signer::x509::hex(&sha2::Sha256::digest(fs::read(p).unwrap()))
+    pki_signer::codec::hex(&sha2::Sha256::digest(fs::read(p).unwrap()))
 }
 
 fn sbverify(cert: &Path, file: &Path) -> bool {
@@ -339,7 +339,7 @@ fn pe_sign_plan_records_what_was_signed() {
         assert_eq!(r["sha256_after"], sha(&t.join("deploy").join(a)));
         assert_eq!(
             r["key_fingerprint"],
-            pki_signer::x509::sha256_hex(&subca[0])
+            pki_signer::codec::sha256_hex(&subca[0])
         );
         assert_eq!(r["pki"], s(dev()));
         assert!(

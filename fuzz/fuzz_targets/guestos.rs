@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use pki_signer::guestos::{self, ImageDir, Manifest, SignOptions, VerifyOptions};
+use pki_signer::guestos::{self, GuestOsConfig, ImageDir, SignOptions, VerifyOptions};
 use pki_signer::identity::Identity;
 
 /// A scratch directory with the images the seed manifests name.
@@ -34,7 +34,7 @@ fn signer() -> &'static Identity {
 
 fuzz_target!(|data: &[u8]| {
     let conf = dir().join("g.conf");
-    let Ok(m) = Manifest::parse(&conf, data.to_vec()) else {
+    let Ok(m) = GuestOsConfig::parse(&conf, data.to_vec()) else {
         return;
     };
     for mt in &m.mounts {
@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
     };
     if guestos::sign(std::slice::from_ref(&conf), signer(), &opts).is_ok() {
         let signed = std::fs::read(&conf).unwrap();
-        let again = Manifest::parse(&conf, signed)
+        let again = GuestOsConfig::parse(&conf, signed)
             .unwrap_or_else(|e| panic!("the conf we filled in does not parse: {e}"));
         assert_eq!(again.mounts.len(), m.mounts.len());
         let trust = [signer().cert.clone()];

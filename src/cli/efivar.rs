@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
-use pki_signer::efivar::{self, AuthFile, EfiTime, Guid, SecureVar};
+use pki_signer::efivar::{self, EfiTime, Guid, SecureVar};
 use pki_signer::fsutil::{self, InputKind, PUBLIC_MODE};
 use pki_signer::identity::Identity;
 use pki_signer::pe::PeImage;
@@ -219,7 +219,8 @@ pub(super) fn run(cmd: EfivarCmd) -> Result<i32> {
                 );
             }
             let want = var.map(|v| (v, append));
-            let r = verify(&input, want, &anchors)?;
+            let bytes = fsutil::read_input(&input, InputKind::Auth)?;
+            let r = efivar::verify_auth(&bytes, &input, want, &anchors)?;
             if json {
                 print_json(&r)?;
             } else {
@@ -301,7 +302,7 @@ fn signer_report(der: &[u8], path: &Path) -> Option<SignerReport> {
     Some(SignerReport {
         subject: c.subject().to_string(),
         issuer: c.issuer().to_string(),
-        fingerprint_sha256: x509::sha256_hex(der),
+        fingerprint_sha256: pki_signer::codec::sha256_hex(der),
     })
 }
 
@@ -424,145 +425,4 @@ fn print_show(path: &Path, r: &ShowReport) {
             println!("      problem: {s}");
         }
     }
-}
-
-#[derive(serde::Serialize)]
-struct VerifyReport {
-    file: PathBuf,
-    ok: bool,
-    var: Option<String>,
-    append: bool,
-    time: String,
-    signer: Option<String>,
-    /// Subject of the trusted certificate the signer chains to.
-    trusted_by: Option<String>,
-    /// No trust anchor was given for a PK update, so the new PK itself was
-    /// trusted, as only firmware in Setup Mode would.
-    assumed_setup_mode: bool,
-    problems: Vec<String>,
-    warnings: Vec<String>,
-}
-
-fn verify(
-    path: &Path,
-    want: Option<(SecureVar, bool)>,
-    anchors: &[Vec<u8>],
-) -> Result<VerifyReport> {
-    let bytes = fsutil::read_input(path, InputKind::Auth)?;
-    let a: AuthFile = efivar::parse_auth(&bytes, path)?;
-    let sd = pkcs7::parse(&a.pkcs7, path)?;
-    let mut problems = vec![];
-    let mut warnings = vec![];
-    if !a.time_reserved_zero {
-        problems.push(
-            "EFI_TIME has non-zero nanosecond/time zone/daylight/pad fields (firmware rejects it)"
-                .into(),
-        );
-    }
-    if sd.content_info {
-        warnings.push(
-            "the PKCS#7 is wrapped in a ContentInfo: EDK2-based firmware wants a bare SignedData"
-                .into(),
-        );
-    }
-    if sd.signers.len() != 1 {
-        problems.push(format!("{} SignerInfos (expected one)", sd.signers.len()));
-    }
-    if let Some(si) = sd.signers.first() {
-        if si.digest_oid != pkcs7::oid::SHA256 {
-            problems.push(format!(
-                "digest algorithm {} (time-based variables require sha256)",
-                pkcs7::hash_name(&si.digest_oid)
-            ));
-        }
-    }
-    let found = match want {
-        Some((v, append)) => {
-            let payload = efivar::auth_payload(v, efivar::auth_attributes(append), a.time, &a.data);
-            match sd.verify_detached(&payload) {
-                Ok(_) => Some((v, append)),
-                Err(e) => {
-                    let other = a.signed_for(&sd);
-                    problems.push(match other {
-                        Some((o, oa)) if (o, oa) != (v, append) => format!(
-                            "signed for {}{o}, not {}{v}",
-                            if oa { "append to " } else { "" },
-                            if append { "append to " } else { "" }
-                        ),
-                        _ => e,
-                    });
-                    None
-                }
-            }
-        }
-        None => {
-            let f = a.signed_for(&sd);
-            if f.is_none() {
-                problems.push("the signature verifies for none of PK, KEK, db, dbx".into());
-            }
-            f
-        }
-    };
-    let mut signer = None;
-    let mut trusted_by = None;
-    let mut setup_mode = false;
-    if let Some((v, append)) = found {
-        let payload = efivar::auth_payload(v, efivar::auth_attributes(append), a.time, &a.data);
-        let leaf = sd
-            .verify_detached(&payload)
-            .ok()
-            .and_then(|s| s.first().map(|c| c.to_vec()));
-        if let Err(e) = efivar::check_var_content(v, &a.data, path) {
-            problems.push(e.to_string());
-        }
-        let mut anchors = anchors.to_vec();
-        if anchors.is_empty() && v == SecureVar::Pk {
-            // Setup mode: the new PK vouches for itself. In user mode the
-            // current PK must have signed it, so say what was assumed.
-            setup_mode = true;
-            warnings.push(
-                "no --cert given: assumed Setup Mode, where a PK update may be signed by the new PK itself; \
-                 in User Mode the current PK must sign it"
-                    .into(),
-            );
-            anchors.extend(
-                efivar::parse_esl(&a.data, path)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|e| e.is_x509())
-                    .map(|e| e.data),
-            );
-        }
-        if let Some(leaf) = leaf {
-            signer = x509::parse(&leaf, path)
-                .ok()
-                .map(|c| c.subject().to_string());
-            if anchors.is_empty() {
-                problems.push(format!(
-                    "nothing to trust for a {v} update: give --cert or --esl"
-                ));
-            } else {
-                match efivar::update_trust(v, &sd, &leaf, &anchors) {
-                    Ok(i) => {
-                        trusted_by = x509::parse(&anchors[i], path)
-                            .ok()
-                            .map(|c| c.subject().to_string())
-                    }
-                    Err(e) => problems.push(e),
-                }
-            }
-        }
-    }
-    Ok(VerifyReport {
-        file: path.to_path_buf(),
-        ok: problems.is_empty(),
-        var: found.map(|(v, _)| v.name().to_string()),
-        append: found.is_some_and(|(_, ap)| ap),
-        time: a.time.to_string(),
-        signer,
-        trusted_by,
-        assumed_setup_mode: setup_mode,
-        problems,
-        warnings,
-    })
 }

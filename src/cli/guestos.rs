@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use pki_signer::guestos::{self, ImageDir, Manifest, SignOptions, VerifyOptions};
+use pki_signer::guestos::{self, GuestOsConfig, ImageDir, SignOptions, VerifyOptions};
 use pki_signer::identity::Identity;
 use pki_signer::text::escape_for_terminal as esc;
 use pki_signer::{plan, x509, Error, Result};
@@ -252,7 +252,7 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
             }
         }
         GuestosCmd::Show { conf, json } => {
-            let m = Manifest::load(&conf)?;
+            let m = GuestOsConfig::load(&conf)?;
             for w in &m.warnings {
                 eprintln!("pki-signer: warning: {w}");
             }

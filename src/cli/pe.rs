@@ -230,7 +230,7 @@ pub(super) fn run(cmd: PeCmd) -> Result<i32> {
             // prints. Signing an unaligned image pads it first; that digest is
             // the one a signature covers.
             let d = PeImage::open(&input)?.digest()?;
-            let as_is = x509::hex(&d.sha256_unpadded);
+            let as_is = pki_signer::codec::hex(&d.sha256_unpadded);
             if json {
                 print_json(
                     &serde_json::json!({ "file": input, "sha256": as_is, "sha256_when_signed": d.hex() }),
@@ -312,7 +312,7 @@ pub(super) fn run(cmd: PeCmd) -> Result<i32> {
                 let mut v = serde_json::json!({ "index": i, "offset": c.offset, "length": c.length, "revision": c.revision, "type": c.cert_type });
                 if let Ok(s) = authenticode::parse(&c.data, &input) {
                     v["digest_algorithm"] = s.digest_algorithm.clone().into();
-                    v["image_digest"] = x509::hex(&s.image_digest).into();
+                    v["image_digest"] = pki_signer::codec::hex(&s.image_digest).into();
                     v["signer"] = s
                         .signer_cert
                         .as_deref()

@@ -1,4 +1,4 @@
-use pki_signer::pki::{self, InitOptions, Pki, Plan, Profile};
+use pki_signer::pki::{self, InitOptions, InitPlan, Pki, Profile};
 use pki_signer::text::escape_for_terminal as esc;
 use pki_signer::{Error, Result};
 
@@ -18,7 +18,7 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
                 Some(p) => Profile::load(p)?,
                 None => Profile::default(),
             };
-            let plan = Plan::resolve(&prof, profile.as_deref(), key_type, uefi)?;
+            let plan = InitPlan::resolve(&prof, profile.as_deref(), key_type, uefi)?;
             let report = pki::init(&InitOptions {
                 dir: dir.dir,
                 plan,

@@ -60,7 +60,7 @@ impl Params {
 
     /// `12345678-9abc-...`, as `veritysetup --uuid` takes it.
     pub fn uuid_string(&self) -> String {
-        let h = crate::x509::hex(&self.uuid);
+        let h = crate::codec::hex(&self.uuid);
         format!(
             "{}-{}-{}-{}-{}",
             &h[..8],
@@ -179,7 +179,7 @@ impl Tree {
         }
         Ok(HashImage {
             bytes,
-            root: crate::x509::hex(&root),
+            root: crate::codec::hex(&root),
         })
     }
 }
@@ -303,7 +303,7 @@ mod tests {
             let mut c = digest::Context::new(&digest::SHA256);
             c.update(&p.salt);
             c.update(top);
-            assert_eq!(h.root, crate::x509::hex(c.finish().as_ref()));
+            assert_eq!(h.root, crate::codec::hex(c.finish().as_ref()));
         }
     }
 

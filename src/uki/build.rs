@@ -410,7 +410,7 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
     let (pcrpkey, banks, phases) = match &o.pcr {
         Some(p) => {
             let spki = crate::x509::spki_der(p.key);
-            let pem = crate::x509::pem_encode("PUBLIC KEY", &spki).into_bytes();
+            let pem = crate::codec::pem_encode("PUBLIC KEY", &spki).into_bytes();
             (Some(pem), p.banks.clone(), p.phases.clone())
         }
         None => (None, o.banks.clone(), o.phases.clone()),
@@ -497,8 +497,8 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
 
     // Write the stub's data and the parts, measuring as they pass.
     let out = &o.output;
-    crate::pe::remove_stale_temps(&fsutil::parent_dir(out));
-    let mut staged = fsutil::Staged::create(out, "signing", fsutil::PUBLIC_MODE)?;
+    fsutil::remove_stale_temps(out);
+    let mut staged = fsutil::Staged::create(out, fsutil::tag::SIGNING, fsutil::PUBLIC_MODE)?;
     let f = staged.file()?;
     if let (Some(new), Some(s)) = (&sbat, stub.sections.iter().find(|s| s.name == ".sbat")) {
         let start = s.raw_offset as usize;

@@ -297,7 +297,7 @@ pub fn predict(sections: &SectionDigests, banks: &[Bank], phases: &[String]) -> 
                     .map(|(phase, value)| Prediction {
                         phase,
                         pcr: PCR_KERNEL_BOOT,
-                        hash: crate::pe::hex(&value),
+                        hash: crate::codec::hex(&value),
                     })
                     .collect(),
             )
@@ -340,7 +340,7 @@ pub type PcrSig = BTreeMap<String, Vec<PcrSigEntry>>;
 
 /// The `pkfp` of a key: SHA-256 of its PKCS#1 RSAPublicKey (for EC, of the point).
 pub fn key_fingerprint(public_key: &[u8]) -> String {
-    crate::pe::hex(digest::digest(&digest::SHA256, public_key).as_ref())
+    crate::codec::hex(digest::digest(&digest::SHA256, public_key).as_ref())
 }
 
 /// Sign the policy of every bank and phase with `key`, as `systemd-measure
@@ -373,7 +373,7 @@ pub fn sign_policies(
             entries.push(PcrSigEntry {
                 pcrs: vec![PCR_KERNEL_BOOT],
                 pkfp: pkfp.clone(),
-                pol: crate::pe::hex(&pol),
+                pol: crate::codec::hex(&pol),
                 sig: base64_encode(&sig),
             });
         }
