@@ -731,23 +731,9 @@ impl ImageDir {
             return Err(Error::input(root, "not a directory"));
         }
         let mut by_name: HashMap<OsString, Vec<PathBuf>> = HashMap::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            let mut entries: Vec<_> = fs::read_dir(&dir)
-                .at(&dir)?
-                .collect::<std::io::Result<_>>()
-                .at(&dir)?;
-            entries.sort_by_key(|e| e.file_name());
-            for e in entries {
-                let p = e.path();
-                let ft = e.file_type().at(&p)?;
-                if ft.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "img")
-                    && fs::metadata(&p).is_ok_and(|m| m.is_file())
-                {
-                    by_name.entry(e.file_name()).or_default().push(p);
-                }
+        for p in files_under(root, "img")? {
+            if let Some(name) = p.file_name() {
+                by_name.entry(name.to_owned()).or_default().push(p);
             }
         }
         Ok(ImageDir {
@@ -1246,28 +1232,34 @@ pub struct SignReport {
     pub warnings: Vec<String>,
 }
 
+/// The regular files named `*.EXT` under `root`, in file-name order per
+/// directory. Symlinks to files count (Yocto deploy directories are full of
+/// them); symlinked directories are not entered, so there are no loops.
+fn files_under(root: &Path, ext: &str) -> Result<Vec<PathBuf>> {
+    let mut out = vec![];
+    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let e = e.map_err(|err| {
+            let at = err.path().unwrap_or(root).to_path_buf();
+            Error::io(at, err.into())
+        })?;
+        let p = e.path();
+        if !e.file_type().is_dir()
+            && p.extension().is_some_and(|x| x == ext)
+            && fs::metadata(p).is_ok_and(|m| m.is_file())
+        {
+            out.push(e.into_path());
+        }
+    }
+    Ok(out)
+}
+
 /// Every `*.conf` under `dir`, sorted.
 pub fn find_confs(dir: &Path) -> Result<Vec<PathBuf>> {
     let meta = fs::metadata(dir).at(dir)?;
     if !meta.is_dir() {
         return Err(Error::input(dir, "not a directory"));
     }
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).at(&d)? {
-            let e = e.at(&d)?;
-            let p = e.path();
-            if e.file_type().at(&p)?.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "conf")
-                && fs::metadata(&p).is_ok_and(|m| m.is_file())
-            {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
+    let out = files_under(dir, "conf")?;
     if out.is_empty() {
         return Err(Error::input(dir, "no *.conf files found"));
     }
