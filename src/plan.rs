@@ -123,6 +123,60 @@ impl Record {
     }
 }
 
+/// What one signing command keeps for the plan: the hash of each artifact
+/// before signing (in-place signing overwrites it), then one record per
+/// signed file, appended in one locked write. Without a plan file it does
+/// nothing, so commands call it unconditionally.
+pub struct Recorder<'a> {
+    pub plan: Option<&'a Path>,
+    pub kind: Kind,
+    /// The PKI role that signed and its directory, or None for `--key/--cert`.
+    pub role: Option<(&'a str, &'a Path)>,
+    /// The signer certificate (DER).
+    pub signer_cert: &'a [u8],
+}
+
+/// One signed file, for [`Recorder::finish`].
+pub struct Signed<'a> {
+    pub artifact: &'a Path,
+    pub output: &'a Path,
+    /// From [`Recorder::before`].
+    pub sha256_before: Option<String>,
+    /// PE only: the Authenticode digest that was signed.
+    pub authenticode_sha256: Option<String>,
+}
+
+impl Recorder<'_> {
+    /// The artifact's SHA-256 now, if a plan is kept.
+    pub fn before(&self, artifact: &Path) -> Result<Option<String>> {
+        self.plan.map(|_| sha256_file(artifact)).transpose()
+    }
+
+    pub fn finish<'s>(&self, signed: impl IntoIterator<Item = Signed<'s>>) -> Result<()> {
+        let Some(plan) = self.plan else {
+            return Ok(());
+        };
+        let mut records = vec![];
+        for s in signed {
+            let Some(before) = s.sha256_before else {
+                continue;
+            };
+            let mut rec = Record::signed(
+                self.kind,
+                s.artifact,
+                s.output,
+                self.role.map(|(r, _)| r),
+                self.role.map(|(_, d)| d),
+                before,
+                self.signer_cert,
+            )?;
+            rec.authenticode_sha256 = s.authenticode_sha256;
+            records.push(rec);
+        }
+        append(plan, &records)
+    }
+}
+
 /// `path` made absolute against the current directory, without resolving
 /// symlinks (the plan names files as the build saw them).
 pub fn absolute(path: &Path) -> Result<PathBuf> {

@@ -101,34 +101,24 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
                 allow_missing_images,
                 verity,
             };
-            // Before signing: --images may rewrite the conf.
-            let before = match &plan_file {
-                Some(_) => confs
-                    .iter()
-                    .map(|c| plan::sha256_file(c))
-                    .collect::<Result<Vec<_>>>()?,
-                None => vec![],
+            let recorder = plan::Recorder {
+                plan: plan_file.as_deref(),
+                kind: plan::Kind::Guestos,
+                role: key.role.as_deref().map(|r| (r, key.dir.as_path())),
+                signer_cert: &id.cert,
             };
+            // Before signing: --images may rewrite the conf.
+            let before = confs
+                .iter()
+                .map(|c| recorder.before(c))
+                .collect::<Result<Vec<_>>>()?;
             let reports = guestos::sign(&confs, &id, &opts)?;
-            if let Some(p) = &plan_file {
-                let pki = key.role.as_ref().map(|_| key.dir.as_path());
-                let records = reports
-                    .iter()
-                    .zip(before)
-                    .map(|(r, b)| {
-                        plan::Record::signed(
-                            plan::Kind::Guestos,
-                            &r.conf,
-                            &r.conf,
-                            key.role.as_deref(),
-                            pki,
-                            b,
-                            &id.cert,
-                        )
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                plan::append(p, &records)?;
-            }
+            recorder.finish(reports.iter().zip(before).map(|(r, b)| plan::Signed {
+                artifact: &r.conf,
+                output: &r.conf,
+                sha256_before: b,
+                authenticode_sha256: None,
+            }))?;
             for r in &reports {
                 for w in &r.warnings {
                     eprintln!("pki-signer: warning: {w}");

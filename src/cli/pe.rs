@@ -151,32 +151,24 @@ pub(super) fn run(cmd: PeCmd) -> Result<i32> {
                     output,
                 });
             }
-            // The plan records each input as it was before signing (--in-place
-            // overwrites it).
+            let recorder = plan::Recorder {
+                plan: plan_file.as_deref(),
+                kind: plan::Kind::Pe,
+                role: key.role.as_deref().map(|r| (r, key.dir.as_path())),
+                signer_cert: &id.cert,
+            };
             let done = image::sign_all(&jobs, &id, existing(append, replace), st, |input| {
-                plan_file
-                    .as_ref()
-                    .map(|_| plan::sha256_file(input))
-                    .transpose()
+                recorder.before(input)
             })?;
-            let mut reports = Vec::with_capacity(done.len());
-            let mut records = vec![];
-            for (r, before) in done {
-                if let (Some(_), Some(before)) = (&plan_file, before) {
-                    let pki = key.role.as_ref().map(|_| key.dir.as_path());
-                    let mut rec = plan::Record::signed(
-                        plan::Kind::Pe,
-                        &r.input,
-                        &r.output,
-                        key.role.as_deref(),
-                        pki,
-                        before,
-                        &id.cert,
-                    )?;
-                    rec.authenticode_sha256 = Some(r.digest.clone());
-                    records.push(rec);
-                }
-                if !json {
+            recorder.finish(done.iter().map(|(r, before)| plan::Signed {
+                artifact: &r.input,
+                output: &r.output,
+                sha256_before: before.clone(),
+                authenticode_sha256: Some(r.digest.clone()),
+            }))?;
+            let reports: Vec<_> = done.into_iter().map(|(r, _)| r).collect();
+            if !json {
+                for r in &reports {
                     println!(
                         "signed {} -> {} (sha256 {})",
                         r.input.display(),
@@ -184,10 +176,6 @@ pub(super) fn run(cmd: PeCmd) -> Result<i32> {
                         r.digest
                     );
                 }
-                reports.push(r);
-            }
-            if let Some(p) = &plan_file {
-                plan::append(p, &records)?;
             }
             if json {
                 print_json(&reports)?;
