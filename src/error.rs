@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The operating system refused a read, write, rename, lock...
     #[error("{}: {source}", path.display())]
@@ -27,6 +28,23 @@ pub enum Error {
     /// generation, signing with a key that parsed fine).
     #[error("{0}")]
     Crypto(String),
+    /// A fault of pki-signer itself (a worker thread panicked, encoding a
+    /// value it made failed): a bug to report, never the input's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What kind of failure an [`Error`] is, for callers and tests that decide
+/// by kind rather than by message text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    Io,
+    Input,
+    Usage,
+    Verify,
+    Crypto,
+    Internal,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -43,6 +61,25 @@ impl Error {
         Error::Input {
             path: path.as_ref().to_path_buf(),
             msg: msg.into(),
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Input { .. } => ErrorKind::Input,
+            Error::Usage(_) => ErrorKind::Usage,
+            Error::Verify(_) => ErrorKind::Verify,
+            Error::Crypto(_) => ErrorKind::Crypto,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The file the error is about, when there is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Error::Io { path, .. } | Error::Input { path, .. } => Some(path),
+            _ => None,
         }
     }
 

@@ -549,6 +549,8 @@ mod tests {
             t,
             Path::new(&format!("/x/.guestos.conf.tmp.{}", std::process::id()))
         );
-        assert!(temp_path(Path::new("/"), tag::TMP).is_err());
+        let e = temp_path(Path::new("/"), tag::TMP).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Input);
+        assert_eq!(e.path(), Some(Path::new("/")));
     }
 }

@@ -950,7 +950,7 @@ pub fn hash_image_with(path: &Path, verity: Option<verity::Params>) -> Result<Ha
             .into_iter()
             .map(|h| {
                 h.join()
-                    .map_err(|_| Error::Crypto("hash thread panicked".into()))
+                    .map_err(|_| Error::Internal("hash thread panicked".into()))
             })
             .collect::<Result<Vec<_>>>()?;
         read?;

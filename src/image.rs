@@ -92,7 +92,7 @@ pub fn sign(
     let mut done = sign_all(&[job], id, existing, signing_time, |_| Ok(()))?;
     done.pop()
         .map(|(r, ())| r)
-        .ok_or_else(|| Error::Crypto("signing produced no report".into()))
+        .ok_or_else(|| Error::Internal("signing produced no report".into()))
 }
 
 /// Authenticode-sign many images with one loaded key, on all cores.
@@ -209,7 +209,7 @@ fn sign_one(
             let digest = img.digest();
             let copy = copy
                 .join()
-                .unwrap_or_else(|_| Err(Error::Crypto("copy thread panicked".into())));
+                .unwrap_or_else(|_| Err(Error::Internal("copy thread panicked".into())));
             Ok::<_, Error>((Some(copy?), digest?))
         })?,
         Output::File(p) => (Some(img.stage_copy(p)?), img.digest()?),
@@ -245,7 +245,7 @@ fn sign_one(
         }
         Output::File(p) => {
             let (before, sigs) = existing_for(&img, input, existing, p7)?;
-            let copy = copy.ok_or_else(|| Error::Crypto("copy was not staged".into()))?;
+            let copy = copy.ok_or_else(|| Error::Internal("copy was not staged".into()))?;
             // Not visible until publish(), so finishing it now is safe.
             img.finish_copy(&copy, &digest, &sigs)?;
             (report(p, before, sigs.len()), Pending::Copy(copy))

@@ -145,7 +145,7 @@ pub fn generate_many(types: &[KeyType]) -> Result<Vec<Vec<u8>>> {
     out.into_inner()
         .unwrap_or_else(|e| e.into_inner())
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(Error::Crypto("key generation did not run".into()))))
+        .map(|r| r.unwrap_or_else(|| Err(Error::Internal("key generation did not run".into()))))
         .collect()
 }
 

@@ -28,4 +28,4 @@ pub mod text;
 pub mod uki;
 pub mod x509;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

@@ -1083,7 +1083,8 @@ pub fn read_response(path: &Path) -> Result<CheckedResponse> {
 
 /// JSON with a final newline, as written to request and response files.
 pub fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    let mut out = serde_json::to_vec_pretty(v).map_err(|e| Error::Crypto(format!("JSON: {e}")))?;
+    let mut out =
+        serde_json::to_vec_pretty(v).map_err(|e| Error::Internal(format!("JSON: {e}")))?;
     out.push(b'\n');
     Ok(out)
 }
@@ -1241,7 +1242,7 @@ fn make_item(id: usize, a: &Artifact, role: &Role, opts: &RequestOptions) -> Res
                 let d = img.digest();
                 (
                     f.join()
-                        .unwrap_or_else(|_| Err(Error::Crypto("hash thread panicked".into()))),
+                        .unwrap_or_else(|_| Err(Error::Internal("hash thread panicked".into()))),
                     d,
                 )
             });
@@ -1661,7 +1662,7 @@ impl Signing {
             return Err(e);
         }
         if results.len() != n {
-            return Err(Error::Crypto("not every item was signed".into()));
+            return Err(Error::Internal("not every item was signed".into()));
         }
         let signers = self
             .req
@@ -1929,7 +1930,7 @@ impl Job<'_> {
             let d = img.digest();
             (
                 f.join()
-                    .unwrap_or_else(|_| Err(Error::Crypto("hash thread panicked".into()))),
+                    .unwrap_or_else(|_| Err(Error::Internal("hash thread panicked".into()))),
                 d,
             )
         });

@@ -58,7 +58,7 @@ pub fn map<T: Send>(
             .into_iter()
             .flat_map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    vec![(0, Err(Error::Crypto("worker thread panicked".into())))]
+                    vec![(0, Err(Error::Internal("worker thread panicked".into())))]
                 })
             })
             .collect()
@@ -69,7 +69,7 @@ pub fn map<T: Send>(
         out.push(r?);
     }
     if out.len() != n {
-        return Err(Error::Crypto("not every item was processed".into()));
+        return Err(Error::Internal("not every item was processed".into()));
     }
     Ok(out)
 }

@@ -663,7 +663,8 @@ impl PeImage {
     fn digest_with_buffer(&self, buf_size: usize) -> Result<ImageDigest> {
         self.check_unchanged()?;
         let data_end = self.data_end;
-        let padded_end = align8(data_end).ok_or_else(|| self.internal("image end overflows"))?;
+        let padded_end =
+            align8(data_end).ok_or_else(|| Error::input(&self.path, "image end overflows"))?;
 
         // Hashed ranges, in file order and disjoint.
         let mut regions: Vec<(u64, u64)> = vec![
@@ -692,9 +693,7 @@ impl PeImage {
         let mut next = 0usize;
         while pos < data_end {
             let n = (buf.len() as u64).min(data_end - pos) as usize;
-            let chunk = buf
-                .get_mut(..n)
-                .ok_or_else(|| Error::input(&self.path, "internal: buffer"))?;
+            let chunk = buf.get_mut(..n).ok_or_else(|| self.internal("buffer"))?;
             self.read_at(chunk, pos)?;
             let end = pos + n as u64;
             while let Some(&(start, stop)) = regions.get(next) {
@@ -721,9 +720,7 @@ impl PeImage {
         if let Some((mut pos, stop)) = reread {
             while pos < stop {
                 let n = (buf.len() as u64).min(stop - pos) as usize;
-                let chunk = buf
-                    .get_mut(..n)
-                    .ok_or_else(|| Error::input(&self.path, "internal: buffer"))?;
+                let chunk = buf.get_mut(..n).ok_or_else(|| self.internal("buffer"))?;
                 self.read_at(chunk, pos)?;
                 hasher.update(&*chunk);
                 pos += n as u64;
@@ -963,7 +960,7 @@ impl PeImage {
     }
 
     fn internal(&self, what: &str) -> Error {
-        Error::input(&self.path, format!("internal error: {what}"))
+        Error::Internal(format!("{}: {what}", self.path.display()))
     }
 
     fn check_unchanged(&self) -> Result<()> {

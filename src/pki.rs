@@ -1385,7 +1385,7 @@ fn generate_into(
         files: extra,
     };
     let json =
-        serde_json::to_string_pretty(&manifest).map_err(|e| Error::Crypto(e.to_string()))? + "\n";
+        serde_json::to_string_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))? + "\n";
     fsutil::write_new(&tmp.join(MANIFEST), json.as_bytes(), PUBLIC_MODE)?;
     Ok(manifest)
 }

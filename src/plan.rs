@@ -237,7 +237,7 @@ pub fn append(plan: &Path, records: &[Record]) -> Result<()> {
         }
     }
     for r in records {
-        serde_json::to_writer(&mut buf, r).map_err(|e| Error::Crypto(e.to_string()))?;
+        serde_json::to_writer(&mut buf, r).map_err(|e| Error::Internal(e.to_string()))?;
         buf.push(b'\n');
     }
     // One write() in the normal case; write_all only loops on a short write
@@ -262,9 +262,9 @@ fn append_to_array(plan: &Path, records: &[Record]) -> Result<()> {
     let mut all: Vec<serde_json::Value> = serde_json::from_slice(&text)
         .map_err(|e| Error::input(plan, format!("not a JSON array of records: {e}")))?;
     for r in records {
-        all.push(serde_json::to_value(r).map_err(|e| Error::Crypto(e.to_string()))?);
+        all.push(serde_json::to_value(r).map_err(|e| Error::Internal(e.to_string()))?);
     }
-    let mut out = serde_json::to_vec_pretty(&all).map_err(|e| Error::Crypto(e.to_string()))?;
+    let mut out = serde_json::to_vec_pretty(&all).map_err(|e| Error::Internal(e.to_string()))?;
     out.push(b'\n');
     let mode = fs::metadata(plan).at(plan)?.permissions().mode() & 0o7777;
     fsutil::write_atomic(plan, &out, mode)

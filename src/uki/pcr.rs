@@ -379,7 +379,7 @@ pub fn sign_policies(
         }
         out.insert(bank.name().to_string(), entries);
     }
-    let mut json = serde_json::to_vec(&out).map_err(|e| Error::Crypto(e.to_string()))?;
+    let mut json = serde_json::to_vec(&out).map_err(|e| Error::Internal(e.to_string()))?;
     json.push(b'\n');
     Ok((out, json))
 }
