@@ -115,6 +115,21 @@ fn layer_plan() {
 }
 
 #[test]
+fn layer_runqueue() {
+    pytest("test_runqueue.py");
+}
+
+#[test]
+fn layer_pkcs11() {
+    pytest("test_pkcs11.py");
+}
+
+#[test]
+fn layer_sign_at_compile() {
+    pytest("test_sign_at_compile.py");
+}
+
+#[test]
 fn layer_oelint() {
     pytest("test_oelint.py");
 }

@@ -30,6 +30,7 @@ pki_signer_guestos_sign() {
     if [ -z "${PKI_SIGNER_GUESTOS_CONF_TEMPLATE}" ]; then
         bbfatal "pki-signer-guestos: set PKI_SIGNER_GUESTOS_CONF_TEMPLATE to the GuestOS config of ${PN}"
     fi
+    ${@pki_signer_pkcs11_exports(d)}
     out="${IMGDEPLOYDIR}/${PKI_SIGNER_GUESTOS_SUBDIR}"
     base="${PKI_SIGNER_GUESTOS_NAME}-${PKI_SIGNER_GUESTOS_VERSION}"
     rm -rf "$out/$base" "$out/$base.conf" "$out/$base.sig" "$out/$base.cert"

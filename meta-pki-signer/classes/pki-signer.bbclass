@@ -16,13 +16,19 @@
 #
 # Production or HSM keys replace one role at a time, as varflags named after the role:
 #
-#   PKI_SIGNER_KEY[ssig_subca]  = "pkcs11:token=release;object=db-signer;pin-source=file:/run/pin"
+#   PKI_SIGNER_KEY[ssig_subca]  = "pkcs11:token=release;object=db-signer?pin-source=file:/run/pin"
 #   PKI_SIGNER_CERT[ssig_subca] = "/srv/release/db-signer.pem"
 #   PKI_SIGNER_KEY[ssig_cml]  = "/srv/release/cml.key"
 #   PKI_SIGNER_CERT[ssig_cml] = "/srv/release/cml.pem"
 #   PKI_SIGNER_KEY_PASS_FILE[ssig_cml] = "/run/secrets/cml.pass"   (an encrypted key file)
 #
 # A role without a PKI_SIGNER_KEY flag is signed with PKI_SIGNER_DIR's key of that role.
+#
+# A pkcs11: key needs its module, and often an environment for it; both reach
+# the signing functions only, not the other tasks and not any task signature:
+#
+#   PKI_SIGNER_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+#   PKI_SIGNER_PKCS11_ENV    = "SOFTHSM2_CONF=/srv/softhsm2.conf"   (VAR=VALUE pairs)
 #
 # Task signatures carry the content of the signing certificates, never their
 # paths: a new key re-signs, and an unchanged key, wherever it lives, reuses sstate.
@@ -47,11 +53,20 @@ PKI_SIGNER_TASK_DEPENDS = "${@' '.join(p + ':do_populate_sysroot' for p in (d.ge
 # Roles this recipe signs with; the signing classes add theirs.
 PKI_SIGNER_ROLES ?= ""
 
+# The PKCS#11 module of pkcs11: keys whose URI has no module-path, and the
+# environment the module needs (VAR=VALUE pairs, e.g. SOFTHSM2_CONF=...).
+# Exported by the signing functions themselves: a global export would go into
+# the environment, and so the signature, of every shell task of every recipe.
+PKI_SIGNER_PKCS11_MODULE ?= ""
+PKI_SIGNER_PKCS11_ENV ?= ""
+
 PKI_SIGNER_DIR[doc] = "Directory of the development PKI; pki-signer creates it on the first build if it is absent."
 PKI_SIGNER_KEY[doc] = "Per-role key override, as a varflag named after the role: a key file or a pkcs11: URI."
 PKI_SIGNER_CERT[doc] = "Per-role certificate for a PKI_SIGNER_KEY override, as a varflag named after the role."
 PKI_SIGNER_PLAN[doc] = "Signing plan file that records every signature, for release engineers' pki-signer resign."
 PKI_SIGNER_MODE[doc] = "development or release: release refuses development keys, at parse time and in pki-signer (PKI_SIGNER_RELEASE=1)."
+PKI_SIGNER_PKCS11_MODULE[doc] = "PKCS#11 module for pkcs11: keys whose URI has no module-path; exported in the signing functions only."
+PKI_SIGNER_PKCS11_ENV[doc] = "VAR=VALUE pairs the PKCS#11 module needs (e.g. SOFTHSM2_CONF=/srv/softhsm2.conf); exported in the signing functions only."
 
 def pki_signer_release(d):
     mode = d.getVar("PKI_SIGNER_MODE") or "development"
@@ -106,9 +121,40 @@ def pki_signer_is_uri(value):
     return value.startswith("pkcs11:")
 
 def pki_signer_check_uri(d, role, what, value):
+    if not pki_signer_is_uri(value):
+        return
     # A PIN in the URI would land in argv, the task log and the task signature.
-    if pki_signer_is_uri(value) and "pin-value=" in value:
+    if "pin-value=" in value:
         bb.fatal("PKI_SIGNER_%s[%s] carries pin-value=: put the PIN in a file and use pin-source=file:... instead" % (what, role))
+    # pki-signer refuses these in the path part too, but only once the task runs.
+    path = value.split("?", 1)[0]
+    for attr in ("pin-source", "module-path"):
+        if ";%s=" % attr in path or ":%s=" % attr in path:
+            bb.fatal("PKI_SIGNER_%s[%s]: %s is a query attribute of a pkcs11: URI; write it after '?', "
+                     "e.g. pkcs11:token=T;object=O?%s=..." % (what, role, attr, attr))
+
+def pki_signer_pkcs11_env(d):
+    """The environment of the signing functions' PKCS#11 module: [(name, value)]."""
+    import re
+    env = []
+    module = d.getVar("PKI_SIGNER_PKCS11_MODULE") or ""
+    if module:
+        env.append(("PKI_SIGNER_PKCS11_MODULE", module))
+    for pair in (d.getVar("PKI_SIGNER_PKCS11_ENV") or "").split():
+        name, eq, value = pair.partition("=")
+        if not eq or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            bb.fatal("PKI_SIGNER_PKCS11_ENV: '%s' is not VAR=VALUE" % name)
+        # Exported values are written into the task's run script in T.
+        if name == "PKI_SIGNER_PKCS11_PIN":
+            bb.fatal("PKI_SIGNER_PKCS11_ENV sets PKI_SIGNER_PKCS11_PIN: put the PIN in a file and use "
+                     "?pin-source=file:... in the pkcs11: URI instead")
+        env.append((name, value))
+    return env
+
+def pki_signer_pkcs11_exports(d):
+    """Shell export lines of pki_signer_pkcs11_env, for the signing functions."""
+    import shlex
+    return "\n".join("export %s=%s" % (name, shlex.quote(value)) for name, value in pki_signer_pkcs11_env(d))
 
 def pki_signer_cert(d, role):
     """The certificate a role signs with: a file path or a pkcs11: URI."""
@@ -417,13 +463,18 @@ CLEANFUNCS += "pki_signer_plan_merge"
 
 # Paths and switches that do not change what a signature looks like stay out
 # of task signatures; the certificates' content is in them via file-checksums.
+# Nor do the PKCS#11 module and its environment: where a key lives is not
+# what it signs with, and the signer's certificate is in the signature.
 PKI_SIGNER_SIGNATURE_EXCLUDE = "PKI_SIGNER_DIR PKI_SIGNER_BIN PKI_SIGNER_PLAN \
-                                PKI_SIGNER_PROFILE PKI_SIGNER_KEY_TYPE PKI_SIGNER_UEFI"
+                                PKI_SIGNER_PROFILE PKI_SIGNER_KEY_TYPE PKI_SIGNER_UEFI \
+                                PKI_SIGNER_PKCS11_MODULE PKI_SIGNER_PKCS11_ENV"
 pki_signer_cert[vardepsexclude] = "${PKI_SIGNER_SIGNATURE_EXCLUDE}"
 pki_signer_key_args[vardepsexclude] = "${PKI_SIGNER_SIGNATURE_EXCLUDE}"
 pki_signer_init_args[vardepsexclude] = "${PKI_SIGNER_SIGNATURE_EXCLUDE}"
 pki_signer_plan_args[vardepsexclude] = "${PKI_SIGNER_SIGNATURE_EXCLUDE} BB_RUNTASK"
 pki_signer_plan_work[vardepsexclude] = "${PKI_SIGNER_SIGNATURE_EXCLUDE} BB_RUNTASK PKI_SIGNER_PLAN_WORK"
+pki_signer_pkcs11_env[vardepsexclude] = "${PKI_SIGNER_SIGNATURE_EXCLUDE}"
+pki_signer_pkcs11_exports[vardepsexclude] = "${PKI_SIGNER_SIGNATURE_EXCLUDE}"
 
 PKI_SIGNER_INIT_ROLES = "${@pki_signer_init_roles(d)}"
 PKI_SIGNER_CERT_URIS = "${@pki_signer_cert_uris(d, d.getVar('PKI_SIGNER_ROLES'))}"
@@ -455,6 +506,12 @@ python () {
         d.setVar("PKI_SIGNER_RELEASE", "1")
         d.setVarFlag("PKI_SIGNER_RELEASE", "export", "1")
         pki_signer_release_check(d)
+    # A bad URI or module environment stops the parse, not the signing task
+    # hours into a build.
+    for role in sorted(set((d.getVar("PKI_SIGNER_ROLES") or "").split())):
+        pki_signer_check_uri(d, role, "KEY", d.getVarFlag("PKI_SIGNER_KEY", role) or "")
+        pki_signer_check_uri(d, role, "CERT", d.getVarFlag("PKI_SIGNER_CERT", role) or "")
+    pki_signer_pkcs11_env(d)
     # Not an sstate task: the PKI is shared build state. Its stamp follows the
     # certificates' content, so it re-runs when the PKI changes. While a
     # certificate is missing (first build, deleted PKI) it must always run, and
@@ -472,6 +529,28 @@ python () {
 # signature follows the certificates of the roles in ROLES_VAR, and what it
 # signed goes into the deploy directory's plan.
 def pki_signer_hook(d, task, func, roles_var):
+    pki_signer_plan_hook(d, task, func)
+    pki_signer_sign_hook(d, task, roles_var)
+
+# What makes TASK a signing task, without the plan's postfuncs: for a task
+# whose output is not deployed (see pki_signer_plan_hook for the one that is).
+def pki_signer_sign_hook(d, task, roles_var):
+    if "pki_signer_plan_reset" not in (d.getVarFlag(task, "prefuncs") or "").split():
+        d.appendVarFlag(task, "prefuncs", " pki_signer_plan_reset")
+    d.appendVarFlag(task, "depends", " ${PKI_SIGNER_TASK_DEPENDS}")
+    d.appendVarFlag(task, "file-checksums", " ${@pki_signer_cert_checksums(d, d.getVar('%s'))}" % roles_var)
+    d.appendVarFlag(task, "vardeps", " %s PKI_SIGNER_CERT_URIS" % roles_var)
+    # bitbake-worker cuts the network of tasks without [network]; a PKCS#11
+    # module may talk to a network HSM (sstate tasks such as do_deploy have it
+    # already, do_uki and do_pki_signer_sign do not).
+    roles = (d.getVar(roles_var) or "").split()
+    if any(pki_signer_is_uri(d.getVarFlag("PKI_SIGNER_KEY", r) or "") for r in roles):
+        d.setVarFlag(task, "network", "1")
+    bb.build.addtask("do_pki_signer_init", task, None, d)
+
+# TASK's output goes to DEPLOY_DIR_IMAGE: FUNC (if given) and the plan fragment
+# run before sstate captures it, and the plan is merged once sstate installed it.
+def pki_signer_plan_hook(d, task, func):
     post = (d.getVarFlag(task, "postfuncs") or "").split()
     # sstate.bbclass appends sstate_task_postfunc; whichever class runs first,
     # the signature and the plan fragment must be in the output sstate packages,
@@ -489,7 +568,3 @@ def pki_signer_hook(d, task, func, roles_var):
     if task in (d.getVar("SSTATETASKS") or "").split() and \
             "pki_signer_plan_merge" not in (d.getVarFlag(setscene, "postfuncs") or "").split():
         d.appendVarFlag(setscene, "postfuncs", " pki_signer_plan_merge")
-    d.appendVarFlag(task, "depends", " ${PKI_SIGNER_TASK_DEPENDS}")
-    d.appendVarFlag(task, "file-checksums", " ${@pki_signer_cert_checksums(d, d.getVar('%s'))}" % roles_var)
-    d.appendVarFlag(task, "vardeps", " %s PKI_SIGNER_CERT_URIS" % roles_var)
-    bb.build.addtask("do_pki_signer_init", task, None, d)

@@ -6,12 +6,16 @@ the layer hooks into) and meta-pki-signer. It parses the configuration with
 bb.cookerdata.CookerDataBuilder and recipes with parseRecipeVariants, as the
 cooker and bitbake-worker do, runs tasks with bb.build.exec_task, and computes
 task hashes with the configured signature generator, as the runqueue does.
+
+bitbake_tree and run_bitbake run `bitbake` itself instead, with its server,
+runqueue and bitbake-worker (test_runqueue.py).
 """
 
 import contextlib
 import logging
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +24,7 @@ REPO = HERE.parent.parent
 LAYER = REPO / "meta-pki-signer"
 FIXTURE = HERE / "fixture"
 STUBS = HERE / "bbstubs"
+BBBIN = HERE / "bbbin"
 EFI_APP = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 
 if str(STUBS) not in sys.path:
@@ -181,3 +186,40 @@ class Build:
 def copy_efi_app(dest):
     shutil.copyfile(EFI_APP, dest)
     return dest
+
+
+# Running bitbake itself: the runqueue, bitbake-worker, setscene tasks.
+
+def bitbake_tree(dest):
+    """Lay out DEST as a bitbake checkout is laid out, for `bitbake` to run from.
+
+    PyPI's bitbake-setup installs only the bb library. bb finds bitbake-server
+    and bitbake-worker by the real path of its own files (bin/ beside lib/bb),
+    so the tree gets a copy of the installed bb (a symlink would resolve back
+    into the venv), the stand-ins for the packages the wheel leaves out
+    (bbstubs: hashserv, prserv) beside it, and the test-only scripts of
+    bbbin/ in bin/.
+    """
+    dest = Path(dest)
+    nocache = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(Path(bb.__file__).parent, dest / "lib" / "bb", ignore=nocache)
+    for stub in STUBS.iterdir():
+        if stub.is_dir() and not stub.name.startswith("__"):
+            shutil.copytree(stub, dest / "lib" / stub.name, ignore=nocache)
+    (dest / "bin").mkdir()
+    for script in ("bitbake", "bitbake-server", "bitbake-worker"):
+        shutil.copyfile(BBBIN / script, dest / "bin" / script)
+        (dest / "bin" / script).chmod(0o755)
+    return dest
+
+
+def run_bitbake(tree, topdir, *args, timeout=600):
+    """Run `bitbake ARGS` in the build directory TOPDIR; the CompletedProcess.
+
+    bitbake keeps only a few variables of its environment for the build
+    (bb.utils.clean_environment); LC_ALL gives it the UTF-8 locale it wants.
+    """
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONDONTWRITEBYTECODE") if k in os.environ}
+    env["LC_ALL"] = "C.UTF-8"
+    return subprocess.run([sys.executable, str(Path(tree) / "bin" / "bitbake"), *args], cwd=topdir, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)

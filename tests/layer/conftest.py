@@ -60,6 +60,12 @@ def dev_pki(tmp_path_factory, pki_signer):
     return pki
 
 
+@pytest.fixture(scope="session")
+def bitbake_tree(tmp_path_factory):
+    """A bitbake tree (bin/ and lib/) to run `bitbake` from: see bbharness.bitbake_tree."""
+    return bbharness.bitbake_tree(tmp_path_factory.mktemp("bitbake-tree") / "bitbake")
+
+
 class BuildFactory:
     def __init__(self, tmp_path, pki_signer, efi_app):
         self.tmp_path = tmp_path

@@ -4,6 +4,7 @@ task order, and what goes into task signatures."""
 import glob
 import hashlib
 import logging
+import re
 import shutil
 import subprocess
 
@@ -30,6 +31,20 @@ def test_layer_conf_declares_the_collection_and_releases(make_parse_build):
     found = {f for pattern in data.getVar("BBFILES").split() for f in glob.glob(pattern)}
     assert str(LAYER / "recipes-devtools/pki-signer/pki-signer_git.bb") in found
     assert not [f for f in found if f.endswith(".bbappend")]
+
+
+def test_readme_names_maintainers_and_how_to_send_patches():
+    # What yocto-check-layer's test_readme looks for (OE-core
+    # scripts/lib/checklayer/cases/common.py), and the security policy it points to.
+    text = (LAYER / "README.md").read_text()
+    assert "maintainer" in text.lower() and "patch" in text.lower()
+    assert re.search(r"[\w.+-]+@[\w-]+(\.[\w-]+)+", text)
+    assert (LAYER / "SECURITY.md").is_file()
+    # Its pkcs11: examples are URIs pki-signer accepts: module-path and pin-source are query attributes.
+    uris = re.findall(r"pkcs11:[^\"'`\s]*", text)
+    assert uris
+    for uri in uris:
+        assert not re.search(r"[;:](pin-source|module-path|pin-value)=", uri.split("?")[0]), uri
 
 
 def test_defaults_of_a_kernel_recipe(make_parse_build):
@@ -91,7 +106,7 @@ def test_plan_is_not_passed_when_empty(make_parse_build):
 
 def test_key_overrides_are_varflags_per_role(make_parse_build):
     build = make_parse_build(
-        'PKI_SIGNER_KEY[ssig_subca] = "pkcs11:token=release;object=db;pin-source=file:/run/pin"\n'
+        'PKI_SIGNER_KEY[ssig_subca] = "pkcs11:token=release;object=db?pin-source=file:/run/pin"\n'
         'PKI_SIGNER_CERT[ssig_subca] = "/srv/release/db.pem"\n'
         'PKI_SIGNER_KEY[ssig_cml] = "/srv/release/cml.key"\n'
         'PKI_SIGNER_CERT[ssig_cml] = "/srv/release/cml.pem"\n'
@@ -99,7 +114,7 @@ def test_key_overrides_are_varflags_per_role(make_parse_build):
     d = build.parse(KERNEL)
     # Quoted for the shell: the URI's ';' would end the command.
     assert d.expand("${@pki_signer_key_args(d, 'ssig_subca')}") == \
-        "--key 'pkcs11:token=release;object=db;pin-source=file:/run/pin' --cert /srv/release/db.pem"
+        "--key 'pkcs11:token=release;object=db?pin-source=file:/run/pin' --cert /srv/release/db.pem"
     assert d.expand("${@pki_signer_key_args(d, 'ssig_cml')}") == \
         "--key /srv/release/cml.key --cert /srv/release/cml.pem --key-pass-file /run/cml.pass"
     # Every role of this recipe has its own key: no development PKI is made.
@@ -107,10 +122,11 @@ def test_key_overrides_are_varflags_per_role(make_parse_build):
     assert d.getVarFlag("do_pki_signer_init", "nostamp") is None
 
 
-def test_a_pin_in_a_key_uri_is_refused(make_parse_build):
+@pytest.mark.parametrize("uri", ["pkcs11:token=t;object=o;pin-value=1234", "pkcs11:token=t;object=o?pin-value=1234"])
+def test_a_pin_in_a_key_uri_is_refused(make_parse_build, uri):
     build = make_parse_build(
-        'PKI_SIGNER_KEY[ssig_subca] = "pkcs11:token=t;object=o;pin-value=1234"\n'
-        'PKI_SIGNER_CERT[ssig_subca] = "/srv/db.pem"\n')
+        'PKI_SIGNER_KEY[ssig_subca] = "%s"\n'
+        'PKI_SIGNER_CERT[ssig_subca] = "/srv/db.pem"\n' % uri)
     with pytest.raises(Exception):
         build.parse(KERNEL)
     errors = build.log.messages(logging.ERROR)

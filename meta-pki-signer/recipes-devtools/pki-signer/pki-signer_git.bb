@@ -21,7 +21,7 @@ PV = "0.1.0+git"
 
 # destsuffix=${BP} is where S points in every supported release.
 SRC_URI = "${PKI_SIGNER_GIT_URI};branch=${PKI_SIGNER_GIT_BRANCH};destsuffix=${BP}"
-SRCREV ?= "9350fb0167fc80b9cd5ed3cecbda856bbefe9d3d"
+SRCREV ?= "ec0e9e9aaa42c076886521b6ac18beee10b076a1"
 
 inherit cargo
 
