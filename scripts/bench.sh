@@ -12,6 +12,9 @@
 #   guestos-verity
 #              `guestos sign --images --verity` over 1 GB of GuestOS images vs what a
 #              GyroidOS build runs on them: `veritysetup format`, sha256sum, sha1sum
+#   offline    `offline sign` of a request for 1000 EFI files with the key in a
+#              SoftHSM2 token, vs the token's own rate (one login, a C_Sign loop
+#              in PyKCS11); and the size of the request for the ~200 MB UKI
 #
 # Environment:
 #   PKI_SIGNER_CACHE   where the UKI and the CSRs are kept between runs
@@ -19,7 +22,9 @@
 #   BENCH_PE_KEY_TYPE  key type of the PKI the pe sections sign with (default
 #                      rsa:2048, what UEFI db keys are; pe-batch adds rsa:4096)
 #   BENCH_UKI_MB, BENCH_BATCH_N, BENCH_CSR_N, BENCH_VERITY_MB
-#                      sizes (200, 1000, 10000, 1024), smaller for a quick try
+#                      sizes (200, 1000, 10000, 1024), smaller for a quick try;
+#                      the offline section signs BENCH_BATCH_N files too
+#   PKI_SIGNER_VENV    venv for PyKCS11 (offline section; default <repo>/.venv)
 #
 # Benchmarks report, they do not judge: goals are printed as PASS/MISS and the
 # exit status is 0 unless a command fails.
@@ -29,7 +34,7 @@
 set -euo pipefail
 export LC_ALL=C # '.' as decimal separator in EPOCHREALTIME, printf and awk
 
-SECTIONS=(pki pe-sign pe-verify pe-batch csr guestos-verity)
+SECTIONS=(pki pe-sign pe-verify pe-batch csr guestos-verity offline)
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 runs=5
@@ -746,6 +751,102 @@ CONF
     for spec in "${labels[@]}"; do
         raw_row "${spec#*=}" "$scratch/verity-${spec%%=*}"
     done
+}
+
+# ---------------------------------------------------------------- offline
+
+# offline: the signing host's half of an air-gapped release. The request is
+# made on the build host (not timed); what is timed is `offline sign`, which
+# checks the request, logs in once and signs every item, against what the
+# token itself allows one process over one login.
+bench_offline() {
+    pe_setup
+    ensure_apt softhsm2 opensc
+    local venv=${PKI_SIGNER_VENV:-$repo/.venv}
+    case $venv in /*) ;; *) venv=$repo/$venv ;; esac
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || die "cannot create the venv $venv"
+    "$venv/bin/python" -c 'import PyKCS11' 2>/dev/null ||
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check 'PyKCS11==1.5.20' ||
+        die "pip install PyKCS11 failed"
+    local module=/usr/lib/softhsm/libsofthsm2.so hsm=$scratch/hsm i
+    [ -r "$module" ] || die "$module missing (softhsm2)"
+    mkdir -p "$hsm/tokens"
+    printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$hsm/tokens" >"$hsm/softhsm2.conf"
+    export SOFTHSM2_CONF=$hsm/softhsm2.conf PKI_SIGNER_PKCS11_MODULE=$module
+    export PKI_SIGNER_PKCS11_PIN=1234
+    softhsm2-util --init-token --free --label release --so-pin 5678 --pin "$PKI_SIGNER_PKCS11_PIN" >/dev/null ||
+        die "softhsm2-util --init-token failed"
+    openssl pkcs8 -topk8 -nocrypt -in "$pe_key" -outform DER -out "$hsm/key.der" || die "pkcs8 failed"
+    pkcs11-tool --module "$module" --token-label release --login --pin "$PKI_SIGNER_PKCS11_PIN" \
+        --write-object "$hsm/key.der" --type privkey --label ssig_subca --id 01 --usage-sign >/dev/null 2>&1 ||
+        die "pkcs11-tool --write-object failed"
+    rm -f "$hsm/key.der"
+    printf '{ "trust": ["%s"],\n  "ssig_subca": { "key": "pkcs11:token=release;object=ssig_subca", "cert": "%s" } }\n' \
+        "$pe_root" "$pe_pki/ssig_subca.cert" >"$scratch/keys.json"
+
+    local src=/usr/lib/systemd/boot/efi/systemd-bootx64.efi in=$scratch/offline-in
+    mkdir -p "$in"
+    offline_files=()
+    for ((i = 1; i <= batch_n; i++)); do
+        offline_files+=("$in/boot$(printf '%04d' "$i").efi")
+        cp "$src" "${offline_files[-1]}"
+    done
+    "$bin" offline request "${offline_files[@]}" --keys "$scratch/keys.json" -o "$scratch/request.json" >/dev/null ||
+        die "offline request failed"
+    "$bin" offline request "$uki" --keys "$scratch/keys.json" -o "$scratch/uki-request.json" >/dev/null ||
+        die "offline request $uki failed"
+
+    echo
+    echo "== offline: one request for $batch_n copies of ${src##*/}, key ssig_subca $pe_key_type in a SoftHSM2 token, $runs runs each"
+    echo "  softhsm2    $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null || echo '?')"
+    load_note "start of section offline"
+    interleave offline offline_case pki-signer token-loop
+
+    local rate_tool rate_token ratio req uki_req
+    rate_tool=$(awk -v n="$batch_n" -v t="$(med offline-pki-signer)" 'BEGIN { printf "%.0f", n / t }')
+    rate_token=$(awk -v n="$batch_n" -v t="$(med offline-token-loop)" 'BEGIN { printf "%.0f", n / t }')
+    report_header
+    report_row "pki-signer offline sign, 1 call" "$scratch/offline-pki-signer"
+    report_row "token C_Sign loop (PyKCS11)" "$scratch/offline-token-loop"
+    echo
+    printf '  %-34s %12s\n' "case" "signatures/s"
+    printf '  %-34s %12s\n' "pki-signer offline sign" "$rate_tool" "token C_Sign loop" "$rate_token"
+    req=$(stat -c %s "$scratch/request.json")
+    uki_req=$(stat -c %s "$scratch/uki-request.json")
+    echo
+    echo "  goals (medians)"
+    ratio=$(div "$rate_tool" "$rate_token")
+    goal_row "offline sign rate / token's own rate" "$ratio" "goal >= 0.800" "$(verdict_ge "$ratio" 0.8)"
+    goal_row "request for the $(($(stat -c %s "$uki") / 1048576)) MiB UKI, bytes" "$uki_req" "goal <= 16384" \
+        "$(verdict "$uki_req" 16384)"
+    goal_row "request for $batch_n EFI files, bytes (info)" "$req" "" ""
+    echo
+    echo "  samples (s, run order)"
+    raw_row "pki-signer offline sign, 1 call" "$scratch/offline-pki-signer"
+    raw_row "token C_Sign loop (PyKCS11)" "$scratch/offline-token-loop"
+    rm -rf "$in"
+}
+
+offline_case() {
+    case $1 in
+        pki-signer)
+            rm -f "$scratch/response.json"
+            run_case "$bin" offline sign "$scratch/request.json" --keys "$scratch/keys.json" \
+                -o "$scratch/response.json" --yes ;;
+        token-loop)
+            run_case "${PKI_SIGNER_VENV:-$repo/.venv}/bin/python" "$repo/scripts/bench/p11-sign-loop.py" \
+                "$PKI_SIGNER_PKCS11_MODULE" release ssig_subca "$batch_n" ;;
+        *) die "offline_case: $1" ;;
+    esac
+    if [ "$2" = 1 ] && [ "$1" = pki-signer ]; then
+        # Outside the timing: the response completes into images sbverify accepts.
+        local out=$scratch/offline-out
+        fresh_dir "$out"
+        "$bin" offline complete "$scratch/response.json" --out-dir "$out" >/dev/null ||
+            die "offline complete failed"
+        sbverify --cert "$pe_cert" "$out/${offline_files[0]##*/}" >/dev/null 2>&1 ||
+            die "offline: sbverify rejects the completed ${offline_files[0]##*/}"
+    fi
 }
 
 # ---------------------------------------------------------------- main

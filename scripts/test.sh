@@ -21,7 +21,8 @@ ensure_apt openssl efitools sbsigntool osslsigncode pesign systemd-boot-efi soft
     python3-cryptography cryptsetup-bin
 # uki: systemd-measure (systemd) predicts PCR 11; its `sign` needs libtss2 and a TPM (swtpm).
 ensure_apt systemd swtpm libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0 libtss2-tcti-swtpm0
-# OVMF + QEMU + virt-firmware (venv) for the firmware proof.
+# OVMF + QEMU + swtpm (+ swtpm-tools) + virt-firmware (venv) for the firmware and TPM proofs
+# (tests/firmware.rs, tests/tpm.rs: PKI_SIGNER_TEST_VMLINUZ from testbins_prepare below).
 ovmf_deps
 # bitbake's bb library (PyPI bitbake-setup), oelint-adv and pytest for the layer tests.
 layer_deps

@@ -1492,11 +1492,11 @@ pub fn prepare(request_path: &Path, opts: &SignOptions) -> Result<Signing> {
         // A token key signs one operation per session: open more sessions
         // on the same key (the token is logged in already).
         let mut extra: Vec<Box<dyn Signer>> = vec![];
-        if pkcs11::is_uri(&e.key) {
+        if let Some(uri) = e.key.as_deref().filter(|k| pkcs11::is_uri(k)) {
             for _ in 1..par::cores().min(n) {
-                let s = identity::load_signer(&e.key, None)?;
+                let s = identity::load_signer(uri, None)?;
                 if s.public_key() != id.signer.public_key() {
-                    return Err(Error::input(&e.key, "a second session found another key"));
+                    return Err(Error::input(uri, "a second session found another key"));
                 }
                 extra.push(s);
             }

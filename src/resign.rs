@@ -48,7 +48,10 @@ use crate::x509;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyEntryFile {
-    key: String,
+    /// Absent on a build host's keys.json for `offline request`, which
+    /// reads only the certificates.
+    #[serde(default)]
+    key: Option<String>,
     cert: String,
     #[serde(default)]
     chain: Option<String>,
@@ -63,7 +66,7 @@ struct KeyEntryFile {
 #[derive(Clone, Debug)]
 pub struct KeyEntry {
     pub name: String,
-    pub key: PathBuf,
+    pub key: Option<PathBuf>,
     pub cert: PathBuf,
     pub chain: Option<PathBuf>,
     /// Production trust anchors for this key: its own `trust` plus the top-level one.
@@ -75,10 +78,16 @@ impl KeyEntry {
     /// Open the key (a token login for a `pkcs11:` URI) with its certificate
     /// and chain; release mode's check applies as for every identity.
     pub fn identity(&self) -> Result<Identity> {
+        let key = self.key.clone().ok_or_else(|| {
+            Error::Usage(format!(
+                "{} has no \"key\" in KEYS.json (certificate-only entries are for `offline request`)",
+                entry_label(&self.name)
+            ))
+        })?;
         Identity::load(&KeySpec {
             role: None,
             dir: PathBuf::new(),
-            key: Some(self.key.clone()),
+            key: Some(key),
             cert: Some(self.cert.clone()),
             chain: self.chain.clone(),
             key_pass_file: self.key_pass_file.clone(),
@@ -128,7 +137,7 @@ impl Keys {
                 name.clone(),
                 KeyEntry {
                     name,
-                    key: resolve(&f.key),
+                    key: f.key.as_deref().map(resolve),
                     cert: resolve(&f.cert),
                     chain: f.chain.as_deref().map(resolve),
                     trust,
@@ -1082,4 +1091,30 @@ fn commit(moves: &[(PathBuf, PathBuf)]) -> Result<()> {
         fsutil::sync_dir(&fsutil::parent_dir(d))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_only_entry_loads_but_cannot_sign() {
+        let d = tempfile::tempdir().unwrap();
+        let keys = d.path().join("keys.json");
+        fs::write(
+            &keys,
+            r#"{"trust": ["root.pem"], "ssig_subca": {"cert": "sub.pem"}}"#,
+        )
+        .unwrap();
+        let k = Keys::load(&keys).unwrap();
+        let e = &k.entries["ssig_subca"];
+        assert_eq!(e.key, None);
+        assert_eq!(e.cert, d.path().join("sub.pem"));
+        let err = e.identity().err().unwrap();
+        assert_eq!(err.kind(), crate::ErrorKind::Usage);
+        assert!(
+            err.to_string().contains("role 'ssig_subca' has no \"key\""),
+            "{err}"
+        );
+    }
 }

@@ -6,7 +6,7 @@
 #   tests/ovmf/boot.sh --uki SIGNED.efi --pk PK.crt --kek KEK.crt --db DB.crt
 #                      [--kek more.crt] [--db more.crt] [--dbx REVOKED.crt]
 #                      [--timeout 120] [--log SERIAL.log] [--marker TEXT]
-#                      [--accel tcg|kvm]
+#                      [--accel tcg|kvm] [--tpm]
 #
 # Certificates may be PEM or DER.  --kek/--db/--dbx may be repeated.
 #
@@ -23,6 +23,15 @@
 # Diagnostics (timings, the firmware's deciding line) go to stderr; --log
 # keeps the full serial log.  QEMU is killed as soon as the verdict is known.
 #
+# --tpm: give the VM a TPM 2.0: a fresh swtpm (`swtpm socket --tpm2`, state
+# in the work directory, control channel on a unix socket) behind QEMU's
+# tpm-tis device (-chardev socket + -tpmdev emulator), so OVMF's TCG2
+# protocol measures into it and systemd-stub extends PCR 11.  The TPM
+# lines of the serial log (PKI-SIGNER-PCR11-*, see make-uki.sh --tpm) go to
+# stderr.  swtpm runs with --terminate (it exits when QEMU disconnects) and
+# is killed, like QEMU, on every exit of this script (verdict, error,
+# timeout, INT/TERM/HUP).
+#
 # How: virt-fw-vars (PyPI virt-firmware, venv ${PKI_SIGNER_VENV:-.venv})
 # writes a copy of /usr/share/OVMF/OVMF_VARS_4M.fd with PK, KEK, db (and
 # dbx) set and SecureBootEnable on; the UKI goes to \EFI\BOOT\BOOTX64.EFI of
@@ -33,7 +42,8 @@
 # Typical TCG wall time on 2 cores: DENIED ~9-14 s (firmware reaches BDS in
 # ~8-11 s), BOOTED ~20-30 s (of which ~10 s is the Debian kernel's XZ
 # decompression under TCG).
-# Installs: source tests/ovmf/deps.sh; ovmf_deps   (done here if needed).
+# Installs: source tests/ovmf/deps.sh; ovmf_deps   (done here if needed;
+# it includes swtpm for --tpm).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -45,7 +55,7 @@ err() { echo "boot.sh: $*" >&2; }
 fail() { err "$*"; echo ERROR; exit 2; }
 
 UKI="" PK="" KEKS=() DBS=() DBXS=() TIMEOUT=120 LOG="" MARKER="PKI-SIGNER-BOOT-OK"
-ACCEL="${PKI_SIGNER_QEMU_ACCEL:-tcg}"
+ACCEL="${PKI_SIGNER_QEMU_ACCEL:-tcg}" TPM=0
 need() { [ $# -ge 2 ] && [ -n "$2" ] || fail "$1 needs a value"; }
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -58,6 +68,7 @@ while [ $# -gt 0 ]; do
 	--log) need "$@"; LOG="$2"; shift 2 ;;
 	--marker) need "$@"; MARKER="$2"; shift 2 ;;
 	--accel) need "$@"; ACCEL="$2"; shift 2 ;;
+	--tpm) TPM=1; shift ;;
 	-h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
 	*) fail "unknown argument $1 (see --help)" ;;
 	esac
@@ -73,25 +84,30 @@ done
 # shellcheck source=tests/ovmf/deps.sh
 . "$HERE/deps.sh"
 if [ -x "$(ovmf_venv_dir)/bin/virt-fw-vars" ] && command -v qemu-system-x86_64 >/dev/null &&
-	command -v mcopy >/dev/null && command -v mkfs.fat >/dev/null && [ -f "$OVMF_CODE" ]; then
+	command -v mcopy >/dev/null && command -v mkfs.fat >/dev/null && [ -f "$OVMF_CODE" ] &&
+	{ [ "$TPM" = 0 ] || command -v swtpm >/dev/null; }; then
 	VIRT_FW_VARS="$(ovmf_venv_dir)/bin/virt-fw-vars"
 else
 	ovmf_deps || fail "installing dependencies failed"
 fi
+[ "$TPM" = 0 ] || command -v swtpm >/dev/null || fail "swtpm missing (apt-get install swtpm swtpm-tools)"
 [ -f "$OVMF_CODE" ] && [ -f "$OVMF_VARS" ] || fail "OVMF files missing: $OVMF_CODE $OVMF_VARS"
 
 WORK="$(mktemp -d)"
-QPID=""
+QPID="" TPID=""
+# QEMU first (it holds swtpm's sockets), then swtpm.
+stop() {
+	if [ -n "$1" ] && kill -0 "$1" 2>/dev/null; then kill "$1" 2>/dev/null || true; fi
+	[ -z "$1" ] || wait "$1" 2>/dev/null || true
+}
 cleanup() {
-	if [ -n "$QPID" ] && kill -0 "$QPID" 2>/dev/null; then
-		kill "$QPID" 2>/dev/null || true
-		wait "$QPID" 2>/dev/null || true
-	fi
+	stop "$QPID"; QPID=""
+	stop "$TPID"; TPID=""
 	if [ -n "$LOG" ] && [ -f "$WORK/serial.log" ]; then cp "$WORK/serial.log" "$LOG" || true; fi
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
-trap 'exit 2' INT TERM
+trap 'exit 2' INT TERM HUP
 
 now_ms() { date +%s%3N; }
 T0=$(now_ms)
@@ -114,6 +130,27 @@ export MTOOLS_SKIP_CHECK=1
 mmd -i "$WORK/esp.img" ::/EFI ::/EFI/BOOT || fail "mmd failed"
 mcopy -i "$WORK/esp.img" "$UKI" ::/EFI/BOOT/BOOTX64.EFI || fail "mcopy failed"
 
+# ---- TPM: swtpm -------------------------------------------------------------
+tpm_args=()
+if [ "$TPM" = 1 ]; then
+	mkdir -m 700 "$WORK/tpm"
+	swtpm socket --tpm2 --tpmstate dir="$WORK/tpm" \
+		--ctrl type=unixio,path="$WORK/tpm/swtpm.sock" \
+		--terminate --log file="$WORK/swtpm.log",level=1 \
+		</dev/null >"$WORK/swtpm.out" 2>&1 &
+	TPID=$!
+	for _ in $(seq 100); do
+		[ -S "$WORK/tpm/swtpm.sock" ] && break
+		kill -0 "$TPID" 2>/dev/null || break
+		sleep 0.1
+	done
+	[ -S "$WORK/tpm/swtpm.sock" ] ||
+		fail "swtpm did not start: $(cat "$WORK/swtpm.out" "$WORK/swtpm.log" 2>/dev/null | tr '\n' ' ')"
+	err "swtpm pid $TPID started"
+	tpm_args=(-chardev "socket,id=chrtpm,path=$WORK/tpm/swtpm.sock"
+		-tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0)
+fi
+
 # ---- QEMU ---------------------------------------------------------------
 : >"$WORK/serial.log"
 qemu-system-x86_64 \
@@ -127,6 +164,7 @@ qemu-system-x86_64 \
 	-m 512 -smp 1 -nodefaults -nographic -monitor none \
 	-serial "file:$WORK/serial.log" \
 	-nic none -no-reboot \
+	${tpm_args[@]+"${tpm_args[@]}"} \
 	</dev/null >"$WORK/qemu.out" 2>&1 &
 QPID=$!
 err "qemu pid $QPID started (accel $ACCEL, timeout ${TIMEOUT}s)"
@@ -172,10 +210,12 @@ while :; do
 	fi
 	sleep 0.1
 done
-# Stop QEMU at once (it may already have powered off).
-if kill -0 "$QPID" 2>/dev/null; then kill "$QPID" 2>/dev/null || true; fi
-wait "$QPID" 2>/dev/null || true
-QPID=""
+# Stop QEMU at once (it may already have powered off), then swtpm.
+stop "$QPID"; QPID=""
+stop "$TPID"; TPID=""
+if [ "$TPM" = 1 ]; then
+	grep -a -E '^PKI-SIGNER-(PCR11|EXTRA)' "$WORK/serial.log" | tr -d '\r' | sed 's/^/boot.sh: tpm: /' >&2 || true
+fi
 
 case "$verdict" in
 BOOTED)
@@ -198,5 +238,8 @@ DENIED:*)
 *)
 	err "${verdict#ERROR:} (after $(secs))"
 	err "last serial lines:"; tail -n 15 "$WORK/serial.log" | tr -d '\r' | sed 's/^/  | /' >&2
+	if [ "$TPM" = 1 ] && [ -s "$WORK/swtpm.log" ]; then
+		err "swtpm log:"; tail -n 10 "$WORK/swtpm.log" | sed 's/^/  | /' >&2
+	fi
 	echo ERROR; exit 2 ;;
 esac

@@ -8,7 +8,8 @@
 # Installs, only where missing (idempotent; `apt-get update` runs at most
 # once, and only if some apt package must be installed):
 #   apt: ovmf qemu-system-x86 systemd-boot-efi busybox-static dosfstools
-#        mtools binutils openssl (+ any EXTRA_APT_PKG, e.g. sbsigntool)
+#        mtools binutils openssl swtpm swtpm-tools (the TPM of boot.sh --tpm)
+#        (+ any EXTRA_APT_PKG, e.g. sbsigntool)
 #   pip: virt-firmware (provides virt-fw-vars) into the venv
 #        ${PKI_SIGNER_VENV:-<repo>/.venv}  (python3 -m venv)
 # After it, VIRT_FW_VARS is exported with the path of virt-fw-vars.
@@ -45,7 +46,7 @@ _ovmf_apt() {
 
 ovmf_deps() {
 	local pkgs=(ovmf qemu-system-x86 systemd-boot-efi busybox-static
-		dosfstools mtools binutils openssl "$@")
+		dosfstools mtools binutils openssl swtpm swtpm-tools "$@")
 	local missing=() p st
 	for p in "${pkgs[@]}"; do
 		st="$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)"

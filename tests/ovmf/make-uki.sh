@@ -4,7 +4,12 @@
 #
 # Usage:
 #   tests/ovmf/make-uki.sh OUT.efi [--kernel VMLINUZ] [--initrd INITRD]
-#                                  [--cmdline "TEXT"] [--stub STUB.efi]
+#                                  [--cmdline "TEXT"] [--stub STUB.efi] [--tpm]
+#   tests/ovmf/make-uki.sh --initrd-only OUT.cpio.gz [--tpm]
+#
+# --initrd-only writes just the busybox initrd described below (e.g. for
+# `pki-signer uki build --initrd`).  --tpm makes its /init also report the
+# TPM (see "TPM report" below); without it the initrd is as before.
 #
 # What goes in:
 #   stub     /usr/lib/systemd/boot/efi/linuxx64.efi.stub   (apt systemd-boot-efi)
@@ -19,6 +24,15 @@
 #            "PKI-SIGNER-SB: ", then the
 #            marker line "PKI-SIGNER-BOOT-OK" on /dev/console (ttyS0) and
 #            powers off at once (poweroff -f).
+#   TPM report (--tpm), printed before the marker line:
+#            PKI-SIGNER-PCR11-SHA256: <HEX>   /sys/class/tpm/tpm0/pcr-sha256/11
+#            PKI-SIGNER-PCR11-SHA1: <HEX>     (pcr-sha1/11)
+#            ("none" when absent: no TPM within 10 s, or no such bank), the
+#            SHA-256 of what systemd-stub handed over from .pcrsig / .pcrpkey:
+#            PKI-SIGNER-EXTRA: <sha256>  /.extra/tpm2-pcr-signature.json
+#            PKI-SIGNER-EXTRA: <sha256>  /.extra/tpm2-pcr-public-key.pem
+#            and the kernel's tpm dmesg lines prefixed "PKI-SIGNER-TPM: ".
+#            (Debian 12's kernel has the TPM TIS and CRB drivers built in.)
 #
 # Sections are appended after the stub's last section, each VMA aligned to
 # 4 KiB (the objcopy method from systemd-stub(7) / the Arch wiki "Unified
@@ -45,6 +59,8 @@ INITRD=""
 STUB="/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 CMDLINE="console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 loglevel=4 rdinit=/init"
 MARKER="PKI-SIGNER-BOOT-OK"
+INITRD_ONLY=0
+TPM=0
 CACHE="${PKI_SIGNER_CACHE:-$HOME/.cache/pki-signer}"
 
 while [ $# -gt 0 ]; do
@@ -53,13 +69,17 @@ while [ $# -gt 0 ]; do
 	--initrd) INITRD="${2:?--initrd needs a file}"; shift 2 ;;
 	--cmdline) CMDLINE="${2?--cmdline needs text}"; shift 2 ;;
 	--stub) STUB="${2:?--stub needs a file}"; shift 2 ;;
+	--initrd-only) INITRD_ONLY=1; shift ;;
+	--tpm) TPM=1; shift ;;
 	-h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
 	-*) die "unknown option $1" ;;
 	*) [ -z "$OUT" ] || die "only one OUT.efi"; OUT="$1"; shift ;;
 	esac
 done
 [ -n "$OUT" ] || die "usage: make-uki.sh OUT.efi [--kernel VMLINUZ] [--initrd INITRD]"
-[ -f "$STUB" ] || die "no stub $STUB (apt-get install systemd-boot-efi)"
+if [ "$INITRD_ONLY" = 0 ]; then
+	[ -f "$STUB" ] || die "no stub $STUB (apt-get install systemd-boot-efi)"
+fi
 for t in objcopy objdump; do command -v "$t" >/dev/null || die "$t missing (binutils)"; done
 
 # Deterministic output for the same inputs: bfd takes the PE timestamp from
@@ -103,10 +123,10 @@ fetch_kernel() {
 	printf '%s\n' "$dir/vmlinuz"
 }
 
-if [ -z "$KERNEL" ]; then
-	KERNEL="$(fetch_kernel)"
+if [ "$INITRD_ONLY" = 0 ]; then
+	[ -n "$KERNEL" ] || KERNEL="$(fetch_kernel)"
+	[ -f "$KERNEL" ] || die "no kernel $KERNEL"
 fi
-[ -f "$KERNEL" ] || die "no kernel $KERNEL"
 
 # ---- initrd ---------------------------------------------------------------
 make_initrd() {
@@ -124,6 +144,23 @@ exec </dev/console >/dev/console 2>&1
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox dmesg | /bin/busybox grep -i 'secure boot' | /bin/busybox sed 's/^/PKI-SIGNER-SB: /'
+EOF
+	if [ "$TPM" = 1 ]; then
+		# Quoted: expanded by /init at boot, not here.
+		cat >>"$WORK/init" <<'EOF'
+n=0
+while [ ! -e /sys/class/tpm/tpm0/pcr-sha256/11 ] && [ $n -lt 100 ]; do /bin/busybox usleep 100000; n=$((n + 1)); done
+/bin/busybox dmesg | /bin/busybox grep -i tpm | /bin/busybox sed 's/^/PKI-SIGNER-TPM: /'
+for b in SHA256 SHA1; do
+	f=/sys/class/tpm/tpm0/pcr-$(echo $b | /bin/busybox tr A-Z a-z)/11
+	if [ -r $f ]; then echo "PKI-SIGNER-PCR11-$b: $(/bin/busybox cat $f)"; else echo "PKI-SIGNER-PCR11-$b: none"; fi
+done
+for f in /.extra/tpm2-pcr-signature.json /.extra/tpm2-pcr-public-key.pem; do
+	if [ -f $f ]; then /bin/busybox sha256sum $f | /bin/busybox sed 's/^/PKI-SIGNER-EXTRA: /'; fi
+done
+EOF
+	fi
+	cat >>"$WORK/init" <<EOF
 echo "$MARKER"
 /bin/busybox sync
 /bin/busybox poweroff -f
@@ -167,6 +204,12 @@ if [ -z "$INITRD" ]; then
 	INITRD="$(make_initrd)"
 fi
 [ -f "$INITRD" ] || die "no initrd $INITRD"
+if [ "$INITRD_ONLY" = 1 ]; then
+	mkdir -p "$(dirname "$OUT")"
+	cp "$INITRD" "$OUT.tmp" && mv "$OUT.tmp" "$OUT"
+	printf '%s\n' "$OUT"
+	exit 0
+fi
 
 # ---- os-release, cmdline --------------------------------------------------
 cat >"$WORK/os-release" <<'EOF'
