@@ -474,21 +474,12 @@ fn locate(rec: &Record, plan_dir: &Path) -> PathBuf {
         .unwrap_or_else(|| rec.output_abs.clone())
 }
 
-/// Re-sign every artifact of the plan. Errors returned here come before
-/// anything was written (bad plan or keys, a development key); per-artifact
-/// problems are in the report.
-pub fn run(opts: &Options) -> Result<Report> {
-    let records = plan::read(&opts.plan)?;
-    if records.is_empty() {
-        return Err(Error::input(&opts.plan, "no records: nothing to re-sign"));
-    }
-    let records = latest_per_output(records);
-    let keys = Keys::load(&opts.keys)?;
-
-    // Which production key each record needs; all must be there before we start.
+/// The KEYS.json entry each record needs (by role, else by the build
+/// certificate), and the distinct entries in first-use order.
+fn keys_needed(records: &[Record], keys: &Keys) -> Result<(Vec<String>, Vec<String>)> {
     let mut needed: Vec<String> = vec![];
     let mut entry_of: Vec<String> = vec![];
-    for rec in &records {
+    for rec in records {
         let e = keys.entry_for(rec).ok_or_else(|| {
             Error::input(
                 &keys.path,
@@ -508,137 +499,133 @@ pub fn run(opts: &Options) -> Result<Report> {
         entry_of.push(e.name.clone());
     }
 
-    // Refuse development keys from their certificates alone, before any
-    // key (or token login) is touched.
-    let mut warnings = vec![];
-    let mut plan_pkis: Vec<PathBuf> = vec![];
-    for r in &records {
-        if let Some(p) = &r.pki {
-            if !plan_pkis.contains(p) {
-                plan_pkis.push(p.clone());
-            }
-        }
-    }
-    let dev = dev_certs(&opts.dev_pki, &plan_pkis, &mut warnings)?;
-    // The build's own keys, by public key: also those signed with --key/--cert.
-    let built_with = build_certs(&records, &fsutil::parent_dir(&plan::absolute(&opts.plan)?));
-    let mut anchors_of: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-    for name in &needed {
-        let e = &keys.entries[name];
-        let label = entry_label(name);
-        let mut certs = identity::read_cert_chain(&e.cert)?;
-        if let Some(c) = &e.chain {
-            certs.extend(x509::read_certs(c)?);
-        }
-        for der in &certs {
-            if let Some((i, DevLink::SameKey)) = dev_match(der, &dev) {
-                return Err(Error::input(
-                    &keys.path,
-                    format!(
-                        "{label}: production certificate '{}' has the public key of development certificate '{}' ({} in {}, {}); refusing to re-sign",
-                        subject_of(der),
-                        subject_of(&dev[i].der),
-                        dev[i].role,
-                        dev[i].dir.display(),
-                        dev[i].why
-                    ),
-                ));
-            }
-            if let Some((i, _)) = dev_match(der, &dev) {
-                let root = &dev[dev_root(&dev, i)];
-                return Err(Error::input(
-                    &keys.path,
-                    format!(
-                        "{label}: production certificate '{}' chains to development root '{}' ({} in {}, {}); refusing to re-sign",
-                        subject_of(&certs[0]),
-                        subject_of(&root.der),
-                        root.role,
-                        root.dir.display(),
-                        root.why
-                    ),
-                ));
-            }
-        }
-        let fp = crate::codec::sha256_hex(&certs[0]);
-        let key = public_key(&certs[0]);
-        if let Some(b) = built_with
-            .iter()
-            .find(|b| public_key(b).is_some() && public_key(b) == key)
-        {
-            return Err(Error::input(
-                &keys.path,
-                format!(
-                    "{label}: production certificate '{}' has the public key of the build's certificate '{}' (SHA-256 {}); refusing to re-sign",
-                    subject_of(&certs[0]),
-                    subject_of(b),
-                    crate::codec::sha256_hex(b)
-                ),
-            ));
-        }
-        if records
-            .iter()
-            .any(|r| r.key_fingerprint.eq_ignore_ascii_case(&fp))
-        {
-            return Err(Error::input(
-                &keys.path,
-                format!(
-                    "{label}: production certificate '{}' is the one the build signed with (SHA-256 {fp}); refusing to re-sign",
-                    subject_of(&certs[0])
-                ),
-            ));
-        }
-        if e.trust.is_empty() {
-            return Err(Error::input(
-                &keys.path,
-                format!("{label}: no production trust anchors (\"trust\": [ROOT.cert]) to verify the result against"),
-            ));
-        }
-        let mut anchors = vec![];
-        for t in &e.trust {
-            for der in x509::read_certs(t)? {
-                if let Some((i, _)) = dev_match(&der, &dev) {
-                    let root = &dev[dev_root(&dev, i)];
-                    return Err(Error::input(
-                        t,
-                        format!(
-                            "{label}: trust anchor '{}' belongs to development root '{}' ({}); refusing to re-sign",
-                            subject_of(&der),
-                            subject_of(&root.der),
-                            root.dir.display()
-                        ),
-                    ));
-                }
-                anchors.push(der);
-            }
-        }
-        // The path rules every verifier uses (partial chains, as firmware
-        // allows; validity was checked when the key was loaded).
-        if let Err(why) = crate::chain::uefi_path(&certs[0], &certs[1..], &anchors) {
-            return Err(Error::input(
-                &keys.path,
-                format!(
-                    "{label}: production certificate '{}' does not chain to any of its trust anchors ({}): {why}",
-                    subject_of(&certs[0]),
-                    e.trust
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        anchors_of.insert(name.clone(), anchors);
-    }
+    Ok((needed, entry_of))
+}
 
-    // Destinations: with --out-dir, one file name per artifact, and never an
-    // artifact itself.
-    let plan_dir = fsutil::parent_dir(&plan::absolute(&opts.plan)?);
-    let sources: Vec<PathBuf> = records.iter().map(|r| locate(r, &plan_dir)).collect();
+/// Refuse a production entry whose certificates are, or chain to,
+/// development ones or the build's own, or that does not chain to its trust
+/// anchors; returns the anchors.
+fn check_production(
+    keys: &Keys,
+    name: &str,
+    dev: &[DevCert],
+    built_with: &[Vec<u8>],
+    records: &[Record],
+) -> Result<Vec<Vec<u8>>> {
+    let e = &keys.entries[name];
+    let label = entry_label(name);
+    let mut certs = identity::read_cert_chain(&e.cert)?;
+    if let Some(c) = &e.chain {
+        certs.extend(x509::read_certs(c)?);
+    }
+    for der in &certs {
+        if let Some((i, DevLink::SameKey)) = dev_match(der, dev) {
+            return Err(Error::input(
+                &keys.path,
+                format!(
+                    "{label}: production certificate '{}' has the public key of development certificate '{}' ({} in {}, {}); refusing to re-sign",
+                    subject_of(der),
+                    subject_of(&dev[i].der),
+                    dev[i].role,
+                    dev[i].dir.display(),
+                    dev[i].why
+                ),
+            ));
+        }
+        if let Some((i, _)) = dev_match(der, dev) {
+            let root = &dev[dev_root(dev, i)];
+            return Err(Error::input(
+                &keys.path,
+                format!(
+                    "{label}: production certificate '{}' chains to development root '{}' ({} in {}, {}); refusing to re-sign",
+                    subject_of(&certs[0]),
+                    subject_of(&root.der),
+                    root.role,
+                    root.dir.display(),
+                    root.why
+                ),
+            ));
+        }
+    }
+    let fp = crate::codec::sha256_hex(&certs[0]);
+    let key = public_key(&certs[0]);
+    if let Some(b) = built_with
+        .iter()
+        .find(|b| public_key(b).is_some() && public_key(b) == key)
+    {
+        return Err(Error::input(
+            &keys.path,
+            format!(
+                "{label}: production certificate '{}' has the public key of the build's certificate '{}' (SHA-256 {}); refusing to re-sign",
+                subject_of(&certs[0]),
+                subject_of(b),
+                crate::codec::sha256_hex(b)
+            ),
+        ));
+    }
+    if records
+        .iter()
+        .any(|r| r.key_fingerprint.eq_ignore_ascii_case(&fp))
+    {
+        return Err(Error::input(
+            &keys.path,
+            format!(
+                "{label}: production certificate '{}' is the one the build signed with (SHA-256 {fp}); refusing to re-sign",
+                subject_of(&certs[0])
+            ),
+        ));
+    }
+    if e.trust.is_empty() {
+        return Err(Error::input(
+            &keys.path,
+            format!("{label}: no production trust anchors (\"trust\": [ROOT.cert]) to verify the result against"),
+        ));
+    }
+    let mut anchors = vec![];
+    for t in &e.trust {
+        for der in x509::read_certs(t)? {
+            if let Some((i, _)) = dev_match(&der, dev) {
+                let root = &dev[dev_root(dev, i)];
+                return Err(Error::input(
+                    t,
+                    format!(
+                        "{label}: trust anchor '{}' belongs to development root '{}' ({}); refusing to re-sign",
+                        subject_of(&der),
+                        subject_of(&root.der),
+                        root.dir.display()
+                    ),
+                ));
+            }
+            anchors.push(der);
+        }
+    }
+    // The path rules every verifier uses (partial chains, as firmware
+    // allows; validity was checked when the key was loaded).
+    if let Err(why) = crate::chain::uefi_path(&certs[0], &certs[1..], &anchors) {
+        return Err(Error::input(
+            &keys.path,
+            format!(
+                "{label}: production certificate '{}' does not chain to any of its trust anchors ({}): {why}",
+                subject_of(&certs[0]),
+                e.trust
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    Ok(anchors)
+}
+
+/// Destinations: with --out-dir, one file name per artifact, and never an
+/// artifact itself; else the artifacts themselves.
+fn destinations(opts: &Options, sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut dests = vec![];
     if let Some(dir) = &opts.out_dir {
         let dir_abs = plan::absolute(dir)?;
         let mut names: HashMap<&std::ffi::OsStr, &Path> = HashMap::new();
-        for src in &sources {
+        for src in sources {
             let name = src
                 .file_name()
                 .ok_or_else(|| Error::input(src, "not a file name"))?;
@@ -667,8 +654,49 @@ pub fn run(opts: &Options) -> Result<Report> {
             dests.push(dir_abs.join(name));
         }
     } else {
-        dests = sources.clone();
+        dests = sources.to_vec();
     }
+
+    Ok(dests)
+}
+
+/// Re-sign every artifact of the plan. Errors returned here come before
+/// anything was written (bad plan or keys, a development key); per-artifact
+/// problems are in the report.
+pub fn run(opts: &Options) -> Result<Report> {
+    let records = plan::read(&opts.plan)?;
+    if records.is_empty() {
+        return Err(Error::input(&opts.plan, "no records: nothing to re-sign"));
+    }
+    let records = latest_per_output(records);
+    let keys = Keys::load(&opts.keys)?;
+
+    // Which production key each record needs; all must be there before we start.
+    let (needed, entry_of) = keys_needed(&records, &keys)?;
+
+    // Refuse development keys from their certificates alone, before any
+    // key (or token login) is touched.
+    let mut warnings = vec![];
+    let mut plan_pkis: Vec<PathBuf> = vec![];
+    for r in &records {
+        if let Some(p) = &r.pki {
+            if !plan_pkis.contains(p) {
+                plan_pkis.push(p.clone());
+            }
+        }
+    }
+    let dev = dev_certs(&opts.dev_pki, &plan_pkis, &mut warnings)?;
+    // The build's own keys, by public key: also those signed with --key/--cert.
+    let built_with = build_certs(&records, &fsutil::parent_dir(&plan::absolute(&opts.plan)?));
+    let mut anchors_of: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for name in &needed {
+        let anchors = check_production(&keys, name, &dev, &built_with, &records)?;
+        anchors_of.insert(name.clone(), anchors);
+    }
+
+    let plan_dir = fsutil::parent_dir(&plan::absolute(&opts.plan)?);
+    let sources: Vec<PathBuf> = records.iter().map(|r| locate(r, &plan_dir)).collect();
+    let dests = destinations(opts, &sources)?;
 
     // Load the keys (token logins happen here), once each.
     let mut prod: BTreeMap<String, Production> = BTreeMap::new();
@@ -690,31 +718,54 @@ pub fn run(opts: &Options) -> Result<Report> {
         fs::create_dir_all(dir).at(dir)?;
     }
 
-    let mut artifacts = vec![];
-    for (i, rec) in records.iter().enumerate() {
-        let p = &prod[&entry_of[i]];
-        let job = Job {
-            rec,
-            src: &sources[i],
-            dest: &dests[i],
-            p,
-            out_dir: opts.out_dir.is_some(),
-            dry_run: opts.dry_run,
-            signing_time: opts.signing_time,
-        };
-        let res = match rec.kind {
-            Kind::Pe => job.pe(),
-            Kind::Guestos => job.guestos(),
+    let artifacts: Vec<ArtifactReport> = records
+        .iter()
+        .enumerate()
+        .map(|(i, rec)| {
+            let job = Job {
+                rec,
+                src: &sources[i],
+                dest: &dests[i],
+                p: &prod[&entry_of[i]],
+                out_dir: opts.out_dir.is_some(),
+                dry_run: opts.dry_run,
+                signing_time: opts.signing_time,
+            };
+            job.report()
+        })
+        .collect();
+    let count = |s: Status| artifacts.iter().filter(|a| a.status == s).count();
+    let failed = count(Status::Failed);
+    Ok(Report {
+        plan: opts.plan.clone(),
+        keys: opts.keys.clone(),
+        out_dir: opts.out_dir.clone(),
+        dry_run: opts.dry_run,
+        warnings,
+        resigned: count(Status::Resigned) + count(Status::WouldResign),
+        skipped: count(Status::Skipped),
+        failed,
+        ok: failed == 0,
+        artifacts,
+    })
+}
+
+impl Job<'_> {
+    /// Re-sign this artifact; its problems go into the report, not up.
+    fn report(&self) -> ArtifactReport {
+        let res = match self.rec.kind {
+            Kind::Pe => self.pe(),
+            Kind::Guestos => self.guestos(),
         };
         let mut a = ArtifactReport {
-            artifact: sources[i].clone(),
-            output: dests[i].clone(),
-            kind: rec.kind,
-            role: rec.role.clone(),
+            artifact: self.src.to_path_buf(),
+            output: self.dest.to_path_buf(),
+            kind: self.rec.kind,
+            role: self.rec.role.clone(),
             status: Status::Failed,
             sha256_old: None,
             sha256_new: None,
-            signer: Some(p.subject.clone()),
+            signer: Some(self.p.subject.clone()),
             reason: None,
             exit_code: 0,
         };
@@ -735,22 +786,8 @@ pub fn run(opts: &Options) -> Result<Report> {
                 );
             }
         }
-        artifacts.push(a);
+        a
     }
-    let count = |s: Status| artifacts.iter().filter(|a| a.status == s).count();
-    let failed = count(Status::Failed);
-    Ok(Report {
-        plan: opts.plan.clone(),
-        keys: opts.keys.clone(),
-        out_dir: opts.out_dir.clone(),
-        dry_run: opts.dry_run,
-        warnings,
-        resigned: count(Status::Resigned) + count(Status::WouldResign),
-        skipped: count(Status::Skipped),
-        failed,
-        ok: failed == 0,
-        artifacts,
-    })
 }
 
 // ---------------------------------------------------------------------------
