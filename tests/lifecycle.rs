@@ -611,3 +611,324 @@ fn rotate_refuses_bad_input_with_one_line_and_changes_nothing() {
     assert_eq!(fs::read(d.join("pki/pki.json")).unwrap(), before);
     assert!(!d.join("pki/retired").exists());
 }
+
+/// Microsoft's owner GUID of its dbx entries.
+const MS_OWNER: &str = "77fa9abd-0359-4d32-bd60-28f4e78f784b";
+const TIME: &str = "2024-01-02 03:04:05";
+
+/// A dbx update as uefi.org publishes them: EFI_VARIABLE_AUTHENTICATION_2
+/// over one list of many EFI_CERT_SHA256 entries owned by Microsoft, an
+/// append signed by a certificate a KEK CA issued (made here with openssl
+/// and efitools' sign-efi-sig-list). We show it, check its signer against
+/// the KEK, apply it to an image and merge our own revocations with it.
+#[test]
+fn published_dbx_update_is_shown_verified_applied_and_merged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let Some(img) = systemd_boot() else { return };
+    let Some(sesl) = peer("sign-efi-sig-list") else {
+        return;
+    };
+    let o = openssl();
+    peer_ok(
+        &o,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "kekca.key",
+            "-out",
+            "kekca.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Test KEK CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=keyCertSign,cRLSign",
+        ],
+        d,
+    );
+    peer_ok(
+        &o,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "signer.key",
+            "-out",
+            "signer.csr",
+            "-subj",
+            "/CN=Test KEK dbx signer",
+        ],
+        d,
+    );
+    peer_ok(
+        &o,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "signer.csr",
+            "-CA",
+            "kekca.pem",
+            "-CAkey",
+            "kekca.key",
+            "-days",
+            "30",
+            "-out",
+            "signer.pem",
+        ],
+        d,
+    );
+    // 299 made-up hashes and the systemd-boot image's Authenticode digest.
+    let digest = stdout(&ok(run_env(d, &["pe", "digest", img, "--json"], &[])));
+    let digest: serde_json::Value = serde_json::from_str(&digest).unwrap();
+    // What firmware hashes once the image is signed (signing pads it to 8 bytes).
+    let digest = digest["sha256_when_signed"].as_str().unwrap().to_string();
+    let mut args = vec!["efivar".to_string(), "esl".into()];
+    for i in 0..299u32 {
+        let h = format!("{:08x}", i.wrapping_mul(2_654_435_761) ^ 0x5bd1_e995).repeat(8);
+        args.extend(["--sha256".into(), h]);
+    }
+    args.extend(["--sha256".into(), digest.clone()]);
+    args.extend([
+        "--owner".into(),
+        MS_OWNER.into(),
+        "-o".into(),
+        "published.esl".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    ok(run_env(d, &args, &[]));
+    peer_ok(
+        &sesl,
+        &[
+            "-a",
+            "-t",
+            TIME,
+            "-k",
+            "signer.key",
+            "-c",
+            "signer.pem",
+            "dbx",
+            "published.esl",
+            "published.auth",
+        ],
+        d,
+    );
+
+    // show: an append to dbx, 300 SHA-256 entries of Microsoft's owner GUID.
+    let out = stdout(&ok(run_env(d, &["efivar", "show", "published.auth"], &[])));
+    assert!(out.contains("signed for: append to dbx"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "content: 300 entries: 300 sha256 (owner {MS_OWNER})"
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&digest), "{out}");
+    let out = stdout(&ok(run_env(
+        d,
+        &["efivar", "show", "--json", "published.auth"],
+        &[],
+    )));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 300);
+    assert_eq!(v["entries"][0]["owner"], MS_OWNER);
+    // verify: the signer chains to the KEK (db/dbx updates may), not to another.
+    let out = stdout(&ok(run_env(
+        d,
+        &[
+            "efivar",
+            "verify",
+            "published.auth",
+            "--var",
+            "dbx",
+            "--append",
+            "--cert",
+            "kekca.pem",
+            "--json",
+        ],
+        &[],
+    )));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["trusted_by"], "CN=Test KEK CA");
+    assert_eq!(v["signer"], "CN=Test KEK dbx signer");
+    let o2 = run_env(
+        d,
+        &["efivar", "verify", "published.auth", "--cert", "signer.csr"],
+        &[],
+    );
+    assert_eq!(o2.status.code(), Some(2), "{}", stderr(&o2));
+    ok(sde(
+        d,
+        &["pki", "init", "--uefi", "--key-type", "ec:prime256v1"],
+    ));
+    let o2 = run_env(
+        d,
+        &[
+            "efivar",
+            "verify",
+            "published.auth",
+            "--cert",
+            "pki/KEK.crt",
+        ],
+        &[],
+    );
+    assert_eq!(o2.status.code(), Some(1), "{}", stdout(&o2));
+    // It revokes the image by its digest: pe verify --dbx takes the .auth.
+    ok(run_env(
+        d,
+        &[
+            "pe",
+            "sign",
+            img,
+            "-o",
+            "signed.efi",
+            "--role",
+            "ssig_subca",
+        ],
+        &[],
+    ));
+    ok(run_env(
+        d,
+        &[
+            "pe",
+            "verify",
+            "signed.efi",
+            "--cert",
+            "pki/ssig_subca.cert",
+        ],
+        &[],
+    ));
+    let o2 = run_env(
+        d,
+        &[
+            "pe",
+            "verify",
+            "signed.efi",
+            "--cert",
+            "pki/ssig_subca.cert",
+            "--dbx",
+            "published.auth",
+        ],
+        &[],
+    );
+    assert_eq!(o2.status.code(), Some(1), "{}", stdout(&o2));
+
+    // Merge our own revocation (pki rotate's dbx list) with the published one.
+    ok(sde(d, &["pki", "rotate", "ssig_subca"]));
+    let ours = auth_data(&fs::read(d.join("pki/updates/dbx-ssig_subca.1.auth")).unwrap());
+    fs::write(d.join("ours.esl"), &ours).unwrap();
+    let out = stdout(&ok(run_env(
+        d,
+        &[
+            "efivar",
+            "auth",
+            "--var",
+            "dbx",
+            "--append",
+            "--role",
+            "KEK",
+            "--dir",
+            "pki",
+            "--time",
+            TIME,
+            "--merge",
+            "published.auth",
+            "--merge",
+            "published.esl",
+            "ours.esl",
+            "-o",
+            "merged.auth",
+        ],
+        &[],
+    )));
+    assert!(
+        out.contains("merged 300 entries of published.auth"),
+        "{out}"
+    );
+    assert!(out.contains("merged 0 entries of published.esl"), "{out}");
+    let merged = fs::read(d.join("merged.auth")).unwrap();
+    let data = auth_data(&merged);
+    assert_eq!(
+        data,
+        [ours.clone(), fs::read(d.join("published.esl")).unwrap()].concat()
+    );
+    fs::write(d.join("merged.esl"), &data).unwrap();
+    peer_ok(
+        &sesl,
+        &[
+            "-a",
+            "-t",
+            TIME,
+            "-k",
+            "pki/KEK.key",
+            "-c",
+            "pki/KEK.crt",
+            "dbx",
+            "merged.esl",
+            "efitools.auth",
+        ],
+        d,
+    );
+    assert_eq!(merged, fs::read(d.join("efitools.auth")).unwrap());
+    if let Some(sigdb) = virt_fw("virt-fw-sigdb") {
+        let out = peer_ok(&sigdb, &["-i", "merged.esl", "-p"], d);
+        assert!(out.contains("EfiCertSha256 count=300"), "{out}");
+        assert!(
+            out.contains("type=3bd2a492-96c0-4079-b420-fcf98ef103ed count=1"),
+            "{out}"
+        );
+    }
+    if let Some(sl2c) = peer("sig-list-to-certs") {
+        peer_ok(&sl2c, &["merged.esl", "m"], d);
+    }
+    ok(run_env(
+        d,
+        &[
+            "efivar",
+            "verify",
+            "merged.auth",
+            "--var",
+            "dbx",
+            "--append",
+            "--cert",
+            "pki/KEK.crt",
+        ],
+        &[],
+    ));
+    // A --merge file that is not a list is refused with one line, nothing written.
+    fs::write(d.join("junk.auth"), b"junk").unwrap();
+    let err = fails(
+        run_env(
+            d,
+            &[
+                "efivar",
+                "auth",
+                "--var",
+                "dbx",
+                "--role",
+                "KEK",
+                "--dir",
+                "pki",
+                "--merge",
+                "junk.auth",
+                "ours.esl",
+                "-o",
+                "x.auth",
+            ],
+            &[],
+        ),
+        2,
+    );
+    assert!(err.contains("junk.auth"), "{err}");
+    assert!(!d.join("x.auth").exists());
+}
