@@ -733,6 +733,7 @@ pub fn check_history(
     items: &mut Vec<crate::pki::CheckItem>,
 ) {
     use crate::pki::CheckItem;
+    check_dbx_files(pki, m, items);
     let dir = &pki.dir;
     // Every certificate the history names, by fingerprint.
     let mut by_fp: std::collections::HashMap<String, Vec<u8>> = Default::default();
@@ -951,5 +952,118 @@ fn check_update(
             u.role,
             u.generation
         ));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// pki init --revoke-dev
+
+/// The certificates a development PKI puts into db: the roles of its
+/// `DB.esl` (DB and ssig_subca) and their retired generations; for a
+/// GyroidOS directory without `pki.json`, `ssig_subca.cert` and `DB.crt`.
+/// Refuses a directory that is not a development PKI.
+pub fn dev_db_certs(dev: &Path) -> Result<Vec<Vec<u8>>> {
+    if crate::release::development_dir(dev)?.is_none() {
+        return Err(Error::input(
+            dev,
+            format!("not a development PKI (neither {MANIFEST} with \"development\": true nor a gen_dev_certs.sh directory); --revoke-dev revokes only development certificates"),
+        ));
+    }
+    let mut files: Vec<PathBuf> = vec![];
+    if dev.join(MANIFEST).exists() {
+        let m = Inventory::load(dev)?;
+        let mut roles = listed_roles(&m, "DB.esl");
+        if roles.is_empty() {
+            roles = ["DB", "ssig_subca"]
+                .iter()
+                .filter(|r| m.role(r).is_some())
+                .map(|r| r.to_string())
+                .collect();
+        }
+        for r in &roles {
+            if let Some(e) = m.role(r) {
+                files.push(dev.join(&e.files.cert));
+            }
+            files.extend(
+                m.retired
+                    .iter()
+                    .filter(|x| &x.role == r)
+                    .map(|x| dev.join(&x.files.cert)),
+            );
+        }
+    } else {
+        files.extend(
+            ["ssig_subca.cert", "DB.crt"]
+                .iter()
+                .map(|f| dev.join(f))
+                .filter(|p| p.exists()),
+        );
+    }
+    let mut out: Vec<Vec<u8>> = vec![];
+    for f in files {
+        let c = x509::read_certs(&f)?.remove(0);
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::input(
+            dev,
+            "holds no db certificate (DB or ssig_subca) to revoke",
+        ));
+    }
+    Ok(out)
+}
+
+/// `pki check` of `dbx.esl`/`dbx.auth` of `pki init --revoke-dev`: the list
+/// holds certificate hashes only, and the update is an append to dbx of
+/// exactly that list, signed by this PKI's KEK.
+pub fn check_dbx_files(
+    pki: &crate::pki::Pki,
+    m: &Inventory,
+    items: &mut Vec<crate::pki::CheckItem>,
+) {
+    let dir = &pki.dir;
+    for f in m.files.iter().filter(|f| f.kind == "dbx-auth") {
+        let mut it = crate::pki::CheckItem {
+            role: f.path.clone(),
+            ..Default::default()
+        };
+        let path = dir.join(&f.path);
+        let kek = m
+            .role("KEK")
+            .and_then(|k| first_cert(&dir.join(&k.files.cert)));
+        let esl = fs::read(dir.join("dbx.esl")).unwrap_or_default();
+        match (fsutil::read_input(&path, fsutil::InputKind::Auth), kek) {
+            (Err(e), _) => it.problems.push(e.to_string()),
+            (_, None) => it
+                .problems
+                .push("no KEK certificate to check it with".into()),
+            (Ok(b), Some(kek)) => {
+                match efivar::verify_auth(
+                    &b,
+                    &path,
+                    Some((SecureVar::Dbx, true)),
+                    std::slice::from_ref(&kek),
+                ) {
+                    Err(e) => it.problems.push(e.to_string()),
+                    Ok(v) => it
+                        .problems
+                        .extend(v.problems.iter().map(|p| format!("dbx update: {p}"))),
+                }
+                match efivar::parse_auth(&b, &path) {
+                    Ok(a) if a.data == esl => {
+                        let n = efivar::parse_esl(&esl, &path).map(|e| e.len()).unwrap_or(0);
+                        it.notes.push(format!(
+                            "revokes {n} development certificate(s) by TBSCertificate hash"
+                        ));
+                    }
+                    Ok(_) => it.problems.push("does not hold the list of dbx.esl".into()),
+                    Err(e) => it.problems.push(e.to_string()),
+                }
+            }
+        }
+        it.ok = it.problems.is_empty();
+        items.push(it);
     }
 }

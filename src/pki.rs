@@ -915,6 +915,10 @@ pub struct InitOptions {
     /// token instead of in files. DIR then holds certificates, signature
     /// lists and `pki.json`, which names each key by its URI.
     pub hsm: Option<String>,
+    /// A development PKI whose db certificates (DB, ssig_subca and their
+    /// retired generations) the new PKI revokes: `dbx.esl` and `dbx.auth`,
+    /// so that images signed in development are denied on production devices.
+    pub revoke_dev: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -1107,6 +1111,23 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
 
     // Release mode never creates a development PKI.
     crate::release::check_pki_init(&dir, creating, opts.hsm.is_some())?;
+    let revoke = match &opts.revoke_dev {
+        None => vec![],
+        Some(dev) => {
+            if !opts.plan.uefi {
+                return Err(Error::Usage(
+                    "--revoke-dev writes dbx.esl/dbx.auth: it needs --uefi".into(),
+                ));
+            }
+            if opts.hsm.is_none() {
+                return Err(Error::Usage(
+                    "--revoke-dev is for production PKIs, whose keys pki init --hsm makes in a token"
+                        .into(),
+                ));
+            }
+            crate::lifecycle::dev_db_certs(dev)?
+        }
+    };
     let parent = fsutil::parent_dir(&dir);
     fs::create_dir_all(&parent).at(&parent)?;
     let name = dir
@@ -1142,7 +1163,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
     // Private from its first instant: keys are written into it (the umask
     // can only narrow 0700).
     fs::DirBuilder::new().mode(0o700).create(&tmp).at(&tmp)?;
-    let result = generate_into(&tmp, &opts.plan, hsm.as_mut()).and_then(|m| {
+    let result = generate_into(&tmp, &opts.plan, hsm.as_mut(), &revoke).and_then(|m| {
         fsutil::sync_dir(&tmp)?;
         // rename(2) atomically replaces an empty directory, too.
         fs::rename(&tmp, &dir).at(&dir)?;
@@ -1256,6 +1277,7 @@ fn generate_into(
     tmp: &Path,
     plan: &InitPlan,
     mut hsm: Option<&mut TokenWriter>,
+    revoke: &[Vec<u8>],
 ) -> Result<Inventory> {
     let mut types: Vec<KeyType> = plan.roles.iter().map(|r| r.key_type).collect();
     let mut names: Vec<&str> = plan.roles.iter().map(|r| r.name.as_str()).collect();
@@ -1340,6 +1362,17 @@ fn generate_into(
     }
 
     let mut extra = plan.extra_files();
+    if !revoke.is_empty() {
+        for (path, kind) in [("dbx.esl", "dbx-esl"), ("dbx.auth", "dbx-auth")] {
+            extra.push(FileEntry {
+                path: path.into(),
+                kind: kind.into(),
+                roles: vec![],
+                key_uri: None,
+                time: None,
+            });
+        }
+    }
     let tpm_key = keys.last().filter(|_| plan.uefi);
     let module_key = plan
         .roles
@@ -1410,6 +1443,30 @@ fn generate_into(
                     &data,
                     keys[j].signer.as_ref(),
                     &ders[signer],
+                    &[],
+                )?;
+                fsutil::write_new(&path, &auth, PUBLIC_MODE)?;
+            }
+            "dbx-esl" => {
+                let data = efivar::esl_x509_sha256(plan.owner_guid, revoke, &path)?;
+                fsutil::write_new(&path, &data, PUBLIC_MODE)?;
+            }
+            "dbx-auth" => {
+                // An append: it adds to whatever dbx the device already has.
+                let j = plan
+                    .roles
+                    .iter()
+                    .position(|r| r.name == "KEK")
+                    .expect("UEFI roles are planned");
+                let data = efivar::esl_x509_sha256(plan.owner_guid, revoke, &path)?;
+                let time = efivar::EfiTime::from_env_or(now)?;
+                let auth = efivar::sign_auth(
+                    efivar::SecureVar::Dbx,
+                    true,
+                    time,
+                    &data,
+                    keys[j].signer.as_ref(),
+                    &ders["KEK"],
                     &[],
                 )?;
                 fsutil::write_new(&path, &auth, PUBLIC_MODE)?;

@@ -149,6 +149,10 @@ enum PkiCmd {
         /// PIN from $PKI_SIGNER_PKCS11_PIN or pin-source=file:.
         #[arg(long, value_name = "URI")]
         hsm: Option<String>,
+        /// A development PKI whose db certificates (DB, ssig_subca and their retired
+        /// generations) this production PKI revokes in dbx.esl/dbx.auth (with --hsm --uefi).
+        #[arg(long, value_name = "DIR")]
+        revoke_dev: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

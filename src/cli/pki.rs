@@ -12,6 +12,7 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
             key_type,
             uefi,
             hsm,
+            revoke_dev,
             json,
         } => {
             let prof = match &profile {
@@ -23,6 +24,7 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
                 dir: dir.dir,
                 plan,
                 hsm,
+                revoke_dev,
             })?;
             if json {
                 print_json(&report)?;
