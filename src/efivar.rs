@@ -135,6 +135,125 @@ fn esl(sig_type: Guid, owner: Guid, entries: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// One signature list of EFI_CERT_X509_SHA256 entries: the SHA-256 of each
+/// certificate's TBSCertificate, then a zero EFI_TIME revocation time, as
+/// efitools' cert-to-efi-hash-list writes them. EDK2's
+/// `IsCertHashFoundInDbx` matches it against every certificate a signature
+/// carries and against the db certificate that verified it; a zero
+/// revocation time means revoked whatever the signing time.
+pub fn esl_x509_sha256(owner: Guid, certs: &[Vec<u8>], path: &Path) -> Result<Vec<u8>> {
+    let mut entries = vec![];
+    for c in certs {
+        let mut h = crate::chain::tbs_hash(c, 32)
+            .ok_or_else(|| Error::input(path, "not a certificate: no TBSCertificate to hash"))?;
+        h.extend_from_slice(&[0u8; 16]);
+        entries.push(h);
+    }
+    let refs: Vec<&[u8]> = entries.iter().map(|e| e.as_slice()).collect();
+    Ok(esl(EFI_CERT_X509_SHA256_GUID, owner, &refs))
+}
+
+/// One EFI_SIGNATURE_LIST as it is in a file: its type, header, entry size
+/// and entries (owner GUID, data), so that lists can be filtered and
+/// written back unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SigList {
+    pub sig_type: Guid,
+    pub header: Vec<u8>,
+    pub sig_size: usize,
+    pub entries: Vec<(Guid, Vec<u8>)>,
+}
+
+impl SigList {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let total = LIST_HEADER + self.header.len() + self.sig_size * self.entries.len();
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(&self.sig_type.0);
+        out.extend_from_slice(&(total as u32).to_le_bytes());
+        out.extend_from_slice(&(self.header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.sig_size as u32).to_le_bytes());
+        out.extend_from_slice(&self.header);
+        for (owner, data) in &self.entries {
+            out.extend_from_slice(&owner.0);
+            out.extend_from_slice(data);
+        }
+        out
+    }
+}
+
+/// The lists of a signature database, each with its entries ([`parse_esl`]
+/// checks the sizes; this keeps the list boundaries).
+pub fn parse_lists(bytes: &[u8], path: &Path) -> Result<Vec<SigList>> {
+    // parse_esl validates every size field; walk the same layout again.
+    parse_esl(bytes, path)?;
+    let u32_at = |o: usize| {
+        u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) as usize
+    };
+    let mut out = vec![];
+    let mut off = 0;
+    while off < bytes.len() {
+        let mut t = [0u8; 16];
+        t.copy_from_slice(&bytes[off..off + 16]);
+        let (list_size, header_size, sig_size) =
+            (u32_at(off + 16), u32_at(off + 20), u32_at(off + 24));
+        let header = bytes[off + LIST_HEADER..off + LIST_HEADER + header_size].to_vec();
+        let mut entries = vec![];
+        let mut p = off + LIST_HEADER + header_size;
+        while p < off + list_size {
+            let mut owner = [0u8; 16];
+            owner.copy_from_slice(&bytes[p..p + 16]);
+            entries.push((Guid(owner), bytes[p + 16..p + sig_size].to_vec()));
+            p += sig_size;
+        }
+        out.push(SigList {
+            sig_type: Guid(t),
+            header,
+            sig_size,
+            entries,
+        });
+        off += list_size;
+    }
+    Ok(out)
+}
+
+/// `base` followed by the entries of `more` that `base` (or an earlier list
+/// of `more`) does not already hold, list by list, each list keeping its
+/// type, header and entry size; lists left empty are dropped. An entry is
+/// the same when its type and data are, whoever owns it: firmware gains
+/// nothing from a revocation listed twice. Returns the merged lists and how
+/// many entries were added.
+pub fn merge_lists(base: &[u8], more: &[Vec<SigList>], path: &Path) -> Result<(Vec<u8>, usize)> {
+    let mut seen: std::collections::HashSet<(Guid, Vec<u8>)> = parse_esl(base, path)?
+        .into_iter()
+        .map(|e| (e.sig_type, e.data))
+        .collect();
+    let mut out = base.to_vec();
+    let mut added = 0;
+    for lists in more {
+        for l in lists {
+            let mut keep = l.clone();
+            keep.entries
+                .retain(|(_, d)| seen.insert((l.sig_type, d.clone())));
+            if !keep.entries.is_empty() {
+                added += keep.entries.len();
+                out.extend(keep.to_bytes());
+            }
+        }
+    }
+    Ok((out, added))
+}
+
+/// The signature lists of a file: an `.esl` as it is, or the content of an
+/// `.auth` (a published update such as a dbx revocation list).
+pub fn lists_of_file(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
+    if is_auth(bytes) {
+        Ok(parse_auth(bytes, path)?.data)
+    } else {
+        parse_esl(bytes, path)?;
+        Ok(bytes.to_vec())
+    }
+}
+
 /// One entry of a parsed signature list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SigEntry {
@@ -501,6 +620,25 @@ impl EfiTime {
         })
     }
 
+    /// The time `secs` seconds after the Unix epoch.
+    pub fn from_unix(secs: i64) -> Result<EfiTime> {
+        let t = time::OffsetDateTime::from_unix_timestamp(secs)
+            .map_err(|e| Error::Usage(format!("time {secs}: {e}")))?;
+        EfiTime::from_datetime(t)
+    }
+
+    /// Seconds since the Unix epoch, or None for a time that is no date.
+    pub fn to_unix(self) -> Option<i64> {
+        let month = time::Month::try_from(self.month).ok()?;
+        let date = time::Date::from_calendar_date(i32::from(self.year), month, self.day).ok()?;
+        let tod = time::Time::from_hms(self.hour, self.minute, self.second).ok()?;
+        Some(
+            time::PrimitiveDateTime::new(date, tod)
+                .assume_utc()
+                .unix_timestamp(),
+        )
+    }
+
     /// "YYYY-MM-DD HH:MM:SS" (UTC), the form sign-efi-sig-list -t takes.
     pub fn parse(s: &str) -> std::result::Result<EfiTime, String> {
         let bad = |why: String| format!("time '{s}': {why} (want YYYY-MM-DD HH:MM:SS, UTC)");
@@ -531,6 +669,18 @@ impl EfiTime {
             .map_err(|e| bad(e.to_string()))?;
         EfiTime::from_datetime(time::PrimitiveDateTime::new(date, tod).assume_utc())
             .map_err(|e| bad(e.to_string()))
+    }
+
+    /// SOURCE_DATE_EPOCH in seconds, when it is set.
+    pub fn source_date_epoch() -> Result<Option<i64>> {
+        match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(s) if !s.trim().is_empty() => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| Error::Usage(format!("SOURCE_DATE_EPOCH '{s}' is not a number"))),
+            _ => Ok(None),
+        }
     }
 
     /// SOURCE_DATE_EPOCH when set (reproducible builds), else `fallback`.

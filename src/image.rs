@@ -340,8 +340,9 @@ impl Trust {
     }
 
     fn read_esl(path: &Path) -> Result<Vec<efivar::SigEntry>> {
+        // A published update (.auth, e.g. a dbx revocation list) gives its lists.
         let bytes = fsutil::read_input(path, fsutil::InputKind::Esl)?;
-        efivar::parse_esl(&bytes, path)
+        efivar::parse_esl(&efivar::lists_of_file(&bytes, path)?, path)
     }
 
     pub fn add_db(&mut self, path: &Path) -> Result<()> {

@@ -55,8 +55,9 @@ const MODULE_SIGNING_ROLE: &str = "ssig_subca";
 const ADDED_ROLES: &[&str] = &["ocsp_server"];
 const TPM_PCR_PRIVATE: &str = "tpm2-pcr-private.pem";
 const TPM_PCR_PUBLIC: &str = "tpm2-pcr-public.pem";
-/// `pki check` warns when a certificate expires within this many days.
-pub const EXPIRY_WARNING_DAYS: i64 = 30;
+/// `pki check` warns when a certificate expires within this many days
+/// (`--warn-days`): a quarter is what a rotation needs to reach devices.
+pub const EXPIRY_WARNING_DAYS: u32 = 90;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -567,6 +568,7 @@ impl InitPlan {
                     kind: kind.into(),
                     roles: vec![MODULE_SIGNING_ROLE.into()],
                     key_uri: None,
+                    time: None,
                 });
             }
         }
@@ -579,6 +581,7 @@ impl InitPlan {
             kind: "esl".into(),
             roles: roles.iter().map(|s| s.to_string()).collect(),
             key_uri: None,
+            time: None,
         };
         if self.role("ssig_subca").is_some() {
             v.push(esl("ssig_subca.esl", &["ssig_subca"]));
@@ -603,6 +606,7 @@ impl InitPlan {
                     kind: "auth".into(),
                     roles: f.roles.clone(),
                     key_uri: None,
+                    time: None,
                 })
             })
             .collect();
@@ -612,12 +616,14 @@ impl InitPlan {
             kind: "tpm-pcr-private-key".into(),
             roles: vec![],
             key_uri: None,
+            time: None,
         });
         v.push(FileEntry {
             path: TPM_PCR_PUBLIC.into(),
             kind: "tpm-pcr-public-key".into(),
             roles: vec![],
             key_uri: None,
+            time: None,
         });
         v
     }
@@ -671,6 +677,55 @@ pub struct Inventory {
     pub roles: Vec<RoleEntry>,
     #[serde(default)]
     pub files: Vec<FileEntry>,
+    /// Predecessors `pki rotate` kept (`retired/ROLE.N.*`), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredEntry>,
+    /// Signed variable updates `pki rotate` wrote (`updates/*.auth`), in the
+    /// order their timestamps give them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub updates: Vec<UpdateEntry>,
+}
+
+/// A role's certificate and key that `pki rotate` replaced.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RetiredEntry {
+    pub role: String,
+    pub generation: u32,
+    pub subject: String,
+    pub key_type: String,
+    pub fingerprint_sha256: String,
+    #[serde(flatten)]
+    pub files: RoleFiles,
+    /// The certificate that replaced it.
+    pub successor_sha256: String,
+    /// When it was retired (RFC 3339).
+    pub retired: String,
+    /// The update that revokes it (dbx), for roles whose certificate is in db.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<String>,
+}
+
+/// An authenticated variable update written by `pki rotate`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UpdateEntry {
+    /// Relative to the PKI directory (`updates/db-append-ssig_subca.2.auth`).
+    pub path: String,
+    /// The variable: `db`, `dbx` or `KEK`.
+    pub var: String,
+    pub append: bool,
+    /// EFI_TIME of the update, "YYYY-MM-DD HH:MM:SS" (UTC).
+    pub time: String,
+    /// "add" (the successor's certificate) or "revoke" (the predecessor's
+    /// TBSCertificate SHA-256, EFI_CERT_X509_SHA256).
+    pub action: String,
+    /// The role and generation the update adds or revokes.
+    pub role: String,
+    pub generation: u32,
+    /// SHA-256 fingerprint of that certificate.
+    pub cert_sha256: String,
+    /// The role (PK or KEK) whose certificate signed it, and that certificate.
+    pub signer: String,
+    pub signer_sha256: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -689,6 +744,23 @@ pub struct RoleEntry {
     /// --hsm`); never holds a PIN. The PIN comes from $PKI_SIGNER_PKCS11_PIN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_uri: Option<String>,
+    /// 1 for the certificate `pki init` made; `pki rotate` counts up.
+    #[serde(
+        default = "first_generation",
+        skip_serializing_if = "is_first_generation"
+    )]
+    pub generation: u32,
+    /// The certificate this one succeeded (see `Inventory::retired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predecessor_sha256: Option<String>,
+}
+
+fn first_generation() -> u32 {
+    1
+}
+
+fn is_first_generation(g: &u32) -> bool {
+    *g == 1
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -702,6 +774,10 @@ pub struct FileEntry {
     /// The token key of a `tpm-pcr-private-key` entry made by `pki init --hsm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_uri: Option<String>,
+    /// The EFI_TIME of an `.auth` file `pki rotate` signed again; absent:
+    /// SOURCE_DATE_EPOCH of `pki init` (or its clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
 }
 
 impl Inventory {
@@ -839,6 +915,10 @@ pub struct InitOptions {
     /// token instead of in files. DIR then holds certificates, signature
     /// lists and `pki.json`, which names each key by its URI.
     pub hsm: Option<String>,
+    /// A development PKI whose db certificates (DB, ssig_subca and their
+    /// retired generations) the new PKI revokes: `dbx.esl` and `dbx.auth`,
+    /// so that images signed in development are denied on production devices.
+    pub revoke_dev: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -1031,6 +1111,23 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
 
     // Release mode never creates a development PKI.
     crate::release::check_pki_init(&dir, creating, opts.hsm.is_some())?;
+    let revoke = match &opts.revoke_dev {
+        None => vec![],
+        Some(dev) => {
+            if !opts.plan.uefi {
+                return Err(Error::Usage(
+                    "--revoke-dev writes dbx.esl/dbx.auth: it needs --uefi".into(),
+                ));
+            }
+            if opts.hsm.is_none() {
+                return Err(Error::Usage(
+                    "--revoke-dev is for production PKIs, whose keys pki init --hsm makes in a token"
+                        .into(),
+                ));
+            }
+            crate::lifecycle::dev_db_certs(dev)?
+        }
+    };
     let parent = fsutil::parent_dir(&dir);
     fs::create_dir_all(&parent).at(&parent)?;
     let name = dir
@@ -1066,7 +1163,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
     // Private from its first instant: keys are written into it (the umask
     // can only narrow 0700).
     fs::DirBuilder::new().mode(0o700).create(&tmp).at(&tmp)?;
-    let result = generate_into(&tmp, &opts.plan, hsm.as_mut()).and_then(|m| {
+    let result = generate_into(&tmp, &opts.plan, hsm.as_mut(), &revoke).and_then(|m| {
         fsutil::sync_dir(&tmp)?;
         // rename(2) atomically replaces an empty directory, too.
         fs::rename(&tmp, &dir).at(&dir)?;
@@ -1094,7 +1191,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
 }
 
 /// "pki/" and "pki" are the same directory; the lock and temp names need the bare name.
-fn normalize(p: &Path) -> PathBuf {
+pub(crate) fn normalize(p: &Path) -> PathBuf {
     let s = p.to_string_lossy();
     let t = s.trim_end_matches('/');
     if t.is_empty() {
@@ -1180,6 +1277,7 @@ fn generate_into(
     tmp: &Path,
     plan: &InitPlan,
     mut hsm: Option<&mut TokenWriter>,
+    revoke: &[Vec<u8>],
 ) -> Result<Inventory> {
     let mut types: Vec<KeyType> = plan.roles.iter().map(|r| r.key_type).collect();
     let mut names: Vec<&str> = plan.roles.iter().map(|r| r.name.as_str()).collect();
@@ -1250,6 +1348,8 @@ fn generate_into(
             fingerprint_sha256: info.fingerprint_sha256,
             files,
             key_uri: keys[i].token.as_ref().map(|(uri, _)| uri.clone()),
+            generation: 1,
+            predecessor_sha256: None,
         });
         ders.insert(role.name.clone(), der);
     }
@@ -1262,6 +1362,17 @@ fn generate_into(
     }
 
     let mut extra = plan.extra_files();
+    if !revoke.is_empty() {
+        for (path, kind) in [("dbx.esl", "dbx-esl"), ("dbx.auth", "dbx-auth")] {
+            extra.push(FileEntry {
+                path: path.into(),
+                kind: kind.into(),
+                roles: vec![],
+                key_uri: None,
+                time: None,
+            });
+        }
+    }
     let tpm_key = keys.last().filter(|_| plan.uefi);
     let module_key = plan
         .roles
@@ -1336,6 +1447,30 @@ fn generate_into(
                 )?;
                 fsutil::write_new(&path, &auth, PUBLIC_MODE)?;
             }
+            "dbx-esl" => {
+                let data = efivar::esl_x509_sha256(plan.owner_guid, revoke, &path)?;
+                fsutil::write_new(&path, &data, PUBLIC_MODE)?;
+            }
+            "dbx-auth" => {
+                // An append: it adds to whatever dbx the device already has.
+                let j = plan
+                    .roles
+                    .iter()
+                    .position(|r| r.name == "KEK")
+                    .expect("UEFI roles are planned");
+                let data = efivar::esl_x509_sha256(plan.owner_guid, revoke, &path)?;
+                let time = efivar::EfiTime::from_env_or(now)?;
+                let auth = efivar::sign_auth(
+                    efivar::SecureVar::Dbx,
+                    true,
+                    time,
+                    &data,
+                    keys[j].signer.as_ref(),
+                    &ders["KEK"],
+                    &[],
+                )?;
+                fsutil::write_new(&path, &auth, PUBLIC_MODE)?;
+            }
             "tpm-pcr-private-key" => {
                 let k = tpm_key.expect("tpm key");
                 match (&k.pkcs8, &k.token) {
@@ -1383,6 +1518,8 @@ fn generate_into(
         owner_guid: plan.uefi.then_some(plan.owner_guid),
         roles: entries,
         files: extra,
+        retired: vec![],
+        updates: vec![],
     };
     let json =
         serde_json::to_string_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))? + "\n";
@@ -1420,6 +1557,10 @@ pub struct CheckItem {
     pub ok: bool,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
+    /// What the item is in the PKI's history: generation, successor,
+    /// revocation, the update's place in the order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -1431,7 +1572,12 @@ pub struct CheckReport {
 
 /// Verify chains, key/cert pairs, validity and signature lists.
 /// `password` decrypts encrypted keys (GyroidOS encrypts its general PKI keys).
-pub fn check(pki: &Pki, now: OffsetDateTime, password: Option<&str>) -> Result<CheckReport> {
+pub fn check(
+    pki: &Pki,
+    now: OffsetDateTime,
+    password: Option<&str>,
+    warn_days: u32,
+) -> Result<CheckReport> {
     // Load every role's certificate chain up front; a file that does not parse is a problem of that role.
     let mut chains: Vec<std::result::Result<Vec<Vec<u8>>, String>> = vec![];
     for r in &pki.roles {
@@ -1451,6 +1597,7 @@ pub fn check(pki: &Pki, now: OffsetDateTime, password: Option<&str>) -> Result<C
         by_subject: &by_subject,
         now,
         password,
+        warn_days,
     };
     let mut items = vec![];
     for (i, r) in pki.roles.iter().enumerate() {
@@ -1484,6 +1631,9 @@ pub fn check(pki: &Pki, now: OffsetDateTime, password: Option<&str>) -> Result<C
             items.push(it);
         }
     }
+    if let Some(m) = &pki.manifest {
+        crate::lifecycle::check_history(pki, m, now, &mut items);
+    }
     // Listed only when something is wrong, so a sound PKI keeps its item count.
     let mut perms = CheckItem {
         role: "permissions".into(),
@@ -1507,6 +1657,7 @@ struct CheckCtx<'a> {
     by_subject: &'a HashMap<String, usize>,
     now: OffsetDateTime,
     password: Option<&'a str>,
+    warn_days: u32,
 }
 
 fn check_role(ctx: &CheckCtx<'_>, r: &RoleEntryRef, chain: &[Vec<u8>], it: &mut CheckItem) {
@@ -1516,6 +1667,7 @@ fn check_role(ctx: &CheckCtx<'_>, r: &RoleEntryRef, chain: &[Vec<u8>], it: &mut 
         by_subject,
         now,
         password,
+        warn_days,
     } = *ctx;
     let parsed: Vec<_> = match chain
         .iter()
@@ -1542,9 +1694,9 @@ fn check_role(ctx: &CheckCtx<'_>, r: &RoleEntryRef, chain: &[Vec<u8>], it: &mut 
                 c.subject(),
                 x509::rfc3339(&c.validity().not_after)
             ));
-        } else if na - now < time::Duration::days(EXPIRY_WARNING_DAYS) {
+        } else if na - now < time::Duration::days(i64::from(warn_days)) {
             it.warnings.push(format!(
-                "'{}' expires {} (within {EXPIRY_WARNING_DAYS} days)",
+                "'{}' expires {} (within {warn_days} days)",
                 c.subject(),
                 x509::rfc3339(&c.validity().not_after)
             ));
@@ -1660,7 +1812,7 @@ fn check_role(ctx: &CheckCtx<'_>, r: &RoleEntryRef, chain: &[Vec<u8>], it: &mut 
 }
 
 /// A private key file open to group or others (any bit of 077).
-fn key_mode_problem(path: &Path) -> Option<String> {
+pub(crate) fn key_mode_problem(path: &Path) -> Option<String> {
     let mode = fs::metadata(path).ok()?.mode() & 0o7777;
     (mode & 0o077 != 0).then(|| {
         format!(

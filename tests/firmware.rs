@@ -124,3 +124,22 @@ fn ovmf_setup_mode_accepts_our_auth_files_then_enforces_them() {
     eprintln!("{log}");
     assert_eq!(o.status.code(), Some(0), "enroll.sh: {log}");
 }
+
+/// `pki rotate` proven in firmware: OVMF in User Mode with Secure Boot on
+/// takes the db append (signed by KEK) through efivarfs, boots the
+/// successor's image, takes the dbx update, then refuses the predecessor's
+/// image and still boots the successor's (tests/ovmf/rotate.sh).
+#[test]
+fn ovmf_user_mode_applies_rotation_updates_then_denies_the_predecessor() {
+    if peer("qemu-system-x86_64").is_none() {
+        return;
+    }
+    let o = Command::new("bash")
+        .arg(repo().join("tests/ovmf/rotate.sh"))
+        .env("PKI_SIGNER_BIN", bin())
+        .output()
+        .unwrap();
+    let log = stdout(&o) + &stderr(&o);
+    eprintln!("{log}");
+    assert_eq!(o.status.code(), Some(0), "rotate.sh: {log}");
+}

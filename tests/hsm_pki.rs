@@ -650,3 +650,156 @@ fn a_failure_after_key_generation_removes_the_keys_from_the_token() {
     assert!(err.contains("holds a PKI with key files"), "{err}");
     assert!(token_objects(&t).is_empty());
 }
+
+/// A production PKI revokes the development one it replaces: `pki init
+/// --hsm --uefi --revoke-dev DEV` writes dbx.esl (the TBSCertificate hashes
+/// of DEV's db certificates, retired generations included, as efitools'
+/// cert-to-efi-hash-list writes them) and dbx.auth (an append signed by the
+/// token's KEK), so images signed in development are denied.
+#[test]
+fn production_pki_revokes_the_development_db_certificates() {
+    let Some(t) = token() else { return };
+    let mut env = ENV.to_vec();
+    env.push(("SOURCE_DATE_EPOCH", EPOCH));
+    ok(run(
+        &t,
+        &env,
+        &[
+            "pki",
+            "init",
+            "--dir",
+            "dev",
+            "--uefi",
+            "--key-type",
+            "ec:prime256v1",
+        ],
+    ));
+    ok(run(
+        &t,
+        &env,
+        &["pki", "rotate", "ssig_subca", "--dir", "dev"],
+    ));
+    // Refused: without a token, and for a PKI that is not a development one.
+    let err = fails(
+        run(
+            &t,
+            &env,
+            &["pki", "init", "--dir", "x", "--uefi", "--revoke-dev", "dev"],
+        ),
+        2,
+    );
+    assert!(err.contains("--hsm"), "{err}");
+    assert!(!t.dir.join("x").exists());
+    let out = stdout(&ok(run(
+        &t,
+        &env,
+        &[
+            "pki",
+            "init",
+            "--dir",
+            "prod",
+            "--hsm",
+            "pkcs11:token=prod",
+            "--uefi",
+            "--key-type",
+            "rsa:2048",
+            "--revoke-dev",
+            "dev",
+        ],
+    )));
+    assert!(out.starts_with("created PKI in prod"), "{out}");
+    let prod = t.dir.join("prod");
+    // The entries are those cert-to-efi-hash-list makes for each certificate.
+    let esl = fs::read(prod.join("dbx.esl")).unwrap();
+    if let Some(c2h) = peer("cert-to-efi-hash-list") {
+        let mut want = vec![];
+        for (i, f) in [
+            "dev/DB.crt",
+            "dev/ssig_subca.cert",
+            "dev/retired/ssig_subca.1.cert",
+        ]
+        .iter()
+        .enumerate()
+        {
+            tool(
+                &t,
+                &openssl(),
+                &["x509", "-in", f, "-out", &format!("{i}.pem")],
+            );
+            tool(
+                &t,
+                &c2h,
+                &[
+                    "-g",
+                    "6e2d1f0b-3c4a-4b8e-9f5d-2a7c8e1b4d60",
+                    "-s",
+                    "256",
+                    &format!("{i}.pem"),
+                    &format!("{i}.esl"),
+                ],
+            );
+            want.extend_from_slice(&fs::read(t.dir.join(format!("{i}.esl"))).unwrap()[28..]);
+        }
+        assert_eq!(esl[28..], want[..]);
+    }
+    let auth = fs::read(prod.join("dbx.auth")).unwrap();
+    assert!(auth.ends_with(&esl));
+    let out = stdout(&ok(run(
+        &t,
+        &[],
+        &[
+            "efivar",
+            "verify",
+            "prod/dbx.auth",
+            "--var",
+            "dbx",
+            "--append",
+            "--cert",
+            "prod/KEK.crt",
+        ],
+    )));
+    assert!(out.contains("Verification OK"), "{out}");
+    let out = stdout(&ok(run(&t, ENV, &["pki", "check", "--dir", "prod"])));
+    assert!(
+        out.contains("ok   dbx.auth") && out.contains("revokes 3 development"),
+        "{out}"
+    );
+    // An image the development sub CA signed: trusted by its root, denied
+    // once the production dbx applies.
+    if Path::new(SYSTEMD_BOOT).is_file() {
+        ok(run(
+            &t,
+            &[],
+            &[
+                "pe",
+                "sign",
+                SYSTEMD_BOOT,
+                "-o",
+                "dev.efi",
+                "--role",
+                "ssig_subca",
+                "--dir",
+                "dev",
+            ],
+        ));
+        ok(run(
+            &t,
+            &[],
+            &["pe", "verify", "dev.efi", "--cert", "dev/ssig_rootca.cert"],
+        ));
+        let o = run(
+            &t,
+            &[],
+            &[
+                "pe",
+                "verify",
+                "dev.efi",
+                "--cert",
+                "dev/ssig_rootca.cert",
+                "--dbx",
+                "prod/dbx.auth",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    }
+}

@@ -602,6 +602,29 @@ fn efivar_commands(w: &World, d: &Path, f: &Path, readable: bool) {
         false,
         Outputs(&[&esl]),
     );
+    // Merged into our own dbx update, as a published one would be.
+    let merged = d.join("merged.auth");
+    check(
+        d,
+        &[
+            "efivar",
+            "auth",
+            "--var",
+            "dbx",
+            "--append",
+            "--role",
+            "KEK",
+            "--dir",
+            s(&w.pki),
+            "--merge",
+            s(f),
+            &w.p("DB.esl"),
+            "-o",
+            s(&merged),
+        ],
+        readable,
+        Outputs(&[&merged]),
+    );
 }
 
 /// A broken CSR. `readable`: it parses (e.g. asks for CA powers), so `csr show` may succeed.
@@ -1056,7 +1079,10 @@ fn regenerate_testdata_malformed() {
     };
     for kind in ["pe", "authenticode", "esl", "auth", "csr", "conf", "cert"] {
         for f in files(&top.join(kind)) {
-            fs::remove_file(f).unwrap();
+            // regenerate_testdata_malformed_dbx's own.
+            if !name(&f).starts_with("dbx-") {
+                fs::remove_file(f).unwrap();
+            }
         }
     }
 
@@ -2015,5 +2041,109 @@ fn regenerate_testdata_malformed_verity() {
     fs::create_dir_all(&top).unwrap();
     for (n, d) in broken {
         fs::write(top.join(n), d).unwrap();
+    }
+}
+
+/// Rewrites testdata/malformed/auth/dbx-*.auth when
+/// PKI_SIGNER_REGEN_MALFORMED=1 (else does nothing): broken dbx updates of
+/// the published kind (one list of many EFI_CERT_SHA256 entries, another
+/// owner GUID, an append signed by the KEK), only those files.
+#[test]
+fn regenerate_testdata_malformed_dbx() {
+    if std::env::var("PKI_SIGNER_REGEN_MALFORMED").as_deref() != Ok("1") {
+        return;
+    }
+    let w = world();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // EFI_CERT_SHA256_GUID c1c41626-504c-4092-aca9-41f936934328, 200 entries
+    // owned by 77fa9abd-0359-4d32-bd60-28f4e78f784b.
+    let sha256_guid = [
+        0x26, 0x16, 0xc4, 0xc1, 0x4c, 0x50, 0x92, 0x40, 0xac, 0xa9, 0x41, 0xf9, 0x36, 0x93, 0x43,
+        0x28,
+    ];
+    let ms_owner = [
+        0xbd, 0x9a, 0xfa, 0x77, 0x59, 0x03, 0x32, 0x4d, 0xbd, 0x60, 0x28, 0xf4, 0xe7, 0x8f, 0x78,
+        0x4b,
+    ];
+    let list = |n: u32, sig_size: u32| {
+        let mut l = sha256_guid.to_vec();
+        l.extend_from_slice(&(28 + n * 48).to_le_bytes());
+        l.extend_from_slice(&0u32.to_le_bytes());
+        l.extend_from_slice(&sig_size.to_le_bytes());
+        for i in 0..n {
+            l.extend_from_slice(&ms_owner);
+            l.extend_from_slice(&noise(100 + u64::from(i), 32));
+        }
+        l
+    };
+    fs::write(d.join("published.esl"), list(200, 48)).unwrap();
+    let auth = d.join("published.auth");
+    let o = run_in(
+        d,
+        &[
+            "efivar",
+            "auth",
+            "--var",
+            "dbx",
+            "--append",
+            "--role",
+            "KEK",
+            "--dir",
+            s(&w.pki),
+            "--time",
+            "2025-01-01 00:00:00",
+            "published.esl",
+            "-o",
+            s(&auth),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let good = fs::read(&auth).unwrap();
+    let head = good.len() - 200 * 48 - 28;
+    let with_data = |data: &[u8]| [&good[..head], data].concat();
+    let top = repo().join("testdata/malformed/auth");
+    for f in files(&top) {
+        if name(&f).starts_with("dbx-") {
+            fs::remove_file(f).unwrap();
+        }
+    }
+    let second = {
+        // A second list (EFI_CERT_X509_SHA256) that claims 10 entries and holds 1.
+        let mut l = vec![
+            0x92, 0xa4, 0xd2, 0x3b, 0xc0, 0x96, 0x79, 0x40, 0xb4, 0x20, 0xfc, 0xf9, 0x8e, 0xf1,
+            0x03, 0xed,
+        ];
+        l.extend_from_slice(&(28u32 + 10 * 64).to_le_bytes());
+        l.extend_from_slice(&0u32.to_le_bytes());
+        l.extend_from_slice(&64u32.to_le_bytes());
+        l.extend_from_slice(&ms_owner);
+        l.extend_from_slice(&[0u8; 48]);
+        l
+    };
+    for (n, data) in [
+        // Cut inside the 150th entry.
+        (
+            "dbx-published-truncated.auth",
+            good[..good.len() - 50 * 48 - 20].to_vec(),
+        ),
+        // SHA-256 entries are 48 bytes; this list says 56.
+        ("dbx-sha256-entry-size-56.auth", {
+            let mut l = list(200, 56);
+            l[16..20].copy_from_slice(&(28u32 + 175 * 56).to_le_bytes());
+            with_data(&l)
+        }),
+        (
+            "dbx-second-list-short.auth",
+            with_data(&[list(200, 48), second].concat()),
+        ),
+        // A list that claims more entries than the file holds.
+        ("dbx-list-size-past-end.auth", {
+            let mut l = list(200, 48);
+            l[16..20].copy_from_slice(&(28u32 + 201 * 48).to_le_bytes());
+            with_data(&l)
+        }),
+    ] {
+        fs::write(top.join(n), data).unwrap();
     }
 }

@@ -546,8 +546,28 @@ fn check_finds_wrong_keys_expiry_and_near_expiry() {
     ));
     let out = stdout(&ok(run_in(tmp.path(), &["pki", "check"])));
     assert!(
-        out.contains("warn backend") && out.contains("within 30 days"),
+        out.contains("warn backend") && out.contains("within 90 days"),
         "{out}"
+    );
+    // The lead time is the caller's: 5 days is not yet time to warn of 10.
+    let out = stdout(&ok(run_in(
+        tmp.path(),
+        &["pki", "check", "--warn-days", "5"],
+    )));
+    assert!(
+        out.contains("ok   backend") && !out.contains("warn"),
+        "{out}"
+    );
+    let out = stdout(&ok(run_in(
+        tmp.path(),
+        &["pki", "check", "--warn-days", "4000"],
+    )));
+    assert!(out.contains("warn ssig_rootca"), "{out}");
+    assert_eq!(
+        run_in(tmp.path(), &["pki", "check", "--warn-days", "-1"])
+            .status
+            .code(),
+        Some(2)
     );
 
     let o = run_in(

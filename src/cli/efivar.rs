@@ -49,6 +49,10 @@ pub(super) enum EfivarCmd {
         /// Timestamp "YYYY-MM-DD HH:MM:SS" (UTC); default SOURCE_DATE_EPOCH, else now.
         #[arg(long, value_name = "TIME")]
         time: Option<String>,
+        /// Also take the entries of this signature list or published update
+        /// (e.g. uefi.org's dbx .auth) that IN.esl does not hold; repeatable.
+        #[arg(long, value_name = "FILE.auth|FILE.esl")]
+        merge: Vec<PathBuf>,
         /// Authenticated variable to write: header, PKCS#7, then the list.
         #[arg(short, long, value_name = "OUT.auth")]
         output: PathBuf,
@@ -147,13 +151,23 @@ pub(super) fn run(cmd: EfivarCmd) -> Result<i32> {
             append,
             key,
             time,
+            merge,
             output,
         } => {
             let time = match time {
                 Some(t) => EfiTime::parse(&t).map_err(|e| Error::Usage(format!("--time {e}")))?,
                 None => EfiTime::from_env_or(time::OffsetDateTime::now_utc())?,
             };
-            let data = fsutil::read_input(&input, InputKind::Esl)?;
+            let mut data = fsutil::read_input(&input, InputKind::Esl)?;
+            efivar::parse_esl(&data, &input)?;
+            let mut merged = vec![];
+            for m in &merge {
+                let bytes = fsutil::read_input(m, InputKind::Esl)?;
+                let lists = efivar::parse_lists(&efivar::lists_of_file(&bytes, m)?, m)?;
+                let (d, added) = efivar::merge_lists(&data, &[lists], m)?;
+                data = d;
+                merged.push((m, added));
+            }
             let entries = efivar::check_var_content(var, &data, &input)?;
             let id = Identity::load(&key.spec())?;
             if !id.signer.key_type().is_rsa() {
@@ -172,6 +186,13 @@ pub(super) fn run(cmd: EfivarCmd) -> Result<i32> {
                 &id.chain,
             )?;
             fsutil::write_atomic(&output, &auth, PUBLIC_MODE)?;
+            for (m, added) in merged {
+                println!(
+                    "merged {added} entr{} of {} not already listed",
+                    if added == 1 { "y" } else { "ies" },
+                    m.display()
+                );
+            }
             let signer = x509::parse(&id.cert, &input)?.subject().to_string();
             println!(
                 "wrote {}: {}{var} update, {} entr{}, time {time}, signed by {signer}",
@@ -395,16 +416,18 @@ fn print_show(path: &Path, r: &ShowReport) {
             }
         );
         println!(
-            "  content: {} entr{}",
+            "  content: {} entr{}{}",
             r.entries.len(),
-            if r.entries.len() == 1 { "y" } else { "ies" }
+            if r.entries.len() == 1 { "y" } else { "ies" },
+            summary(&r.entries)
         );
     } else {
         println!(
-            "{}: signature list, {} entr{}",
+            "{}: signature list, {} entr{}{}",
             path.display(),
             r.entries.len(),
-            if r.entries.len() == 1 { "y" } else { "ies" }
+            if r.entries.len() == 1 { "y" } else { "ies" },
+            summary(&r.entries)
         );
     }
     for (i, e) in r.entries.iter().enumerate() {
@@ -425,4 +448,27 @@ fn print_show(path: &Path, r: &ShowReport) {
             println!("      problem: {s}");
         }
     }
+}
+
+/// ": 431 sha256 (owner 77fa9abd-...), 1 x509 (owner ...)" for lists of
+/// more than one kind or owner; empty when one line per entry says it all.
+fn summary(entries: &[efivar::EntryInfo]) -> String {
+    let mut groups: Vec<(&str, Guid, usize)> = vec![];
+    for e in entries {
+        match groups
+            .iter_mut()
+            .find(|(t, o, _)| *t == e.sig_type && *o == e.owner)
+        {
+            Some(g) => g.2 += 1,
+            None => groups.push((&e.sig_type, e.owner, 1)),
+        }
+    }
+    if entries.len() < 2 {
+        return String::new();
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(t, o, n)| format!("{n} {t} (owner {o})"))
+        .collect();
+    format!(": {}", parts.join(", "))
 }

@@ -149,6 +149,23 @@ enum PkiCmd {
         /// PIN from $PKI_SIGNER_PKCS11_PIN or pin-source=file:.
         #[arg(long, value_name = "URI")]
         hsm: Option<String>,
+        /// A development PKI whose db certificates (DB, ssig_subca and their retired
+        /// generations) this production PKI revokes in dbx.esl/dbx.auth (with --hsm --uefi).
+        #[arg(long, value_name = "DIR")]
+        revoke_dev: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the successor of a CA, signing or UEFI KEK/DB role: new key, same
+    /// issuer, subject and key type. The predecessor moves to retired/ROLE.N.*;
+    /// for roles in db (ssig_subca, DB) the KEK-signed updates
+    /// updates/db-append-ROLE.N.auth and updates/dbx-ROLE.M.auth are written,
+    /// for KEK the PK-signed updates/KEK-append-KEK.N.auth.
+    Rotate {
+        /// The role to rotate (e.g. ssig_subca, DB, KEK).
+        role: String,
+        #[command(flatten)]
+        dir: DirArg,
         #[arg(long)]
         json: bool,
     },
@@ -169,6 +186,9 @@ enum PkiCmd {
         /// File whose first line is the password of encrypted keys (else $PKI_SIGNER_KEY_PASS).
         #[arg(long, value_name = "FILE")]
         key_pass_file: Option<PathBuf>,
+        /// Warn when a certificate expires within this many days.
+        #[arg(long, value_name = "N", default_value_t = pki_signer::pki::EXPIRY_WARNING_DAYS)]
+        warn_days: u32,
         #[arg(long)]
         json: bool,
     },

@@ -12,6 +12,7 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
             key_type,
             uefi,
             hsm,
+            revoke_dev,
             json,
         } => {
             let prof = match &profile {
@@ -23,6 +24,7 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
                 dir: dir.dir,
                 plan,
                 hsm,
+                revoke_dev,
             })?;
             if json {
                 print_json(&report)?;
@@ -75,10 +77,55 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
             }
             Ok(0)
         }
+        PkiCmd::Rotate { role, dir, json } => {
+            let r = pki_signer::lifecycle::rotate(&dir.dir, &role)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "rotated {} in {}: generation {} ({})",
+                    r.role,
+                    r.dir.display(),
+                    r.generation,
+                    esc(&r.subject)
+                );
+                println!("  sha256:      {}", r.fingerprint_sha256);
+                println!(
+                    "  predecessor: {} (generation {}, sha256 {})",
+                    r.predecessor.files.cert,
+                    r.predecessor.generation,
+                    r.predecessor.fingerprint_sha256
+                );
+                for f in &r.refreshed {
+                    println!("  refreshed:   {f} (enrolment of new devices)");
+                }
+                for (i, u) in r.updates.iter().enumerate() {
+                    println!(
+                        "  update {}:    {} ({} {} generation {}, append to {}, time {}, signed by {})",
+                        i + 1,
+                        u.path,
+                        u.action,
+                        u.role,
+                        u.generation,
+                        u.var,
+                        u.time,
+                        u.signer
+                    );
+                }
+                if !r.issued_by_predecessor.is_empty() {
+                    println!(
+                        "  note: still certified by the predecessor: {}; rotate them before its revocation reaches devices",
+                        r.issued_by_predecessor.join(", ")
+                    );
+                }
+            }
+            Ok(0)
+        }
         PkiCmd::Check {
             dir,
             at,
             key_pass_file,
+            warn_days,
             json,
         } => {
             let pass = pki_signer::keys::key_password(key_pass_file.as_deref())?;
@@ -97,6 +144,7 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
                 &Pki::open(&dir.dir)?,
                 now,
                 pass.as_deref().map(|s| s.as_str()),
+                warn_days,
             )?;
             if json {
                 print_json(&report)?;
@@ -115,6 +163,9 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
                     }
                     for w in &it.warnings {
                         println!("     warning: {w}");
+                    }
+                    for n in &it.notes {
+                        println!("     note: {n}");
                     }
                 }
                 let bad = report.items.iter().filter(|i| !i.ok).count();
