@@ -115,6 +115,11 @@ fn layer_plan() {
 }
 
 #[test]
+fn layer_offline() {
+    pytest("test_offline.py");
+}
+
+#[test]
 fn layer_runqueue() {
     pytest("test_runqueue.py");
 }
@@ -127,6 +132,11 @@ fn layer_pkcs11() {
 #[test]
 fn layer_sign_at_compile() {
     pytest("test_sign_at_compile.py");
+}
+
+#[test]
+fn layer_oe_core() {
+    pytest("test_oe_core.py");
 }
 
 #[test]

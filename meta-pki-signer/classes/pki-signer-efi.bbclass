@@ -12,7 +12,7 @@
 #
 # With PKI_SIGNER_EFI_TASK = "do_compile" they are signed where they are built
 # instead, in ${B}, by a task of their own (do_pki_signer_sign, after do_compile
-# and before do_install and do_deploy), so the packages, and so /boot in the
+# and before do_install, do_deploy and a kernel's do_sizecheck), so the packages, and so /boot in the
 # rootfs, hold the signed files too. do_compile itself never waits for
 # pki-signer-native. do_deploy then copies signed files: it does not sign them
 # again, it only records its copies in the signing plan.
@@ -191,7 +191,12 @@ def pki_signer_efi_at_compile(d):
         bb.fatal("pki-signer-efi: PKI_SIGNER_EFI_TASK = \"do_compile\" cannot sign the initramfs bundle "
                  "(INITRAMFS_IMAGE_BUNDLE = \"1\"), which is built after do_install: leave PKI_SIGNER_EFI_TASK at do_deploy")
     deploy = bool(d.getVarFlag("do_deploy", "task"))
-    bb.build.addtask("do_pki_signer_sign", "do_install do_deploy" if deploy else "do_install", "do_compile", d)
+    before = ["do_install"] + (["do_deploy"] if deploy else [])
+    # kernel.bbclass's do_sizecheck (after do_compile, before do_install) checks
+    # KERNEL_IMAGE_MAXSIZE against the image in the build tree: the signed one.
+    if d.getVarFlag("do_sizecheck", "task"):
+        before.append("do_sizecheck")
+    bb.build.addtask("do_pki_signer_sign", " ".join(before), "do_compile", d)
     pki_signer_sign_hook(d, "do_pki_signer_sign", "PKI_SIGNER_EFI_ROLE")
     if deploy:
         pki_signer_plan_hook(d, "do_deploy", "pki_signer_efi_record")

@@ -41,6 +41,11 @@ PKI_SIGNER_UEFI ?= "1"
 PKI_SIGNER_PLAN ?= "${DEPLOY_DIR_IMAGE}/signing-plan.json"
 # "release": never sign with a development key (see pki-signer's README, "Release mode").
 PKI_SIGNER_MODE ?= "development"
+# Air-gapped release signing: with a keys.json naming the production
+# certificates (no keys are read), images write the request for every file of
+# the plan next to them; `pki-signer offline sign` and `complete` do the rest.
+PKI_SIGNER_OFFLINE_KEYS ?= ""
+PKI_SIGNER_OFFLINE_REQUEST ?= "${DEPLOY_DIR_IMAGE}/signing-request.json"
 
 # The tool: built by this layer, or any pki-signer on PATH with PKI_SIGNER_DEPENDS = "".
 # A dependency of the signing tasks only ([depends], which also makes OE-core's
@@ -64,6 +69,8 @@ PKI_SIGNER_DIR[doc] = "Directory of the development PKI; pki-signer creates it o
 PKI_SIGNER_KEY[doc] = "Per-role key override, as a varflag named after the role: a key file or a pkcs11: URI."
 PKI_SIGNER_CERT[doc] = "Per-role certificate for a PKI_SIGNER_KEY override, as a varflag named after the role."
 PKI_SIGNER_PLAN[doc] = "Signing plan file that records every signature, for release engineers' pki-signer resign."
+PKI_SIGNER_OFFLINE_KEYS[doc] = "keys.json with the production certificates: image recipes then write PKI_SIGNER_OFFLINE_REQUEST from the plan (do_pki_signer_request)."
+PKI_SIGNER_OFFLINE_REQUEST[doc] = "Where do_pki_signer_request writes the offline signing request."
 PKI_SIGNER_MODE[doc] = "development or release: release refuses development keys, at parse time and in pki-signer (PKI_SIGNER_RELEASE=1)."
 PKI_SIGNER_PKCS11_MODULE[doc] = "PKCS#11 module for pkcs11: keys whose URI has no module-path; exported in the signing functions only."
 PKI_SIGNER_PKCS11_ENV[doc] = "VAR=VALUE pairs the PKCS#11 module needs (e.g. SOFTHSM2_CONF=/srv/softhsm2.conf); exported in the signing functions only."
@@ -499,7 +506,31 @@ do_pki_signer_init[file-checksums] = "${@pki_signer_cert_checksums(d, d.getVar('
 do_pki_signer_init[depends] += "${PKI_SIGNER_TASK_DEPENDS}"
 addtask pki_signer_init after do_prepare_recipe_sysroot
 
+# The request covers the whole deploy directory's plan, which other recipes
+# change too: it is written at the end of every image build (nostamp), after
+# the image's own files are deployed and merged into the plan.
+do_pki_signer_request() {
+    plan="${PKI_SIGNER_PLAN}"
+    if [ -z "$plan" ]; then
+        bbfatal "PKI_SIGNER_OFFLINE_KEYS needs the signing plan: PKI_SIGNER_PLAN is empty"
+    fi
+    if [ ! -e "$plan" ]; then
+        bbwarn "pki-signer: no signing plan at $plan: nothing was signed, so no request is written"
+        return
+    fi
+    ${PKI_SIGNER_BIN} offline request --plan "$plan" --keys "${PKI_SIGNER_OFFLINE_KEYS}" \
+        -o "${PKI_SIGNER_OFFLINE_REQUEST}"
+    bbnote "pki-signer: offline signing request for $plan written to ${PKI_SIGNER_OFFLINE_REQUEST}"
+}
+do_pki_signer_request[doc] = "Writes the offline signing request for the deploy directory's signing plan"
+do_pki_signer_request[nostamp] = "1"
+do_pki_signer_request[dirs] = "${T}"
+do_pki_signer_request[depends] += "${PKI_SIGNER_TASK_DEPENDS}"
+do_pki_signer_request[vardepsexclude] = "${PKI_SIGNER_SIGNATURE_EXCLUDE}"
+
 python () {
+    if d.getVar("PKI_SIGNER_OFFLINE_KEYS") and bb.data.inherits_class("image", d):
+        bb.build.addtask("do_pki_signer_request", "do_build", "do_image_complete", d)
     # Release mode: every pki-signer call refuses development keys, and a role
     # without a production key stops the build here, naming what to set.
     if pki_signer_release(d):

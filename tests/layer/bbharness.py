@@ -183,6 +183,22 @@ class Build:
         return {t: compute(t) for t in tasks}
 
 
+def kernel_image(d, imagetype="bzImage"):
+    """The name kernel.bbclass's do_deploy gives the kernel image (OE-core's
+    kernel_do_deploy): TYPE-KERNEL_IMAGE_NAME.bin, with kernel-artifact-names'
+    KERNEL_IMAGE_NAME, "${PKGE}-${PKGV}-${PKGR}-${MACHINE}${IMAGE_VERSION_SUFFIX}":
+    PKGE is empty (hence "--") and the suffix is the build's DATETIME."""
+    return "%s-%s%s" % (imagetype, d.getVar("KERNEL_IMAGE_NAME"), d.getVar("KERNEL_IMAGE_BIN_EXT"))
+
+
+def deployed_kernel_image(deploy, imagetype="bzImage"):
+    """The kernel image file (not a symlink) in the deploy directory DEPLOY, as
+    kernel_image names it, for builds whose DATETIME the test does not know."""
+    found = [p.name for p in Path(deploy).glob(imagetype + "--*.bin") if not p.is_symlink()]
+    assert len(found) == 1, found
+    return found[0]
+
+
 def copy_efi_app(dest):
     shutil.copyfile(EFI_APP, dest)
     return dest

@@ -12,7 +12,7 @@ import bb
 import bb.data
 import pytest
 
-from bbharness import LAYER, chdir
+from bbharness import LAYER, chdir, kernel_image
 from conftest import FAST_KEYS, peer
 
 KERNEL = "recipes/fake-kernel/fake-kernel_1.0.bb"
@@ -57,8 +57,11 @@ def test_defaults_of_a_kernel_recipe(make_parse_build):
     assert d.getVar("PKI_SIGNER_EFI_ROLE") == "ssig_subca"
     assert d.getVar("PKI_SIGNER_EFI_TASK") == "do_deploy"
     assert d.getVar("PKI_SIGNER_EFI_DIR") == d.getVar("DEPLOYDIR")
-    # The file kernel.bbclass installs; bzImage and bzImage-MACHINE.bin link to it.
-    assert d.getVar("PKI_SIGNER_EFI_FILES") == "bzImage-1.0-r0-testmachine.bin"
+    # The file kernel.bbclass deploys, named as OE-core's kernel-artifact-names
+    # names it (PKGE is empty; the build's DATETIME); bzImage and
+    # bzImage-MACHINE.bin link to it.
+    assert d.getVar("KERNEL_IMAGE_NAME") == "-1.0-r0-testmachine-" + d.getVar("DATETIME")
+    assert d.getVar("PKI_SIGNER_EFI_FILES") == kernel_image(d) == "bzImage-%s.bin" % d.getVar("KERNEL_IMAGE_NAME")
     assert d.expand("${@pki_signer_init_args(d)}") == "--dir %s/pki --uefi" % topdir
     assert d.expand("${@pki_signer_key_args(d, 'ssig_subca')}") == "--role ssig_subca --dir %s/pki" % topdir
     # pki-signer records into a private file in WORKDIR; the plan in the deploy
@@ -94,8 +97,8 @@ def test_local_conf_settings_reach_the_commands(make_parse_build):
     d = build.parse(KERNEL)
     assert d.expand("${@pki_signer_init_args(d)}") == \
         "--dir '/srv/pki dir' --profile /srv/profile.json --key-type ec:secp384r1"
-    assert d.getVar("PKI_SIGNER_EFI_FILES").split() == [
-        "Image-1.0-r0-testmachine.bin", "Image-initramfs-1.0-r0-testmachine.bin"]
+    name = "-1.0-r0-testmachine-" + d.getVar("DATETIME")
+    assert d.getVar("PKI_SIGNER_EFI_FILES").split() == ["Image-%s.bin" % name, "Image-initramfs-%s.bin" % name]
 
 
 def test_plan_is_not_passed_when_empty(make_parse_build):
@@ -186,7 +189,8 @@ def test_guestos_signs_in_image_postprocess(make_parse_build):
     assert "do_pki_signer_init" in d.getVarFlag("do_image_complete", "deps")
     assert d.getVar("PKI_SIGNER_GUESTOS_ROLE") == "ssig_cml"
     assert d.getVar("PKI_SIGNER_GUESTOS_NAME") == "fake-guestos-imageos"
-    assert d.getVar("PKI_SIGNER_GUESTOS_IMAGES") == "fake-guestos-image-testmachine.squashfs:root.img"
+    # image-artifact-names' IMAGE_LINK_NAME ends in IMAGE_NAME_SUFFIX, ".rootfs", in every supported release.
+    assert d.getVar("PKI_SIGNER_GUESTOS_IMAGES") == "fake-guestos-image-testmachine.rootfs.squashfs:root.img"
     # The template's content goes into the signature, through file-checksums.
     assert d.expand("${THISDIR}/files/fakeos.conf:True") in d.getVarFlag("do_image_complete", "file-checksums")
     assert "pki_signer_guestos_sign" in d.getVar("__siggen_taskdeps")["do_image_complete"]

@@ -24,7 +24,7 @@ import pytest
 for module in ("bb.main", "bb.runqueue", "bb.server.process"):
     pytest.importorskip(module)
 
-from bbharness import run_bitbake  # noqa: E402
+from bbharness import deployed_kernel_image, run_bitbake  # noqa: E402
 from conftest import FAST_KEYS, peer  # noqa: E402
 
 # The fixture has no Rust toolchain to build pki-signer-native: the signing
@@ -32,8 +32,9 @@ from conftest import FAST_KEYS, peer  # noqa: E402
 CONF = FAST_KEYS + 'PKI_SIGNER_DEPENDS = ""\n'
 
 DEPLOY = "tmp/deploy/images/testmachine"
-KERNEL = "bzImage-1.0-r0-testmachine.bin"
-KERNEL_NAMES = (KERNEL, "bzImage", "bzImage-testmachine.bin")
+# kernel.bbclass deploys bzImage--PV-PR-MACHINE-DATETIME.bin, DATETIME being
+# the build's (bbharness.kernel_image); these link to it.
+KERNEL_LINKS = ("bzImage", "bzImage-testmachine.bin")
 
 
 def bitbake(tree, build, *targets):
@@ -98,17 +99,26 @@ def test_bitbake_signs_restores_from_sstate_and_the_plan_re_signs_the_deployed_k
     ran = tasks_run(build, "fake-kernel")
     assert ran.index("do_pki_signer_init") < ran.index("do_deploy"), ran
     assert "do_uki" in tasks_run(build, "fake-uki-image")
-    for name in KERNEL_NAMES + ("uki.efi",):
+    kernel = deployed_kernel_image(deploy)
+    for name in (kernel,) + KERNEL_LINKS + ("uki.efi",):
         assert_signed(deploy / name, dev_cert)
-    assert_plan_names(build, [KERNEL, "uki.efi"])
+    assert_plan_names(build, [kernel, "uki.efi"])
+    # The image tasks ran in bitbake's fakeroot worker, with FAKEROOTENV; the
+    # other tasks without (FAKEROOTNOENV). Shell tasks' scripts show it.
+    image_temp = build.topdir / "tmp/work/fake-uki-image/1.0/temp"
+    assert 'export PSEUDO_DISABLED="0"' in (image_temp / "run.do_image_ext4").read_text()
+    kernel_temp = build.topdir / "tmp/work/fake-kernel/1.0/temp"
+    assert 'export PSEUDO_UNLOAD="1"' in (kernel_temp / "run.do_deploy").read_text()
 
     # 2. The second build. The first one's signing tasks ran after a nostamp
     # init (no PKI at parse time), so this one may sign once more (README,
     # "Where the PKI goes"); from now on the task hashes stay the same.
     bitbake(bitbake_tree, build, "fake-kernel")
-    assert_signed(deploy / KERNEL, dev_cert)
-    assert_plan_names(build, [KERNEL, "uki.efi"])
-    signed = sha256(deploy / KERNEL)
+    # Signed again, so deployed again, under this build's DATETIME.
+    kernel = deployed_kernel_image(deploy)
+    assert_signed(deploy / kernel, dev_cert)
+    assert_plan_names(build, [kernel, "uki.efi"])
+    signed = sha256(deploy / kernel)
 
     # 3. rm -rf tmp: the deploy directory, the work directories and the stamps
     # are gone; sstate-cache and the PKI stay. bitbake restores the kernel with
@@ -119,11 +129,12 @@ def test_bitbake_signs_restores_from_sstate_and_the_plan_re_signs_the_deployed_k
     ran = tasks_run(build, "fake-kernel")
     assert "do_deploy_setscene" in ran and "do_deploy" not in ran, ran
     # What the second build signed and stored, not a new signature.
-    assert sha256(deploy / KERNEL) == signed
-    for name in KERNEL_NAMES:
+    assert deployed_kernel_image(deploy) == kernel
+    assert sha256(deploy / kernel) == signed
+    for name in (kernel,) + KERNEL_LINKS:
         assert_signed(deploy / name, dev_cert)
     # The plan comes back with the fragment sstate restored.
-    assert_plan_names(build, [KERNEL])
+    assert_plan_names(build, [kernel])
     assert (deploy / "signing-plan.d" / "fake-kernel.do_deploy.json").is_file()
 
     # 4. The release engineer, as in the README's "Release engineers": a
@@ -141,12 +152,12 @@ def test_bitbake_signs_restores_from_sstate_and_the_plan_re_signs_the_deployed_k
     resign = [str(pki_signer), "resign", "--plan", str(plan), "--keys", str(keys)]
     dry = subprocess.run(resign + ["--dry-run"], capture_output=True, text=True, cwd=host)
     assert dry.returncode == 0, dry.stdout + dry.stderr
-    assert sha256(deploy / KERNEL) == signed, "--dry-run wrote"
+    assert sha256(deploy / kernel) == signed, "--dry-run wrote"
     result = subprocess.run(resign, capture_output=True, text=True, cwd=host)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 resigned" in result.stdout, result.stdout
 
     release_cert = host / "release" / "ssig_subca.cert"
-    for name in KERNEL_NAMES:
+    for name in (kernel,) + KERNEL_LINKS:
         assert_signed(deploy / name, release_cert)
         assert sbverify(deploy / name, dev_cert).returncode != 0, "%s still verifies under the development key" % name

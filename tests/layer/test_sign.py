@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from bbharness import kernel_image
 from conftest import FAST_KEYS, peer
 
 KERNEL = "recipes/fake-kernel/fake-kernel_1.0.bb"
@@ -41,14 +42,14 @@ def test_the_first_build_creates_the_pki_and_deploys_a_signed_kernel(make_build)
     deploy = build.topdir / d.getVar("DEPLOYDIR")
     # Every name kernel.bbclass deploys reaches the one signed file.
     assert os.path.islink(deploy / "bzImage")
-    for name in ("bzImage", "bzImage-testmachine.bin", "bzImage-1.0-r0-testmachine.bin"):
+    for name in ("bzImage", "bzImage-testmachine.bin", kernel_image(d)):
         result = sbverify(deploy / name, pki / "ssig_subca.cert")
         assert result.returncode == 0, result.stdout + result.stderr
     assert signature_count(deploy / "bzImage") == 1
     # A certificate of another role does not verify it.
     assert sbverify(deploy / "bzImage", pki / "ssig_cml.cert").returncode != 0
     log = build.task_log(d, "do_deploy")
-    assert "signing bzImage-1.0-r0-testmachine.bin with ssig_subca" in log
+    assert "signing %s with ssig_subca" % kernel_image(d) in log
 
 
 def test_the_signing_function_alone_signs_what_deploydir_holds(make_build, dev_pki, efi_app):
@@ -81,7 +82,7 @@ def test_keep_unsigned_deploys_the_original_too(make_build, dev_pki, efi_app):
     d = build.parse(KERNEL)
     run(build, d, "do_compile", "do_pki_signer_init", "do_deploy")
     deploy = build.topdir / d.getVar("DEPLOYDIR")
-    unsigned = deploy / "bzImage-1.0-r0-testmachine.bin.unsigned"
+    unsigned = deploy / (kernel_image(d) + ".unsigned")
     assert unsigned.read_bytes() == efi_app.read_bytes()
     assert signature_count(unsigned) == 0
     assert sbverify(deploy / "bzImage", build.topdir / "pki" / "ssig_subca.cert").returncode == 0
@@ -140,7 +141,7 @@ def test_guestos_image_is_hashed_and_signed(make_build, dev_pki, pki_signer):
     if probe.returncode != 0:
         pytest.skip("pki-signer has no guestos sign yet: " + probe.stderr.strip().splitlines()[-1])
     d = build.parse(GUESTOS)
-    run(build, d, "do_pki_signer_init", "do_rootfs", "do_image")
+    run(build, d, "do_pki_signer_init", "do_rootfs", "do_image", "do_image_squashfs")
     if not build.run_task(d, "do_image_complete"):
         log = build.task_log(d, "do_image_complete")
         if "not implemented" in log:
@@ -149,8 +150,9 @@ def test_guestos_image_is_hashed_and_signed(make_build, dev_pki, pki_signer):
     out = build.topdir / d.getVar("IMGDEPLOYDIR") / "guestos"
     base = "fake-guestos-imageos-1"
     root = out / base / "root.img"
+    # The IMAGE_LINK_NAME symlink of image.bbclass's create_symlinks.
     assert root.read_bytes() == (build.topdir / d.getVar("IMGDEPLOYDIR") /
-                                 "fake-guestos-image-testmachine.squashfs").read_bytes()
+                                 "fake-guestos-image-testmachine.rootfs.squashfs").read_bytes()
     conf = (out / (base + ".conf")).read_text()
     assert 'image_sha2_256: "%s"' % hashlib.sha256(root.read_bytes()).hexdigest() in conf
     assert "image_size: %d" % root.stat().st_size in conf

@@ -10,7 +10,7 @@ import subprocess
 import bb.data
 import pytest
 
-from bbharness import LAYER, chdir
+from bbharness import LAYER, chdir, kernel_image
 from conftest import FAST_KEYS, peer
 
 KERNEL = "recipes/fake-kernel/fake-kernel_1.0.bb"
@@ -108,7 +108,7 @@ def test_the_installed_and_the_deployed_kernel_are_signed_once(make_build, dev_p
     built = build.topdir / d.getVar("B") / "arch/x86/boot/bzImage"
     installed = build.topdir / d.getVar("D") / "boot" / "bzImage-1.0"
     deploy = build.topdir / d.getVar("DEPLOY_DIR_IMAGE")
-    for path in (built, installed, deploy / "bzImage-1.0-r0-testmachine.bin", deploy / "bzImage"):
+    for path in (built, installed, deploy / kernel_image(d), deploy / "bzImage"):
         assert sbverify(path, cert), path
         assert signature_count(path) == 1, path
     assert "signing bzImage with ssig_subca" in build.task_log(d, "do_pki_signer_sign")
@@ -120,7 +120,7 @@ def test_the_installed_and_the_deployed_kernel_are_signed_once(make_build, dev_p
     # The plan names the deployed copy, with its links, and not the build tree,
     # which rm_work removes.
     [record] = plan_records(build, d)
-    assert record["output"] == record["artifact"] == "bzImage-1.0-r0-testmachine.bin"
+    assert record["output"] == record["artifact"] == kernel_image(d)
     assert record["links"] == ["bzImage", "bzImage-testmachine.bin"]
     assert record["role"] == "ssig_subca"
     assert "output_abs" not in record or record["output_abs"].startswith(str(deploy))
