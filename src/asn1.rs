@@ -87,8 +87,13 @@ impl<T: Encode> EncodeValue for SetInOrder<T> {
 /// The first element of `input`, which may be followed by zero bytes only
 /// (WIN_CERTIFICATE and .auth padding); anything else after it is an error.
 pub fn first_element(input: &[u8]) -> std::result::Result<Raw<'_>, String> {
-    let mut reader = SliceReader::new(input).map_err(|e| e.to_string())?;
-    let first = Raw::decode(&mut reader).map_err(|e| e.to_string())?;
+    let err = |e: der::Error| match e.kind() {
+        // The only integer here is the length, and der reads lengths up to 256 MiB.
+        der::ErrorKind::Overflow => "length out of range".to_string(),
+        _ => e.to_string(),
+    };
+    let mut reader = SliceReader::new(input).map_err(err)?;
+    let first = Raw::decode(&mut reader).map_err(err)?;
     let trailing = &input[first.der.len()..];
     if trailing.iter().any(|&b| b != 0) {
         return Err(format!("{} bytes of trailing data", trailing.len()));

@@ -285,13 +285,8 @@ pub struct Signature {
 /// pesign's, signtool's). Zero padding after it (WIN_CERTIFICATE alignment)
 /// is accepted. `origin` names the input in errors.
 pub fn parse(der: &[u8], origin: &Path) -> Result<Signature> {
-    pkcs7::read_signed_data(der, |content_info, sd| {
-        if !content_info {
-            return Err("a bare SignedData, not a ContentInfo".into());
-        }
-        read_signature(sd)
-    })
-    .map_err(|e| Error::input(origin, format!("not a valid Authenticode signature: {e}")))
+    pkcs7::read_signed_data(der, false, |_, sd| read_signature(sd))
+        .map_err(|e| Error::input(origin, format!("not a valid Authenticode signature: {e}")))
 }
 
 fn read_signature(sd: &pkcs7::SignedDataRef<'_>) -> std::result::Result<Signature, String> {

@@ -503,10 +503,12 @@ impl EncodeValue for SignedAttrs {
     }
 }
 
-/// Call `f` with the SignedData of `der`, a ContentInfo { signedData } or a
-/// bare SignedData; `f` learns which. Zero bytes may follow (padding).
+/// Call `f` with the SignedData of `der`, a ContentInfo { signedData } or,
+/// if `bare_ok`, a bare SignedData; `f` learns which. Zero bytes may follow
+/// (padding).
 pub(crate) fn read_signed_data<T>(
     der: &[u8],
+    bare_ok: bool,
     f: impl FnOnce(bool, &SignedDataRef<'_>) -> std::result::Result<T, String>,
 ) -> std::result::Result<T, String> {
     let outer = first_element(der)?;
@@ -514,7 +516,7 @@ pub(crate) fn read_signed_data<T>(
         return Err("not a SEQUENCE".into());
     }
     // ContentInfo starts with an OID; SignedData with its version INTEGER.
-    if outer.value.first() == Some(&u8::from(Tag::ObjectIdentifier)) {
+    if !bare_ok || outer.value.first() == Some(&u8::from(Tag::ObjectIdentifier)) {
         let ci = ContentInfo::from_der(outer.der).map_err(|e| format!("ContentInfo: {e}"))?;
         if ci.content_type != oid::SIGNED_DATA {
             return Err(format!(
@@ -703,7 +705,7 @@ pub(crate) fn find_signer_cert<'c>(certs: &'c [Vec<u8>], sid: &SignerId) -> Opti
 /// Parse a DER SignedData, bare or in a ContentInfo. Zero padding after it
 /// is accepted. `origin` names the input in errors.
 pub fn parse(der: &[u8], origin: &Path) -> Result<SignedData> {
-    read_signed_data(der, |content_info, sd| {
+    read_signed_data(der, true, |content_info, sd| {
         let content = match &sd.encap_content_info.econtent {
             None => None,
             Some(c) if c.tag() == Tag::OctetString => Some(c.value().to_vec()),
