@@ -101,6 +101,18 @@ pub fn first_element(input: &[u8]) -> std::result::Result<Raw<'_>, String> {
     Ok(first)
 }
 
+/// The elements inside the constructed element `der` (tests take signatures apart).
+#[cfg(test)]
+pub fn children(der: &[u8]) -> Vec<Raw<'_>> {
+    let outer = Raw::from_der(der).unwrap();
+    let mut reader = SliceReader::new(outer.value).unwrap();
+    let mut v = vec![];
+    while !reader.is_finished() {
+        v.push(Raw::decode(&mut reader).unwrap());
+    }
+    v
+}
+
 /// Serial numbers compare equal with or without leading zero octets.
 pub fn strip_zeros(b: &[u8]) -> &[u8] {
     let n = b.iter().take_while(|&&x| x == 0).count();

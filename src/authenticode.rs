@@ -477,6 +477,7 @@ pub fn trust_path(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::asn1::children as inner;
     use crate::keys::FileKey;
     use crate::x509::{self, CertSpec, Subject};
     use der::Decode;
@@ -589,17 +590,6 @@ mod tests {
 
     fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
         hay.windows(needle.len()).position(|w| w == needle)
-    }
-
-    /// The elements inside the constructed element `der`, as received.
-    fn inner(der: &[u8]) -> Vec<Raw<'_>> {
-        let outer = Raw::from_der(der).unwrap();
-        let mut r = der::SliceReader::new(outer.value).unwrap();
-        let mut v = vec![];
-        while !der::Reader::is_finished(&r) {
-            v.push(Raw::decode(&mut r).unwrap());
-        }
-        v
     }
 
     /// The structure, checked element by element against the specification.
@@ -809,6 +799,96 @@ mod tests {
         }
         .to_der()
         .unwrap()
+    }
+
+    /// `der` with its signed attributes written in the order `written`
+    /// leaves them, and signed again over them in the order `signed` leaves them.
+    fn with_signed_attrs(
+        der: &[u8],
+        k: &FileKey,
+        written: fn(&mut Vec<&[u8]>),
+        signed: fn(&mut Vec<&[u8]>),
+    ) -> Vec<u8> {
+        let ci = inner(der);
+        let sd = inner(inner(ci[1].der)[0].der);
+        let si = inner(inner(sd[4].der)[0].der);
+        let attrs: Vec<&[u8]> = inner(si[3].der).iter().map(|a| a.der).collect();
+        let order = |f: fn(&mut Vec<&[u8]>)| {
+            let mut a = attrs.clone();
+            f(&mut a);
+            a.concat()
+        };
+        let body = order(written);
+        let set = Any::new(Tag::Set, order(signed)).unwrap().to_der().unwrap();
+        let (scheme, ..) = signing_params(k.key_type());
+        let signature = k.sign(scheme, &set).unwrap();
+        let si = [
+            si[0].der,
+            si[1].der,
+            si[2].der,
+            &Any::new(context(TagNumber::N0, true), body)
+                .unwrap()
+                .to_der()
+                .unwrap(),
+            si[4].der,
+            &OctetString::new(signature).unwrap().to_der().unwrap(),
+        ]
+        .concat();
+        let infos = Any::new(
+            Tag::Set,
+            Any::new(Tag::Sequence, si).unwrap().to_der().unwrap(),
+        );
+        let sd = [
+            sd[0].der,
+            sd[1].der,
+            sd[2].der,
+            sd[3].der,
+            &infos.unwrap().to_der().unwrap(),
+        ]
+        .concat();
+        ContentInfo {
+            content_type: oid::SIGNED_DATA,
+            content: Any::new(Tag::Sequence, sd).unwrap(),
+        }
+        .to_der()
+        .unwrap()
+    }
+
+    /// signtool does not always sort the signed attributes. The signature
+    /// covers them as written, so they are checked as received, as OpenSSL
+    /// (sbverify, EDK2) does, never re-encoded.
+    #[test]
+    fn unsorted_signed_attributes_verify_as_received() {
+        let k = key(KeyType::EcP256);
+        let cert = self_signed(&k, "DB", true);
+        let mut o = opts(&k, &cert, &[]);
+        o.signing_time = Some(at(2030, 1, 1, 0, 0, 0, 0, 0));
+        let sorted = sign_digest(&DIGEST, &o).unwrap();
+        let der = with_signed_attrs(&sorted, &k, |a| a.reverse(), |a| a.reverse());
+        let s = parse_ok(&der);
+        assert_ne!(s.signer.signed_attrs, parse_ok(&sorted).signer.signed_attrs);
+        assert_eq!(s.signing_time.as_deref(), Some("2030-01-01T00:00:00Z"));
+        verify_signature(&s, &DIGEST).unwrap();
+        // Written unsorted but signed in DER order: a reader that re-encoded
+        // the attributes would accept it; firmware does not.
+        let resorted = with_signed_attrs(&sorted, &k, |a| a.reverse(), |_| {});
+        let e = verify_signature(&parse_ok(&resorted), &DIGEST).unwrap_err();
+        assert!(e.contains("does not verify"), "{e}");
+
+        if have("openssl") {
+            let dir = tempfile::tempdir().unwrap();
+            let p7 = dir.path().join("sig.p7");
+            let content = dir.path().join("content.bin");
+            std::fs::write(&p7, &der).unwrap();
+            std::fs::write(&content, &s.spc_content).unwrap();
+            let (ok, out) = run(std::process::Command::new("openssl")
+                .args(["smime", "-verify", "-inform", "DER", "-binary", "-noverify"])
+                .args(["-out", "/dev/null", "-in"])
+                .arg(&p7)
+                .arg("-content")
+                .arg(&content));
+            assert!(ok, "openssl smime -verify: {out}");
+        }
     }
 
     #[test]

@@ -932,6 +932,62 @@ mod tests {
         assert!(e.to_string().contains("does not belong"), "{e}");
     }
 
+    /// Signed attributes out of DER order, as some signers write them, are
+    /// checked over the bytes received; certificates keep their stored order
+    /// and duplicates, as OpenSSL keeps them (der's SetOfVec would sort them
+    /// and refuse the duplicate).
+    #[test]
+    fn signed_attributes_and_certificates_are_read_as_received() {
+        use crate::asn1::children;
+        let content = b"efi variable";
+        let k = key(KeyType::EcP256);
+        let cert = cert_for(&k, "Signer");
+        let other = cert_for(&key(KeyType::EcP256), "Other");
+        let mut o = opts(&k, &cert, Hash::Sha256);
+        o.signed_attrs = true;
+        o.signing_time = Some(OffsetDateTime::now_utc());
+        let der = sign_detached(content, &o).unwrap();
+
+        // Bare SignedData: version, digestAlgorithms, encapContentInfo, [0] certificates, signerInfos.
+        let sd = children(&der);
+        let si = children(children(sd[4].der)[0].der);
+        let mut attrs: Vec<&[u8]> = children(si[3].der).iter().map(|a| a.der).collect();
+        attrs.reverse();
+        let body = attrs.concat();
+        let set = Any::new(Tag::Set, body.clone()).unwrap().to_der().unwrap();
+        let signature = k.sign(SigScheme::EcdsaSha256, &set).unwrap();
+        let ctx0 = Tag::ContextSpecific {
+            constructed: true,
+            number: der::TagNumber::N0,
+        };
+        let si = [
+            si[0].der,
+            si[1].der,
+            si[2].der,
+            &Any::new(ctx0, body).unwrap().to_der().unwrap(),
+            si[4].der,
+            &OctetString::new(signature).unwrap().to_der().unwrap(),
+        ]
+        .concat();
+        let si = Any::new(Tag::Sequence, si).unwrap().to_der().unwrap();
+        let certs = [other.clone(), cert.clone(), other.clone()].concat();
+        let rebuilt = [
+            sd[0].der,
+            sd[1].der,
+            sd[2].der,
+            &Any::new(ctx0, certs).unwrap().to_der().unwrap(),
+            &Any::new(Tag::Set, si).unwrap().to_der().unwrap(),
+        ]
+        .concat();
+        let rebuilt = Any::new(Tag::Sequence, rebuilt).unwrap().to_der().unwrap();
+
+        let p = parse(&rebuilt, Path::new("x")).unwrap();
+        assert_eq!(p.certs, vec![other.clone(), cert.clone(), other]);
+        assert_eq!(p.signers[0].signed_attrs.as_deref(), Some(set.as_slice()));
+        assert_eq!(p.verify_detached(content).unwrap(), vec![cert.as_slice()]);
+        assert!(p.verify_detached(b"other").is_err());
+    }
+
     #[test]
     fn garbage_never_panics() {
         let k = key(KeyType::EcP256);
