@@ -1,178 +1,116 @@
-//! The small, lenient DER reader shared by the Authenticode and PKCS#7 code,
-//! and the few DER-building helpers both need.
+//! DER helpers shared by the PKCS#7 and Authenticode code: the few reading
+//! types `der` lacks, and the writing helpers both need.
 //!
-//! A TLV walker rather than a strict DER decoder: signatures made by other
-//! tools are not always canonical DER (e.g. certificates not sorted in their
-//! SET OF), and the exact bytes of signed attributes must be kept to check
-//! the signature. Errors are plain strings; callers wrap them with the file
-//! name and what was being parsed.
+//! Reading is `der`'s strict DER: minimal lengths, canonical INTEGERs, no
+//! indefinite lengths, nothing left over inside a SEQUENCE. Because only the
+//! minimal length form is accepted, a header re-encoded from what was read is
+//! the header that was received.
+//!
+//! What `der` would change, and the types here keep as received:
+//! * [`SetInOrder`]: a SET OF in the order received, duplicates kept.
+//!   `SetOfVec` sorts on decode and refuses duplicates; OpenSSL (and so EDK2
+//!   and sbverify) keeps certificates and SignerInfos in stored order, and
+//!   that order decides which certificate path is tried first.
+//! * [`Raw`]: an element as the exact bytes received, for what is handed on
+//!   whole (certificates, nested signatures) or compared byte for byte.
 
 use cms::cert::x509::attr::Attribute;
 use cms::cert::x509::spki::AlgorithmIdentifierOwned;
-use der::asn1::{GeneralizedTime, ObjectIdentifier, SetOfVec, UtcTime};
-use der::{Any, DateTime, Tag};
+use der::asn1::{AnyRef, GeneralizedTime, ObjectIdentifier, SetOfVec, UtcTime};
+use der::{
+    Any, DateTime, Decode, DecodeValue, Encode, EncodeValue, FixedTag, Header, Length, Reader,
+    SliceReader, Tag, Tagged, Writer,
+};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 
-pub const SEQUENCE: u8 = 0x30;
-pub const SET: u8 = 0x31;
-pub const INTEGER: u8 = 0x02;
-pub const OCTET_STRING: u8 = 0x04;
-pub const OBJECT_ID: u8 = 0x06;
-pub const UTC_TIME: u8 = 0x17;
-pub const GENERALIZED_TIME: u8 = 0x18;
-pub const CTX0: u8 = 0xa0;
-pub const CTX1: u8 = 0xa1;
-pub const CTX0_PRIMITIVE: u8 = 0x80;
+// ---------------------------------------------------------------------------
+// Reading
 
-/// One BER/DER element with a definite length.
+/// One element exactly as received: tag, length and value.
 #[derive(Clone, Copy, Debug)]
-pub struct Tlv<'a> {
-    pub tag: u8,
-    /// Tag, length and value.
-    pub raw: &'a [u8],
+pub struct Raw<'a> {
+    /// The whole element.
+    pub der: &'a [u8],
+    pub tag: Tag,
+    /// Its content octets.
     pub value: &'a [u8],
 }
 
-impl Tlv<'_> {
-    pub fn header_len(&self) -> usize {
-        self.raw.len() - self.value.len()
+impl<'a> Decode<'a> for Raw<'a> {
+    fn decode<R: Reader<'a>>(reader: &mut R) -> der::Result<Self> {
+        let der = reader.tlv_bytes()?;
+        let any = AnyRef::from_der(der)?;
+        Ok(Raw {
+            der,
+            tag: any.tag(),
+            value: any.value(),
+        })
     }
 }
 
-/// Split the first element off `input`.
-pub fn take(input: &[u8]) -> std::result::Result<(Tlv<'_>, &[u8]), String> {
-    let (&tag, rest) = input.split_first().ok_or("truncated: element expected")?;
-    if tag & 0x1f == 0x1f {
-        return Err(format!("unsupported multi-byte tag 0x{tag:02x}"));
+impl Encode for Raw<'_> {
+    fn encoded_len(&self) -> der::Result<Length> {
+        Length::try_from(self.der.len())
     }
-    let (&first, mut rest) = rest.split_first().ok_or("truncated length")?;
-    let len = match first {
-        0..=0x7f => usize::from(first),
-        0x80 => return Err("indefinite length (BER) is not supported".into()),
-        _ => {
-            let n = usize::from(first & 0x7f);
-            if n > 4 || rest.len() < n {
-                return Err("bad length".into());
-            }
-            let len = rest[..n]
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-            rest = &rest[n..];
-            len
-        }
+
+    fn encode(&self, writer: &mut impl Writer) -> der::Result<()> {
+        writer.write(self.der)
+    }
+}
+
+/// A SET OF in the order received, duplicates kept (see the module notes).
+#[derive(Clone, Debug)]
+pub struct SetInOrder<T>(pub Vec<T>);
+
+impl<T> FixedTag for SetInOrder<T> {
+    const TAG: Tag = Tag::Set;
+}
+
+impl<'a, T: Decode<'a>> DecodeValue<'a> for SetInOrder<T> {
+    fn decode_value<R: Reader<'a>>(reader: &mut R, header: Header) -> der::Result<Self> {
+        Vec::<T>::decode_value(reader, header).map(SetInOrder)
+    }
+}
+
+impl<T: Encode> EncodeValue for SetInOrder<T> {
+    fn value_len(&self) -> der::Result<Length> {
+        self.0.value_len()
+    }
+
+    fn encode_value(&self, writer: &mut impl Writer) -> der::Result<()> {
+        self.0.encode_value(writer)
+    }
+}
+
+/// The first element of `input`, which may be followed by zero bytes only
+/// (WIN_CERTIFICATE and .auth padding); anything else after it is an error.
+pub fn first_element(input: &[u8]) -> std::result::Result<Raw<'_>, String> {
+    let err = |e: der::Error| match e.kind() {
+        // The only integer here is the length, and der reads lengths up to 256 MiB.
+        der::ErrorKind::Overflow => "length out of range".to_string(),
+        _ => e.to_string(),
     };
-    if rest.len() < len {
-        return Err(format!(
-            "truncated: element of {len} bytes, {} left",
-            rest.len()
-        ));
+    let mut reader = SliceReader::new(input).map_err(err)?;
+    let first = Raw::decode(&mut reader).map_err(err)?;
+    let trailing = &input[first.der.len()..];
+    if trailing.iter().any(|&b| b != 0) {
+        return Err(format!("{} bytes of trailing data", trailing.len()));
     }
-    let header = input.len() - rest.len();
-    Ok((
-        Tlv {
-            tag,
-            raw: &input[..header + len],
-            value: &rest[..len],
-        },
-        &rest[len..],
-    ))
+    Ok(first)
 }
 
-/// Iterates the elements inside a constructed element.
-pub struct Elements<'a> {
-    rest: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Elements<'a> {
-    /// `what` names the element in errors.
-    pub fn of(t: Tlv<'a>, what: &'static str) -> Self {
-        Elements {
-            rest: t.value,
-            what,
-        }
+/// The elements inside the constructed element `der` (tests take signatures apart).
+#[cfg(test)]
+pub fn children(der: &[u8]) -> Vec<Raw<'_>> {
+    let outer = Raw::from_der(der).unwrap();
+    let mut reader = SliceReader::new(outer.value).unwrap();
+    let mut v = vec![];
+    while !reader.is_finished() {
+        v.push(Raw::decode(&mut reader).unwrap());
     }
-
-    pub fn peek(&self) -> Option<u8> {
-        self.rest.first().copied()
-    }
-
-    #[allow(clippy::should_implement_trait)] // fallible, unlike Iterator::next
-    pub fn next(&mut self) -> std::result::Result<Option<Tlv<'a>>, String> {
-        if self.rest.is_empty() {
-            return Ok(None);
-        }
-        let (t, rest) = take(self.rest).map_err(|e| format!("{}: {e}", self.what))?;
-        self.rest = rest;
-        Ok(Some(t))
-    }
-
-    pub fn expect(&mut self, tag: u8, field: &str) -> std::result::Result<Tlv<'a>, String> {
-        match self.next()? {
-            Some(t) if t.tag == tag => Ok(t),
-            Some(t) => Err(format!(
-                "{}: {field}: expected tag 0x{tag:02x}, found 0x{:02x}",
-                self.what, t.tag
-            )),
-            None => Err(format!("{}: {field} missing", self.what)),
-        }
-    }
-
-    pub fn optional(&mut self, tag: u8) -> std::result::Result<Option<Tlv<'a>>, String> {
-        if self.peek() == Some(tag) {
-            self.next()
-        } else {
-            Ok(None)
-        }
-    }
-}
-
-/// Dotted form of an OBJECT IDENTIFIER; a malformed one is shown in hex
-/// rather than failing, so that it can still be reported.
-pub fn oid_string(t: Tlv<'_>) -> String {
-    ObjectIdentifier::from_bytes(t.value)
-        .map(|o| o.to_string())
-        .unwrap_or_else(|_| format!("<bad OID {}>", crate::codec::hex(t.value)))
-}
-
-/// A non-negative INTEGER that fits 32 bits (version numbers).
-pub fn small_int(t: Tlv<'_>) -> std::result::Result<u32, String> {
-    if t.value.is_empty() || t.value.len() > 4 || t.value[0] & 0x80 != 0 {
-        return Err("bad version number".into());
-    }
-    Ok(t.value
-        .iter()
-        .fold(0u32, |acc, &b| (acc << 8) | u32::from(b)))
-}
-
-/// AlgorithmIdentifier's OID.
-pub fn alg_oid(t: Tlv<'_>, what: &'static str) -> std::result::Result<String, String> {
-    Ok(oid_string(
-        Elements::of(t, what).expect(OBJECT_ID, "algorithm")?,
-    ))
-}
-
-/// Call `f(oid, value)` for every value of every attribute in a SET OF Attribute.
-pub fn for_each_attribute<'a>(
-    attrs: Tlv<'a>,
-    what: &'static str,
-    mut f: impl FnMut(String, Tlv<'a>) -> std::result::Result<(), String>,
-) -> std::result::Result<(), String> {
-    let mut attrs = Elements::of(attrs, what);
-    while let Some(a) = attrs.next()? {
-        if a.tag != SEQUENCE {
-            return Err(format!("{what}: attribute is not a SEQUENCE"));
-        }
-        let mut a = Elements::of(a, what);
-        let o = oid_string(a.expect(OBJECT_ID, "attribute type")?);
-        let mut values = Elements::of(a.expect(SET, "attribute values")?, what);
-        while let Some(v) = values.next()? {
-            f(o.clone(), v)?;
-        }
-    }
-    Ok(())
+    v
 }
 
 /// Serial numbers compare equal with or without leading zero octets.
@@ -184,13 +122,9 @@ pub fn strip_zeros(b: &[u8]) -> &[u8] {
 // ---------------------------------------------------------------------------
 // Writing
 
-pub fn obj_id(s: &str) -> der::Result<ObjectIdentifier> {
-    ObjectIdentifier::new(s).map_err(|_| Tag::ObjectIdentifier.value_error())
-}
-
-pub fn alg_id(o: &str, null_params: bool) -> der::Result<AlgorithmIdentifierOwned> {
+pub fn alg_id(oid: ObjectIdentifier, null_params: bool) -> der::Result<AlgorithmIdentifierOwned> {
     Ok(AlgorithmIdentifierOwned {
-        oid: obj_id(o)?,
+        oid,
         parameters: if null_params {
             Some(Any::new(Tag::Null, Vec::new())?)
         } else {
@@ -199,9 +133,9 @@ pub fn alg_id(o: &str, null_params: bool) -> der::Result<AlgorithmIdentifierOwne
     })
 }
 
-pub fn attribute(o: &str, value: Any) -> der::Result<Attribute> {
+pub fn attribute(oid: ObjectIdentifier, value: Any) -> der::Result<Attribute> {
     Ok(Attribute {
-        oid: obj_id(o)?,
+        oid,
         values: SetOfVec::try_from(vec![value])?,
     })
 }

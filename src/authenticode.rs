@@ -17,10 +17,9 @@
 //! SpcIndirectDataContent (its DER without the outer tag and length), not the
 //! whole element as CMS would have it.
 //!
-//! Reading is done with a small, lenient TLV walker rather than a strict DER
-//! decoder: signatures made by other tools are not always canonical DER (e.g.
-//! certificates not sorted in their SET OF), and the exact bytes of the signed
-//! attributes must be kept to check the signature.
+//! Reading uses the same types, with `der` (see [`crate::pkcs7`] for what is
+//! kept as received): the SpcIndirectDataContent's bytes and the signed
+//! attributes' bytes are checked as they came, not re-encoded.
 
 use std::path::Path;
 
@@ -29,106 +28,40 @@ use cms::cert::x509::spki::AlgorithmIdentifierOwned;
 use cms::content_info::{CmsVersion, ContentInfo};
 use cms::signed_data::EncapsulatedContentInfo;
 use der::asn1::{BitString, BmpString, ObjectIdentifier, OctetString, SetOfVec};
-use der::{Any, Encode, Sequence, Tag, TagNumber};
+use der::{Any, Decode, Encode, Sequence, Tag, TagNumber, Tagged};
 use time::OffsetDateTime;
-use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::asn1::{
-    alg_id, alg_oid, attribute, for_each_attribute, obj_id, oid_string, small_int, strip_zeros,
-    take, Elements, Tlv, CTX0, CTX1, INTEGER, OBJECT_ID, OCTET_STRING, SEQUENCE, SET,
-};
+use crate::asn1::{alg_id, attribute, Raw};
 use crate::error::{Error, Result};
 use crate::keys::{KeyType, SigScheme, Signer};
-use crate::pkcs7::{hash_name, SignerId};
-use crate::{asn1, pkcs7, sigalg};
+use crate::pkcs7::{hash_name, name_string, sig_alg_name, Hash, SignerId};
+use crate::{asn1, pkcs7};
 
-/// Object identifiers used here, as dotted strings (what the reader compares).
+/// Object identifiers of Authenticode; the PKCS#7 ones are [`pkcs7::oid`]'s.
 pub mod oid {
-    pub const SIGNED_DATA: &str = "1.2.840.113549.1.7.2";
-    pub const SPC_INDIRECT_DATA: &str = "1.3.6.1.4.1.311.2.1.4";
-    pub const SPC_PE_IMAGE_DATA: &str = "1.3.6.1.4.1.311.2.1.15";
-    pub const SPC_SP_OPUS_INFO: &str = "1.3.6.1.4.1.311.2.1.12";
-    pub const CONTENT_TYPE: &str = "1.2.840.113549.1.9.3";
-    pub const MESSAGE_DIGEST: &str = "1.2.840.113549.1.9.4";
-    pub const SIGNING_TIME: &str = "1.2.840.113549.1.9.5";
-    pub const COUNTER_SIGNATURE: &str = "1.2.840.113549.1.9.6";
+    use der::asn1::ObjectIdentifier;
+
+    pub use crate::pkcs7::oid::{
+        CONTENT_TYPE, COUNTER_SIGNATURE, MESSAGE_DIGEST, SHA256, SIGNED_DATA, SIGNING_TIME,
+    };
+
+    pub const SPC_INDIRECT_DATA: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.2.1.4");
+    pub const SPC_PE_IMAGE_DATA: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.2.1.15");
+    pub const SPC_SP_OPUS_INFO: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.2.1.12");
     /// Microsoft: further Authenticode signatures nested in an unsigned attribute.
-    pub const MS_NESTED_SIGNATURE: &str = "1.3.6.1.4.1.311.2.4.1";
+    pub const MS_NESTED_SIGNATURE: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.2.4.1");
     /// Microsoft: RFC 3161 timestamp token in an unsigned attribute.
-    pub const MS_RFC3161_TIMESTAMP: &str = "1.3.6.1.4.1.311.3.3.1";
-    pub const SHA1: &str = "1.3.14.3.2.26";
-    pub const SHA256: &str = "2.16.840.1.101.3.4.2.1";
-    pub const SHA384: &str = "2.16.840.1.101.3.4.2.2";
-    pub const SHA512: &str = "2.16.840.1.101.3.4.2.3";
-    pub const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
-    pub const SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
-    pub const SHA384_WITH_RSA: &str = "1.2.840.113549.1.1.12";
-    pub const SHA512_WITH_RSA: &str = "1.2.840.113549.1.1.13";
-    pub const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
-    pub const ECDSA_WITH_SHA256: &str = "1.2.840.10045.4.3.2";
-    pub const ECDSA_WITH_SHA384: &str = "1.2.840.10045.4.3.3";
-    pub const ECDSA_WITH_SHA512: &str = "1.2.840.10045.4.3.4";
+    pub const MS_RFC3161_TIMESTAMP: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.3.3.1");
 }
 
 /// The placeholder file name sbsign and signtool put into SpcPeImageData.
 const OBSOLETE: &str = "<<<Obsolete>>>";
-
-// ---------------------------------------------------------------------------
-// Hashes
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Hash {
-    Sha1,
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-impl Hash {
-    fn from_oid(o: &str) -> Option<Hash> {
-        match o {
-            oid::SHA1 => Some(Hash::Sha1),
-            oid::SHA256 => Some(Hash::Sha256),
-            oid::SHA384 => Some(Hash::Sha384),
-            oid::SHA512 => Some(Hash::Sha512),
-            _ => None,
-        }
-    }
-
-    fn oid(self) -> &'static str {
-        match self {
-            Hash::Sha1 => oid::SHA1,
-            Hash::Sha256 => oid::SHA256,
-            Hash::Sha384 => oid::SHA384,
-            Hash::Sha512 => oid::SHA512,
-        }
-    }
-
-    fn digest(self, data: &[u8]) -> Vec<u8> {
-        use aws_lc_rs::digest;
-        let alg = match self {
-            Hash::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
-            Hash::Sha256 => &digest::SHA256,
-            Hash::Sha384 => &digest::SHA384,
-            Hash::Sha512 => &digest::SHA512,
-        };
-        digest::digest(alg, data).as_ref().to_vec()
-    }
-}
-
-fn sig_alg_name(o: &str) -> String {
-    match o {
-        oid::RSA_ENCRYPTION => "rsaEncryption".into(),
-        oid::SHA256_WITH_RSA => "sha256WithRSAEncryption".into(),
-        oid::SHA384_WITH_RSA => "sha384WithRSAEncryption".into(),
-        oid::SHA512_WITH_RSA => "sha512WithRSAEncryption".into(),
-        oid::EC_PUBLIC_KEY => "id-ecPublicKey".into(),
-        oid::ECDSA_WITH_SHA256 => "ecdsa-with-SHA256".into(),
-        oid::ECDSA_WITH_SHA384 => "ecdsa-with-SHA384".into(),
-        oid::ECDSA_WITH_SHA512 => "ecdsa-with-SHA512".into(),
-        o => o.to_string(),
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Writing
@@ -168,10 +101,11 @@ fn spc_pe_image_data() -> der::Result<Any> {
     Any::new(Tag::Sequence, [flags.to_der()?, link.to_der()?].concat())
 }
 
+/// `value` is `ANY OPTIONAL`, as osslsigncode declares it.
 #[derive(Sequence)]
 struct SpcAttributeTypeAndOptionalValue {
     value_type: ObjectIdentifier,
-    value: Any,
+    value: Option<Any>,
 }
 
 #[derive(Sequence)]
@@ -186,19 +120,18 @@ struct SpcIndirectDataContent {
     message_digest: DigestInfo,
 }
 
-/// DER of the SpcIndirectDataContent for a PE image's SHA-256 digest.
-fn spc_indirect_data_content(image_sha256: &[u8; 32]) -> der::Result<Vec<u8>> {
-    SpcIndirectDataContent {
+/// The SpcIndirectDataContent for a PE image's SHA-256 digest.
+fn spc_indirect_data_content(image_sha256: &[u8; 32]) -> der::Result<Any> {
+    Any::encode_from(&SpcIndirectDataContent {
         data: SpcAttributeTypeAndOptionalValue {
-            value_type: obj_id(oid::SPC_PE_IMAGE_DATA)?,
-            value: spc_pe_image_data()?,
+            value_type: oid::SPC_PE_IMAGE_DATA,
+            value: Some(spc_pe_image_data()?),
         },
         message_digest: DigestInfo {
             algorithm: alg_id(oid::SHA256, true)?,
             digest: OctetString::new(image_sha256.to_vec())?,
         },
-    }
-    .to_der()
+    })
 }
 
 #[derive(Sequence)]
@@ -216,24 +149,25 @@ struct SignerInfoDer {
 /// How a key of each type signs: scheme for `Signer::sign`, the digest
 /// algorithm of the SignerInfo (also the messageDigest hash) and the
 /// signatureAlgorithm OpenSSL (hence sbsign and osslsigncode) writes.
-fn signing_params(kt: KeyType) -> (SigScheme, Hash, &'static str, bool) {
+fn signing_params(kt: KeyType) -> (SigScheme, Hash, ObjectIdentifier, bool) {
+    use pkcs7::oid::{ECDSA_WITH_SHA256, ECDSA_WITH_SHA384, RSA_ENCRYPTION};
     match kt {
         KeyType::Rsa(_) => (
             SigScheme::RsaPkcs1Sha256,
             Hash::Sha256,
-            oid::RSA_ENCRYPTION,
+            RSA_ENCRYPTION,
             true,
         ),
         KeyType::EcP256 => (
             SigScheme::EcdsaSha256,
             Hash::Sha256,
-            oid::ECDSA_WITH_SHA256,
+            ECDSA_WITH_SHA256,
             false,
         ),
         KeyType::EcP384 => (
             SigScheme::EcdsaSha384,
             Hash::Sha384,
-            oid::ECDSA_WITH_SHA384,
+            ECDSA_WITH_SHA384,
             false,
         ),
     }
@@ -242,26 +176,21 @@ fn signing_params(kt: KeyType) -> (SigScheme, Hash, &'static str, bool) {
 /// Sign the Authenticode digest of a PE image. Returns the DER of the PKCS#7
 /// ContentInfo (what sbsign --detached writes and what goes into WIN_CERTIFICATE).
 pub fn sign_digest(image_sha256: &[u8; 32], opts: &SignOptions) -> Result<Vec<u8>> {
-    let cert_origin = Path::new("signer certificate");
-    pkcs7::check_signer(opts.signer, opts.cert, opts.chain)?;
-    let (issuer, serial) = cert_issuer_serial(opts.cert)
-        .ok_or_else(|| Error::input(cert_origin, "cannot find issuer and serial number"))?;
-
+    let cert = pkcs7::check_signer(opts.signer, opts.cert, opts.chain)?;
     let (scheme, hash, sig_oid, sig_null) = signing_params(opts.signer.key_type());
     let signing_time = opts
         .signing_time
         .map(|t| asn1::signing_time_value(t, der_err))
         .transpose()?;
     let spc = spc_indirect_data_content(image_sha256).map_err(der_err)?;
-    let (spc_tlv, _) = take(&spc).map_err(Error::Crypto)?;
     // Authenticode: the digest covers the content octets, without tag and length.
-    let message_digest = hash.digest(spc_tlv.value);
+    let message_digest = hash.digest(spc.value());
 
     let signed_attrs = (|| -> der::Result<SetOfVec<Attribute>> {
         let mut attrs = vec![
             attribute(
                 oid::CONTENT_TYPE,
-                Any::encode_from(&obj_id(oid::SPC_INDIRECT_DATA)?)?,
+                Any::encode_from(&oid::SPC_INDIRECT_DATA)?,
             )?,
             attribute(
                 oid::MESSAGE_DIGEST,
@@ -283,7 +212,7 @@ pub fn sign_digest(image_sha256: &[u8; 32], opts: &SignOptions) -> Result<Vec<u8
     (|| -> der::Result<Vec<u8>> {
         let signer_info = SignerInfoDer {
             version: CmsVersion::V1,
-            sid: Any::new(Tag::Sequence, [issuer.raw, serial.raw].concat())?,
+            sid: pkcs7::issuer_and_serial(&cert)?,
             digest_algorithm: alg_id(hash.oid(), true)?,
             signed_attrs,
             signature_algorithm: alg_id(sig_oid, sig_null)?,
@@ -292,15 +221,15 @@ pub fn sign_digest(image_sha256: &[u8; 32], opts: &SignOptions) -> Result<Vec<u8
         let signed_data = pkcs7::signed_data(
             hash.oid(),
             EncapsulatedContentInfo {
-                econtent_type: obj_id(oid::SPC_INDIRECT_DATA)?,
-                econtent: Some(Any::new(Tag::Sequence, spc_tlv.value)?),
+                econtent_type: oid::SPC_INDIRECT_DATA,
+                econtent: Some(spc),
             },
             opts.cert,
             opts.chain,
             Any::encode_from(&signer_info)?,
         )?;
         ContentInfo {
-            content_type: obj_id(oid::SIGNED_DATA)?,
+            content_type: oid::SIGNED_DATA,
             content: Any::encode_from(&signed_data)?,
         }
         .to_der()
@@ -311,49 +240,6 @@ pub fn sign_digest(image_sha256: &[u8; 32], opts: &SignOptions) -> Result<Vec<u8
 // ---------------------------------------------------------------------------
 // Reading
 
-/// Issuer Name (whole element) and serialNumber INTEGER of a certificate.
-fn cert_issuer_serial(cert: &[u8]) -> Option<(Tlv<'_>, Tlv<'_>)> {
-    let (c, _) = take(cert).ok()?;
-    let mut c = Elements::of(c, "certificate");
-    let mut tbs = Elements::of(c.expect(SEQUENCE, "").ok()?, "tbsCertificate");
-    tbs.optional(CTX0).ok()?;
-    let serial = tbs.expect(INTEGER, "").ok()?;
-    tbs.expect(SEQUENCE, "").ok()?;
-    let issuer = tbs.expect(SEQUENCE, "").ok()?;
-    Some((issuer, serial))
-}
-
-fn name_string(raw: &[u8]) -> String {
-    match X509Name::from_der(raw) {
-        Ok((_, n)) => n.to_string(),
-        Err(_) => format!("<name {}>", crate::codec::hex(raw)),
-    }
-}
-
-/// Is `cert` the certificate `sid` names?
-fn signer_matches(sid: &SignerId, cert: &[u8]) -> bool {
-    match sid {
-        SignerId::IssuerSerial { issuer, serial } => {
-            let Some((ci, cs)) = cert_issuer_serial(cert) else {
-                return false;
-            };
-            if strip_zeros(cs.value) != strip_zeros(serial) {
-                return false;
-            }
-            // Same bytes, or the same name spelled differently.
-            ci.raw == issuer.as_slice() || name_string(ci.raw) == name_string(issuer)
-        }
-        SignerId::KeyId(id) => match X509Certificate::from_der(cert) {
-            Ok((_, c)) => c.extensions().iter().any(|e| {
-                matches!(e.parsed_extension(),
-                    x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k)
-                        if k.0 == id.as_slice())
-            }),
-            Err(_) => false,
-        },
-    }
-}
-
 /// A parsed Authenticode signature.
 #[derive(Clone, Debug)]
 pub struct Signature {
@@ -361,8 +247,8 @@ pub struct Signature {
     pub image_digest: Vec<u8>,
     /// Its algorithm: "sha256", "sha384", "sha512", "sha1", or the dotted OID.
     pub digest_algorithm: String,
-    /// SpcIndirectDataContent.data.type: SpcPeImageData (1.3.6.1.4.1.311.2.1.15) for PE images.
-    pub data_type: String,
+    /// SpcIndirectDataContent.data.type: SpcPeImageData for PE images.
+    pub data_type: ObjectIdentifier,
     /// Every certificate carried in the signature (DER), in stored order.
     pub certs: Vec<Vec<u8>>,
     /// The certificate the SignerInfo points at (issuer + serial, or key id).
@@ -386,158 +272,97 @@ pub struct Signature {
     /// A countersignature or RFC 3161 timestamp is attached.
     pub timestamped: bool,
 
-    /// SpcIndirectDataContent element, and the length of its tag + length.
-    spc: Vec<u8>,
-    spc_header_len: usize,
-    /// Signed attributes re-tagged as SET (what the signature covers).
-    signed_attrs: Option<Vec<u8>>,
-    signature: Vec<u8>,
-    signer_digest_oid: String,
-    signature_oid: String,
-    /// The whole signatureAlgorithm element (RSASSA-PSS carries parameters).
-    signature_alg: Vec<u8>,
-    content_types: Vec<String>,
-    message_digests: Vec<Vec<u8>>,
+    /// The SpcIndirectDataContent's content octets as received: what the
+    /// messageDigest covers.
+    spc_content: Vec<u8>,
+    /// The whole SpcIndirectDataContent element as received, when CMS-style
+    /// (a CMS signer digests the whole element).
+    spc_element: Option<Vec<u8>>,
+    signer: pkcs7::SignerInfo,
 }
 
 /// Parse a PKCS#7 Authenticode signature (ours, sbsign's, osslsigncode's,
 /// pesign's, signtool's). Zero padding after it (WIN_CERTIFICATE alignment)
 /// is accepted. `origin` names the input in errors.
 pub fn parse(der: &[u8], origin: &Path) -> Result<Signature> {
-    parse_inner(der)
+    pkcs7::read_signed_data(der, false, |_, sd| read_signature(sd))
         .map_err(|e| Error::input(origin, format!("not a valid Authenticode signature: {e}")))
 }
 
-fn parse_inner(der: &[u8]) -> std::result::Result<Signature, String> {
-    let (ci, trailing) = take(der)?;
-    if trailing.iter().any(|&b| b != 0) {
-        return Err(format!("{} bytes of trailing data", trailing.len()));
-    }
-    if ci.tag != SEQUENCE {
-        return Err("ContentInfo is not a SEQUENCE".into());
-    }
-    let mut ci = Elements::of(ci, "ContentInfo");
-    let ct = oid_string(ci.expect(OBJECT_ID, "contentType")?);
-    if ct != oid::SIGNED_DATA {
-        return Err(format!("content type {ct} is not signedData"));
-    }
-    let wrapper = ci.expect(CTX0, "content")?;
-    let sd = Elements::of(wrapper, "ContentInfo content").expect(SEQUENCE, "SignedData")?;
-    let mut sd = Elements::of(sd, "SignedData");
-    let signed_data_version = small_int(sd.expect(INTEGER, "version")?)?;
-    sd.expect(SET, "digestAlgorithms")?;
-
-    // encapContentInfo
-    let mut eci = Elements::of(sd.expect(SEQUENCE, "contentInfo")?, "contentInfo");
-    let ect = oid_string(eci.expect(OBJECT_ID, "contentType")?);
-    if ect != oid::SPC_INDIRECT_DATA {
+fn read_signature(sd: &pkcs7::SignedDataRef<'_>) -> std::result::Result<Signature, String> {
+    let eci = &sd.encap_content_info;
+    if eci.econtent_type != oid::SPC_INDIRECT_DATA {
         return Err(format!(
-            "content type {ect} is not SpcIndirectDataContent ({})",
+            "content type {} is not SpcIndirectDataContent ({})",
+            eci.econtent_type,
             oid::SPC_INDIRECT_DATA
         ));
     }
-    let mut content = Elements::of(eci.expect(CTX0, "content")?, "content");
-    let (spc, cms_wrapped) = match content.next()? {
-        Some(t) if t.tag == SEQUENCE => (t, false),
-        Some(t) if t.tag == OCTET_STRING => {
-            let (inner, rest) = take(t.value).map_err(|e| format!("wrapped content: {e}"))?;
-            if inner.tag != SEQUENCE || !rest.is_empty() {
+    let bad_spc = |e: der::Error| format!("SpcIndirectDataContent: {e}");
+    let (spc, spc_content, spc_element) = match &eci.econtent {
+        Some(c) if c.tag() == Tag::Sequence => (
+            c.decode_as::<SpcIndirectDataContent>().map_err(bad_spc)?,
+            c.value().to_vec(),
+            None,
+        ),
+        Some(c) if c.tag() == Tag::OctetString => {
+            let inner = Raw::from_der(c.value()).map_err(|e| format!("wrapped content: {e}"))?;
+            if inner.tag != Tag::Sequence {
                 return Err("wrapped content is not one SpcIndirectDataContent".into());
             }
-            (inner, true)
+            (
+                SpcIndirectDataContent::from_der(inner.der).map_err(bad_spc)?,
+                inner.value.to_vec(),
+                Some(inner.der.to_vec()),
+            )
         }
         _ => return Err("SpcIndirectDataContent missing".into()),
     };
-    let mut sidc = Elements::of(spc, "SpcIndirectDataContent");
-    let mut data = Elements::of(
-        sidc.expect(SEQUENCE, "data")?,
-        "SpcAttributeTypeAndOptionalValue",
-    );
-    let data_type = oid_string(data.expect(OBJECT_ID, "type")?);
-    let mut di = Elements::of(sidc.expect(SEQUENCE, "messageDigest")?, "DigestInfo");
-    let image_digest_oid = alg_oid(di.expect(SEQUENCE, "digestAlgorithm")?, "DigestInfo")?;
-    let image_digest = di.expect(OCTET_STRING, "digest")?.value.to_vec();
 
-    let mut certs = vec![];
-    if let Some(set) = sd.optional(CTX0)? {
-        let mut set = Elements::of(set, "certificates");
-        while let Some(c) = set.next()? {
-            // Other CertificateChoices (attribute certificates...) are skipped.
-            if c.tag == SEQUENCE {
-                certs.push(c.raw.to_vec());
-            }
-        }
-    }
-    sd.optional(CTX1)?; // crls
-    let mut infos = Elements::of(sd.expect(SET, "signerInfos")?, "signerInfos");
-    let si = match infos.next()? {
-        Some(si) if si.tag == SEQUENCE => si,
-        Some(_) => return Err("signerInfo is not a SEQUENCE".into()),
-        None => return Err("no signerInfo".into()),
+    let si = match sd.signer_infos.0.as_slice() {
+        [si] => si,
+        [] => return Err("no signerInfo".into()),
+        _ => return Err("more than one signerInfo (Authenticode allows exactly one)".into()),
     };
-    if infos.next()?.is_some() {
-        return Err("more than one signerInfo (Authenticode allows exactly one)".into());
-    }
-
-    // SignerInfo
-    let mut si = Elements::of(si, "signerInfo");
-    let pkcs7::SignerInfo {
-        sid,
-        digest_oid: signer_digest_oid,
-        signed_attrs,
-        content_types,
-        message_digests,
-        signing_time,
-        ..
-    } = pkcs7::read_signer_head(&mut si)?;
-    let alg = si.expect(SEQUENCE, "signatureAlgorithm")?;
-    let signature_oid = alg_oid(alg, "signerInfo")?;
-    let signature_alg = alg.raw.to_vec();
-    let signature = si.expect(OCTET_STRING, "signature")?.value.to_vec();
+    let signer = pkcs7::SignerInfo::read(si)?;
     let mut nested = vec![];
     let mut timestamped = false;
-    if let Some(attrs) = si.optional(CTX1)? {
-        for_each_attribute(attrs, "unsigned attributes", |o, v| {
-            match o.as_str() {
-                oid::MS_NESTED_SIGNATURE => nested.push(v.raw.to_vec()),
-                oid::COUNTER_SIGNATURE | oid::MS_RFC3161_TIMESTAMP => timestamped = true,
-                _ => {}
+    for a in si.unsigned_attrs.iter().flatten() {
+        match a.oid {
+            oid::MS_NESTED_SIGNATURE => nested.extend(a.values.0.iter().map(|v| v.der.to_vec())),
+            oid::COUNTER_SIGNATURE | oid::MS_RFC3161_TIMESTAMP => {
+                timestamped |= !a.values.0.is_empty()
             }
-            Ok(())
-        })?;
+            _ => {}
+        }
     }
 
-    let signer_cert = certs.iter().find(|c| signer_matches(&sid, c)).cloned();
-    let (signer_issuer, signer_serial) = match &sid {
+    let certs = pkcs7::certificates(sd);
+    let signer_cert = pkcs7::find_signer_cert(&certs, &signer.sid).map(<[u8]>::to_vec);
+    let (signer_issuer, signer_serial) = match &signer.sid {
         SignerId::IssuerSerial { issuer, serial } => {
             (name_string(issuer), crate::codec::hex(serial))
         }
         SignerId::KeyId(id) => ("subjectKeyIdentifier".to_string(), crate::codec::hex(id)),
     };
     Ok(Signature {
-        image_digest,
-        digest_algorithm: hash_name(&image_digest_oid),
-        data_type,
+        image_digest: spc.message_digest.digest.as_bytes().to_vec(),
+        digest_algorithm: hash_name(&spc.message_digest.algorithm.oid),
+        data_type: spc.data.value_type,
         certs,
         signer_cert,
         signer_issuer,
         signer_serial,
-        signer_digest_algorithm: hash_name(&signer_digest_oid),
-        signature_algorithm: sig_alg_name(&signature_oid),
-        signing_time,
-        signed_data_version,
-        cms_wrapped,
+        signer_digest_algorithm: hash_name(&signer.digest_oid),
+        signature_algorithm: sig_alg_name(&signer.signature_alg.oid),
+        signing_time: signer.signing_time.clone(),
+        signed_data_version: sd.version,
+        cms_wrapped: spc_element.is_some(),
         nested,
         timestamped,
-        spc: spc.raw.to_vec(),
-        spc_header_len: spc.header_len(),
-        signed_attrs,
-        signature,
-        signer_digest_oid,
-        signature_oid,
-        signature_alg,
-        content_types,
-        message_digests,
+        spc_content,
+        spc_element,
+        signer,
     })
 }
 
@@ -552,14 +377,15 @@ pub fn verify_signature(
     sig: &Signature,
     expected_image_digest: &[u8],
 ) -> std::result::Result<(), String> {
-    let attrs = sig
+    let si = &sig.signer;
+    let attrs = si
         .signed_attrs
         .as_deref()
         .ok_or("no signed attributes (Authenticode requires them)")?;
     // A missing contentType is tolerated like Windows and OpenSSL do; a wrong one is not.
-    match sig.content_types.as_slice() {
+    match si.content_types.as_slice() {
         [] => {}
-        [ct] if ct == oid::SPC_INDIRECT_DATA => {}
+        [ct] if *ct == oid::SPC_INDIRECT_DATA => {}
         [ct] => {
             return Err(format!(
                 "contentType attribute is {ct}, not SpcIndirectDataContent"
@@ -567,22 +393,21 @@ pub fn verify_signature(
         }
         _ => return Err("more than one contentType attribute".into()),
     }
-    let md = match sig.message_digests.as_slice() {
+    let md = match si.message_digests.as_slice() {
         [md] => md,
         [] => return Err("no messageDigest attribute".into()),
         _ => return Err("more than one messageDigest attribute".into()),
     };
-    let hash = Hash::from_oid(&sig.signer_digest_oid)
-        .filter(|h| *h != Hash::Sha1)
-        .ok_or_else(|| {
-            format!(
-                "unsupported signer digest algorithm {}",
-                sig.signer_digest_algorithm
-            )
-        })?;
-    let content = &sig.spc[sig.spc_header_len..];
+    // SHA-1 signer digests are not accepted.
+    let hash = Hash::from_oid(&si.digest_oid).ok_or_else(|| {
+        format!(
+            "unsupported signer digest algorithm {}",
+            sig.signer_digest_algorithm
+        )
+    })?;
     // Authenticode hashes the content octets; a CMS-style signer hashes the whole element.
-    if hash.digest(content) != *md && !(sig.cms_wrapped && hash.digest(&sig.spc) == *md) {
+    let covers = |b: &[u8]| hash.digest(b) == *md;
+    if !covers(&sig.spc_content) && !sig.spc_element.as_deref().is_some_and(covers) {
         return Err("messageDigest attribute does not match the SpcIndirectDataContent".into());
     }
     let cert_der = sig.signer_cert.as_deref().ok_or_else(|| {
@@ -593,15 +418,7 @@ pub fn verify_signature(
     })?;
     let (_, cert) = X509Certificate::from_der(cert_der)
         .map_err(|e| format!("signer certificate does not parse: {e}"))?;
-    let digest = match hash {
-        Hash::Sha256 => pkcs7::Hash::Sha256,
-        Hash::Sha384 => pkcs7::Hash::Sha384,
-        Hash::Sha512 => pkcs7::Hash::Sha512,
-        Hash::Sha1 => return Err("SHA-1 signer digests are not accepted".into()),
-    };
-    let scheme = sigalg::Scheme::from_signer_info(&sig.signature_oid, &sig.signature_alg, digest)?;
-    sigalg::verify(cert.public_key(), scheme, attrs, &sig.signature)
-        .map_err(|e| format!("{e} with the key of '{}'", cert.subject()))?;
+    pkcs7::verify_raw(&cert, si, hash, attrs)?;
     if sig.image_digest != expected_image_digest {
         return Err(format!(
             "image digest mismatch: signed {} {}, image has {}",
@@ -660,6 +477,7 @@ pub fn trust_path(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::asn1::children as inner;
     use crate::keys::FileKey;
     use crate::x509::{self, CertSpec, Subject};
     use der::Decode;
@@ -783,68 +601,68 @@ mod tests {
         o.signing_time = Some(at(2030, 1, 1, 0, 0, 0, 0, 0));
         let der = sign_digest(&DIGEST, &o).unwrap();
 
-        let (ci, rest) = take(&der).unwrap();
-        assert!(rest.is_empty());
-        let mut ci = Elements::of(ci, "ci");
-        assert_eq!(oid_string(ci.next().unwrap().unwrap()), oid::SIGNED_DATA);
-        let sd = Elements::of(ci.expect(CTX0, "").unwrap(), "")
-            .expect(SEQUENCE, "")
-            .unwrap();
-        let mut sd = Elements::of(sd, "sd");
-        assert_eq!(sd.expect(INTEGER, "").unwrap().value, [1]);
-        // digestAlgorithms = { sha256 with NULL }
+        let ci = inner(&der);
+        assert_eq!(ci.len(), 2);
         assert_eq!(
-            sd.expect(SET, "").unwrap().raw,
-            hex("310f300d06096086480165030402010500")
+            ObjectIdentifier::from_der(ci[0].der).unwrap(),
+            oid::SIGNED_DATA
         );
-        let mut eci = Elements::of(sd.expect(SEQUENCE, "").unwrap(), "eci");
+        let sd = inner(inner(ci[1].der)[0].der);
+        assert_eq!(sd.len(), 5, "no crls, nothing after signerInfos");
+        assert_eq!(sd[0].der, [0x02, 0x01, 0x01]);
+        // digestAlgorithms = { sha256 with NULL }
+        assert_eq!(sd[1].der, hex("310f300d06096086480165030402010500"));
+        let eci = inner(sd[2].der);
         assert_eq!(
-            oid_string(eci.next().unwrap().unwrap()),
+            ObjectIdentifier::from_der(eci[0].der).unwrap(),
             oid::SPC_INDIRECT_DATA
         );
-        let spc = Elements::of(eci.expect(CTX0, "").unwrap(), "")
-            .expect(SEQUENCE, "SpcIndirectDataContent directly, no OCTET STRING")
-            .unwrap();
+        let spc = inner(eci[1].der)[0];
+        assert_eq!(
+            spc.tag,
+            Tag::Sequence,
+            "SpcIndirectDataContent directly, no OCTET STRING"
+        );
+        let parts = inner(spc.der);
         // SpcAttributeTypeAndOptionalValue exactly as sbsign writes it.
-        let (data, _) = take(spc.value).unwrap();
         let mut want = hex("3033060a2b06010401823702010f30250301 00a020a21e801c");
         for c in OBSOLETE.encode_utf16() {
             want.extend(c.to_be_bytes());
         }
-        assert_eq!(data.raw, want);
-        let (di, _) = take(&spc.value[data.raw.len()..]).unwrap();
+        assert_eq!(parts[0].der, want);
         let mut want = hex("3031300d060960864801650304020105000420");
         want.extend(DIGEST);
-        assert_eq!(di.raw, want);
+        assert_eq!(parts[1].der, want);
+        assert_eq!(parts.len(), 2);
 
-        let certs = sd.expect(CTX0, "certificates").unwrap();
-        assert_eq!(certs.value, cert.as_slice());
-        let mut infos = Elements::of(sd.expect(SET, "").unwrap(), "");
-        let mut si = Elements::of(infos.next().unwrap().unwrap(), "si");
-        assert!(infos.next().unwrap().is_none());
-        assert!(
-            sd.next().unwrap().is_none(),
-            "no crls, nothing after signerInfos"
-        );
-        assert_eq!(si.expect(INTEGER, "").unwrap().value, [1]);
-        let (issuer, serial) = cert_issuer_serial(&cert).unwrap();
+        assert_eq!(sd[3].tag, context(TagNumber::N0, true), "certificates");
+        assert_eq!(sd[3].value, cert.as_slice());
+        let infos = inner(sd[4].der);
+        assert_eq!(infos.len(), 1);
+        let si = inner(infos[0].der);
+        assert_eq!(si[0].der, [0x02, 0x01, 0x01]);
+        let c = cms::cert::x509::Certificate::from_der(&cert).unwrap();
         assert_eq!(
-            si.expect(SEQUENCE, "sid").unwrap().value,
-            [issuer.raw, serial.raw].concat()
+            si[1].value,
+            [
+                c.tbs_certificate.issuer.to_der().unwrap(),
+                c.tbs_certificate.serial_number.to_der().unwrap()
+            ]
+            .concat(),
+            "issuerAndSerialNumber"
         );
-        assert_eq!(
-            si.expect(SEQUENCE, "").unwrap().raw,
-            hex("300d06096086480165030402010500")
-        );
-        let attrs = si.expect(CTX0, "signed attrs").unwrap();
+        assert_eq!(si[2].der, hex("300d06096086480165030402010500"));
+        assert_eq!(si[3].tag, context(TagNumber::N0, true), "signed attrs");
+        let attrs = inner(si[3].der);
         let mut order = vec![];
-        let mut raws = vec![];
-        for_each_attribute(attrs, "t", |o, v| {
-            order.push(o);
-            raws.push(v.raw.to_vec());
-            Ok(())
-        })
-        .unwrap();
+        let mut values = vec![];
+        for a in &attrs {
+            let a = inner(a.der);
+            order.push(ObjectIdentifier::from_der(a[0].der).unwrap());
+            let v = inner(a[1].der);
+            assert_eq!(v.len(), 1);
+            values.push(v[0].der.to_vec());
+        }
         assert_eq!(
             order,
             [
@@ -854,27 +672,24 @@ mod tests {
                 oid::MESSAGE_DIGEST
             ]
         );
-        assert_eq!(raws[0], [0x30, 0x00]);
+        assert_eq!(values[0], [0x30, 0x00]);
         let mut md = vec![0x04, 0x20];
         md.extend(Hash::Sha256.digest(spc.value));
-        assert_eq!(raws[3], md, "messageDigest = SHA-256 of the content octets");
+        assert_eq!(
+            values[3], md,
+            "messageDigest = SHA-256 of the content octets"
+        );
         // Attributes are in DER SET OF order.
-        let mut elems = vec![];
-        let mut e = Elements::of(attrs, "");
-        while let Some(a) = e.next().unwrap() {
-            elems.push(a.raw.to_vec());
-        }
+        let elems: Vec<&[u8]> = attrs.iter().map(|a| a.der).collect();
         let mut sorted = elems.clone();
         sorted.sort();
         assert_eq!(elems, sorted);
-        assert_eq!(
-            si.expect(SEQUENCE, "").unwrap().raw,
-            hex("300d06092a864886f70d0101010500")
-        );
-        assert_eq!(si.expect(OCTET_STRING, "").unwrap().value.len(), 256);
-        assert!(si.next().unwrap().is_none());
+        assert_eq!(si[4].der, hex("300d06092a864886f70d0101010500"));
+        assert_eq!(si[5].tag, Tag::OctetString);
+        assert_eq!(si[5].value.len(), 256);
+        assert_eq!(si.len(), 6);
 
-        // RustCrypto's strict decoder reads it too.
+        // RustCrypto's own types read it too.
         let ci = cms::content_info::ContentInfo::from_der(&der).unwrap();
         let sd: cms::signed_data::SignedData = ci.content.decode_as().unwrap();
         assert_eq!(sd.version, CmsVersion::V1);
@@ -962,43 +777,118 @@ mod tests {
 
     /// Re-wrap the content CMS style: [0] { OCTET STRING { SpcIndirectDataContent } }.
     fn cms_wrap(der: &[u8]) -> Vec<u8> {
-        fn tlv(tag: u8, v: &[u8]) -> Vec<u8> {
-            let mut out = vec![tag];
-            match v.len() {
-                n @ 0..=0x7f => out.push(n as u8),
-                n @ 0x80..=0xff => out.extend([0x81, n as u8]),
-                n => out.extend([0x82, (n >> 8) as u8, n as u8]),
-            }
-            out.extend(v);
-            out
-        }
-        let (ci, _) = take(der).unwrap();
-        let mut ci = Elements::of(ci, "");
-        let ct = ci.next().unwrap().unwrap();
-        let sd = Elements::of(ci.next().unwrap().unwrap(), "")
-            .next()
-            .unwrap()
-            .unwrap();
-        let mut parts = Elements::of(sd, "");
+        let ci = inner(der);
+        let sd = inner(inner(ci[1].der)[0].der);
         let mut body = vec![];
-        while let Some(t) = parts.next().unwrap() {
-            if t.tag == SEQUENCE && body.len() < 30 {
-                let mut e = Elements::of(t, "");
-                let o = e.next().unwrap().unwrap();
-                let spc = Elements::of(e.next().unwrap().unwrap(), "")
-                    .next()
-                    .unwrap()
-                    .unwrap();
-                let inner = [o.raw.to_vec(), tlv(CTX0, &tlv(OCTET_STRING, spc.raw))].concat();
-                body.extend(tlv(SEQUENCE, &inner));
+        for (i, t) in sd.iter().enumerate() {
+            if i == 2 {
+                let eci = inner(t.der);
+                let spc = inner(eci[1].der)[0];
+                let wrapped = EncapsulatedContentInfo {
+                    econtent_type: ObjectIdentifier::from_der(eci[0].der).unwrap(),
+                    econtent: Some(Any::encode_from(&OctetString::new(spc.der).unwrap()).unwrap()),
+                };
+                body.extend(wrapped.to_der().unwrap());
             } else {
-                body.extend(t.raw);
+                body.extend(t.der);
             }
         }
-        tlv(
-            SEQUENCE,
-            &[ct.raw.to_vec(), tlv(CTX0, &tlv(SEQUENCE, &body))].concat(),
-        )
+        ContentInfo {
+            content_type: oid::SIGNED_DATA,
+            content: Any::new(Tag::Sequence, body).unwrap(),
+        }
+        .to_der()
+        .unwrap()
+    }
+
+    /// `der` with its signed attributes written in the order `written`
+    /// leaves them, and signed again over them in the order `signed` leaves them.
+    fn with_signed_attrs(
+        der: &[u8],
+        k: &FileKey,
+        written: fn(&mut Vec<&[u8]>),
+        signed: fn(&mut Vec<&[u8]>),
+    ) -> Vec<u8> {
+        let ci = inner(der);
+        let sd = inner(inner(ci[1].der)[0].der);
+        let si = inner(inner(sd[4].der)[0].der);
+        let attrs: Vec<&[u8]> = inner(si[3].der).iter().map(|a| a.der).collect();
+        let order = |f: fn(&mut Vec<&[u8]>)| {
+            let mut a = attrs.clone();
+            f(&mut a);
+            a.concat()
+        };
+        let body = order(written);
+        let set = Any::new(Tag::Set, order(signed)).unwrap().to_der().unwrap();
+        let (scheme, ..) = signing_params(k.key_type());
+        let signature = k.sign(scheme, &set).unwrap();
+        let si = [
+            si[0].der,
+            si[1].der,
+            si[2].der,
+            &Any::new(context(TagNumber::N0, true), body)
+                .unwrap()
+                .to_der()
+                .unwrap(),
+            si[4].der,
+            &OctetString::new(signature).unwrap().to_der().unwrap(),
+        ]
+        .concat();
+        let infos = Any::new(
+            Tag::Set,
+            Any::new(Tag::Sequence, si).unwrap().to_der().unwrap(),
+        );
+        let sd = [
+            sd[0].der,
+            sd[1].der,
+            sd[2].der,
+            sd[3].der,
+            &infos.unwrap().to_der().unwrap(),
+        ]
+        .concat();
+        ContentInfo {
+            content_type: oid::SIGNED_DATA,
+            content: Any::new(Tag::Sequence, sd).unwrap(),
+        }
+        .to_der()
+        .unwrap()
+    }
+
+    /// signtool does not always sort the signed attributes. The signature
+    /// covers them as written, so they are checked as received, as OpenSSL
+    /// (sbverify, EDK2) does, never re-encoded.
+    #[test]
+    fn unsorted_signed_attributes_verify_as_received() {
+        let k = key(KeyType::EcP256);
+        let cert = self_signed(&k, "DB", true);
+        let mut o = opts(&k, &cert, &[]);
+        o.signing_time = Some(at(2030, 1, 1, 0, 0, 0, 0, 0));
+        let sorted = sign_digest(&DIGEST, &o).unwrap();
+        let der = with_signed_attrs(&sorted, &k, |a| a.reverse(), |a| a.reverse());
+        let s = parse_ok(&der);
+        assert_ne!(s.signer.signed_attrs, parse_ok(&sorted).signer.signed_attrs);
+        assert_eq!(s.signing_time.as_deref(), Some("2030-01-01T00:00:00Z"));
+        verify_signature(&s, &DIGEST).unwrap();
+        // Written unsorted but signed in DER order: a reader that re-encoded
+        // the attributes would accept it; firmware does not.
+        let resorted = with_signed_attrs(&sorted, &k, |a| a.reverse(), |_| {});
+        let e = verify_signature(&parse_ok(&resorted), &DIGEST).unwrap_err();
+        assert!(e.contains("does not verify"), "{e}");
+
+        if have("openssl") {
+            let dir = tempfile::tempdir().unwrap();
+            let p7 = dir.path().join("sig.p7");
+            let content = dir.path().join("content.bin");
+            std::fs::write(&p7, &der).unwrap();
+            std::fs::write(&content, &s.spc_content).unwrap();
+            let (ok, out) = run(std::process::Command::new("openssl")
+                .args(["smime", "-verify", "-inform", "DER", "-binary", "-noverify"])
+                .args(["-out", "/dev/null", "-in"])
+                .arg(&p7)
+                .arg("-content")
+                .arg(&content));
+            assert!(ok, "openssl smime -verify: {out}");
+        }
     }
 
     #[test]
@@ -1142,7 +1032,7 @@ mod tests {
             std::fs::write(&p7, &der).unwrap();
             let s = parse_ok(&der);
             let content = dir.path().join("content.bin");
-            std::fs::write(&content, &s.spc[s.spc_header_len..]).unwrap();
+            std::fs::write(&content, &s.spc_content).unwrap();
             let (ok, out) = run(Command::new("openssl")
                 .args(["pkcs7", "-inform", "DER", "-print", "-noout", "-in"])
                 .arg(&p7));

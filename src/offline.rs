@@ -465,7 +465,8 @@ fn check_role(name: &str, rc: &RoleCerts, origin: &Path) -> Result<Role> {
     }
     let (desc, key_type) = x509::key_description(&parsed);
     let key_type = key_type.ok_or_else(|| bad(origin, &at, format!("unsupported key {desc}")))?;
-    let rsa_pss = parsed.public_key().algorithm.algorithm.to_id_string() == pkcs7::oid::RSASSA_PSS;
+    let rsa_pss =
+        parsed.public_key().algorithm.algorithm.as_bytes() == pkcs7::oid::RSASSA_PSS.as_bytes();
     let public_key = parsed.public_key().subject_public_key.data.to_vec();
     let subject = parsed.subject().to_string();
     let list = |v: &[String], what: &str, min: usize| -> Result<Vec<Vec<u8>>> {

@@ -20,51 +20,60 @@
 //! an RSA PKCS#1 v1.5 key that makes the output a pure function of the
 //! inputs, byte for byte what `PKCS7_sign(... PKCS7_NOATTR)` produces.
 //!
-//! The reader is a small lenient TLV walker rather than a strict DER
-//! decoder: peers do not always write canonical DER, and the exact bytes of
-//! the signed attributes are needed to check the signature.
+//! [`parse`] reads the same structures with `der` (see [`SignedDataRef`]),
+//! keeping the bytes of the signed attributes as received: the signature
+//! covers them in whatever order the signer wrote them.
 
 use std::path::Path;
 
 use cms::cert::x509::attr::Attribute;
-use cms::cert::x509::spki::AlgorithmIdentifierOwned;
+use cms::cert::x509::spki::{AlgorithmIdentifierOwned, AlgorithmIdentifierRef};
 use cms::content_info::{CmsVersion, ContentInfo};
 use cms::signed_data::EncapsulatedContentInfo;
-use der::asn1::{OctetString, SetOfVec};
-use der::{Any, Encode, Sequence, Tag, TagNumber};
+use der::asn1::{
+    GeneralizedTime, IntRef, ObjectIdentifier, OctetString, OctetStringRef, SetOfVec, UtcTime,
+};
+use der::{
+    Any, Choice, Decode, DecodeValue, Encode, EncodeValue, FixedTag, Header, Length, Reader,
+    Sequence, Tag, Tagged, Writer,
+};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::asn1::{
-    alg_id, alg_oid, attribute, for_each_attribute, obj_id, oid_string, small_int, strip_zeros,
-    take, Elements, Tlv, CTX0, CTX0_PRIMITIVE, CTX1, GENERALIZED_TIME, INTEGER, OBJECT_ID,
-    OCTET_STRING, SEQUENCE, SET, UTC_TIME,
-};
+use crate::asn1::{alg_id, attribute, first_element, strip_zeros, Raw, SetInOrder};
 use crate::error::{Error, Result};
 use crate::keys::{KeyType, SigScheme, Signer};
+use crate::sigalg::RsaPssParams;
 use crate::{asn1, x509};
 
-/// Object identifiers used here, as dotted strings (what the reader compares).
+/// Object identifiers of the PKCS#7 / CMS structures and algorithms read and
+/// written here.
 pub mod oid {
-    pub const DATA: &str = "1.2.840.113549.1.7.1";
-    pub const SIGNED_DATA: &str = "1.2.840.113549.1.7.2";
-    pub const CONTENT_TYPE: &str = "1.2.840.113549.1.9.3";
-    pub const MESSAGE_DIGEST: &str = "1.2.840.113549.1.9.4";
-    pub const SIGNING_TIME: &str = "1.2.840.113549.1.9.5";
-    pub const SHA1: &str = "1.3.14.3.2.26";
-    pub const SHA256: &str = "2.16.840.1.101.3.4.2.1";
-    pub const SHA384: &str = "2.16.840.1.101.3.4.2.2";
-    pub const SHA512: &str = "2.16.840.1.101.3.4.2.3";
-    pub const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
-    pub const MGF1: &str = "1.2.840.113549.1.1.8";
-    pub const RSASSA_PSS: &str = "1.2.840.113549.1.1.10";
-    pub const SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
-    pub const SHA384_WITH_RSA: &str = "1.2.840.113549.1.1.12";
-    pub const SHA512_WITH_RSA: &str = "1.2.840.113549.1.1.13";
-    pub const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
-    pub const ECDSA_WITH_SHA256: &str = "1.2.840.10045.4.3.2";
-    pub const ECDSA_WITH_SHA384: &str = "1.2.840.10045.4.3.3";
-    pub const ECDSA_WITH_SHA512: &str = "1.2.840.10045.4.3.4";
+    use const_oid::db::{rfc5911, rfc5912};
+    use der::asn1::ObjectIdentifier;
+
+    pub const DATA: ObjectIdentifier = rfc5911::ID_DATA;
+    pub const SIGNED_DATA: ObjectIdentifier = rfc5911::ID_SIGNED_DATA;
+    pub const CONTENT_TYPE: ObjectIdentifier = rfc5911::ID_CONTENT_TYPE;
+    pub const MESSAGE_DIGEST: ObjectIdentifier = rfc5911::ID_MESSAGE_DIGEST;
+    pub const SIGNING_TIME: ObjectIdentifier = rfc5911::ID_SIGNING_TIME;
+    pub const COUNTER_SIGNATURE: ObjectIdentifier = rfc5911::ID_COUNTERSIGNATURE;
+    pub const SHA1: ObjectIdentifier = rfc5912::ID_SHA_1;
+    pub const SHA256: ObjectIdentifier = rfc5912::ID_SHA_256;
+    pub const SHA384: ObjectIdentifier = rfc5912::ID_SHA_384;
+    pub const SHA512: ObjectIdentifier = rfc5912::ID_SHA_512;
+    pub const RSA_ENCRYPTION: ObjectIdentifier = rfc5912::RSA_ENCRYPTION;
+    pub const MGF1: ObjectIdentifier = rfc5912::ID_MGF_1;
+    pub const RSASSA_PSS: ObjectIdentifier = rfc5912::ID_RSASSA_PSS;
+    pub const SHA256_WITH_RSA: ObjectIdentifier = rfc5912::SHA_256_WITH_RSA_ENCRYPTION;
+    pub const SHA384_WITH_RSA: ObjectIdentifier = rfc5912::SHA_384_WITH_RSA_ENCRYPTION;
+    pub const SHA512_WITH_RSA: ObjectIdentifier = rfc5912::SHA_512_WITH_RSA_ENCRYPTION;
+    pub const EC_PUBLIC_KEY: ObjectIdentifier = rfc5912::ID_EC_PUBLIC_KEY;
+    pub const SECP256R1: ObjectIdentifier = rfc5912::SECP_256_R_1;
+    pub const SECP384R1: ObjectIdentifier = rfc5912::SECP_384_R_1;
+    pub const ECDSA_WITH_SHA256: ObjectIdentifier = rfc5912::ECDSA_WITH_SHA_256;
+    pub const ECDSA_WITH_SHA384: ObjectIdentifier = rfc5912::ECDSA_WITH_SHA_384;
+    pub const ECDSA_WITH_SHA512: ObjectIdentifier = rfc5912::ECDSA_WITH_SHA_512;
 }
 
 // ---------------------------------------------------------------------------
@@ -79,7 +88,7 @@ pub enum Hash {
 }
 
 impl Hash {
-    pub fn oid(self) -> &'static str {
+    pub fn oid(self) -> ObjectIdentifier {
         match self {
             Hash::Sha256 => oid::SHA256,
             Hash::Sha384 => oid::SHA384,
@@ -87,8 +96,8 @@ impl Hash {
         }
     }
 
-    pub fn from_oid(o: &str) -> Option<Hash> {
-        match o {
+    pub fn from_oid(o: &ObjectIdentifier) -> Option<Hash> {
+        match *o {
             oid::SHA256 => Some(Hash::Sha256),
             oid::SHA384 => Some(Hash::Sha384),
             oid::SHA512 => Some(Hash::Sha512),
@@ -124,18 +133,18 @@ impl Hash {
 }
 
 /// "sha256" for known digest OIDs, the dotted OID otherwise.
-pub fn hash_name(o: &str) -> String {
-    match o {
+pub fn hash_name(o: &ObjectIdentifier) -> String {
+    match *o {
         oid::SHA1 => "sha1".into(),
-        o => Hash::from_oid(o)
+        o => Hash::from_oid(&o)
             .map(|h| h.name().to_string())
             .unwrap_or_else(|| o.to_string()),
     }
 }
 
 /// A readable name for a SignerInfo signatureAlgorithm.
-pub fn sig_alg_name(o: &str) -> String {
-    match o {
+pub fn sig_alg_name(o: &ObjectIdentifier) -> String {
+    match *o {
         oid::RSA_ENCRYPTION => "rsaEncryption".into(),
         oid::RSASSA_PSS => "RSASSA-PSS".into(),
         oid::SHA256_WITH_RSA => "sha256WithRSAEncryption".into(),
@@ -171,35 +180,23 @@ fn der_err(e: der::Error) -> Error {
     Error::Crypto(format!("encoding the PKCS#7 signature: {e}"))
 }
 
-fn explicit(number: TagNumber, inner: Vec<u8>) -> der::Result<Vec<u8>> {
-    Any::new(
-        Tag::ContextSpecific {
-            constructed: true,
-            number,
-        },
-        inner,
-    )?
-    .to_der()
-}
-
 /// RSASSA-PSS-params with MGF1 over the same hash and salt = hash length,
 /// which is what `SigScheme::RsaPss*` produce. The hash AlgorithmIdentifiers
 /// carry no parameters, as OpenSSL writes them.
 fn pss_alg(hash: Hash) -> der::Result<AlgorithmIdentifierOwned> {
     let h = alg_id(hash.oid(), false)?;
-    let mgf = AlgorithmIdentifierOwned {
-        oid: obj_id(oid::MGF1)?,
-        parameters: Some(Any::encode_from(&h)?),
+    let params = RsaPssParams {
+        hash: Some(h.clone()),
+        mask_gen: Some(AlgorithmIdentifierOwned {
+            oid: oid::MGF1,
+            parameters: Some(Any::encode_from(&h)?),
+        }),
+        salt_len: Some(hash.len()),
+        trailer_field: None,
     };
-    let params = [
-        explicit(TagNumber::N0, h.to_der()?)?,
-        explicit(TagNumber::N1, mgf.to_der()?)?,
-        explicit(TagNumber::N2, hash.len().to_der()?)?,
-    ]
-    .concat();
     Ok(AlgorithmIdentifierOwned {
-        oid: obj_id(oid::RSASSA_PSS)?,
-        parameters: Some(Any::new(Tag::Sequence, params)?),
+        oid: oid::RSASSA_PSS,
+        parameters: Some(Any::encode_from(&params)?),
     })
 }
 
@@ -277,7 +274,7 @@ pub(crate) struct SignedDataDer {
 /// SignedData version 1 with one digest algorithm and one SignerInfo,
 /// carrying `cert` then the `chain` certificates not already carried.
 pub(crate) fn signed_data(
-    hash_oid: &str,
+    hash_oid: ObjectIdentifier,
     encap_content_info: EncapsulatedContentInfo,
     cert: &[u8],
     chain: &[Vec<u8>],
@@ -299,6 +296,15 @@ pub(crate) fn signed_data(
             .collect::<der::Result<_>>()?,
         signer_infos: SetOfVec::try_from(vec![signer_info])?,
     })
+}
+
+/// IssuerAndSerialNumber of `cert`, from the certificate's own bytes.
+pub(crate) fn issuer_and_serial(cert: &X509Certificate<'_>) -> der::Result<Any> {
+    let serial = Any::new(Tag::Integer, cert.raw_serial())?.to_der()?;
+    Any::new(
+        Tag::Sequence,
+        [cert.tbs_certificate.issuer.as_raw(), &serial].concat(),
+    )
 }
 
 /// The parsed signer certificate, once it is known to hold `signer`'s key
@@ -335,7 +341,7 @@ pub fn sign_detached(content: &[u8], opts: &DetachedOptions) -> Result<Vec<u8>> 
             .transpose()?;
         let attrs = (|| -> der::Result<SetOfVec<Attribute>> {
             let mut v = vec![
-                attribute(oid::CONTENT_TYPE, Any::encode_from(&obj_id(oid::DATA)?)?)?,
+                attribute(oid::CONTENT_TYPE, Any::encode_from(&oid::DATA)?)?,
                 attribute(
                     oid::MESSAGE_DIGEST,
                     Any::new(Tag::OctetString, hash.digest(content))?,
@@ -357,13 +363,10 @@ pub fn sign_detached(content: &[u8], opts: &DetachedOptions) -> Result<Vec<u8>> 
         None => opts.signer.sign(scheme, content)?,
     };
 
-    let issuer = cert.tbs_certificate.issuer.as_raw();
-    let serial = cert.raw_serial();
     (|| -> der::Result<Vec<u8>> {
-        let serial = Any::new(Tag::Integer, serial)?.to_der()?;
         let signer_info = SignerInfoDer {
             version: CmsVersion::V1,
-            sid: Any::new(Tag::Sequence, [issuer, &serial].concat())?,
+            sid: issuer_and_serial(&cert)?,
             digest_algorithm: alg_id(hash.oid(), true)?,
             signed_attrs,
             signature_algorithm: sig_alg,
@@ -372,7 +375,7 @@ pub fn sign_detached(content: &[u8], opts: &DetachedOptions) -> Result<Vec<u8>> 
         let signed_data = signed_data(
             hash.oid(),
             EncapsulatedContentInfo {
-                econtent_type: obj_id(oid::DATA)?,
+                econtent_type: oid::DATA,
                 econtent: None,
             },
             opts.cert,
@@ -381,7 +384,7 @@ pub fn sign_detached(content: &[u8], opts: &DetachedOptions) -> Result<Vec<u8>> 
         )?;
         if opts.content_info {
             ContentInfo {
-                content_type: obj_id(oid::SIGNED_DATA)?,
+                content_type: oid::SIGNED_DATA,
                 content: Any::encode_from(&signed_data)?,
             }
             .to_der()
@@ -394,6 +397,143 @@ pub fn sign_detached(content: &[u8], opts: &DetachedOptions) -> Result<Vec<u8>> 
 
 // ---------------------------------------------------------------------------
 // Reading
+//
+// RFC 5652's structures, read with `der` as strict DER (see `crate::asn1`).
+// Where `cms`'s own types would lose what the checks need, the `*Ref` types
+// below keep it:
+// * certificates, SignerInfos, digestAlgorithms and unsigned attribute
+//   values in the order received, duplicates kept (`SetInOrder`, `Vec`);
+// * certificates, the issuer Name and unsigned attribute values as the
+//   bytes received (`Raw`);
+// * the signed attributes as the bytes received (`SignedAttrs`).
+
+/// `SignedData`, as [`cms::signed_data::SignedData`] but keeping what
+/// checking a signature needs (see above). Shared with Authenticode.
+#[derive(Sequence)]
+pub(crate) struct SignedDataRef<'a> {
+    /// Any version is read (OpenSSL does not check it either).
+    pub version: u32,
+    pub digest_algorithms: SetInOrder<AlgorithmIdentifierRef<'a>>,
+    pub encap_content_info: EncapsulatedContentInfo,
+    /// CertificateChoices; certificates are the SEQUENCEs.
+    #[asn1(context_specific = "0", tag_mode = "IMPLICIT", optional = "true")]
+    pub certificates: Option<Vec<Raw<'a>>>,
+    #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+    pub crls: Option<Vec<Raw<'a>>>,
+    pub signer_infos: SetInOrder<SignerInfoRef<'a>>,
+}
+
+/// `SignerInfo`, as [`cms::signed_data::SignerInfo`] but with the signed
+/// attributes' bytes and the issuer's bytes kept.
+#[derive(Sequence)]
+pub(crate) struct SignerInfoRef<'a> {
+    pub version: u32,
+    pub sid: SignerIdRef<'a>,
+    pub digest_alg: AlgorithmIdentifierOwned,
+    #[asn1(context_specific = "0", tag_mode = "IMPLICIT", optional = "true")]
+    pub signed_attrs: Option<SignedAttrs>,
+    pub signature_algorithm: AlgorithmIdentifierOwned,
+    pub signature: OctetStringRef<'a>,
+    #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+    pub unsigned_attrs: Option<Vec<AttributeRef<'a>>>,
+}
+
+#[derive(Choice)]
+pub(crate) enum SignerIdRef<'a> {
+    IssuerAndSerialNumber(IssuerAndSerialNumberRef<'a>),
+    #[asn1(context_specific = "0", tag_mode = "IMPLICIT")]
+    SubjectKeyIdentifier(OctetStringRef<'a>),
+}
+
+/// The issuer Name is kept as received, to compare with the certificates'.
+#[derive(Sequence)]
+pub(crate) struct IssuerAndSerialNumberRef<'a> {
+    pub issuer: Raw<'a>,
+    pub serial_number: IntRef<'a>,
+}
+
+/// An attribute whose values are kept in order, as received (unsigned
+/// attributes: nested signatures, timestamps).
+#[derive(Sequence)]
+pub(crate) struct AttributeRef<'a> {
+    pub oid: ObjectIdentifier,
+    pub values: SetInOrder<Raw<'a>>,
+}
+
+/// `[0] IMPLICIT SignedAttributes`: the attributes, and the bytes the
+/// signature covers, which are the bytes received with the tag changed to
+/// SET (RFC 5652 5.4). They are never re-encoded from the attributes: a
+/// signer that did not sort them still verifies, as with OpenSSL and EDK2.
+pub(crate) struct SignedAttrs {
+    /// `SET` header and the content octets as received.
+    pub der: Vec<u8>,
+    /// Where the content octets start in `der`.
+    value_at: usize,
+    pub attrs: SetOfVec<Attribute>,
+}
+
+impl FixedTag for SignedAttrs {
+    const TAG: Tag = Tag::Set;
+}
+
+impl<'a> DecodeValue<'a> for SignedAttrs {
+    fn decode_value<R: Reader<'a>>(reader: &mut R, header: Header) -> der::Result<Self> {
+        let value = reader.read_slice(header.length)?;
+        // `der` reads only the minimal length form, so this is the header
+        // received, with the tag changed.
+        let mut der = Header::new(Tag::Set, header.length)?.to_der()?;
+        let value_at = der.len();
+        der.extend_from_slice(value);
+        let attrs = SetOfVec::<Attribute>::from_der(&der)?;
+        Ok(SignedAttrs {
+            der,
+            value_at,
+            attrs,
+        })
+    }
+}
+
+impl EncodeValue for SignedAttrs {
+    fn value_len(&self) -> der::Result<Length> {
+        Length::try_from(self.der.len() - self.value_at)
+    }
+
+    fn encode_value(&self, writer: &mut impl Writer) -> der::Result<()> {
+        writer.write(&self.der[self.value_at..])
+    }
+}
+
+/// Call `f` with the SignedData of `der`, a ContentInfo { signedData } or,
+/// if `bare_ok`, a bare SignedData; `f` learns which. Zero bytes may follow
+/// (padding).
+pub(crate) fn read_signed_data<T>(
+    der: &[u8],
+    bare_ok: bool,
+    f: impl FnOnce(bool, &SignedDataRef<'_>) -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
+    let outer = first_element(der)?;
+    if outer.tag != Tag::Sequence {
+        return Err("not a SEQUENCE".into());
+    }
+    // ContentInfo starts with an OID; SignedData with its version INTEGER.
+    if !bare_ok || outer.value.first() == Some(&u8::from(Tag::ObjectIdentifier)) {
+        let ci = ContentInfo::from_der(outer.der).map_err(|e| format!("ContentInfo: {e}"))?;
+        if ci.content_type != oid::SIGNED_DATA {
+            return Err(format!(
+                "content type {} is not signedData",
+                ci.content_type
+            ));
+        }
+        let sd = ci
+            .content
+            .decode_as::<SignedDataRef>()
+            .map_err(|e| format!("SignedData: {e}"))?;
+        f(true, &sd)
+    } else {
+        let sd = SignedDataRef::from_der(outer.der).map_err(|e| format!("SignedData: {e}"))?;
+        f(false, &sd)
+    }
+}
 
 /// How a SignerInfo names its certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -405,7 +545,7 @@ pub enum SignerId {
 }
 
 impl SignerId {
-    fn matches(&self, cert: &X509Certificate<'_>) -> bool {
+    pub(crate) fn matches(&self, cert: &X509Certificate<'_>) -> bool {
         match self {
             SignerId::IssuerSerial { issuer, serial } => {
                 if strip_zeros(cert.raw_serial()) != strip_zeros(serial) {
@@ -425,6 +565,27 @@ impl SignerId {
             }),
         }
     }
+
+    /// The signer as named in the SignerInfo: "issuer, serial HEX" or "key id HEX".
+    fn describe(&self) -> String {
+        match self {
+            SignerId::IssuerSerial { issuer, serial } => {
+                format!(
+                    "issuer '{}', serial {}",
+                    name_string(issuer),
+                    crate::codec::hex(serial)
+                )
+            }
+            SignerId::KeyId(id) => format!("key id {}", crate::codec::hex(id)),
+        }
+    }
+}
+
+/// A Name (DER) as text; a malformed one in hex.
+pub(crate) fn name_string(der: &[u8]) -> String {
+    x509_parser::x509::X509Name::from_der(der)
+        .map(|(_, n)| n.to_string())
+        .unwrap_or_else(|_| format!("<name {}>", crate::codec::hex(der)))
 }
 
 /// One SignerInfo, parsed.
@@ -432,31 +593,77 @@ impl SignerId {
 pub struct SignerInfo {
     pub sid: SignerId,
     /// digestAlgorithm OID.
-    pub digest_oid: String,
+    pub digest_oid: ObjectIdentifier,
     /// The signed attributes re-tagged as SET (what the signature covers), if any.
     pub signed_attrs: Option<Vec<u8>>,
-    pub content_types: Vec<String>,
+    pub content_types: Vec<ObjectIdentifier>,
     pub message_digests: Vec<Vec<u8>>,
     /// The signingTime signed attribute (RFC 3339), if any.
     pub signing_time: Option<String>,
-    /// signatureAlgorithm OID, and the whole AlgorithmIdentifier (PSS needs its parameters).
-    pub signature_oid: String,
-    pub signature_alg: Vec<u8>,
+    /// signatureAlgorithm (RSASSA-PSS needs its parameters).
+    pub signature_alg: AlgorithmIdentifierOwned,
     pub signature: Vec<u8>,
 }
 
 impl SignerInfo {
     /// The signer as named in the SignerInfo: "issuer, serial HEX" or "key id HEX".
     pub fn describe_sid(&self) -> String {
-        match &self.sid {
-            SignerId::IssuerSerial { issuer, serial } => {
-                let name = x509_parser::x509::X509Name::from_der(issuer)
-                    .map(|(_, n)| n.to_string())
-                    .unwrap_or_else(|_| format!("<name {}>", crate::codec::hex(issuer)));
-                format!("issuer '{name}', serial {}", crate::codec::hex(serial))
+        self.sid.describe()
+    }
+
+    /// The parts of `si` the checks use, the signed attributes' values decoded.
+    pub(crate) fn read(si: &SignerInfoRef<'_>) -> std::result::Result<SignerInfo, String> {
+        let sid = match &si.sid {
+            SignerIdRef::IssuerAndSerialNumber(isn) => {
+                if isn.issuer.tag != Tag::Sequence {
+                    return Err("signerInfo: issuer is not a Name".into());
+                }
+                SignerId::IssuerSerial {
+                    issuer: isn.issuer.der.to_vec(),
+                    serial: isn.serial_number.as_bytes().to_vec(),
+                }
             }
-            SignerId::KeyId(id) => format!("key id {}", crate::codec::hex(id)),
+            SignerIdRef::SubjectKeyIdentifier(id) => SignerId::KeyId(id.as_bytes().to_vec()),
+        };
+        let mut content_types = vec![];
+        let mut message_digests = vec![];
+        let mut signing_time = None;
+        for a in si.signed_attrs.iter().flat_map(|s| s.attrs.iter()) {
+            for v in a.values.iter() {
+                match a.oid {
+                    oid::CONTENT_TYPE => content_types.push(
+                        v.decode_as::<ObjectIdentifier>()
+                            .map_err(|_| "contentType is not an OBJECT IDENTIFIER")?,
+                    ),
+                    oid::MESSAGE_DIGEST => message_digests.push(
+                        v.decode_as::<OctetStringRef>()
+                            .map_err(|_| "messageDigest is not an OCTET STRING")?
+                            .as_bytes()
+                            .to_vec(),
+                    ),
+                    oid::SIGNING_TIME => {
+                        let t = match v.tag() {
+                            Tag::UtcTime => v.decode_as::<UtcTime>().map(|t| t.to_date_time()),
+                            _ => v.decode_as::<GeneralizedTime>().map(|t| t.to_date_time()),
+                        };
+                        // DateTime shows as RFC 3339, seconds and "Z".
+                        signing_time =
+                            Some(t.map_err(|_| "bad signingTime".to_string())?.to_string());
+                    }
+                    _ => {}
+                }
+            }
         }
+        Ok(SignerInfo {
+            sid,
+            digest_oid: si.digest_alg.oid,
+            signed_attrs: si.signed_attrs.as_ref().map(|s| s.der.clone()),
+            content_types,
+            message_digests,
+            signing_time,
+            signature_alg: si.signature_algorithm.clone(),
+            signature: si.signature.as_bytes().to_vec(),
+        })
     }
 }
 
@@ -466,9 +673,9 @@ pub struct SignedData {
     /// It came wrapped in a ContentInfo (false: bare SignedData, as in EFI variables).
     pub content_info: bool,
     pub version: u32,
-    pub digest_algorithms: Vec<String>,
+    pub digest_algorithms: Vec<ObjectIdentifier>,
     /// encapContentInfo.eContentType.
-    pub content_type: String,
+    pub content_type: ObjectIdentifier,
     /// The eContent octets when the content is attached.
     pub content: Option<Vec<u8>>,
     /// Every certificate carried (DER), in stored order.
@@ -476,161 +683,51 @@ pub struct SignedData {
     pub signers: Vec<SignerInfo>,
 }
 
+/// The certificates a SignedData carries (DER, as received, in stored
+/// order); other CertificateChoices (attribute certificates...) are skipped.
+pub(crate) fn certificates(sd: &SignedDataRef<'_>) -> Vec<Vec<u8>> {
+    sd.certificates
+        .iter()
+        .flatten()
+        .filter(|c| c.tag == Tag::Sequence)
+        .map(|c| c.der.to_vec())
+        .collect()
+}
+
+/// The first of `certs` that `sid` names.
+pub(crate) fn find_signer_cert<'c>(certs: &'c [Vec<u8>], sid: &SignerId) -> Option<&'c [u8]> {
+    certs
+        .iter()
+        .find(|c| X509Certificate::from_der(c).is_ok_and(|(_, p)| sid.matches(&p)))
+        .map(|c| c.as_slice())
+}
+
 /// Parse a DER SignedData, bare or in a ContentInfo. Zero padding after it
 /// is accepted. `origin` names the input in errors.
 pub fn parse(der: &[u8], origin: &Path) -> Result<SignedData> {
-    parse_inner(der)
-        .map_err(|e| Error::input(origin, format!("not a valid PKCS#7 SignedData: {e}")))
-}
-
-fn parse_inner(der: &[u8]) -> std::result::Result<SignedData, String> {
-    let (outer, trailing) = take(der)?;
-    if trailing.iter().any(|&b| b != 0) {
-        return Err(format!("{} bytes of trailing data", trailing.len()));
-    }
-    if outer.tag != SEQUENCE {
-        return Err("not a SEQUENCE".into());
-    }
-    // ContentInfo starts with an OID; SignedData with its version INTEGER.
-    let first = Elements::of(outer, "SignedData").next()?.map(|t| t.tag);
-    let (sd, content_info) = if first == Some(OBJECT_ID) {
-        let mut ci = Elements::of(outer, "ContentInfo");
-        let ct = oid_string(ci.expect(OBJECT_ID, "contentType")?);
-        if ct != oid::SIGNED_DATA {
-            return Err(format!("content type {ct} is not signedData"));
-        }
-        let wrapper = ci.expect(CTX0, "content")?;
-        (
-            Elements::of(wrapper, "ContentInfo content").expect(SEQUENCE, "SignedData")?,
-            true,
-        )
-    } else {
-        (outer, false)
-    };
-    let mut sd = Elements::of(sd, "SignedData");
-    let version = small_int(sd.expect(INTEGER, "version")?)?;
-    let mut digest_algorithms = vec![];
-    let mut algs = Elements::of(sd.expect(SET, "digestAlgorithms")?, "digestAlgorithms");
-    while let Some(a) = algs.next()? {
-        if a.tag != SEQUENCE {
-            return Err("digestAlgorithms: not an AlgorithmIdentifier".into());
-        }
-        digest_algorithms.push(alg_oid(a, "digestAlgorithms")?);
-    }
-    let mut eci = Elements::of(sd.expect(SEQUENCE, "encapContentInfo")?, "encapContentInfo");
-    let content_type = oid_string(eci.expect(OBJECT_ID, "eContentType")?);
-    let content = match eci.optional(CTX0)? {
-        None => None,
-        Some(w) => match Elements::of(w, "eContent").next()? {
-            Some(t) if t.tag == OCTET_STRING => Some(t.value.to_vec()),
-            // PKCS#7 allows any type here (Authenticode uses a SEQUENCE).
-            Some(t) => Some(t.raw.to_vec()),
+    read_signed_data(der, true, |content_info, sd| {
+        let content = match &sd.encap_content_info.econtent {
             None => None,
-        },
-    };
-    let mut certs = vec![];
-    if let Some(set) = sd.optional(CTX0)? {
-        let mut set = Elements::of(set, "certificates");
-        while let Some(c) = set.next()? {
-            // Other CertificateChoices (attribute certificates...) are skipped.
-            if c.tag == SEQUENCE {
-                certs.push(c.raw.to_vec());
-            }
-        }
-    }
-    sd.optional(CTX1)?; // crls
-    let mut infos = Elements::of(sd.expect(SET, "signerInfos")?, "signerInfos");
-    let mut signers = vec![];
-    while let Some(si) = infos.next()? {
-        if si.tag != SEQUENCE {
-            return Err("signerInfo is not a SEQUENCE".into());
-        }
-        signers.push(parse_signer_info(si)?);
-    }
-    Ok(SignedData {
-        content_info,
-        version,
-        digest_algorithms,
-        content_type,
-        content,
-        certs,
-        signers,
+            Some(c) if c.tag() == Tag::OctetString => Some(c.value().to_vec()),
+            // PKCS#7 allows any type here (Authenticode uses a SEQUENCE).
+            Some(c) => Some(c.to_der().map_err(|e| format!("eContent: {e}"))?),
+        };
+        Ok(SignedData {
+            content_info,
+            version: sd.version,
+            digest_algorithms: sd.digest_algorithms.0.iter().map(|a| a.oid).collect(),
+            content_type: sd.encap_content_info.econtent_type,
+            content,
+            certs: certificates(sd),
+            signers: sd
+                .signer_infos
+                .0
+                .iter()
+                .map(SignerInfo::read)
+                .collect::<std::result::Result<_, _>>()?,
+        })
     })
-}
-
-/// The start of a SignerInfo, the same in PKCS#7 and Authenticode: version,
-/// signer identifier, digestAlgorithm and the signed attributes. The
-/// signature fields are left empty for the caller to read.
-pub(crate) fn read_signer_head(si: &mut Elements<'_>) -> std::result::Result<SignerInfo, String> {
-    small_int(si.expect(INTEGER, "version")?)?;
-    let sid = match si.next()? {
-        Some(t) if t.tag == SEQUENCE => {
-            let mut isn = Elements::of(t, "issuerAndSerialNumber");
-            let issuer = isn.expect(SEQUENCE, "issuer")?;
-            let serial = isn.expect(INTEGER, "serialNumber")?;
-            SignerId::IssuerSerial {
-                issuer: issuer.raw.to_vec(),
-                serial: serial.value.to_vec(),
-            }
-        }
-        Some(t) if t.tag == CTX0_PRIMITIVE => SignerId::KeyId(t.value.to_vec()),
-        _ => return Err("signerInfo: bad signer identifier".into()),
-    };
-    let digest_oid = alg_oid(si.expect(SEQUENCE, "digestAlgorithm")?, "signerInfo")?;
-    let mut signed_attrs = None;
-    let mut content_types = vec![];
-    let mut message_digests = vec![];
-    let mut signing_time = None;
-    if let Some(attrs) = si.optional(CTX0)? {
-        let mut set = attrs.raw.to_vec();
-        set[0] = SET;
-        signed_attrs = Some(set);
-        for_each_attribute(attrs, "signed attributes", |o, v| {
-            match o.as_str() {
-                oid::CONTENT_TYPE if v.tag == OBJECT_ID => content_types.push(oid_string(v)),
-                oid::CONTENT_TYPE => content_types.push("<not an OID>".into()),
-                oid::MESSAGE_DIGEST if v.tag == OCTET_STRING => {
-                    message_digests.push(v.value.to_vec())
-                }
-                oid::MESSAGE_DIGEST => return Err("messageDigest is not an OCTET STRING".into()),
-                oid::SIGNING_TIME if v.tag == UTC_TIME || v.tag == GENERALIZED_TIME => {
-                    let t = x509_parser::time::ASN1Time::from_der(v.raw)
-                        .map_err(|_| "bad signingTime".to_string())?
-                        .1;
-                    signing_time = Some(x509::rfc3339(&t));
-                }
-                oid::SIGNING_TIME => return Err("bad signingTime".into()),
-                _ => {}
-            }
-            Ok(())
-        })?;
-    }
-    Ok(SignerInfo {
-        sid,
-        digest_oid,
-        signed_attrs,
-        content_types,
-        message_digests,
-        signing_time,
-        signature_oid: String::new(),
-        signature_alg: vec![],
-        signature: vec![],
-    })
-}
-
-fn parse_signer_info(si: Tlv<'_>) -> std::result::Result<SignerInfo, String> {
-    let mut si = Elements::of(si, "signerInfo");
-    let head = read_signer_head(&mut si)?;
-    let alg = si.expect(SEQUENCE, "signatureAlgorithm")?;
-    let signature_oid = alg_oid(alg, "signerInfo")?;
-    let signature = si.expect(OCTET_STRING, "signature")?.value.to_vec();
-    si.optional(CTX1)?; // unsigned attributes
-    Ok(SignerInfo {
-        signature_oid,
-        signature_alg: alg.raw.to_vec(),
-        signature,
-        ..head
-    })
+    .map_err(|e| Error::input(origin, format!("not a valid PKCS#7 SignedData: {e}")))
 }
 
 // ---------------------------------------------------------------------------
@@ -639,14 +736,7 @@ fn parse_signer_info(si: Tlv<'_>) -> std::result::Result<SignerInfo, String> {
 impl SignedData {
     /// The certificate `si` names, if the SignedData carries it.
     pub fn signer_cert(&self, si: &SignerInfo) -> Option<&[u8]> {
-        self.certs
-            .iter()
-            .find(|c| {
-                X509Certificate::from_der(c)
-                    .map(|(_, p)| si.sid.matches(&p))
-                    .unwrap_or(false)
-            })
-            .map(|c| c.as_slice())
+        find_signer_cert(&self.certs, &si.sid)
     }
 
     /// Cryptographic check of every SignerInfo over detached `content`:
@@ -730,14 +820,13 @@ impl SignedData {
 /// Verify `si.signature` over `msg` with `cert`'s key. The hash comes from
 /// the signature algorithm when it names one, else from the digestAlgorithm
 /// (rsaEncryption / id-ecPublicKey, as OpenSSL writes for RSA).
-fn verify_raw(
+pub(crate) fn verify_raw(
     cert: &X509Certificate<'_>,
     si: &SignerInfo,
     digest: Hash,
     msg: &[u8],
 ) -> std::result::Result<(), String> {
-    let scheme =
-        crate::sigalg::Scheme::from_signer_info(&si.signature_oid, &si.signature_alg, digest)?;
+    let scheme = crate::sigalg::Scheme::from_signer_info(&si.signature_alg, digest)?;
     crate::sigalg::verify(cert.public_key(), scheme, msg, &si.signature)
         .map_err(|e| format!("{e} with the key of '{}'", cert.subject()))
 }
@@ -841,6 +930,62 @@ mod tests {
         let other = key(KeyType::EcP256);
         let e = sign_detached(b"x", &opts(&other, &cert, Hash::Sha256)).unwrap_err();
         assert!(e.to_string().contains("does not belong"), "{e}");
+    }
+
+    /// Signed attributes out of DER order, as some signers write them, are
+    /// checked over the bytes received; certificates keep their stored order
+    /// and duplicates, as OpenSSL keeps them (der's SetOfVec would sort them
+    /// and refuse the duplicate).
+    #[test]
+    fn signed_attributes_and_certificates_are_read_as_received() {
+        use crate::asn1::children;
+        let content = b"efi variable";
+        let k = key(KeyType::EcP256);
+        let cert = cert_for(&k, "Signer");
+        let other = cert_for(&key(KeyType::EcP256), "Other");
+        let mut o = opts(&k, &cert, Hash::Sha256);
+        o.signed_attrs = true;
+        o.signing_time = Some(OffsetDateTime::now_utc());
+        let der = sign_detached(content, &o).unwrap();
+
+        // Bare SignedData: version, digestAlgorithms, encapContentInfo, [0] certificates, signerInfos.
+        let sd = children(&der);
+        let si = children(children(sd[4].der)[0].der);
+        let mut attrs: Vec<&[u8]> = children(si[3].der).iter().map(|a| a.der).collect();
+        attrs.reverse();
+        let body = attrs.concat();
+        let set = Any::new(Tag::Set, body.clone()).unwrap().to_der().unwrap();
+        let signature = k.sign(SigScheme::EcdsaSha256, &set).unwrap();
+        let ctx0 = Tag::ContextSpecific {
+            constructed: true,
+            number: der::TagNumber::N0,
+        };
+        let si = [
+            si[0].der,
+            si[1].der,
+            si[2].der,
+            &Any::new(ctx0, body).unwrap().to_der().unwrap(),
+            si[4].der,
+            &OctetString::new(signature).unwrap().to_der().unwrap(),
+        ]
+        .concat();
+        let si = Any::new(Tag::Sequence, si).unwrap().to_der().unwrap();
+        let certs = [other.clone(), cert.clone(), other.clone()].concat();
+        let rebuilt = [
+            sd[0].der,
+            sd[1].der,
+            sd[2].der,
+            &Any::new(ctx0, certs).unwrap().to_der().unwrap(),
+            &Any::new(Tag::Set, si).unwrap().to_der().unwrap(),
+        ]
+        .concat();
+        let rebuilt = Any::new(Tag::Sequence, rebuilt).unwrap().to_der().unwrap();
+
+        let p = parse(&rebuilt, Path::new("x")).unwrap();
+        assert_eq!(p.certs, vec![other.clone(), cert.clone(), other]);
+        assert_eq!(p.signers[0].signed_attrs.as_deref(), Some(set.as_slice()));
+        assert_eq!(p.verify_detached(content).unwrap(), vec![cert.as_slice()]);
+        assert!(p.verify_detached(b"other").is_err());
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! everywhere. Each caller only says which scheme the object names.
 
 use aws_lc_rs::signature as sig;
+use cms::cert::x509::spki::AlgorithmIdentifierOwned;
+use der::asn1::ObjectIdentifier;
+use der::{Decode, Encode, Sequence};
+use x509_parser::asn1_rs::ToDer;
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo};
 
@@ -29,13 +33,15 @@ impl KeyKind {
     }
 }
 
-const OID_P256: &str = "1.2.840.10045.3.1.7";
-const OID_P384: &str = "1.3.132.0.34";
+/// An OID as x509-parser read it, for comparing with the constants.
+fn oid_of(o: &x509_parser::oid_registry::Oid<'_>) -> Option<ObjectIdentifier> {
+    ObjectIdentifier::from_bytes(o.as_bytes()).ok()
+}
 
 /// The kind of `spki`'s key, or None for a key no verifier supports.
 /// id-RSASSA-PSS keys count as RSA: their signatures are PSS anyway.
 pub fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Option<KeyKind> {
-    match spki.algorithm.algorithm.to_id_string().as_str() {
+    match oid_of(&spki.algorithm.algorithm)? {
         oid::RSA_ENCRYPTION | oid::RSASSA_PSS => {
             x509_parser::public_key::RSAPublicKey::from_der(spki.subject_public_key.data.as_ref())
                 .ok()
@@ -46,15 +52,32 @@ pub fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> Option<KeyKind> {
             .parameters
             .as_ref()
             .and_then(|p| p.as_oid().ok())
-            .map(|o| o.to_id_string())
-            .as_deref()
+            .and_then(|o| oid_of(&o))?
         {
-            Some(OID_P256) => Some(KeyKind::P256),
-            Some(OID_P384) => Some(KeyKind::P384),
+            oid::SECP256R1 => Some(KeyKind::P256),
+            oid::SECP384R1 => Some(KeyKind::P384),
             _ => None,
         },
         _ => None,
     }
+}
+
+/// RSASSA-PSS-params (RFC 4055), as written in signatureAlgorithm
+/// parameters; absent fields take the RFC's defaults.
+#[derive(Clone, Debug, Sequence)]
+pub(crate) struct RsaPssParams {
+    /// Default sha1.
+    #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
+    pub hash: Option<AlgorithmIdentifierOwned>,
+    /// Default MGF1 with sha1.
+    #[asn1(context_specific = "1", tag_mode = "EXPLICIT", optional = "true")]
+    pub mask_gen: Option<AlgorithmIdentifierOwned>,
+    /// Default 20.
+    #[asn1(context_specific = "2", tag_mode = "EXPLICIT", optional = "true")]
+    pub salt_len: Option<u32>,
+    /// Default 1.
+    #[asn1(context_specific = "3", tag_mode = "EXPLICIT", optional = "true")]
+    pub trailer_field: Option<u32>,
 }
 
 /// A signature scheme as an object names it.
@@ -81,29 +104,46 @@ impl Scheme {
     /// The scheme of an X.509 / CMS signatureAlgorithm that names its hash
     /// (sha256WithRSAEncryption, ecdsa-with-SHA384, RSASSA-PSS with parameters).
     pub fn from_alg_id(alg: &AlgorithmIdentifier<'_>) -> Result<Scheme, String> {
-        let o = alg.algorithm.to_id_string();
+        let o = oid_of(&alg.algorithm).ok_or_else(|| {
+            format!(
+                "unsupported signature algorithm {}",
+                alg.algorithm.to_id_string()
+            )
+        })?;
         if o == oid::RSASSA_PSS {
-            return pss_params(alg);
+            let params = alg
+                .parameters
+                .as_ref()
+                .map(|p| p.to_der_vec())
+                .transpose()
+                .map_err(|e| format!("bad RSA-PSS parameters: {e}"))?;
+            return pss_params(params.as_deref());
         }
         Self::from_oid(&o, None)
     }
 
     /// The scheme of a SignerInfo: its signatureAlgorithm, where a bare key
     /// algorithm (rsaEncryption, id-ecPublicKey, as OpenSSL writes for RSA)
-    /// takes the hash from the digestAlgorithm. `alg_der` is the whole
-    /// AlgorithmIdentifier, needed for RSASSA-PSS parameters.
-    pub fn from_signer_info(sig_oid: &str, alg_der: &[u8], digest: Hash) -> Result<Scheme, String> {
-        if sig_oid == oid::RSASSA_PSS {
-            let (_, alg) = AlgorithmIdentifier::from_der(alg_der)
-                .map_err(|e| format!("bad RSASSA-PSS parameters: {e}"))?;
-            return pss_params(&alg);
+    /// takes the hash from the digestAlgorithm.
+    pub fn from_signer_info(
+        alg: &AlgorithmIdentifierOwned,
+        digest: Hash,
+    ) -> Result<Scheme, String> {
+        if alg.oid == oid::RSASSA_PSS {
+            let params = alg
+                .parameters
+                .as_ref()
+                .map(|p| p.to_der())
+                .transpose()
+                .map_err(|e| format!("bad RSA-PSS parameters: {e}"))?;
+            return pss_params(params.as_deref());
         }
-        Self::from_oid(sig_oid, Some(digest))
+        Self::from_oid(&alg.oid, Some(digest))
     }
 
-    fn from_oid(o: &str, digest: Option<Hash>) -> Result<Scheme, String> {
+    fn from_oid(o: &ObjectIdentifier, digest: Option<Hash>) -> Result<Scheme, String> {
         let unsupported = || format!("unsupported signature algorithm {}", sig_alg_name(o));
-        Ok(match o {
+        Ok(match *o {
             oid::SHA256_WITH_RSA => Scheme::RsaPkcs1(Hash::Sha256),
             oid::SHA384_WITH_RSA => Scheme::RsaPkcs1(Hash::Sha384),
             oid::SHA512_WITH_RSA => Scheme::RsaPkcs1(Hash::Sha512),
@@ -117,20 +157,15 @@ impl Scheme {
     }
 }
 
-fn pss_params(alg: &AlgorithmIdentifier<'_>) -> Result<Scheme, String> {
-    use x509_parser::signature_algorithm::SignatureAlgorithm;
-    let parsed =
-        SignatureAlgorithm::try_from(alg).map_err(|e| format!("bad RSA-PSS parameters: {e}"))?;
-    let SignatureAlgorithm::RSASSA_PSS(p) = parsed else {
-        return Err("bad RSA-PSS parameters".into());
-    };
-    let hash = Hash::from_oid(&p.hash_algorithm_oid().to_id_string()).ok_or_else(|| {
-        format!(
-            "unsupported RSA-PSS hash {}",
-            p.hash_algorithm_oid().to_id_string()
-        )
-    })?;
-    let salt = u16::try_from(p.salt_length()).map_err(|_| "RSA-PSS salt too long".to_string())?;
+/// The scheme RSASSA-PSS-params (DER) name.
+fn pss_params(params: Option<&[u8]>) -> Result<Scheme, String> {
+    let params = params.ok_or("bad RSA-PSS parameters: none")?;
+    let p = RsaPssParams::from_der(params).map_err(|e| format!("bad RSA-PSS parameters: {e}"))?;
+    let hash_oid = p.hash.map_or(oid::SHA1, |h| h.oid);
+    let hash =
+        Hash::from_oid(&hash_oid).ok_or_else(|| format!("unsupported RSA-PSS hash {hash_oid}"))?;
+    let salt =
+        u16::try_from(p.salt_len.unwrap_or(20)).map_err(|_| "RSA-PSS salt too long".to_string())?;
     Ok(Scheme::RsaPss { hash, salt })
 }
 

@@ -360,7 +360,7 @@ fn show(bytes: &[u8], path: &Path) -> Result<ShowReport> {
         signer: sd.signer_cert(si).and_then(|c| signer_report(c, path)),
         signer_id: si.describe_sid(),
         digest_algorithm: pkcs7::hash_name(&si.digest_oid),
-        signature_algorithm: pkcs7::sig_alg_name(&si.signature_oid),
+        signature_algorithm: pkcs7::sig_alg_name(&si.signature_alg.oid),
         signed_attributes: si.signed_attrs.is_some(),
         certificates: sd.certs.len(),
         content_info: sd.content_info,
