@@ -8,8 +8,12 @@
 //!   (EFI_CERT_X509_SHA256, zero revocation time: EDK2's
 //!   `IsCertHashFoundInDbx` then denies every signature carrying it, and the
 //!   db certificate that verified one). Both are appends signed by the KEK.
-//! - KEK: `KEK-append-KEK.N.auth`, an append signed by the PK; later db and
-//!   dbx updates are signed by the new KEK.
+//! - KEK: `KEK-append-KEK.N.auth`, an append signed by the PK, and
+//!   `KEK-KEK.N.auth`, a replacement of KEK (not an append) signed by the PK
+//!   holding only `KEK.esl`'s certificates: an append leaves the predecessor
+//!   in KEK, and firmware accepts db and dbx updates signed by any KEK
+//!   certificate, so only the replacement retires it. Later db and dbx
+//!   updates are signed by the new KEK.
 //!
 //! Each update's EFI_TIME is one second after the latest time the PKI has
 //! signed so far, counted from SOURCE_DATE_EPOCH (else the clock): updates
@@ -610,14 +614,17 @@ pub fn rotate(dir: &Path, role: &str) -> Result<RotateReport> {
                     format!("no {signer} role to sign the {var} update"),
                 )
             })?;
+            // A replacement's time must be later than the variable's (EDK2
+            // checks only non-appends); the clock's times are.
+            let append = action != "replace";
             let t = clock.next()?;
-            let auth = efivar::sign_auth(var, true, t, &data, s.signer, s.cert, s.chain)?;
+            let auth = efivar::sign_auth(var, append, t, &data, s.signer, s.cert, s.chain)?;
             mkdir_private(&tmp.join(UPDATES_DIR))?;
             fsutil::write_new(&tmp.join(&path), &auth, PUBLIC_MODE)?;
             let u = UpdateEntry {
                 path,
                 var: var.name().to_string(),
-                append: true,
+                append,
                 time: t.to_string(),
                 action: action.to_string(),
                 role: role.to_string(),
@@ -658,6 +665,17 @@ pub fn rotate(dir: &Path, role: &str) -> Result<RotateReport> {
                 g + 1,
                 &new_der,
                 efivar::esl_x509(owner, &new_der),
+                "PK",
+            )?;
+            // Applied after the append (and after any update the predecessor
+            // signed that a device still needs), it drops the predecessor.
+            write_update(
+                format!("{UPDATES_DIR}/KEK-{role}.{}.auth", g + 1),
+                SecureVar::Kek,
+                "replace",
+                g + 1,
+                &new_der,
+                list_of(&kek_roles)?,
                 "PK",
             )?;
         }
@@ -856,12 +874,17 @@ pub fn check_history(
         };
         check_update(dir, u, &by_fp, &mut it);
         it.notes.push(format!(
-            "update {} of {}: {} {} generation {}, append to {}, time {}, signed by {}",
+            "update {} of {}: {} {} generation {}, {} {}, time {}, signed by {}",
             n + 1,
             m.updates.len(),
             u.action,
             u.role,
             u.generation,
+            if u.append {
+                "append to"
+            } else {
+                "replacement of"
+            },
             u.var,
             u.time,
             u.signer
@@ -932,6 +955,8 @@ fn check_update(
     };
     let holds = match u.action.as_str() {
         "add" => entries.len() == 1 && entries[0].is_x509() && entries[0].data == *cert,
+        // The whole new list: certificates only, this one among them.
+        "replace" => entries.iter().all(|e| e.is_x509()) && entries.iter().any(|e| e.data == *cert),
         "revoke" => {
             entries.len() == 1
                 && entries[0].sig_type == efivar::EFI_CERT_X509_SHA256_GUID
@@ -944,10 +969,10 @@ fn check_update(
     if !holds {
         it.problems.push(format!(
             "does not hold exactly the {} of {} generation {}",
-            if u.action == "add" {
-                "certificate"
-            } else {
+            if u.action == "revoke" {
                 "TBSCertificate hash"
+            } else {
+                "certificate"
             },
             u.role,
             u.generation

@@ -715,8 +715,9 @@ pub struct UpdateEntry {
     pub append: bool,
     /// EFI_TIME of the update, "YYYY-MM-DD HH:MM:SS" (UTC).
     pub time: String,
-    /// "add" (the successor's certificate) or "revoke" (the predecessor's
-    /// TBSCertificate SHA-256, EFI_CERT_X509_SHA256).
+    /// "add" (the successor's certificate), "revoke" (the predecessor's
+    /// TBSCertificate SHA-256, EFI_CERT_X509_SHA256) or "replace" (the
+    /// whole new list, holding the successor's certificate; `append` false).
     pub action: String,
     /// The role and generation the update adds or revokes.
     pub role: String,

@@ -128,7 +128,10 @@ fn ovmf_setup_mode_accepts_our_auth_files_then_enforces_them() {
 /// `pki rotate` proven in firmware: OVMF in User Mode with Secure Boot on
 /// takes the db append (signed by KEK) through efivarfs, boots the
 /// successor's image, takes the dbx update, then refuses the predecessor's
-/// image and still boots the successor's (tests/ovmf/rotate.sh).
+/// image and still boots the successor's. Then `pki rotate KEK`: the KEK
+/// append and the KEK replacement (both signed by PK) are accepted, after
+/// which db/dbx updates signed by the new KEK are accepted and a db update
+/// signed by the retired KEK is refused (tests/ovmf/rotate.sh, ~2.5 min).
 #[test]
 fn ovmf_user_mode_applies_rotation_updates_then_denies_the_predecessor() {
     if peer("qemu-system-x86_64").is_none() {

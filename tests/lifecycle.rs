@@ -72,32 +72,46 @@ fn first_pem(d: &Path, chain: &Path, out: &str) -> String {
 /// sign-efi-sig-list over the list of `ours` with the same key, variable,
 /// append flag and time must give the same bytes.
 fn efitools_signs_the_same(d: &Path, ours: &Path, var: &str, key: &Path, cert: &str, time: &str) {
+    efitools_signs(d, ours, true, var, key, cert, time)
+}
+
+/// As `efitools_signs_the_same`, for an append (`-a`) or a replacement.
+fn efitools_signs(
+    d: &Path,
+    ours: &Path,
+    append: bool,
+    var: &str,
+    key: &Path,
+    cert: &str,
+    time: &str,
+) {
     let Some(tool) = peer("sign-efi-sig-list") else {
         return;
     };
     let bytes = fs::read(ours).unwrap();
     fs::write(d.join("list.esl"), auth_data(&bytes)).unwrap();
-    peer_ok(
-        &tool,
-        &[
-            "-a",
-            "-t",
-            time,
-            "-k",
-            key.to_str().unwrap(),
-            "-c",
-            cert,
-            var,
-            "list.esl",
-            "efitools.auth",
-        ],
-        d,
-    );
+    let mut args = vec![];
+    if append {
+        args.push("-a");
+    }
+    args.extend([
+        "-t",
+        time,
+        "-k",
+        key.to_str().unwrap(),
+        "-c",
+        cert,
+        var,
+        "list.esl",
+        "efitools.auth",
+    ]);
+    peer_ok(&tool, &args, d);
     assert_eq!(
         bytes,
         fs::read(d.join("efitools.auth")).unwrap(),
-        "{}: differs from sign-efi-sig-list -a -t '{time}' {var}",
-        ours.display()
+        "{}: differs from sign-efi-sig-list{} -t '{time}' {var}",
+        ours.display(),
+        if append { " -a" } else { "" }
     );
 }
 
@@ -369,6 +383,7 @@ fn rotate_kek_appends_it_with_pk_and_later_db_updates_are_signed_by_the_new_kek(
     ));
     let pki = d.join("pki");
     let old_kek = fs::read(pki.join("KEK.crt")).unwrap();
+    let old_kek_der = fs::read(pki.join("KEK.cer")).unwrap();
     let out = stdout(&ok(sde(d, &["pki", "rotate", "KEK", "--json"])));
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["updates"][0]["path"], "updates/KEK-append-KEK.2.auth");
@@ -416,6 +431,56 @@ fn rotate_kek_appends_it_with_pk_and_later_db_updates_are_signed_by_the_new_kek(
         &[],
     );
     assert_eq!(o.status.code(), Some(1));
+    // The append leaves the old KEK in the variable: a replacement, signed
+    // by the PK, later than the append, holding only the new KEK drops it.
+    let u = &r["updates"][1];
+    assert_eq!(u["path"], "updates/KEK-KEK.2.auth");
+    assert_eq!(u["action"], "replace");
+    assert_eq!(u["append"], false);
+    assert_eq!(u["signer"], "PK");
+    let t2 = u["time"].as_str().unwrap();
+    assert!(t2 > t.as_str(), "replacement {t2} not after the append {t}");
+    let kek_replace = pki.join("updates/KEK-KEK.2.auth");
+    efitools_signs(
+        d,
+        &kek_replace,
+        false,
+        "KEK",
+        &pki.join("PK.key"),
+        pki.join("PK.crt").to_str().unwrap(),
+        t2,
+    );
+    let list = auth_data(&fs::read(&kek_replace).unwrap());
+    assert_eq!(list, fs::read(pki.join("KEK.esl")).unwrap());
+    assert!(!list.windows(old_kek_der.len()).any(|w| w == old_kek_der));
+    ok(run_env(
+        d,
+        &[
+            "efivar",
+            "verify",
+            kek_replace.to_str().unwrap(),
+            "--var",
+            "KEK",
+            "--cert",
+            "pki/PK.crt",
+        ],
+        &[],
+    ));
+    let o = run_env(
+        d,
+        &[
+            "efivar",
+            "verify",
+            kek_replace.to_str().unwrap(),
+            "--var",
+            "KEK",
+            "--append",
+            "--cert",
+            "pki/PK.crt",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "not an append");
     // New devices: KEK.auth holds the new KEK, DB.auth is signed by it.
     ok(run_env(
         d,
@@ -503,8 +568,13 @@ fn rotate_kek_appends_it_with_pk_and_later_db_updates_are_signed_by_the_new_kek(
     sorted.sort();
     sorted.dedup();
     assert_eq!(times, sorted, "update times strictly increase");
-    assert_eq!(times.len(), 3);
-    ok(run_env(d, &["pki", "check"], &[]));
+    assert_eq!(times.len(), 4);
+    let o = ok(run_env(d, &["pki", "check"], &[]));
+    assert!(
+        stdout(&o).contains("replace KEK generation 2, replacement of KEK"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]

@@ -160,7 +160,8 @@ enum PkiCmd {
     /// issuer, subject and key type. The predecessor moves to retired/ROLE.N.*;
     /// for roles in db (ssig_subca, DB) the KEK-signed updates
     /// updates/db-append-ROLE.N.auth and updates/dbx-ROLE.M.auth are written,
-    /// for KEK the PK-signed updates/KEK-append-KEK.N.auth.
+    /// for KEK the PK-signed updates/KEK-append-KEK.N.auth and
+    /// updates/KEK-KEK.N.auth (a replacement of KEK that drops the predecessor).
     Rotate {
         /// The role to rotate (e.g. ssig_subca, DB, KEK).
         role: String,

@@ -101,12 +101,17 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
                 }
                 for (i, u) in r.updates.iter().enumerate() {
                     println!(
-                        "  update {}:    {} ({} {} generation {}, append to {}, time {}, signed by {})",
+                        "  update {}:    {} ({} {} generation {}, {} {}, time {}, signed by {})",
                         i + 1,
                         u.path,
                         u.action,
                         u.role,
                         u.generation,
+                        if u.append {
+                            "append to"
+                        } else {
+                            "replacement of"
+                        },
                         u.var,
                         u.time,
                         u.signer
