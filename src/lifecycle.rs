@@ -361,9 +361,12 @@ pub fn rotate(dir: &Path, role: &str) -> Result<RotateReport> {
         .map_err(|e| Error::Internal(e.to_string()))?;
     let spec = spec_from(&old, &old_cert_path, now)?;
     let (kt, pss) = recorded_key_type(&entry.key_type, &manifest_path)?;
-    let owner: Guid = m
-        .owner_guid
-        .unwrap_or_else(|| DEFAULT_OWNER_GUID.parse().expect("valid"));
+    let owner: Guid = match m.owner_guid {
+        Some(g) => g,
+        None => DEFAULT_OWNER_GUID
+            .parse()
+            .map_err(|e| Error::Internal(format!("default owner GUID: {e}")))?,
+    };
 
     // Every key but the new one is opened as any signing command opens it.
     let load = |r: &str| {
@@ -456,7 +459,7 @@ pub fn rotate(dir: &Path, role: &str) -> Result<RotateReport> {
             .roles
             .iter_mut()
             .find(|r| r.role == role)
-            .expect("found above");
+            .ok_or_else(|| Error::Internal(format!("role {role} vanished from pki.json")))?;
         e.generation = g + 1;
         e.predecessor_sha256 = Some(entry.fingerprint_sha256.clone());
         e.subject = new_info.subject.clone();
