@@ -222,6 +222,30 @@ fn measure_from_parts_equals_systemd_measure_calculate() {
         ],
     );
     assert_eq!(ours, theirs);
+
+    // The sections alone, before any phase: what the TPM holds when the initrd starts.
+    let ours = json(run_in(
+        d,
+        &[
+            "uki",
+            "measure",
+            "--linux",
+            &testdata("linux.bin"),
+            "--phases",
+            ":",
+            "--json",
+        ],
+    ));
+    let theirs = systemd_measure(
+        d,
+        &[
+            "calculate".into(),
+            format!("--linux={}", testdata("linux.bin")),
+            "--phase=:".into(),
+            "--json=short".into(),
+        ],
+    );
+    assert_eq!(ours, theirs);
 }
 
 #[test]

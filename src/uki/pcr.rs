@@ -254,6 +254,9 @@ pub type RawPredictions = Vec<(Bank, Vec<(String, Vec<u8>)>)>;
 /// One predicted value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Prediction {
+    /// Empty for the sections alone (`--phases :`): systemd-measure leaves
+    /// the key out then.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub phase: String,
     pub pcr: u32,
     pub hash: String,
