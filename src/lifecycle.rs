@@ -877,20 +877,10 @@ pub fn check_history(
         };
         check_update(dir, u, &by_fp, &mut it);
         it.notes.push(format!(
-            "update {} of {}: {} {} generation {}, {} {}, time {}, signed by {}",
+            "update {} of {}: {}",
             n + 1,
             m.updates.len(),
-            u.action,
-            u.role,
-            u.generation,
-            if u.append {
-                "append to"
-            } else {
-                "replacement of"
-            },
-            u.var,
-            u.time,
-            u.signer
+            u.describe()
         ));
         it.ok = it.problems.is_empty();
         items.push(it);

@@ -729,6 +729,26 @@ pub struct UpdateEntry {
     pub signer_sha256: String,
 }
 
+impl UpdateEntry {
+    /// What the update does, for `pki rotate` and `pki check` output.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} generation {}, {} {}, time {}, signed by {}",
+            self.action,
+            self.role,
+            self.generation,
+            if self.append {
+                "append to"
+            } else {
+                "replacement of"
+            },
+            self.var,
+            self.time,
+            self.signer
+        )
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RoleEntry {
     pub role: String,

@@ -100,22 +100,7 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
                     println!("  refreshed:   {f} (enrolment of new devices)");
                 }
                 for (i, u) in r.updates.iter().enumerate() {
-                    println!(
-                        "  update {}:    {} ({} {} generation {}, {} {}, time {}, signed by {})",
-                        i + 1,
-                        u.path,
-                        u.action,
-                        u.role,
-                        u.generation,
-                        if u.append {
-                            "append to"
-                        } else {
-                            "replacement of"
-                        },
-                        u.var,
-                        u.time,
-                        u.signer
-                    );
+                    println!("  update {}:    {} ({})", i + 1, u.path, u.describe());
                 }
                 if !r.issued_by_predecessor.is_empty() {
                     println!(
