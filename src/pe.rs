@@ -128,6 +128,9 @@ pub struct WinCertificate {
     pub data: Vec<u8>,
 }
 
+/// `[start, end)` file offsets.
+pub type ByteRange = (u64, u64);
+
 /// The result of [`PeImage::digest`]: the Authenticode digest plus the state
 /// [`PeImage::write_signed`] needs to finish the checksum without re-reading.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -654,6 +657,39 @@ impl PeImage {
         Ok(out)
     }
 
+    /// The ranges the Authenticode digest covers, in file order and disjoint,
+    /// and "the rest" when it must be read again. The rest starts at
+    /// SUM_OF_BYTES_HASHED: without gaps between sections that is the end of
+    /// the last one and it joins the ranges; with gaps it lies inside data
+    /// already hashed.
+    pub fn hashed_ranges(&self) -> (Vec<ByteRange>, Option<ByteRange>) {
+        let mut regions: Vec<(u64, u64)> = vec![
+            (0, self.checksum_offset),
+            (self.checksum_offset + 4, self.cert_dir_offset),
+            (self.cert_dir_offset + 8, self.size_of_headers),
+        ];
+        regions.extend(self.raw.iter().map(|r| (r.start, r.end)));
+        let hashed: u64 =
+            self.size_of_headers + self.raw.iter().map(|r| r.end - r.start).sum::<u64>();
+        let last_end = self.raw.last().map_or(self.size_of_headers, |r| r.end);
+        if hashed == last_end {
+            regions.push((last_end, self.data_end));
+            (regions, None)
+        } else {
+            (regions, Some((hashed, self.data_end)))
+        }
+    }
+
+    /// Where the image data ends: the certificate table, or the end of the file.
+    pub fn data_end(&self) -> u64 {
+        self.data_end
+    }
+
+    /// The file offset of the certificate-table data-directory entry.
+    pub fn cert_dir_offset(&self) -> u64 {
+        self.cert_dir_offset
+    }
+
     /// The Authenticode SHA-256 digest (see the module docs), and the checksum
     /// partial sum, in one streaming pass over the image.
     pub fn digest(&self) -> Result<ImageDigest> {
@@ -666,25 +702,7 @@ impl PeImage {
         let padded_end =
             align8(data_end).ok_or_else(|| Error::input(&self.path, "image end overflows"))?;
 
-        // Hashed ranges, in file order and disjoint.
-        let mut regions: Vec<(u64, u64)> = vec![
-            (0, self.checksum_offset),
-            (self.checksum_offset + 4, self.cert_dir_offset),
-            (self.cert_dir_offset + 8, self.size_of_headers),
-        ];
-        regions.extend(self.raw.iter().map(|r| (r.start, r.end)));
-        let hashed: u64 =
-            self.size_of_headers + self.raw.iter().map(|r| r.end - r.start).sum::<u64>();
-        let last_end = self.raw.last().map_or(self.size_of_headers, |r| r.end);
-        // "The rest" starts at SUM_OF_BYTES_HASHED. Without gaps that is the end
-        // of the last section and the rest joins the single pass; with gaps it
-        // lies inside data already hashed and is read again afterwards.
-        let reread = if hashed == last_end {
-            regions.push((last_end, data_end));
-            None
-        } else {
-            Some((hashed, data_end))
-        };
+        let (regions, reread) = self.hashed_ranges();
 
         let mut hasher = Sha256::new();
         let mut sum = ChecksumAcc::default();

@@ -61,6 +61,27 @@ struct KeyEntryFile {
     key_pass_file: Option<String>,
 }
 
+/// The PCR policy key as KEYS.json gives it (under the name `tpm2-pcr`): it
+/// has a public key, not a certificate.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PcrEntryFile {
+    #[serde(default)]
+    key: Option<String>,
+    public: String,
+    #[serde(default)]
+    key_pass_file: Option<String>,
+}
+
+/// The production PCR policy key: `public` (PEM) on the build host, `key`
+/// (file or `pkcs11:` URI) on the signing host.
+#[derive(Clone, Debug)]
+pub struct PcrEntry {
+    pub key: Option<PathBuf>,
+    pub public: PathBuf,
+    pub key_pass_file: Option<PathBuf>,
+}
+
 /// A production key: for a role of the plan, or (for records signed with
 /// `--key/--cert`) for the build key with that certificate fingerprint.
 #[derive(Clone, Debug)]
@@ -101,6 +122,8 @@ impl KeyEntry {
 pub struct Keys {
     pub path: PathBuf,
     pub entries: BTreeMap<String, KeyEntry>,
+    /// `tpm2-pcr`: the PCR policy key UKIs are signed for.
+    pub pcr: Option<PcrEntry>,
 }
 
 impl Keys {
@@ -129,6 +152,22 @@ impl Keys {
             })?,
         };
         let mut entries = BTreeMap::new();
+        let pcr = match map.remove(crate::uki::PCR_ROLE) {
+            None => None,
+            Some(v) => {
+                let f: PcrEntryFile = serde_json::from_value(v).map_err(|e| {
+                    Error::input(
+                        path,
+                        format!("'{}': {e} (the PCR key has \"public\": a PEM public key, no certificate)", crate::uki::PCR_ROLE),
+                    )
+                })?;
+                Some(PcrEntry {
+                    key: f.key.as_deref().map(resolve),
+                    public: resolve(&f.public),
+                    key_pass_file: f.key_pass_file.as_deref().map(resolve),
+                })
+            }
+        };
         for (name, v) in map {
             let f: KeyEntryFile = serde_json::from_value(v)
                 .map_err(|e| Error::input(path, format!("'{name}': {e}")))?;
@@ -145,12 +184,13 @@ impl Keys {
                 },
             );
         }
-        if entries.is_empty() {
+        if entries.is_empty() && pcr.is_none() {
             return Err(Error::input(path, "no production keys in it"));
         }
         Ok(Keys {
             path: path.to_path_buf(),
             entries,
+            pcr,
         })
     }
 

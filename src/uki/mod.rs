@@ -11,6 +11,7 @@
 
 pub mod build;
 pub mod pcr;
+pub mod repolicy;
 
 use std::fs::File;
 use std::io::Read;
@@ -416,6 +417,7 @@ pub fn show(path: &Path) -> Result<ShowReport> {
 }
 
 /// A public key from a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKey {
     pub spki_der: Vec<u8>,
     /// The subjectPublicKey BIT STRING content (RSAPublicKey DER for RSA).
