@@ -542,6 +542,53 @@ fn keys_needed(records: &[Record], keys: &Keys) -> Result<(Vec<String>, Vec<Stri
     Ok((needed, entry_of))
 }
 
+/// The production PCR key (KEYS.json's `tpm2-pcr`), opened, when an image
+/// of the plan has a PCR policy (`.pcrsig`); refused when it is missing.
+fn pcr_key_needed(
+    records: &[Record],
+    sources: &[PathBuf],
+    keys: &Keys,
+) -> Result<Option<Box<dyn crate::keys::Signer>>> {
+    let uki = records.iter().zip(sources).find(|(r, src)| {
+        r.kind == Kind::Pe
+            && PeImage::open(src)
+                .is_ok_and(|i| i.info().sections.iter().any(|s| s.name == ".pcrsig"))
+    });
+    let Some((_, src)) = uki else {
+        return Ok(None);
+    };
+    let key = keys
+        .pcr
+        .as_ref()
+        .and_then(|e| e.key.clone().map(|k| (k, e)));
+    let Some((key, e)) = key else {
+        return Err(Error::input(
+            src,
+            format!(
+                "a UKI with a PCR policy (.pcrsig) made with the build's PCR key: {} needs a '{}' entry with the production PCR key (\"key\", \"public\")",
+                keys.path.display(),
+                crate::uki::PCR_ROLE
+            ),
+        ));
+    };
+    let signer = crate::uki::load_pcr_key(&crate::uki::PcrKeySpec {
+        role: None,
+        dir: PathBuf::new(),
+        key: Some(key),
+        key_pass_file: e.key_pass_file.clone(),
+    })?;
+    let public = fsutil::read_input(&e.public, fsutil::InputKind::Certificate)?;
+    let public =
+        crate::uki::public_key_from_pem(&public).map_err(|m| Error::input(&e.public, m))?;
+    if public.key_bits != signer.public_key() {
+        return Err(Error::input(
+            &e.public,
+            format!("is not the public key of {}", signer.origin()),
+        ));
+    }
+    Ok(Some(signer))
+}
+
 /// Refuse a production entry whose certificates are, or chain to,
 /// development ones or the build's own, or that does not chain to its trust
 /// anchors; returns the anchors.
@@ -738,6 +785,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     let sources: Vec<PathBuf> = records.iter().map(|r| locate(r, &plan_dir)).collect();
     let dests = destinations(opts, &sources)?;
 
+    // UKIs carry the build's PCR key and policy: they need the production PCR key.
+    let pcr = pcr_key_needed(&records, &sources, &keys)?;
+
     // Load the keys (token logins happen here), once each.
     let mut prod: BTreeMap<String, Production> = BTreeMap::new();
     for name in &needed {
@@ -770,6 +820,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                 out_dir: opts.out_dir.is_some(),
                 dry_run: opts.dry_run,
                 signing_time: opts.signing_time,
+                pcr: pcr.as_deref(),
             };
             job.report()
         })
@@ -841,6 +892,8 @@ struct Job<'a> {
     out_dir: bool,
     dry_run: bool,
     signing_time: Option<OffsetDateTime>,
+    /// The production PCR key, when a UKI of the plan has a PCR policy.
+    pcr: Option<&'a dyn crate::keys::Signer>,
 }
 
 struct Outcome {
@@ -881,6 +934,9 @@ impl Job<'_> {
         }
 
         let img = PeImage::open(self.src)?;
+        if img.info().sections.iter().any(|s| s.name == ".pcrsig") {
+            return self.uki(&img, now);
+        }
         let digest = img.digest()?;
         let mut kept = vec![];
         let mut dropped = 0;
@@ -961,6 +1017,91 @@ impl Job<'_> {
         }
     }
 
+    /// A UKI: its PCR policy signed again for the production PCR key (new
+    /// `.pcrpkey`, new `.pcrsig`), then the image. Every signature goes: the
+    /// image changes under them.
+    fn uki(&self, img: &PeImage, now: String) -> Result<Outcome> {
+        let pcr = self
+            .pcr
+            .ok_or_else(|| Error::Internal("UKI without the PCR key".into()))?;
+        let sigs = img.pkcs7_signatures()?;
+        let others = sigs.iter().filter(|d| !self.by_build_key(d)).count();
+        if sigs.len() == others {
+            return Err(Error::input(
+                self.src,
+                format!(
+                    "no signature by the build's certificate {} to replace",
+                    self.rec.key_fingerprint
+                ),
+            ));
+        }
+        if others > 0 {
+            return Err(Error::input(
+                self.src,
+                format!("also signed by {others} other key(s); its PCR policy is signed again, which changes the image, so their signatures cannot stay"),
+            ));
+        }
+        let rp = crate::uki::repolicy::plan(self.src, &crate::x509::spki_der(pcr))?;
+        let pcrsig = rp.sign(pcr, self.src)?;
+        if self.dry_run {
+            return Ok(Outcome {
+                status: Status::WouldResign,
+                old: Some(now),
+                new: None,
+                note: Some("PCR policy signed again for the production PCR key".into()),
+            });
+        }
+        let mut staged = rp.stage(self.src, self.dest, &pcrsig)?;
+        let img = PeImage::open(staged.tmp())?;
+        let digest = img.digest()?;
+        let p7 = authenticode::sign_digest(
+            &digest.sha256,
+            &authenticode::SignOptions {
+                signer: self.p.id.signer.as_ref(),
+                cert: &self.p.id.cert,
+                chain: &self.p.id.chain,
+                signing_time: self.signing_time,
+            },
+        )?;
+        img.write_signed_in_place(&digest, &[p7])?;
+        self.uki_done(staged.tmp(), pcr).map_err(|e| {
+            Error::Verify(format!(
+                "{}: the re-signed UKI does not verify: {e}",
+                self.src.display()
+            ))
+        })?;
+        let new = plan::sha256_file(staged.tmp())?;
+        staged.sync()?;
+        fsutil::publish(vec![staged])?;
+        Ok(Outcome {
+            status: Status::Resigned,
+            old: Some(now),
+            new: Some(new),
+            note: Some("PCR policy signed again for the production PCR key".into()),
+        })
+    }
+
+    /// `path` is signed by the production key, trusted, and its `.pcrpkey`
+    /// is the production PCR key with every policy signed by it.
+    fn uki_done(
+        &self,
+        path: &Path,
+        pcr: &dyn crate::keys::Signer,
+    ) -> std::result::Result<(), String> {
+        self.check_pe(path)?;
+        let show = crate::uki::show(path).map_err(|e| e.to_string())?;
+        let want = crate::uki::pcr::key_fingerprint(pcr.public_key());
+        if show.pcrpkey_fingerprint.as_deref() != Some(want.as_str()) {
+            return Err(".pcrpkey is not the production PCR key".into());
+        }
+        if !show.ok || show.policies.is_empty() {
+            let mut p = show.problems;
+            p.extend(show.policies.into_iter().flat_map(|p| p.problems));
+            return Err(p.join("; "));
+        }
+        Ok(())
+    }
+
     fn by_build_key(&self, p7: &[u8]) -> bool {
         authenticode::parse(p7, self.src)
             .ok()
@@ -973,6 +1114,13 @@ impl Job<'_> {
     /// Is `path` this artifact, re-signed: the image the build signed, a
     /// valid production signature trusted by the anchors, no build signature?
     fn pe_done(&self, path: &Path) -> bool {
+        if let Some(pcr) = self.pcr {
+            let uki = PeImage::open(path)
+                .is_ok_and(|i| i.info().sections.iter().any(|s| s.name == ".pcrsig"));
+            if uki {
+                return self.uki_done(path, pcr).is_ok();
+            }
+        }
         let Some(want) = &self.rec.authenticode_sha256 else {
             return false;
         };
