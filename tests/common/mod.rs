@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod pcr;
 pub mod softhsm;
 
 pub fn bin() -> &'static str {
