@@ -206,6 +206,7 @@ pub struct PeImage {
     cert_dir_offset: u64,
     size_of_headers: u64,
     checksum: u32,
+    dll_characteristics: u16,
     sections: Vec<SectionInfo>,
     /// Raw data of the sections with SizeOfRawData != 0, sorted by offset.
     raw: Vec<RawRange>,
@@ -427,6 +428,7 @@ impl PeImage {
         }
         let size_of_headers = u64::from(le32(&opt, 60).unwrap_or(0));
         let checksum = le32(&opt, 64).unwrap_or(0);
+        let dll_characteristics = le16(&opt, 70).unwrap_or(0);
         let n_dirs = u64::from(le32(&opt, dd_rel as usize - 4).unwrap_or(0));
         if n_dirs <= CERT_DIR_INDEX {
             return Err(bad(format!(
@@ -548,6 +550,7 @@ impl PeImage {
             cert_dir_offset: opt_offset + cert_rel,
             size_of_headers,
             checksum,
+            dll_characteristics,
             sections,
             raw: raw
                 .into_iter()
@@ -564,6 +567,11 @@ impl PeImage {
 
     pub fn file_size(&self) -> u64 {
         self.file_size
+    }
+
+    /// The optional header's DllCharacteristics (NX_COMPAT and the like).
+    pub fn dll_characteristics(&self) -> u16 {
+        self.dll_characteristics
     }
 
     /// True when the image has a (non-empty) certificate table.

@@ -115,6 +115,22 @@ pub fn systemd_boot() -> Option<&'static str> {
     None
 }
 
+/// A file a test needs, named by the environment variable `var` (scripts/test.sh
+/// prepares it; `how` says how). None (the test skips) when unset or missing,
+/// unless PKI_SIGNER_REQUIRE_PEERS=1.
+pub fn test_file(var: &str, how: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    if p.is_none() {
+        if std::env::var("PKI_SIGNER_REQUIRE_PEERS").as_deref() == Ok("1") {
+            panic!("{var} is required ({how})");
+        }
+        eprintln!("skipped: {var} not set ({how})");
+    }
+    p
+}
+
 pub fn openssl() -> PathBuf {
     peer("openssl").expect("openssl is needed by every PKI test")
 }
