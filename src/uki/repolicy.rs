@@ -20,7 +20,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::pcr::{self, Bank, MultiHasher, SectionDigests};
-use super::{measured_for, public_key_from_pem, Uki};
+use super::{public_key_from_pem, rules_for, Uki};
 use crate::codec::Sha256Midstate;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
@@ -76,7 +76,9 @@ pub fn plan(path: &Path, new_spki: &[u8]) -> Result<Repolicy> {
     let uki = Uki::open(path)?;
     let img = PeImage::open(path)?;
     let version = uki.stub_version()?;
-    let measured = measured_for(&version, path)?;
+    let rules = rules_for(&version, path)?;
+    rules.check_names(uki.sections.iter().map(|s| s.name.as_str()), &version, path)?;
+    let measured = rules.measured;
     let section = |name: &str| {
         uki.section(name).cloned().ok_or_else(|| {
             Error::input(
