@@ -50,14 +50,13 @@ use crate::fsutil::{self, InputKind, Staged};
 use crate::guestos;
 use crate::identity::{self, Identity};
 use crate::image::{self, Existing, Trust};
-use crate::keys::{KeyType, SigScheme, Signer};
+use crate::keys::{KeyType, Signer};
 use crate::par;
 use crate::pe::PeImage;
 use crate::pkcs11;
-use crate::pkcs7;
 use crate::plan;
 use crate::resign::Keys;
-use crate::sigalg;
+use crate::sigalg::{self, Scheme};
 use crate::x509;
 
 /// The `format` of a request file.
@@ -314,57 +313,6 @@ fn role_name_ok(r: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
-/// The names used in requests for the schemes offline signing makes.
-pub fn scheme_name(s: SigScheme) -> &'static str {
-    match s {
-        SigScheme::RsaPkcs1Sha256 => "rsa-pkcs1-sha256",
-        SigScheme::RsaPkcs1Sha384 => "rsa-pkcs1-sha384",
-        SigScheme::RsaPkcs1Sha512 => "rsa-pkcs1-sha512",
-        SigScheme::RsaPssSha256 => "rsa-pss-sha256",
-        SigScheme::RsaPssSha512 => "rsa-pss-sha512",
-        SigScheme::EcdsaSha256 => "ecdsa-sha256",
-        SigScheme::EcdsaSha384 => "ecdsa-sha384",
-        SigScheme::EcdsaSha512 => "ecdsa-sha512",
-    }
-}
-
-fn parse_scheme(s: &str) -> Option<SigScheme> {
-    [
-        SigScheme::RsaPkcs1Sha256,
-        SigScheme::RsaPkcs1Sha384,
-        SigScheme::RsaPkcs1Sha512,
-        SigScheme::RsaPssSha256,
-        SigScheme::RsaPssSha512,
-        SigScheme::EcdsaSha256,
-        SigScheme::EcdsaSha384,
-        SigScheme::EcdsaSha512,
-    ]
-    .into_iter()
-    .find(|x| scheme_name(*x) == s)
-}
-
-/// The verifier's view of a scheme (PSS salt = hash length, as `Signer`s make it).
-fn verify_scheme(s: SigScheme) -> sigalg::Scheme {
-    use pkcs7::Hash::*;
-    use sigalg::Scheme;
-    match s {
-        SigScheme::RsaPkcs1Sha256 => Scheme::RsaPkcs1(Sha256),
-        SigScheme::RsaPkcs1Sha384 => Scheme::RsaPkcs1(Sha384),
-        SigScheme::RsaPkcs1Sha512 => Scheme::RsaPkcs1(Sha512),
-        SigScheme::RsaPssSha256 => Scheme::RsaPss {
-            hash: Sha256,
-            salt: 32,
-        },
-        SigScheme::RsaPssSha512 => Scheme::RsaPss {
-            hash: Sha512,
-            salt: 64,
-        },
-        SigScheme::EcdsaSha256 => Scheme::Ecdsa(Sha256),
-        SigScheme::EcdsaSha384 => Scheme::Ecdsa(Sha384),
-        SigScheme::EcdsaSha512 => Scheme::Ecdsa(Sha512),
-    }
-}
-
 fn existing_name(e: Existing) -> &'static str {
     match e {
         Existing::Refuse => "refuse",
@@ -434,7 +382,7 @@ pub struct CheckedItem {
     pub artifact: PathBuf,
     pub artifact_abs: PathBuf,
     pub artifact_sha256: String,
-    pub scheme: Option<SigScheme>,
+    pub scheme: Option<Scheme>,
     pub tbs: Vec<u8>,
     pub params: Params,
 }
@@ -463,10 +411,10 @@ fn check_role(name: &str, rc: &RoleCerts, origin: &Path) -> Result<Role> {
             ),
         ));
     }
-    let (desc, key_type) = x509::key_description(&parsed);
-    let key_type = key_type.ok_or_else(|| bad(origin, &at, format!("unsupported key {desc}")))?;
-    let rsa_pss =
-        parsed.public_key().algorithm.algorithm.as_bytes() == pkcs7::oid::RSASSA_PSS.as_bytes();
+    let key = x509::key_info(&parsed);
+    let key_type = KeyType::of(&key)
+        .ok_or_else(|| bad(origin, &at, format!("unsupported key {}", key.describe())))?;
+    let rsa_pss = key.kind == Some(sigalg::KeyKind::RsaPss);
     let public_key = parsed.public_key().subject_public_key.data.to_vec();
     let subject = parsed.subject().to_string();
     let list = |v: &[String], what: &str, min: usize| -> Result<Vec<Vec<u8>>> {
@@ -506,7 +454,7 @@ fn check_role(name: &str, rc: &RoleCerts, origin: &Path) -> Result<Role> {
 /// module's own signing code with it yields that module's to-be-signed bytes.
 struct Recorder<'a> {
     role: &'a Role,
-    seen: Mutex<Vec<(SigScheme, Vec<u8>)>>,
+    seen: Mutex<Vec<(Scheme, Vec<u8>)>>,
 }
 
 impl<'a> Recorder<'a> {
@@ -517,7 +465,7 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    fn one(self) -> Result<(SigScheme, Vec<u8>)> {
+    fn one(self) -> Result<(Scheme, Vec<u8>)> {
         let mut v = self.seen.into_inner().unwrap_or_else(|e| e.into_inner());
         match v.len() {
             1 => Ok(v.remove(0)),
@@ -535,7 +483,7 @@ impl Signer for Recorder<'_> {
     fn public_key(&self) -> &[u8] {
         &self.role.public_key
     }
-    fn sign(&self, scheme: SigScheme, msg: &[u8]) -> Result<Vec<u8>> {
+    fn sign(&self, scheme: Scheme, msg: &[u8]) -> Result<Vec<u8>> {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -555,7 +503,7 @@ impl Signer for Recorder<'_> {
 /// bytes and scheme it was made for.
 struct Replay<'a> {
     role: &'a Role,
-    scheme: SigScheme,
+    scheme: Scheme,
     tbs: &'a [u8],
     signature: &'a [u8],
     what: &'a str,
@@ -568,7 +516,7 @@ impl Signer for Replay<'_> {
     fn public_key(&self) -> &[u8] {
         &self.role.public_key
     }
-    fn sign(&self, scheme: SigScheme, msg: &[u8]) -> Result<Vec<u8>> {
+    fn sign(&self, scheme: Scheme, msg: &[u8]) -> Result<Vec<u8>> {
         if scheme != self.scheme || msg != self.tbs {
             return Err(Error::Verify(format!(
                 "{}: what it needs signed now is not what the response's signature was made over; refusing",
@@ -590,7 +538,7 @@ fn pe_tbs(
     role: &Role,
     digest: &[u8; 32],
     signing_time: Option<OffsetDateTime>,
-) -> Result<(SigScheme, Vec<u8>)> {
+) -> Result<(Scheme, Vec<u8>)> {
     let rec = Recorder::new(role);
     authenticode::sign_digest(
         digest,
@@ -611,24 +559,22 @@ fn efivar_tbs(
     append: bool,
     time: EfiTime,
     data: &[u8],
-) -> Result<(SigScheme, Vec<u8>)> {
+) -> Result<(Scheme, Vec<u8>)> {
     let rec = Recorder::new(role);
     efivar::sign_auth(var, append, time, data, &rec, &role.cert, &role.chain)?;
     rec.one()
 }
 
-/// The scheme cml checks a GuestOS signature with: it follows the signer
-/// certificate's key type (guestos.rs, `scheme_for`).
-fn guestos_scheme(role: &Role, origin: &Path) -> Result<SigScheme> {
-    match role.key_type {
-        KeyType::Rsa(_) if role.rsa_pss => Ok(SigScheme::RsaPssSha512),
-        KeyType::Rsa(_) => Ok(SigScheme::RsaPkcs1Sha512),
-        kt => Err(bad(
+/// The scheme cml checks a GuestOS signature by `role` with.
+fn guestos_scheme(role: &Role, origin: &Path) -> Result<Scheme> {
+    guestos::cml_scheme(Some(role.key_type.kind(role.rsa_pss))).ok_or_else(|| {
+        let rule = guestos::CML_KEY_RULE;
+        bad(
             origin,
             &format!("role '{}'", role.name),
-            format!("a {kt} key cannot sign GuestOS manifests: cml verifies only RSA and RSA-PSS"),
-        )),
-    }
+            format!("{} key: {rule}", role.key_type),
+        )
+    })
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -672,9 +618,9 @@ fn check_item(
         (None, Kind::Csr) => None,
         (Some(_), Kind::Csr) => return Err(bad(origin, &at, "a csr item has no scheme")),
         (None, _) => return Err(bad(origin, &at, "scheme is missing")),
-        (Some(s), _) => {
-            Some(parse_scheme(s).ok_or_else(|| bad(origin, &at, format!("unknown scheme '{s}'")))?)
-        }
+        (Some(s), _) => Some(
+            Scheme::from_id(s).ok_or_else(|| bad(origin, &at, format!("unknown scheme '{s}'")))?,
+        ),
     };
     let wrong_params = match it.kind {
         Kind::Pe => it.pe.is_none() || it.efivar.is_some(),
@@ -828,7 +774,7 @@ fn check_item(
                     it.scheme.as_deref().unwrap_or("absent"),
                     role.key_type,
                     role.name,
-                    scheme_name(s)
+                    s.id()
                 ),
             ));
         }
@@ -1051,7 +997,7 @@ pub fn parse_response(bytes: &[u8], origin: &Path) -> Result<CheckedResponse> {
             // between items or made by another key is refused by name.
             let role = &request.roles[&it.role];
             let cert = x509::parse(&role.cert, origin)?;
-            sigalg::verify(cert.public_key(), verify_scheme(scheme), &it.tbs, &v).map_err(|e| {
+            sigalg::verify(cert.public_key(), scheme, &it.tbs, &v).map_err(|e| {
                 bad(
                     origin,
                     &at,
@@ -1293,7 +1239,7 @@ fn make_item(id: usize, a: &Artifact, role: &Role, opts: &RequestOptions) -> Res
             return Ok(item);
         }
     };
-    item.scheme = Some(scheme_name(scheme).into());
+    item.scheme = Some(scheme.id());
     item.tbs = crate::codec::hex(&tbs);
     Ok(item)
 }
@@ -1710,7 +1656,7 @@ fn sign_item(
     };
     let sig = signer.sign(scheme, &it.tbs)?;
     let cert = x509::parse(&role.cert, &it.artifact)?;
-    sigalg::verify(cert.public_key(), verify_scheme(scheme), &it.tbs, &sig).map_err(|e| {
+    sigalg::verify(cert.public_key(), scheme, &it.tbs, &sig).map_err(|e| {
         Error::Crypto(format!(
             "item {i} ({}): the key's signature does not verify with the certificate: {e}",
             it.artifact.display()
@@ -2310,7 +2256,7 @@ mod tests {
                 artifact: "a.efi".into(),
                 artifact_abs: "/b/a.efi".into(),
                 artifact_sha256: "1".repeat(64),
-                scheme: Some(scheme_name(s).into()),
+                scheme: Some(s.id()),
                 tbs: crate::codec::hex(&tbs),
                 pe: Some(PeParams {
                     authenticode_sha256: crate::codec::hex(&digest),

@@ -445,20 +445,18 @@ pub fn public_key_from_pem(pem_bytes: &[u8]) -> std::result::Result<PublicKey, S
 
 /// Verify a policy signature made with `bank`'s hash.
 pub fn verify_policy_sig(key: &PublicKey, bank: Bank, pol: &[u8], sig: &[u8]) -> bool {
-    use crate::pkcs7::Hash;
     use crate::sigalg::{self, KeyKind, Scheme};
     use x509_parser::prelude::FromDer;
     let Ok((_, spki)) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&key.spki_der) else {
         return false;
     };
     let kind = sigalg::key_kind(&spki);
-    let hash = match bank {
-        Bank::Sha256 => Hash::Sha256,
-        Bank::Sha384 => Hash::Sha384,
-        Bank::Sha512 => Hash::Sha512,
-        Bank::Sha1 => {
+    let rsa = matches!(kind, Some(KeyKind::Rsa | KeyKind::RsaPss));
+    let hash = match bank.sig_hash() {
+        Some(h) => h,
+        None => {
             // Legacy: systemd-measure signs the sha1 bank with RSA-SHA1.
-            return kind == Some(KeyKind::Rsa)
+            return rsa
                 && aws_lc_rs::signature::UnparsedPublicKey::new(
                     &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
                     &key.key_bits,
@@ -468,9 +466,9 @@ pub fn verify_policy_sig(key: &PublicKey, bank: Bank, pol: &[u8], sig: &[u8]) ->
         }
     };
     let scheme = match kind {
-        Some(KeyKind::Rsa) => Scheme::RsaPkcs1(hash),
-        Some(_) => Scheme::Ecdsa(hash),
         None => return false,
+        Some(_) if rsa => Scheme::RsaPkcs1(hash),
+        Some(_) => Scheme::Ecdsa(hash),
     };
     sigalg::verify(&spki, scheme, pol, sig).is_ok()
 }
