@@ -1815,34 +1815,31 @@ impl Job<'_> {
 
     /// `path` is the image the request was for (`digest`), carries `p7`,
     /// and verifies, `p7` valid and trusted: one pass over the image.
-    fn pe_verifies(
-        &self,
-        path: &Path,
-        p7: &[u8],
-        digest: &[u8; 32],
-    ) -> std::result::Result<(), String> {
-        let img = PeImage::open(path).map_err(|e| e.to_string())?;
-        let entries = img.pkcs7_signatures().map_err(|e| e.to_string())?;
+    fn pe_verifies(&self, path: &Path, p7: &[u8], digest: &[u8; 32]) -> Result<()> {
+        let failed = |m: &str| Error::Verify(m.to_string());
+        let entries = PeImage::open(path)?.pkcs7_signatures()?;
         let i = entries
             .iter()
             .position(|e| e == p7)
-            .ok_or("the offline signature is not in the image")?;
-        drop(img);
-        let report = image::verify(path, &self.pe_trust()).map_err(|e| e.to_string())?;
+            .ok_or_else(|| failed("the offline signature is not in the image"))?;
+        let report = image::verify(path, &self.pe_trust())?;
         if report.digest != crate::codec::hex(digest) {
-            return Err(format!(
+            return Err(failed(&format!(
                 "Authenticode digest {} is not the request's {}",
                 report.digest,
                 crate::codec::hex(digest)
-            ));
+            )));
         }
-        let r = report.signatures.get(i).ok_or("signature missing")?;
+        let r = report
+            .signatures
+            .get(i)
+            .ok_or_else(|| failed("signature missing"))?;
         if !(r.valid && r.trusted_by.is_some() && !r.revoked && report.ok) {
             let mut p = r.problems.clone();
             if p.is_empty() {
                 p.push("not trusted by the production anchors".into());
             }
-            return Err(p.join("; "));
+            return Err(failed(&p.join("; ")));
         }
         Ok(())
     }
@@ -1897,12 +1894,8 @@ impl Job<'_> {
         sigs.push(p7.clone());
         fsutil::remove_stale_temps(dest);
         let staged = img.stage_signed(&d, &sigs, dest)?;
-        self.pe_verifies(staged.tmp(), &p7, digest).map_err(|e| {
-            Error::Verify(format!(
-                "{}: the completed image does not verify: {e}",
-                self.src.display()
-            ))
-        })?;
+        self.pe_verifies(staged.tmp(), &p7, digest)
+            .map_err(|e| e.not_verified(&self.src, "the completed image"))?;
         Ok(Done::Staged(vec![staged]))
     }
 
@@ -1927,12 +1920,8 @@ impl Job<'_> {
         if h != self.it.artifact_sha256 {
             return Err(changed(&self.src, &h, &self.it.artifact_sha256));
         }
-        self.auth_verifies(&auth, var, append).map_err(|e| {
-            Error::Verify(format!(
-                "{}: the completed update does not verify: {e}",
-                dest.display()
-            ))
-        })?;
+        self.auth_verifies(&auth, var, append)
+            .map_err(|e| e.not_verified(dest, "the completed update"))?;
         Ok(Done::Staged(vec![Staged::with_data(
             dest,
             fsutil::tag::TMP,
@@ -1942,19 +1931,12 @@ impl Job<'_> {
     }
 
     /// As `efivar verify --var V --cert ANCHOR` decides.
-    fn auth_verifies(
-        &self,
-        auth: &[u8],
-        var: SecureVar,
-        append: bool,
-    ) -> std::result::Result<(), String> {
-        let p = &self.outs[0];
-        let v = efivar::verify_auth(auth, p, Some((var, append)), self.anchors)
-            .map_err(|e| e.to_string())?;
+    fn auth_verifies(&self, auth: &[u8], var: SecureVar, append: bool) -> Result<()> {
+        let v = efivar::verify_auth(auth, &self.outs[0], Some((var, append)), self.anchors)?;
         if v.ok {
             Ok(())
         } else {
-            Err(v.problems.join("; "))
+            Err(Error::Verify(v.problems.join("; ")))
         }
     }
 
@@ -2006,12 +1988,8 @@ impl Job<'_> {
                 pem.as_bytes(),
                 fsutil::PUBLIC_MODE,
             )?;
-            self.guestos_verifies(&conf).map_err(|e| {
-                Error::Verify(format!(
-                    "{}: the completed manifest does not verify: {e}",
-                    self.src.display()
-                ))
-            })
+            self.guestos_verifies(&conf)
+                .map_err(|e| e.not_verified(&self.src, "the completed manifest"))
         })();
         let _ = fs::remove_dir_all(&staging);
         checked?;
@@ -2031,7 +2009,7 @@ impl Job<'_> {
         Ok(Done::Staged(staged))
     }
 
-    fn guestos_verifies(&self, conf: &Path) -> std::result::Result<(), String> {
+    fn guestos_verifies(&self, conf: &Path) -> Result<()> {
         let r = guestos::verify(
             conf,
             &guestos::VerifyOptions {
@@ -2039,10 +2017,9 @@ impl Job<'_> {
                 images: None,
                 check_time: true,
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         if !r.ok {
-            return Err(r.problems.join("; "));
+            return Err(Error::Verify(r.problems.join("; ")));
         }
         Ok(())
     }
@@ -2069,12 +2046,8 @@ impl Job<'_> {
         if csr::CsrFile::read(&self.src)?.der != self.it.tbs {
             return Err(changed(&self.src, &h, &self.it.artifact_sha256));
         }
-        self.cert_verifies().map_err(|e| {
-            Error::Verify(format!(
-                "{}: the issued certificate does not verify: {e}",
-                self.src.display()
-            ))
-        })?;
+        self.cert_verifies()
+            .map_err(|e| e.not_verified(&self.src, "the issued certificate"))?;
         Ok(Done::Staged(vec![Staged::with_data(
             dest,
             fsutil::tag::TMP,
@@ -2086,20 +2059,21 @@ impl Job<'_> {
     /// The certificate is for the CSR's key, is no CA, was issued by the
     /// role's certificate, and chains to a root of the anchors as `openssl
     /// verify` checks it.
-    fn cert_verifies(&self) -> std::result::Result<(), String> {
-        let p = &self.src;
-        let cert = x509::parse(self.result, p).map_err(|e| e.to_string())?;
+    fn cert_verifies(&self) -> Result<()> {
+        let cert = x509::parse(self.result, &self.src)?;
         let (_, req) = X509CertificationRequest::from_der(&self.it.tbs)
-            .map_err(|e| format!("the CSR: {e}"))?;
+            .map_err(|e| Error::input(&self.src, format!("the CSR: {e}")))?;
         if cert.public_key().raw != req.certification_request_info.subject_pki.raw {
-            return Err("the certificate is not for the CSR's key".into());
+            return Err(Error::Verify(
+                "the certificate is not for the CSR's key".into(),
+            ));
         }
         if x509::is_ca(&cert) {
-            return Err("the certificate is a CA".into());
+            return Err(Error::Verify("the certificate is a CA".into()));
         }
-        let issuer = x509::parse(&self.role.cert, p).map_err(|e| e.to_string())?;
+        let issuer = x509::parse(&self.role.cert, &self.src)?;
         x509::verify_signed_by(&cert, &issuer)
-            .map_err(|e| format!("not issued by the role's certificate: {e}"))?;
+            .map_err(|e| Error::Verify(format!("not issued by the role's certificate: {e}")))?;
         let carried: Vec<Vec<u8>> = std::iter::once(self.role.cert.clone())
             .chain(self.role.chain.iter().cloned())
             .collect();
@@ -2110,6 +2084,7 @@ impl Job<'_> {
             &chain::Rules::root(Some(OffsetDateTime::now_utc())),
         )
         .map(|_| ())
+        .map_err(Error::Verify)
     }
 }
 

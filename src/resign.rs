@@ -894,12 +894,8 @@ impl Job<'_> {
         let res = img
             .write_signed(&digest, &sigs, &staging)
             .and_then(|()| {
-                self.check_pe(&staging).map_err(|e| {
-                    Error::Verify(format!(
-                        "{}: the re-signed image does not verify: {e}",
-                        self.src.display()
-                    ))
-                })
+                self.check_pe(&staging)
+                    .map_err(|e| e.not_verified(self.src, "the re-signed image"))
             })
             .and_then(|()| plan::sha256_file(&staging))
             .and_then(|new| {
@@ -942,7 +938,7 @@ impl Job<'_> {
         same && self.check_pe(path).is_ok()
     }
 
-    fn check_pe(&self, path: &Path) -> std::result::Result<(), String> {
+    fn check_pe(&self, path: &Path) -> Result<()> {
         let trust = Trust {
             certs: self
                 .p
@@ -952,13 +948,12 @@ impl Job<'_> {
                 .collect(),
             ..Trust::default()
         };
-        let report = image::verify(path, &trust).map_err(|e| e.to_string())?;
-        let img = PeImage::open(path).map_err(|e| e.to_string())?;
-        let entries = img.pkcs7_signatures().map_err(|e| e.to_string())?;
+        let report = image::verify(path, &trust)?;
+        let entries = PeImage::open(path)?.pkcs7_signatures()?;
         let mut ours = false;
         for (i, der) in entries.iter().enumerate() {
             if self.by_build_key(der) {
-                return Err(format!("signature {i} is still the build's"));
+                return Err(Error::Verify(format!("signature {i} is still the build's")));
             }
             let signer = authenticode::parse(der, path)
                 .ok()
@@ -968,15 +963,15 @@ impl Job<'_> {
                 if r.valid && r.trusted_by.is_some() && !r.revoked {
                     ours = true;
                 } else {
-                    return Err(r.problems.join("; "));
+                    return Err(Error::Verify(r.problems.join("; ")));
                 }
             }
         }
         if !ours || !report.ok {
-            return Err(format!(
+            return Err(Error::Verify(format!(
                 "no valid signature by '{}' trusted by the production anchors",
                 self.p.subject
-            ));
+            )));
         }
         Ok(())
     }
@@ -1057,12 +1052,8 @@ impl Job<'_> {
                 verity: false,
             },
         )?;
-        self.check_guestos(&conf).map_err(|e| {
-            Error::Verify(format!(
-                "{}: the re-signed manifest does not verify: {e}",
-                self.src.display()
-            ))
-        })?;
+        self.check_guestos(&conf)
+            .map_err(|e| e.not_verified(self.src, "the re-signed manifest"))?;
         let new = plan::sha256_file(&guestos::GuestOsConfig::sibling(&conf, "sig"))?;
         // The certificate before the signature: a crash in between leaves a
         // pair that fails verification, which the next run redoes.
@@ -1080,7 +1071,7 @@ impl Job<'_> {
         Ok(new)
     }
 
-    fn check_guestos(&self, conf: &Path) -> std::result::Result<(), String> {
+    fn check_guestos(&self, conf: &Path) -> Result<()> {
         let r = guestos::verify(
             conf,
             &guestos::VerifyOptions {
@@ -1088,15 +1079,16 @@ impl Job<'_> {
                 images: None,
                 check_time: true,
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         if !r.ok {
-            return Err(r.problems.join("; "));
+            return Err(Error::Verify(r.problems.join("; ")));
         }
-        let first = x509::read_certs(&guestos::GuestOsConfig::sibling(conf, "cert"))
-            .map_err(|e| e.to_string())?;
+        let first = x509::read_certs(&guestos::GuestOsConfig::sibling(conf, "cert"))?;
         if first.first() != Some(&self.p.id.cert) {
-            return Err(format!("signed by '{}', not the production key", r.signer));
+            return Err(Error::Verify(format!(
+                "signed by '{}', not the production key",
+                r.signer
+            )));
         }
         Ok(())
     }

@@ -153,8 +153,8 @@ impl KeyKind {
     }
 
     /// The scheme for a format that fixes the hash (CMS, GuestOS, PCR
-    /// policies). An EC key signs its curve's hash or SHA-512, what OpenSSL
-    /// and EDK2 pair with it.
+    /// policies). An EC key signs its curve's hash, or SHA-512 (what `openssl
+    /// dgst -sha512 -sign` makes with any EC key); other pairs are refused.
     pub fn scheme_with(self, hash: Hash) -> Option<Scheme> {
         match (self, hash) {
             (KeyKind::Rsa, h) => Some(Scheme::RsaPkcs1(h)),

@@ -71,21 +71,23 @@ pub struct StubVersion {
     pub major: u32,
 }
 
-/// Parse the content of `.sdmagic`.
-pub fn parse_sdmagic(data: &[u8]) -> std::result::Result<StubVersion, String> {
+/// Parse the content of `.sdmagic` of the stub or UKI at `path`.
+pub fn parse_sdmagic(data: &[u8], path: &Path) -> Result<StubVersion> {
     let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-    let text = std::str::from_utf8(&data[..end]).map_err(|_| ".sdmagic is not text".to_string())?;
-    let rest = text
-        .split("systemd-stub ")
-        .nth(1)
-        .ok_or_else(|| format!(".sdmagic '{}' names no systemd-stub", text.escape_debug()))?;
+    let text = std::str::from_utf8(&data[..end])
+        .map_err(|_| Error::input(path, ".sdmagic is not text"))?;
+    let rest = text.split("systemd-stub ").nth(1).ok_or_else(|| {
+        let m = format!(".sdmagic '{}' names no systemd-stub", text.escape_debug());
+        Error::input(path, m)
+    })?;
     let version = rest.split_whitespace().next().unwrap_or("").to_string();
     let digits: String = version.chars().take_while(|c| c.is_ascii_digit()).collect();
     let major = digits.parse::<u32>().map_err(|_| {
-        format!(
+        let m = format!(
             ".sdmagic version '{}' has no number",
             version.escape_debug()
-        )
+        );
+        Error::input(path, m)
     })?;
     Ok(StubVersion { version, major })
 }
@@ -223,7 +225,7 @@ impl Uki {
             Error::input(&self.path, "no .sdmagic section: not a systemd-stub image")
         })?;
         let data = self.read_small(s)?;
-        parse_sdmagic(&data).map_err(|m| Error::input(&self.path, m))
+        parse_sdmagic(&data, &self.path)
     }
 
     /// The digests, in `banks`, of the measured sections, in measuring order.
@@ -582,11 +584,12 @@ mod tests {
 
     #[test]
     fn sdmagic_parses_debian_stub() {
-        let v = parse_sdmagic(b"#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####\0").unwrap();
+        let p = Path::new("stub.efi");
+        let v = parse_sdmagic(b"#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####\0", p).unwrap();
         assert_eq!(v.major, 252);
         assert_eq!(v.version, "252.39-1~deb12u2");
-        assert!(parse_sdmagic(b"#### LoaderInfo: systemd-boot 252 ####").is_err());
-        assert!(parse_sdmagic(b"systemd-stub x").is_err());
+        assert!(parse_sdmagic(b"#### LoaderInfo: systemd-boot 252 ####", p).is_err());
+        assert!(parse_sdmagic(b"systemd-stub x", p).is_err());
         assert!(measured_sections(253).is_none());
     }
 }
