@@ -269,13 +269,14 @@ pub enum Scheme {
     Ecdsa(Hash),
 }
 
-/// Where an AlgorithmIdentifier is written; OpenSSL spells a scheme
-/// differently in each, and peers compare our output with OpenSSL's.
+/// Where an AlgorithmIdentifier is written: pki-signer spells a scheme
+/// differently in each, and keeps each spelling byte for byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AlgIdFor {
-    /// A SignerInfo's signatureAlgorithm, as `PKCS7_sign` writes it: RSA
-    /// PKCS#1 v1.5 as rsaEncryption (the hash is the digestAlgorithm's), the
-    /// PSS hash identifiers without parameters.
+    /// A SignerInfo's signatureAlgorithm: RSA PKCS#1 v1.5 as rsaEncryption
+    /// (the hash is the digestAlgorithm's), as OpenSSL's `PKCS7_sign`
+    /// writes it; the PSS hash identifiers without parameters (RFC 5754's
+    /// form; OpenSSL writes NULL, and either verifies).
     SignerInfo,
     /// A certificate's signature, as `openssl ca` writes it: RSA PKCS#1 v1.5
     /// as sha256WithRSAEncryption, the PSS hash identifiers with NULL.
@@ -510,14 +511,14 @@ mod tests {
         crate::codec::hex(d)
     }
 
-    /// The PSS identifiers are compared with what OpenSSL wrote before,
-    /// since their bytes are in certificates and signatures peers read.
+    /// The PSS identifiers are the bytes pki-signer wrote before they came
+    /// from here: certificates and signatures that peers read carry them.
     #[test]
-    fn pss_algorithm_identifiers_are_openssls() {
+    fn pss_algorithm_identifiers_keep_their_bytes() {
         const SHA256: &str = "0609608648016503040201";
         const MGF1: &str = "06092a864886f70d010108";
         const PSS: &str = "06092a864886f70d01010a";
-        // `openssl ca -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:-1`.
+        // Also what `openssl ca -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:-1` writes.
         let cert =
             format!("3041{PSS}3034a00f300d{SHA256}0500a11c301a{MGF1}300d{SHA256}0500a203020120");
         let si = format!("303d{PSS}3030a00d300b{SHA256}a11a3018{MGF1}300b{SHA256}a203020120");
