@@ -50,14 +50,13 @@ use crate::fsutil::{self, InputKind, Staged};
 use crate::guestos;
 use crate::identity::{self, Identity};
 use crate::image::{self, Existing, Trust};
-use crate::keys::{KeyType, SigScheme, Signer};
+use crate::keys::{KeyType, Signer};
 use crate::par;
 use crate::pe::PeImage;
 use crate::pkcs11;
-use crate::pkcs7;
 use crate::plan;
 use crate::resign::Keys;
-use crate::sigalg;
+use crate::sigalg::{self, Scheme};
 use crate::uki::{self, pcr, repolicy};
 use crate::x509;
 
@@ -383,57 +382,6 @@ fn role_name_ok(r: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
-/// The names used in requests for the schemes offline signing makes.
-pub fn scheme_name(s: SigScheme) -> &'static str {
-    match s {
-        SigScheme::RsaPkcs1Sha256 => "rsa-pkcs1-sha256",
-        SigScheme::RsaPkcs1Sha384 => "rsa-pkcs1-sha384",
-        SigScheme::RsaPkcs1Sha512 => "rsa-pkcs1-sha512",
-        SigScheme::RsaPssSha256 => "rsa-pss-sha256",
-        SigScheme::RsaPssSha512 => "rsa-pss-sha512",
-        SigScheme::EcdsaSha256 => "ecdsa-sha256",
-        SigScheme::EcdsaSha384 => "ecdsa-sha384",
-        SigScheme::EcdsaSha512 => "ecdsa-sha512",
-    }
-}
-
-fn parse_scheme(s: &str) -> Option<SigScheme> {
-    [
-        SigScheme::RsaPkcs1Sha256,
-        SigScheme::RsaPkcs1Sha384,
-        SigScheme::RsaPkcs1Sha512,
-        SigScheme::RsaPssSha256,
-        SigScheme::RsaPssSha512,
-        SigScheme::EcdsaSha256,
-        SigScheme::EcdsaSha384,
-        SigScheme::EcdsaSha512,
-    ]
-    .into_iter()
-    .find(|x| scheme_name(*x) == s)
-}
-
-/// The verifier's view of a scheme (PSS salt = hash length, as `Signer`s make it).
-fn verify_scheme(s: SigScheme) -> sigalg::Scheme {
-    use pkcs7::Hash::*;
-    use sigalg::Scheme;
-    match s {
-        SigScheme::RsaPkcs1Sha256 => Scheme::RsaPkcs1(Sha256),
-        SigScheme::RsaPkcs1Sha384 => Scheme::RsaPkcs1(Sha384),
-        SigScheme::RsaPkcs1Sha512 => Scheme::RsaPkcs1(Sha512),
-        SigScheme::RsaPssSha256 => Scheme::RsaPss {
-            hash: Sha256,
-            salt: 32,
-        },
-        SigScheme::RsaPssSha512 => Scheme::RsaPss {
-            hash: Sha512,
-            salt: 64,
-        },
-        SigScheme::EcdsaSha256 => Scheme::Ecdsa(Sha256),
-        SigScheme::EcdsaSha384 => Scheme::Ecdsa(Sha384),
-        SigScheme::EcdsaSha512 => Scheme::Ecdsa(Sha512),
-    }
-}
-
 fn existing_name(e: Existing) -> &'static str {
     match e {
         Existing::Refuse => "refuse",
@@ -519,7 +467,7 @@ pub struct CheckedItem {
     pub artifact: PathBuf,
     pub artifact_abs: PathBuf,
     pub artifact_sha256: String,
-    pub scheme: Option<SigScheme>,
+    pub scheme: Option<Scheme>,
     pub tbs: Vec<u8>,
     pub params: Params,
 }
@@ -557,10 +505,10 @@ fn check_role(name: &str, rc: &RoleCerts, origin: &Path) -> Result<Role> {
             ),
         ));
     }
-    let (desc, key_type) = x509::key_description(&parsed);
-    let key_type = key_type.ok_or_else(|| bad(origin, &at, format!("unsupported key {desc}")))?;
-    let rsa_pss =
-        parsed.public_key().algorithm.algorithm.as_bytes() == pkcs7::oid::RSASSA_PSS.as_bytes();
+    let key = x509::key_info(&parsed);
+    let key_type = KeyType::of(&key)
+        .ok_or_else(|| bad(origin, &at, format!("unsupported key {}", key.describe())))?;
+    let rsa_pss = key.kind == Some(sigalg::KeyKind::RsaPss);
     let public_key = parsed.public_key().subject_public_key.data.to_vec();
     let subject = parsed.subject().to_string();
     let list = |v: &[String], what: &str, min: usize| -> Result<Vec<Vec<u8>>> {
@@ -600,7 +548,7 @@ fn check_role(name: &str, rc: &RoleCerts, origin: &Path) -> Result<Role> {
 /// module's own signing code with it yields that module's to-be-signed bytes.
 struct Recorder<'a> {
     role: &'a Role,
-    seen: Mutex<Vec<(SigScheme, Vec<u8>)>>,
+    seen: Mutex<Vec<(Scheme, Vec<u8>)>>,
 }
 
 impl<'a> Recorder<'a> {
@@ -611,7 +559,7 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    fn one(self) -> Result<(SigScheme, Vec<u8>)> {
+    fn one(self) -> Result<(Scheme, Vec<u8>)> {
         let mut v = self.seen.into_inner().unwrap_or_else(|e| e.into_inner());
         match v.len() {
             1 => Ok(v.remove(0)),
@@ -629,7 +577,7 @@ impl Signer for Recorder<'_> {
     fn public_key(&self) -> &[u8] {
         &self.role.public_key
     }
-    fn sign(&self, scheme: SigScheme, msg: &[u8]) -> Result<Vec<u8>> {
+    fn sign(&self, scheme: Scheme, msg: &[u8]) -> Result<Vec<u8>> {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -649,7 +597,7 @@ impl Signer for Recorder<'_> {
 /// bytes and scheme it was made for.
 struct Replay<'a> {
     role: &'a Role,
-    scheme: SigScheme,
+    scheme: Scheme,
     tbs: &'a [u8],
     signature: &'a [u8],
     what: &'a str,
@@ -662,7 +610,7 @@ impl Signer for Replay<'_> {
     fn public_key(&self) -> &[u8] {
         &self.role.public_key
     }
-    fn sign(&self, scheme: SigScheme, msg: &[u8]) -> Result<Vec<u8>> {
+    fn sign(&self, scheme: Scheme, msg: &[u8]) -> Result<Vec<u8>> {
         if scheme != self.scheme || msg != self.tbs {
             return Err(Error::Verify(format!(
                 "{}: what it needs signed now is not what the response's signature was made over; refusing",
@@ -684,7 +632,7 @@ fn pe_tbs(
     role: &Role,
     digest: &[u8; 32],
     signing_time: Option<OffsetDateTime>,
-) -> Result<(SigScheme, Vec<u8>)> {
+) -> Result<(Scheme, Vec<u8>)> {
     let rec = Recorder::new(role);
     authenticode::sign_digest(
         digest,
@@ -705,24 +653,22 @@ fn efivar_tbs(
     append: bool,
     time: EfiTime,
     data: &[u8],
-) -> Result<(SigScheme, Vec<u8>)> {
+) -> Result<(Scheme, Vec<u8>)> {
     let rec = Recorder::new(role);
     efivar::sign_auth(var, append, time, data, &rec, &role.cert, &role.chain)?;
     rec.one()
 }
 
-/// The scheme cml checks a GuestOS signature with: it follows the signer
-/// certificate's key type (guestos.rs, `scheme_for`).
-fn guestos_scheme(role: &Role, origin: &Path) -> Result<SigScheme> {
-    match role.key_type {
-        KeyType::Rsa(_) if role.rsa_pss => Ok(SigScheme::RsaPssSha512),
-        KeyType::Rsa(_) => Ok(SigScheme::RsaPkcs1Sha512),
-        kt => Err(bad(
+/// The scheme cml checks a GuestOS signature by `role` with.
+fn guestos_scheme(role: &Role, origin: &Path) -> Result<Scheme> {
+    guestos::cml_scheme(Some(role.key_type.kind(role.rsa_pss))).ok_or_else(|| {
+        let rule = guestos::CML_KEY_RULE;
+        bad(
             origin,
             &format!("role '{}'", role.name),
-            format!("a {kt} key cannot sign GuestOS manifests: cml verifies only RSA and RSA-PSS"),
-        )),
-    }
+            format!("{} key: {rule}", role.key_type),
+        )
+    })
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -791,7 +737,7 @@ fn check_uki(
     let mut banks = vec![];
     for b in &p.banks {
         let bank: pcr::Bank = b.parse().map_err(|e| bad(origin, at, e))?;
-        bank.sig_scheme().map_err(|e| bad(origin, at, e))?;
+        bank.signing_hash().map_err(|e| bad(origin, at, e))?;
         banks.push(bank);
     }
     let mut sorted = banks.clone();
@@ -914,9 +860,9 @@ fn check_item(
         (None, Kind::Csr) => None,
         (Some(_), Kind::Csr) => return Err(bad(origin, &at, "a csr item has no scheme")),
         (None, _) => return Err(bad(origin, &at, "scheme is missing")),
-        (Some(s), _) => {
-            Some(parse_scheme(s).ok_or_else(|| bad(origin, &at, format!("unknown scheme '{s}'")))?)
-        }
+        (Some(s), _) => Some(
+            Scheme::from_id(s).ok_or_else(|| bad(origin, &at, format!("unknown scheme '{s}'")))?,
+        ),
     };
     let (pe, efivar, uki) = (it.pe.is_some(), it.efivar.is_some(), it.uki.is_some());
     let wrong_params = match it.kind {
@@ -1053,7 +999,7 @@ fn check_item(
                     it.scheme.as_deref().unwrap_or("absent"),
                     role.key_type,
                     role.name,
-                    scheme_name(s)
+                    s.id()
                 ),
             ));
         }
@@ -1375,7 +1321,7 @@ pub fn parse_response(bytes: &[u8], origin: &Path) -> Result<CheckedResponse> {
             let tbs = derived
                 .as_ref()
                 .map_or(it.tbs.as_slice(), |u| u.tbs.as_slice());
-            sigalg::verify(cert.public_key(), verify_scheme(scheme), tbs, &v).map_err(|e| {
+            sigalg::verify(cert.public_key(), scheme, tbs, &v).map_err(|e| {
                 bad(
                     origin,
                     &at,
@@ -1632,7 +1578,7 @@ fn make_item(
             return Ok(item);
         }
     };
-    item.scheme = Some(scheme_name(scheme).into());
+    item.scheme = Some(scheme.id());
     item.tbs = crate::codec::hex(&tbs);
     Ok(item)
 }
@@ -1679,7 +1625,7 @@ fn uki_item(
     item.kind = Kind::Uki;
     item.artifact_sha256 = crate::codec::hex(&rp.file_sha256);
     let (scheme, _) = pe_tbs(role, &[0; 32], signing_time)?;
-    item.scheme = Some(scheme_name(scheme).into());
+    item.scheme = Some(scheme.id());
     item.uki = Some(UkiParams {
         pcr_role: pcr_role.clone(),
         banks: rp.banks.iter().map(|b| b.name().to_string()).collect(),
@@ -2072,7 +2018,7 @@ impl Signer for PolicyReplay<'_> {
     fn public_key(&self) -> &[u8] {
         &self.key.public.key_bits
     }
-    fn sign(&self, scheme: SigScheme, msg: &[u8]) -> Result<Vec<u8>> {
+    fn sign(&self, scheme: Scheme, msg: &[u8]) -> Result<Vec<u8>> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         let sig = self.sigs.get(i).ok_or_else(|| {
             Error::Verify(format!(
@@ -2082,7 +2028,7 @@ impl Signer for PolicyReplay<'_> {
         })?;
         let bank = pcr::Bank::ALL
             .into_iter()
-            .find(|b| b.sig_scheme().ok() == Some(scheme))
+            .find(|b| b.sig_hash().map(Scheme::RsaPkcs1) == Some(scheme))
             .ok_or_else(|| Error::Internal("policy scheme".into()))?;
         if !uki::verify_policy_sig(&self.key.public, bank, msg, sig) {
             return Err(Error::Verify(format!(
@@ -2341,7 +2287,7 @@ fn sign_item(
     let tbs = derived_tbs.unwrap_or(&it.tbs);
     let sig = signer.sign(scheme, tbs)?;
     let cert = x509::parse(&role.cert, &it.artifact)?;
-    sigalg::verify(cert.public_key(), verify_scheme(scheme), tbs, &sig).map_err(|e| {
+    sigalg::verify(cert.public_key(), scheme, tbs, &sig).map_err(|e| {
         Error::Crypto(format!(
             "item {i} ({}): the key's signature does not verify with the certificate: {e}",
             it.artifact.display()
@@ -2503,34 +2449,31 @@ impl Job<'_> {
 
     /// `path` is the image the request was for (`digest`), carries `p7`,
     /// and verifies, `p7` valid and trusted: one pass over the image.
-    fn pe_verifies(
-        &self,
-        path: &Path,
-        p7: &[u8],
-        digest: &[u8; 32],
-    ) -> std::result::Result<(), String> {
-        let img = PeImage::open(path).map_err(|e| e.to_string())?;
-        let entries = img.pkcs7_signatures().map_err(|e| e.to_string())?;
+    fn pe_verifies(&self, path: &Path, p7: &[u8], digest: &[u8; 32]) -> Result<()> {
+        let failed = |m: &str| Error::Verify(m.to_string());
+        let entries = PeImage::open(path)?.pkcs7_signatures()?;
         let i = entries
             .iter()
             .position(|e| e == p7)
-            .ok_or("the offline signature is not in the image")?;
-        drop(img);
-        let report = image::verify(path, &self.pe_trust()).map_err(|e| e.to_string())?;
+            .ok_or_else(|| failed("the offline signature is not in the image"))?;
+        let report = image::verify(path, &self.pe_trust())?;
         if report.digest != crate::codec::hex(digest) {
-            return Err(format!(
+            return Err(failed(&format!(
                 "Authenticode digest {} is not the request's {}",
                 report.digest,
                 crate::codec::hex(digest)
-            ));
+            )));
         }
-        let r = report.signatures.get(i).ok_or("signature missing")?;
+        let r = report
+            .signatures
+            .get(i)
+            .ok_or_else(|| failed("signature missing"))?;
         if !(r.valid && r.trusted_by.is_some() && !r.revoked && report.ok) {
             let mut p = r.problems.clone();
             if p.is_empty() {
                 p.push("not trusted by the production anchors".into());
             }
-            return Err(p.join("; "));
+            return Err(failed(&p.join("; ")));
         }
         Ok(())
     }
@@ -2585,12 +2528,8 @@ impl Job<'_> {
         sigs.push(p7.clone());
         fsutil::remove_stale_temps(dest);
         let staged = img.stage_signed(&d, &sigs, dest)?;
-        self.pe_verifies(staged.tmp(), &p7, digest).map_err(|e| {
-            Error::Verify(format!(
-                "{}: the completed image does not verify: {e}",
-                self.src.display()
-            ))
-        })?;
+        self.pe_verifies(staged.tmp(), &p7, digest)
+            .map_err(|e| e.not_verified(&self.src, "the completed image"))?;
         Ok(Done::Staged(vec![staged]))
     }
 
@@ -2616,7 +2555,7 @@ impl Job<'_> {
         let dest = &self.outs[0];
         if dest.exists()
             && self.pe_verifies(dest, &p7, &done.digest).is_ok()
-            && uki_policy_ok(dest, key).is_ok()
+            && uki::check_pcr_policy(dest, &key.public.key_bits).is_ok()
         {
             return Ok(Done::Already);
         }
@@ -2661,13 +2600,8 @@ impl Job<'_> {
         img.write_signed_in_place(&d, std::slice::from_ref(&p7))?;
         let verified = self
             .pe_verifies(staged.tmp(), &p7, &done.digest)
-            .and_then(|()| uki_policy_ok(staged.tmp(), key));
-        verified.map_err(|e| {
-            Error::Verify(format!(
-                "{}: the completed UKI does not verify: {e}",
-                self.src.display()
-            ))
-        })?;
+            .and_then(|()| uki::check_pcr_policy(staged.tmp(), &key.public.key_bits));
+        verified.map_err(|e| e.not_verified(&self.src, "the completed UKI"))?;
         staged.sync()?;
         Ok(Done::Staged(vec![staged]))
     }
@@ -2693,12 +2627,8 @@ impl Job<'_> {
         if h != self.it.artifact_sha256 {
             return Err(changed(&self.src, &h, &self.it.artifact_sha256));
         }
-        self.auth_verifies(&auth, var, append).map_err(|e| {
-            Error::Verify(format!(
-                "{}: the completed update does not verify: {e}",
-                dest.display()
-            ))
-        })?;
+        self.auth_verifies(&auth, var, append)
+            .map_err(|e| e.not_verified(dest, "the completed update"))?;
         Ok(Done::Staged(vec![Staged::with_data(
             dest,
             fsutil::tag::TMP,
@@ -2708,19 +2638,12 @@ impl Job<'_> {
     }
 
     /// As `efivar verify --var V --cert ANCHOR` decides.
-    fn auth_verifies(
-        &self,
-        auth: &[u8],
-        var: SecureVar,
-        append: bool,
-    ) -> std::result::Result<(), String> {
-        let p = &self.outs[0];
-        let v = efivar::verify_auth(auth, p, Some((var, append)), self.anchors)
-            .map_err(|e| e.to_string())?;
+    fn auth_verifies(&self, auth: &[u8], var: SecureVar, append: bool) -> Result<()> {
+        let v = efivar::verify_auth(auth, &self.outs[0], Some((var, append)), self.anchors)?;
         if v.ok {
             Ok(())
         } else {
-            Err(v.problems.join("; "))
+            Err(Error::Verify(v.problems.join("; ")))
         }
     }
 
@@ -2772,12 +2695,8 @@ impl Job<'_> {
                 pem.as_bytes(),
                 fsutil::PUBLIC_MODE,
             )?;
-            self.guestos_verifies(&conf).map_err(|e| {
-                Error::Verify(format!(
-                    "{}: the completed manifest does not verify: {e}",
-                    self.src.display()
-                ))
-            })
+            self.guestos_verifies(&conf)
+                .map_err(|e| e.not_verified(&self.src, "the completed manifest"))
         })();
         let _ = fs::remove_dir_all(&staging);
         checked?;
@@ -2797,7 +2716,7 @@ impl Job<'_> {
         Ok(Done::Staged(staged))
     }
 
-    fn guestos_verifies(&self, conf: &Path) -> std::result::Result<(), String> {
+    fn guestos_verifies(&self, conf: &Path) -> Result<()> {
         let r = guestos::verify(
             conf,
             &guestos::VerifyOptions {
@@ -2805,10 +2724,9 @@ impl Job<'_> {
                 images: None,
                 check_time: true,
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         if !r.ok {
-            return Err(r.problems.join("; "));
+            return Err(Error::Verify(r.problems.join("; ")));
         }
         Ok(())
     }
@@ -2835,12 +2753,8 @@ impl Job<'_> {
         if csr::CsrFile::read(&self.src)?.der != self.it.tbs {
             return Err(changed(&self.src, &h, &self.it.artifact_sha256));
         }
-        self.cert_verifies().map_err(|e| {
-            Error::Verify(format!(
-                "{}: the issued certificate does not verify: {e}",
-                self.src.display()
-            ))
-        })?;
+        self.cert_verifies()
+            .map_err(|e| e.not_verified(&self.src, "the issued certificate"))?;
         Ok(Done::Staged(vec![Staged::with_data(
             dest,
             fsutil::tag::TMP,
@@ -2852,20 +2766,21 @@ impl Job<'_> {
     /// The certificate is for the CSR's key, is no CA, was issued by the
     /// role's certificate, and chains to a root of the anchors as `openssl
     /// verify` checks it.
-    fn cert_verifies(&self) -> std::result::Result<(), String> {
-        let p = &self.src;
-        let cert = x509::parse(self.result, p).map_err(|e| e.to_string())?;
+    fn cert_verifies(&self) -> Result<()> {
+        let cert = x509::parse(self.result, &self.src)?;
         let (_, req) = X509CertificationRequest::from_der(&self.it.tbs)
-            .map_err(|e| format!("the CSR: {e}"))?;
+            .map_err(|e| Error::input(&self.src, format!("the CSR: {e}")))?;
         if cert.public_key().raw != req.certification_request_info.subject_pki.raw {
-            return Err("the certificate is not for the CSR's key".into());
+            return Err(Error::Verify(
+                "the certificate is not for the CSR's key".into(),
+            ));
         }
         if x509::is_ca(&cert) {
-            return Err("the certificate is a CA".into());
+            return Err(Error::Verify("the certificate is a CA".into()));
         }
-        let issuer = x509::parse(&self.role.cert, p).map_err(|e| e.to_string())?;
+        let issuer = x509::parse(&self.role.cert, &self.src)?;
         x509::verify_signed_by(&cert, &issuer)
-            .map_err(|e| format!("not issued by the role's certificate: {e}"))?;
+            .map_err(|e| Error::Verify(format!("not issued by the role's certificate: {e}")))?;
         let carried: Vec<Vec<u8>> = std::iter::once(self.role.cert.clone())
             .chain(self.role.chain.iter().cloned())
             .collect();
@@ -2876,6 +2791,7 @@ impl Job<'_> {
             &chain::Rules::root(Some(OffsetDateTime::now_utc())),
         )
         .map(|_| ())
+        .map_err(Error::Verify)
     }
 }
 
@@ -2883,26 +2799,6 @@ impl Job<'_> {
 /// Everything is checked and staged before anything is renamed into place,
 /// so a refused item leaves every artifact as it was; items an earlier run
 /// completed are left alone.
-/// `path`'s `.pcrpkey` is `key` and every policy of its `.pcrsig` is signed
-/// by it for a phase of its own sections (as `uki show` checks).
-fn uki_policy_ok(path: &Path, key: &PcrKey) -> std::result::Result<(), String> {
-    let show = uki::show(path).map_err(|e| e.to_string())?;
-    if show.pcrpkey_fingerprint.as_deref()
-        != Some(pcr::key_fingerprint(&key.public.key_bits).as_str())
-    {
-        return Err(".pcrpkey is not the request's PCR key".into());
-    }
-    if !show.ok || show.policies.is_empty() {
-        let mut p = show.problems;
-        p.extend(show.policies.into_iter().flat_map(|p| p.problems));
-        if p.is_empty() {
-            p.push(".pcrsig holds no policy".into());
-        }
-        return Err(p.join("; "));
-    }
-    Ok(())
-}
-
 pub fn complete(opts: &CompleteOptions) -> Result<CompleteReport> {
     let resp = read_response(&opts.response)?;
     if let Some(rp) = &opts.request {
@@ -3048,7 +2944,7 @@ mod tests {
                 artifact: "a.efi".into(),
                 artifact_abs: "/b/a.efi".into(),
                 artifact_sha256: "1".repeat(64),
-                scheme: Some(scheme_name(s).into()),
+                scheme: Some(s.id()),
                 tbs: crate::codec::hex(&tbs),
                 pe: Some(PeParams {
                     authenticode_sha256: crate::codec::hex(&digest),

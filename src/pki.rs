@@ -1620,10 +1620,11 @@ pub fn check(
     warn_days: u32,
 ) -> Result<CheckReport> {
     // Load every role's certificate chain up front; a file that does not parse is a problem of that role.
-    let mut chains: Vec<std::result::Result<Vec<Vec<u8>>, String>> = vec![];
-    for r in &pki.roles {
-        chains.push(x509::read_certs(&r.cert).map_err(|e| e.to_string()));
-    }
+    let chains: Vec<Result<Vec<Vec<u8>>>> = pki
+        .roles
+        .iter()
+        .map(|r| x509::read_certs(&r.cert))
+        .collect();
     let mut by_subject: HashMap<String, usize> = HashMap::new();
     for (i, c) in chains.iter().enumerate() {
         if let Ok(c) = c {
@@ -1647,7 +1648,7 @@ pub fn check(
             ..Default::default()
         };
         match &chains[i] {
-            Err(e) => it.problems.push(e.clone()),
+            Err(e) => it.problems.push(e.to_string()),
             Ok(chain) => check_role(&ctx, r, chain, &mut it),
         }
         it.ok = it.problems.is_empty();
@@ -1694,7 +1695,7 @@ pub fn check(
 /// What every role check looks at besides the role itself.
 struct CheckCtx<'a> {
     pki: &'a Pki,
-    chains: &'a [std::result::Result<Vec<Vec<u8>>, String>],
+    chains: &'a [Result<Vec<Vec<u8>>>],
     by_subject: &'a HashMap<String, usize>,
     now: OffsetDateTime,
     password: Option<&'a str>,

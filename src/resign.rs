@@ -990,12 +990,8 @@ impl Job<'_> {
         let res = img
             .write_signed(&digest, &sigs, &staging)
             .and_then(|()| {
-                self.check_pe(&staging).map_err(|e| {
-                    Error::Verify(format!(
-                        "{}: the re-signed image does not verify: {e}",
-                        self.src.display()
-                    ))
-                })
+                self.check_pe(&staging)
+                    .map_err(|e| e.not_verified(self.src, "the re-signed image"))
             })
             .and_then(|()| plan::sha256_file(&staging))
             .and_then(|new| {
@@ -1064,12 +1060,8 @@ impl Job<'_> {
             },
         )?;
         img.write_signed_in_place(&digest, &[p7])?;
-        self.uki_done(staged.tmp(), pcr).map_err(|e| {
-            Error::Verify(format!(
-                "{}: the re-signed UKI does not verify: {e}",
-                self.src.display()
-            ))
-        })?;
+        self.uki_done(staged.tmp(), pcr)
+            .map_err(|e| e.not_verified(self.src, "the re-signed UKI"))?;
         let new = plan::sha256_file(staged.tmp())?;
         staged.sync()?;
         fsutil::publish(vec![staged])?;
@@ -1083,23 +1075,9 @@ impl Job<'_> {
 
     /// `path` is signed by the production key, trusted, and its `.pcrpkey`
     /// is the production PCR key with every policy signed by it.
-    fn uki_done(
-        &self,
-        path: &Path,
-        pcr: &dyn crate::keys::Signer,
-    ) -> std::result::Result<(), String> {
+    fn uki_done(&self, path: &Path, pcr: &dyn crate::keys::Signer) -> Result<()> {
         self.check_pe(path)?;
-        let show = crate::uki::show(path).map_err(|e| e.to_string())?;
-        let want = crate::uki::pcr::key_fingerprint(pcr.public_key());
-        if show.pcrpkey_fingerprint.as_deref() != Some(want.as_str()) {
-            return Err(".pcrpkey is not the production PCR key".into());
-        }
-        if !show.ok || show.policies.is_empty() {
-            let mut p = show.problems;
-            p.extend(show.policies.into_iter().flat_map(|p| p.problems));
-            return Err(p.join("; "));
-        }
-        Ok(())
+        crate::uki::check_pcr_policy(path, pcr.public_key())
     }
 
     fn by_build_key(&self, p7: &[u8]) -> bool {
@@ -1130,7 +1108,7 @@ impl Job<'_> {
         same && self.check_pe(path).is_ok()
     }
 
-    fn check_pe(&self, path: &Path) -> std::result::Result<(), String> {
+    fn check_pe(&self, path: &Path) -> Result<()> {
         let trust = Trust {
             certs: self
                 .p
@@ -1140,13 +1118,12 @@ impl Job<'_> {
                 .collect(),
             ..Trust::default()
         };
-        let report = image::verify(path, &trust).map_err(|e| e.to_string())?;
-        let img = PeImage::open(path).map_err(|e| e.to_string())?;
-        let entries = img.pkcs7_signatures().map_err(|e| e.to_string())?;
+        let report = image::verify(path, &trust)?;
+        let entries = PeImage::open(path)?.pkcs7_signatures()?;
         let mut ours = false;
         for (i, der) in entries.iter().enumerate() {
             if self.by_build_key(der) {
-                return Err(format!("signature {i} is still the build's"));
+                return Err(Error::Verify(format!("signature {i} is still the build's")));
             }
             let signer = authenticode::parse(der, path)
                 .ok()
@@ -1156,15 +1133,15 @@ impl Job<'_> {
                 if r.valid && r.trusted_by.is_some() && !r.revoked {
                     ours = true;
                 } else {
-                    return Err(r.problems.join("; "));
+                    return Err(Error::Verify(r.problems.join("; ")));
                 }
             }
         }
         if !ours || !report.ok {
-            return Err(format!(
+            return Err(Error::Verify(format!(
                 "no valid signature by '{}' trusted by the production anchors",
                 self.p.subject
-            ));
+            )));
         }
         Ok(())
     }
@@ -1245,12 +1222,8 @@ impl Job<'_> {
                 verity: false,
             },
         )?;
-        self.check_guestos(&conf).map_err(|e| {
-            Error::Verify(format!(
-                "{}: the re-signed manifest does not verify: {e}",
-                self.src.display()
-            ))
-        })?;
+        self.check_guestos(&conf)
+            .map_err(|e| e.not_verified(self.src, "the re-signed manifest"))?;
         let new = plan::sha256_file(&guestos::GuestOsConfig::sibling(&conf, "sig"))?;
         // The certificate before the signature: a crash in between leaves a
         // pair that fails verification, which the next run redoes.
@@ -1268,7 +1241,7 @@ impl Job<'_> {
         Ok(new)
     }
 
-    fn check_guestos(&self, conf: &Path) -> std::result::Result<(), String> {
+    fn check_guestos(&self, conf: &Path) -> Result<()> {
         let r = guestos::verify(
             conf,
             &guestos::VerifyOptions {
@@ -1276,15 +1249,16 @@ impl Job<'_> {
                 images: None,
                 check_time: true,
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         if !r.ok {
-            return Err(r.problems.join("; "));
+            return Err(Error::Verify(r.problems.join("; ")));
         }
-        let first = x509::read_certs(&guestos::GuestOsConfig::sibling(conf, "cert"))
-            .map_err(|e| e.to_string())?;
+        let first = x509::read_certs(&guestos::GuestOsConfig::sibling(conf, "cert"))?;
         if first.first() != Some(&self.p.id.cert) {
-            return Err(format!("signed by '{}', not the production key", r.signer));
+            return Err(Error::Verify(format!(
+                "signed by '{}', not the production key",
+                r.signer
+            )));
         }
         Ok(())
     }

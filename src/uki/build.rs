@@ -227,7 +227,7 @@ impl Stub {
             let start = s.raw_offset as usize;
             let len = s.virtual_size.min(s.raw_size) as usize;
             let data = bytes.get(start..start + len).unwrap_or_default();
-            super::parse_sdmagic(data).map_err(bad)?
+            super::parse_sdmagic(data, path)?
         };
         Ok(Stub {
             path: path.to_path_buf(),

@@ -212,21 +212,23 @@ pub struct StubVersion {
     pub major: u32,
 }
 
-/// Parse the content of `.sdmagic`.
-pub fn parse_sdmagic(data: &[u8]) -> std::result::Result<StubVersion, String> {
+/// Parse the content of `.sdmagic` of the stub or UKI at `path`.
+pub fn parse_sdmagic(data: &[u8], path: &Path) -> Result<StubVersion> {
     let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-    let text = std::str::from_utf8(&data[..end]).map_err(|_| ".sdmagic is not text".to_string())?;
-    let rest = text
-        .split("systemd-stub ")
-        .nth(1)
-        .ok_or_else(|| format!(".sdmagic '{}' names no systemd-stub", text.escape_debug()))?;
+    let text = std::str::from_utf8(&data[..end])
+        .map_err(|_| Error::input(path, ".sdmagic is not text"))?;
+    let rest = text.split("systemd-stub ").nth(1).ok_or_else(|| {
+        let m = format!(".sdmagic '{}' names no systemd-stub", text.escape_debug());
+        Error::input(path, m)
+    })?;
     let version = rest.split_whitespace().next().unwrap_or("").to_string();
     let digits: String = version.chars().take_while(|c| c.is_ascii_digit()).collect();
     let major = digits.parse::<u32>().map_err(|_| {
-        format!(
+        let m = format!(
             ".sdmagic version '{}' has no number",
             version.escape_debug()
-        )
+        );
+        Error::input(path, m)
     })?;
     Ok(StubVersion { version, major })
 }
@@ -367,7 +369,7 @@ impl Uki {
             Error::input(&self.path, "no .sdmagic section: not a systemd-stub image")
         })?;
         let data = self.read_small(s)?;
-        parse_sdmagic(&data).map_err(|m| Error::input(&self.path, m))
+        parse_sdmagic(&data, &self.path)
     }
 
     /// The digests, in `banks`, of the sections `rules`' stub measures, in
@@ -573,6 +575,25 @@ pub fn show(path: &Path) -> Result<ShowReport> {
     Ok(report)
 }
 
+/// `path`'s `.pcrpkey` is the key `key_bits` (subjectPublicKey bits) and
+/// every policy of its `.pcrsig` verifies with it, as `uki show` checks.
+pub fn check_pcr_policy(path: &Path, key_bits: &[u8]) -> Result<()> {
+    let show = show(path)?;
+    let failed = |m: String| Err(Error::Verify(format!("{}: {m}", path.display())));
+    if show.pcrpkey_fingerprint.as_deref() != Some(pcr::key_fingerprint(key_bits).as_str()) {
+        return failed(".pcrpkey is not the expected PCR key".into());
+    }
+    if !show.ok || show.policies.is_empty() {
+        let mut p = show.problems;
+        p.extend(show.policies.into_iter().flat_map(|p| p.problems));
+        if p.is_empty() {
+            p.push(".pcrsig holds no policy".into());
+        }
+        return failed(p.join("; "));
+    }
+    Ok(())
+}
+
 /// A public key from a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKey {
@@ -604,20 +625,18 @@ pub fn public_key_from_pem(pem_bytes: &[u8]) -> std::result::Result<PublicKey, S
 
 /// Verify a policy signature made with `bank`'s hash.
 pub fn verify_policy_sig(key: &PublicKey, bank: Bank, pol: &[u8], sig: &[u8]) -> bool {
-    use crate::pkcs7::Hash;
     use crate::sigalg::{self, KeyKind, Scheme};
     use x509_parser::prelude::FromDer;
     let Ok((_, spki)) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&key.spki_der) else {
         return false;
     };
     let kind = sigalg::key_kind(&spki);
-    let hash = match bank {
-        Bank::Sha256 => Hash::Sha256,
-        Bank::Sha384 => Hash::Sha384,
-        Bank::Sha512 => Hash::Sha512,
-        Bank::Sha1 => {
+    let rsa = matches!(kind, Some(KeyKind::Rsa | KeyKind::RsaPss));
+    let hash = match bank.sig_hash() {
+        Some(h) => h,
+        None => {
             // Legacy: systemd-measure signs the sha1 bank with RSA-SHA1.
-            return kind == Some(KeyKind::Rsa)
+            return rsa
                 && aws_lc_rs::signature::UnparsedPublicKey::new(
                     &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
                     &key.key_bits,
@@ -627,9 +646,9 @@ pub fn verify_policy_sig(key: &PublicKey, bank: Bank, pol: &[u8], sig: &[u8]) ->
         }
     };
     let scheme = match kind {
-        Some(KeyKind::Rsa) => Scheme::RsaPkcs1(hash),
-        Some(_) => Scheme::Ecdsa(hash),
         None => return false,
+        Some(_) if rsa => Scheme::RsaPkcs1(hash),
+        Some(_) => Scheme::Ecdsa(hash),
     };
     sigalg::verify(&spki, scheme, pol, sig).is_ok()
 }
@@ -743,11 +762,12 @@ mod tests {
 
     #[test]
     fn sdmagic_parses_debian_stub() {
-        let v = parse_sdmagic(b"#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####\0").unwrap();
+        let p = Path::new("stub.efi");
+        let v = parse_sdmagic(b"#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####\0", p).unwrap();
         assert_eq!(v.major, 252);
         assert_eq!(v.version, "252.39-1~deb12u2");
-        assert!(parse_sdmagic(b"#### LoaderInfo: systemd-boot 252 ####").is_err());
-        assert!(parse_sdmagic(b"systemd-stub x").is_err());
+        assert!(parse_sdmagic(b"#### LoaderInfo: systemd-boot 252 ####", p).is_err());
+        assert!(parse_sdmagic(b"systemd-stub x", p).is_err());
         assert!(stub_rules(251).is_none() && stub_rules(258).is_none());
         assert_eq!(known_stub_versions(), "252-257");
     }
@@ -774,8 +794,8 @@ mod tests {
                 .collect();
             assert_eq!(later, w[0].measured);
         }
-        let v = |s: &str| parse_sdmagic(format!("systemd-stub {s}").as_bytes()).unwrap();
         let p = Path::new("x.efi");
+        let v = |s: &str| parse_sdmagic(format!("systemd-stub {s}").as_bytes(), p).unwrap();
         let old = stub_rules(254).unwrap();
         assert_eq!(old.role(".linuxfoo"), Some(".linux"));
         let err = old.check_names([".linuxfoo"], &v("254.1"), p).unwrap_err();

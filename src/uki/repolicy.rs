@@ -124,7 +124,7 @@ pub fn plan(path: &Path, new_spki: &[u8]) -> Result<Repolicy> {
     }
     let banks: Vec<Bank> = old_sig.keys().filter_map(|b| b.parse().ok()).collect();
     for b in &banks {
-        b.sig_scheme()?;
+        b.signing_hash()?;
     }
 
     // One pass: the file's hash, the Authenticode prefix of the new image
