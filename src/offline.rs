@@ -1353,6 +1353,19 @@ pub fn artifacts_from_plan(plan_path: &Path) -> Result<Vec<Artifact>> {
     for r in records {
         let kind = match r.kind {
             plan::Kind::Pe => Kind::Pe,
+            plan::Kind::Uki => {
+                // The build's PKI, if it is a development one, must not have
+                // signed the PCR policy the production signature would cover.
+                let dev: Vec<PathBuf> = match &r.pki {
+                    Some(p) if matches!(crate::release::development_dir(p), Ok(Some(_))) => {
+                        vec![p.clone()]
+                    }
+                    _ => vec![],
+                };
+                let pkfp = r.pcr_key_fingerprint.as_deref().unwrap_or_default();
+                crate::uki::check_resignable(&r.output_abs, pkfp, &dev)?;
+                Kind::Pe
+            }
             plan::Kind::Guestos => Kind::Guestos,
         };
         let mut path = r.output_abs.clone();

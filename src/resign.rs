@@ -320,7 +320,7 @@ fn build_certs(records: &[Record], plan_dir: &Path) -> Vec<Vec<u8>> {
     for rec in records {
         let src = locate(rec, plan_dir);
         let found: Vec<Vec<u8>> = match rec.kind {
-            Kind::Pe => PeImage::open(&src)
+            Kind::Pe | Kind::Uki => PeImage::open(&src)
                 .and_then(|img| img.pkcs7_signatures())
                 .map(|sigs| {
                     sigs.iter()
@@ -686,6 +686,12 @@ pub fn run(opts: &Options) -> Result<Report> {
         }
     }
     let dev = dev_certs(&opts.dev_pki, &plan_pkis, &mut warnings)?;
+    let mut dev_dirs: Vec<PathBuf> = vec![];
+    for c in &dev {
+        if !dev_dirs.contains(&c.dir) {
+            dev_dirs.push(c.dir.clone());
+        }
+    }
     // The build's own keys, by public key: also those signed with --key/--cert.
     let built_with = build_certs(&records, &fsutil::parent_dir(&plan::absolute(&opts.plan)?));
     let mut anchors_of: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
@@ -727,6 +733,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                 src: &sources[i],
                 dest: &dests[i],
                 p: &prod[&entry_of[i]],
+                dev_dirs: &dev_dirs,
                 out_dir: opts.out_dir.is_some(),
                 dry_run: opts.dry_run,
                 signing_time: opts.signing_time,
@@ -755,6 +762,7 @@ impl Job<'_> {
     fn report(&self) -> ArtifactReport {
         let res = match self.rec.kind {
             Kind::Pe => self.pe(),
+            Kind::Uki => self.uki(),
             Kind::Guestos => self.guestos(),
         };
         let mut a = ArtifactReport {
@@ -798,6 +806,8 @@ struct Job<'a> {
     src: &'a Path,
     dest: &'a Path,
     p: &'a Production,
+    /// The development PKIs, whose PCR keys a UKI's policy must not be signed with.
+    dev_dirs: &'a [PathBuf],
     out_dir: bool,
     dry_run: bool,
     signing_time: Option<OffsetDateTime>,
@@ -919,6 +929,14 @@ impl Job<'_> {
                 Err(e)
             }
         }
+    }
+
+    /// A UKI whose PCR policy the build signed: re-signed as a PE image,
+    /// unless a development PCR key signed that policy.
+    fn uki(&self) -> Result<Outcome> {
+        let pkfp = self.rec.pcr_key_fingerprint.as_deref().unwrap_or_default();
+        crate::uki::check_resignable(self.src, pkfp, self.dev_dirs)?;
+        self.pe()
     }
 
     fn by_build_key(&self, p7: &[u8]) -> bool {

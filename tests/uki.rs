@@ -799,3 +799,165 @@ fn pcr_key_in_a_pkcs11_token_signs_the_same_policy() {
     );
     ok(run_in(d, &["uki", "show", "hsm.efi"]));
 }
+
+/// `uki build --plan` records the UKI; `resign` and `offline request` refuse
+/// it while its PCR policy is signed by the development PCR key (re-signing
+/// only replaces the Authenticode signature), and re-sign it when the policy
+/// key is a production one: sbverify accepts the release signature and the
+/// policy still verifies with openssl.
+#[test]
+fn plan_records_the_uki_and_resign_refuses_a_development_pcr_policy() {
+    if system_file(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let tmp = setup();
+    let d = tmp.path();
+    ok(run_in(
+        d,
+        &["pki", "init", "--dir", "rel", "--key-type", "ec:prime256v1"],
+    ));
+    fs::write(
+        d.join("keys.json"),
+        r#"{ "trust": ["rel/ssig_rootca.cert"],
+             "ssig_subca": {"key": "rel/ssig_subca.key", "cert": "rel/ssig_subca.cert"} }"#,
+    )
+    .unwrap();
+    ok(build(d, "dev.efi", &["--plan", "dev-plan.json"], &[]));
+    let rec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(d.join("dev-plan.json")).unwrap()).unwrap();
+    assert_eq!(rec["kind"], "uki", "{rec}");
+    assert_eq!(rec["output"], "dev.efi");
+    assert_eq!(rec["artifact"], STUB, "the stub it was built on");
+    let show = json(run_in(d, &["uki", "show", "dev.efi", "--json"]));
+    assert_eq!(rec["pcr_key_fingerprint"], show["pcrpkey_fingerprint"]);
+    let err = fails(
+        run_in(
+            d,
+            &[
+                "resign",
+                "--plan",
+                "dev-plan.json",
+                "--keys",
+                "keys.json",
+                "--out-dir",
+                "out",
+            ],
+        ),
+        2,
+    );
+    assert!(err.contains("development PCR key"), "{err}");
+    assert!(!d.join("out/dev.efi").exists());
+    let err = fails(
+        run_in(
+            d,
+            &[
+                "offline",
+                "request",
+                "--plan",
+                "dev-plan.json",
+                "--keys",
+                "keys.json",
+                "-o",
+                "req.json",
+            ],
+        ),
+        2,
+    );
+    assert!(err.contains("development PCR key"), "{err}");
+
+    // The PCR key is already the production one: only Authenticode is re-signed.
+    peer_ok(
+        &openssl(),
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "rel/pcr.pem",
+        ],
+        d,
+    );
+    peer_ok(
+        &openssl(),
+        &[
+            "pkey",
+            "-in",
+            "rel/pcr.pem",
+            "-pubout",
+            "-out",
+            "rel/pcr.pub",
+        ],
+        d,
+    );
+    let mut args: Vec<&str> = BUILD
+        .iter()
+        .copied()
+        .filter(|a| *a != "--pcr-role")
+        .collect();
+    args.retain(|a| *a != "tpm2-pcr");
+    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
+    args.extend([
+        "--linux",
+        &linux,
+        "--os-release",
+        &osrel,
+        "-o",
+        "prod.efi",
+        "--pcr-key",
+        "rel/pcr.pem",
+        "--plan",
+        "prod-plan.json",
+    ]);
+    ok(run_in(d, &args));
+    ok(run_in(
+        d,
+        &[
+            "resign",
+            "--plan",
+            "prod-plan.json",
+            "--keys",
+            "keys.json",
+            "--out-dir",
+            "out",
+        ],
+    ));
+    if let Some(sbverify) = peer("sbverify") {
+        peer_ok(
+            &openssl(),
+            &["x509", "-in", "rel/ssig_subca.cert", "-out", "rel.pem"],
+            d,
+        );
+        peer_ok(&sbverify, &["--cert", "rel.pem", "out/prod.efi"], d);
+    }
+    // The policy the build signed is still there and verifies.
+    extract(d, "out/prod.efi", "s");
+    let sig: serde_json::Value =
+        serde_json::from_slice(&fs::read(d.join("s/pcrsig")).unwrap()).unwrap();
+    let first = &sig["sha256"][0];
+    fs::write(d.join("pol.b64"), first["sig"].as_str().unwrap()).unwrap();
+    peer_ok(
+        &openssl(),
+        &["base64", "-d", "-A", "-in", "pol.b64", "-out", "pol.sig"],
+        d,
+    );
+    let pol: Vec<u8> = (0..first["pol"].as_str().unwrap().len() / 2)
+        .map(|i| u8::from_str_radix(&first["pol"].as_str().unwrap()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    fs::write(d.join("pol.bin"), pol).unwrap();
+    let t = peer_ok(
+        &openssl(),
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "rel/pcr.pub",
+            "-signature",
+            "pol.sig",
+            "pol.bin",
+        ],
+        d,
+    );
+    assert!(t.contains("Verified OK"), "{t}");
+}
