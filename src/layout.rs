@@ -62,12 +62,69 @@ pub struct TokenKey {
     pub uri: String,
 }
 
-/// One file to copy: PKI file (relative), exported name, private, input kind.
+/// One file to copy: PKI file (relative), exported name, what it must be.
 struct Copy {
     from: String,
     name: String,
-    private: bool,
-    kind: InputKind,
+    what: What,
+    group: String,
+}
+
+/// What a file must be; checked before anything is written, so a broken
+/// PKI is refused rather than exported.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum What {
+    Key,
+    Cert,
+    PublicKey,
+    Esl,
+    Auth,
+}
+
+impl What {
+    fn input_kind(self) -> InputKind {
+        match self {
+            What::Key => InputKind::Key,
+            What::Cert | What::PublicKey => InputKind::Certificate,
+            What::Esl => InputKind::Esl,
+            What::Auth => InputKind::Auth,
+        }
+    }
+}
+
+impl Copy {
+    fn private(&self) -> bool {
+        self.what == What::Key
+    }
+
+    /// Parse `data` as what it must be; the SubjectPublicKeyInfo of a key,
+    /// certificate or public key.
+    fn check(&self, data: &[u8], path: &Path) -> Result<Option<Vec<u8>>> {
+        Ok(match self.what {
+            What::Key => {
+                let signer = crate::identity::load_signer(path, None)?;
+                Some(crate::x509::spki_der(signer.as_ref()))
+            }
+            What::Cert => {
+                let certs = crate::x509::parse_certs(data, path)?;
+                let cert = crate::x509::parse(&certs[0], path)?;
+                Some(cert.public_key().raw.to_vec())
+            }
+            What::PublicKey => Some(
+                crate::uki::public_key_from_pem(data)
+                    .map_err(|m| Error::input(path, m))?
+                    .spki_der,
+            ),
+            What::Esl => {
+                crate::efivar::parse_esl(data, path)?;
+                None
+            }
+            What::Auth => {
+                crate::efivar::parse_auth(data, path)?;
+                None
+            }
+        })
+    }
 }
 
 /// The UEFI roles and the names Kairos gives them.
@@ -88,10 +145,26 @@ pub fn export(pki_dir: &Path, layout: Layout, out: &Path) -> Result<ExportReport
         }
     }
     let (copies, token_keys) = kairos_files(pki_dir)?;
-    // Everything is read before anything is written.
+    // Everything is read and checked before anything is written: each file
+    // is what it must be, and each key belongs to its certificate.
     let mut contents = Vec::with_capacity(copies.len());
+    let mut spki_of: Vec<(&str, Vec<u8>, &str)> = vec![];
     for c in &copies {
-        contents.push(fsutil::read_input(&pki_dir.join(&c.from), c.kind)?);
+        let path = pki_dir.join(&c.from);
+        let data = fsutil::read_input(&path, c.what.input_kind())?;
+        if let Some(spki) = c.check(&data, &path)? {
+            if let Some((_, first, other)) = spki_of.iter().find(|(g, _, _)| *g == c.group) {
+                if *first != spki {
+                    return Err(Error::input(
+                        &path,
+                        format!("its public key is not that of {other}"),
+                    ));
+                }
+            } else {
+                spki_of.push((c.group.as_str(), spki, c.from.as_str()));
+            }
+        }
+        contents.push(data);
     }
     let out = std::path::absolute(out).at(out)?;
     match fs::read_dir(&out) {
@@ -112,7 +185,7 @@ pub fn export(pki_dir: &Path, layout: Layout, out: &Path) -> Result<ExportReport
     // Private from the start: keys go in (the umask can only narrow 0700).
     fs::DirBuilder::new().mode(0o700).create(&tmp).at(&tmp)?;
     let written = copies.iter().zip(&contents).try_for_each(|(c, data)| {
-        let mode = if c.private {
+        let mode = if c.private() {
             fsutil::KEY_MODE
         } else {
             fsutil::PUBLIC_MODE
@@ -135,9 +208,9 @@ pub fn export(pki_dir: &Path, layout: Layout, out: &Path) -> Result<ExportReport
         files: copies
             .into_iter()
             .map(|c| ExportedFile {
+                private: c.private(),
                 name: c.name,
                 from: c.from,
-                private: c.private,
             })
             .collect(),
         token_keys,
@@ -159,11 +232,12 @@ fn kairos_files(pki_dir: &Path) -> Result<(Vec<Copy>, Vec<TokenKey>)> {
     let inv = Inventory::load(pki_dir)?;
     let mut copies = vec![];
     let mut tokens = vec![];
-    let file = |from: String, name: String, private: bool, kind: InputKind| Copy {
+    // The files of one key (its key, certificates or public key) share a group.
+    let file = |from: String, name: String, what: What, group: &str| Copy {
         from,
         name,
-        private,
-        kind,
+        what,
+        group: group.to_string(),
     };
     for (role, name) in KAIROS_ROLES {
         let r = inv.roles.iter().find(|r| r.role == role).ok_or_else(|| {
@@ -177,9 +251,7 @@ fn kairos_files(pki_dir: &Path) -> Result<(Vec<Copy>, Vec<TokenKey>)> {
                 name: format!("{name}.key"),
                 uri: uri.clone(),
             }),
-            (None, Some(k)) => {
-                copies.push(file(k.clone(), format!("{name}.key"), true, InputKind::Key))
-            }
+            (None, Some(k)) => copies.push(file(k.clone(), format!("{name}.key"), What::Key, role)),
             (None, None) => {
                 return Err(Error::input(
                     &manifest,
@@ -187,43 +259,32 @@ fn kairos_files(pki_dir: &Path) -> Result<(Vec<Copy>, Vec<TokenKey>)> {
                 ))
             }
         }
-        copies.push(file(
-            r.files.cert.clone(),
-            format!("{name}.pem"),
-            false,
-            InputKind::Certificate,
-        ));
         let der = r.files.der.clone().ok_or_else(|| {
             Error::input(&manifest, format!("role {role} has no DER certificate"))
         })?;
         copies.push(file(
-            der,
-            format!("{name}.der"),
-            false,
-            InputKind::Certificate,
+            r.files.cert.clone(),
+            format!("{name}.pem"),
+            What::Cert,
+            role,
         ));
+        copies.push(file(der, format!("{name}.der"), What::Cert, role));
         copies.push(file(
             format!("{role}.esl"),
             format!("{name}.esl"),
-            false,
-            InputKind::Esl,
+            What::Esl,
+            role,
         ));
         copies.push(file(
             format!("{role}.auth"),
             format!("{name}.auth"),
-            false,
-            InputKind::Auth,
+            What::Auth,
+            role,
         ));
     }
-    for ext in ["esl", "auth"] {
-        let from = format!("dbx.{ext}");
-        if pki_dir.join(&from).is_file() {
-            let kind = if ext == "esl" {
-                InputKind::Esl
-            } else {
-                InputKind::Auth
-            };
-            copies.push(file(from.clone(), from, false, kind));
+    for (from, what) in [("dbx.esl", What::Esl), ("dbx.auth", What::Auth)] {
+        if pki_dir.join(from).is_file() {
+            copies.push(file(from.into(), from.into(), what, "dbx"));
         }
     }
     let pcr = |kind: &str| inv.files.iter().find(|f| f.kind == kind);
@@ -235,8 +296,8 @@ fn kairos_files(pki_dir: &Path) -> Result<(Vec<Copy>, Vec<TokenKey>)> {
         Some(f) => copies.push(file(
             f.path.clone(),
             "tpm2-pcr-private.pem".into(),
-            true,
-            InputKind::Key,
+            What::Key,
+            "pcr",
         )),
         None => {
             return Err(Error::input(
@@ -249,8 +310,8 @@ fn kairos_files(pki_dir: &Path) -> Result<(Vec<Copy>, Vec<TokenKey>)> {
         copies.push(file(
             f.path.clone(),
             "tpm2-pcr-public.pem".into(),
-            false,
-            InputKind::Certificate,
+            What::PublicKey,
+            "pcr",
         ));
     }
     Ok((copies, tokens))

@@ -192,6 +192,40 @@ fn export_refuses_what_it_cannot_do_in_one_line() {
     fs::create_dir(d.join("empty")).unwrap();
     ok(run_in(d, &["pki", "export", "--layout", "kairos", "empty"]));
     assert!(d.join("empty/db.key").is_file());
+    // A broken PKI is refused, not exported: a certificate that is not its
+    // key's, a certificate that does not parse.
+    for (file, from, what) in [
+        ("DB.crt", Some("KEK.crt"), "is not that of DB.key"),
+        ("KEK.cer", None, "KEK.cer"),
+    ] {
+        let bad = d.join("pki-bad");
+        let _ = fs::remove_dir_all(&bad);
+        fs::create_dir(&bad).unwrap();
+        for e in fs::read_dir(d.join("pki")).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                fs::copy(e.path(), bad.join(e.file_name())).unwrap();
+            }
+        }
+        match from {
+            Some(f) => fs::copy(bad.join(f), bad.join(file)).map(|_| ()),
+            None => fs::write(bad.join(file), b"\x30\x03\x02\x01"),
+        }
+        .unwrap();
+        let err = fails(
+            run_in(
+                d,
+                &[
+                    "pki", "export", "--dir", "pki-bad", "--layout", "kairos", "k2",
+                ],
+            ),
+            2,
+        );
+        assert!(err.contains(what), "{file}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!d.join("k2").exists());
+    }
+    fs::remove_dir_all(d.join("pki-bad")).unwrap();
     // Release mode: a development PKI's keys would sign releases.
     let err = fails(
         run_in(
