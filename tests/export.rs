@@ -11,27 +11,12 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use common::*;
 
 /// SOURCE_DATE_EPOCH of the PKI, as sign-efi-sig-list -t wants it.
 const EPOCH: &str = "1700000000";
 const EPOCH_TIME: &str = "2023-11-14 22:13:20";
-
-fn run_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(bin());
-    c.args(args).current_dir(cwd);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PKI_SIGNER_") && k != "PKI_SIGNER_REQUIRE_PEERS"
-            || k == "SOURCE_DATE_EPOCH"
-        {
-            c.env_remove(k);
-        }
-    }
-    c.envs(env.iter().copied());
-    c.output().expect("run pki-signer")
-}
 
 fn mode(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o777

@@ -700,19 +700,7 @@ fn release_mode_refuses_the_development_pcr_key() {
     let err = fails(run_in(d, &a), 2);
     assert!(err.contains("release mode refuses"), "{err}");
     // A fresh PCR key is fine.
-    peer_ok(
-        &openssl(),
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            "prod/pcr2.pem",
-        ],
-        d,
-    );
+    openssl_rsa_key(d, "prod/pcr2.pem");
     let mut a = args.clone();
     a.extend(["--pcr-key", "prod/pcr2.pem"]);
     ok(run_in(d, &a));
@@ -866,19 +854,7 @@ fn plan_records_the_uki_and_resign_refuses_a_development_pcr_policy() {
     assert!(err.contains("development PCR key"), "{err}");
 
     // The PCR key is already the production one: only Authenticode is re-signed.
-    peer_ok(
-        &openssl(),
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            "rel/pcr.pem",
-        ],
-        d,
-    );
+    openssl_rsa_key(d, "rel/pcr.pem");
     peer_ok(
         &openssl(),
         &[

@@ -114,7 +114,7 @@ pub(super) enum UkiCmd {
     /// and Authenticode-sign the result.
     Build {
         #[command(flatten)]
-        parts: PartArgs,
+        parts: Box<PartArgs>,
         /// The signed UKI to write.
         #[arg(short, long)]
         output: PathBuf,
