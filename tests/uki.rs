@@ -100,6 +100,34 @@ fn build(d: &Path, out: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
     run_env(d, env, &args)
 }
 
+/// `build` with the PCR key `pcr_key` (`--pcr-key`) in place of `--pcr-role tpm2-pcr`.
+fn build_pcr_key(
+    d: &Path,
+    out: &str,
+    pcr_key: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
+    let mut args: Vec<&str> = BUILD
+        .iter()
+        .copied()
+        .filter(|a| *a != "--pcr-role" && *a != "tpm2-pcr")
+        .collect();
+    args.extend([
+        "--linux",
+        &linux,
+        "--os-release",
+        &osrel,
+        "-o",
+        out,
+        "--pcr-key",
+        pcr_key,
+    ]);
+    args.extend(extra);
+    run_env(d, env, &args)
+}
+
 /// The sections of `uki` as Python reads them, in `d/dir`.
 fn extract(d: &Path, uki: &str, dir: &str) -> Vec<String> {
     let py = peer("python3").expect("python3");
@@ -620,23 +648,7 @@ fn usage_and_input_errors_are_one_line() {
         ],
         d,
     );
-    let mut args: Vec<&str> = BUILD
-        .iter()
-        .copied()
-        .filter(|a| *a != "--pcr-role" && *a != "tpm2-pcr")
-        .collect();
-    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
-    args.extend([
-        "--linux",
-        &linux,
-        "--os-release",
-        &osrel,
-        "-o",
-        "uki.efi",
-        "--pcr-key",
-        "ec.pem",
-    ]);
-    let err = fails(run_in(d, &args), 2);
+    let err = fails(build_pcr_key(d, "uki.efi", "ec.pem", &[], &[]), 2);
     assert!(err.contains("RSA"), "{err}");
     // A device as an input.
     let err = fails(build(d, "uki.efi", &["--splash", "/dev/zero"], &[]), 2);
@@ -764,23 +776,13 @@ fn pcr_key_in_a_pkcs11_token_signs_the_same_policy() {
     // The file key, then the same key in the token: RSA PKCS#1 v1.5 is
     // deterministic, so .pcrsig (and the whole UKI) are identical.
     ok(build(d, "file.efi", &[], &env));
-    let mut args: Vec<&str> = BUILD
-        .iter()
-        .copied()
-        .filter(|a| *a != "--pcr-role" && *a != "tpm2-pcr")
-        .collect();
-    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
-    args.extend([
-        "--linux",
-        &linux,
-        "--os-release",
-        &osrel,
-        "-o",
+    ok(build_pcr_key(
+        d,
         "hsm.efi",
-        "--pcr-key",
         "pkcs11:token=uki;object=pcr",
-    ]);
-    ok(run_env(d, &env, &args));
+        &[],
+        &env,
+    ));
     assert!(
         fs::read(d.join("file.efi")).unwrap() == fs::read(d.join("hsm.efi")).unwrap(),
         "same UKI with the PCR key in a token"
@@ -867,26 +869,13 @@ fn plan_records_the_uki_and_resign_refuses_a_development_pcr_policy() {
         ],
         d,
     );
-    let mut args: Vec<&str> = BUILD
-        .iter()
-        .copied()
-        .filter(|a| *a != "--pcr-role")
-        .collect();
-    args.retain(|a| *a != "tpm2-pcr");
-    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
-    args.extend([
-        "--linux",
-        &linux,
-        "--os-release",
-        &osrel,
-        "-o",
+    ok(build_pcr_key(
+        d,
         "prod.efi",
-        "--pcr-key",
         "rel/pcr.pem",
-        "--plan",
-        "prod-plan.json",
-    ]);
-    ok(run_in(d, &args));
+        &["--plan", "prod-plan.json"],
+        &[],
+    ));
     ok(run_in(
         d,
         &[
