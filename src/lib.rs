@@ -14,6 +14,7 @@ pub mod guestos;
 pub mod identity;
 pub mod image;
 pub mod keys;
+pub mod layout;
 pub mod lifecycle;
 pub mod offline;
 pub mod oid;

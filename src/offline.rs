@@ -1377,6 +1377,10 @@ pub struct Artifact {
     pub drop_signers: Vec<String>,
     /// `pe`: overrides [`RequestOptions::existing`].
     pub existing: Option<Existing>,
+    /// `pe` from a signing plan: the build's development PKIs. Without a
+    /// production PCR key a UKI keeps its PCR policy, but only if none of
+    /// their PCR keys signed it.
+    pub dev_pki: Option<Vec<PathBuf>>,
 }
 
 impl Artifact {
@@ -1388,6 +1392,7 @@ impl Artifact {
             var: None,
             drop_signers: vec![],
             existing: None,
+            dev_pki: None,
         }
     }
 }
@@ -1525,7 +1530,15 @@ fn make_item(
         Kind::Pe | Kind::Uki => {
             let img = PeImage::open(path)?;
             if img.info().sections.iter().any(|s| s.name == ".pcrsig") {
-                return uki_item(item, a, role, pcr, signing_time, opts, &img);
+                match (pcr, &a.dev_pki) {
+                    // Without the production PCR key, a plan's UKI keeps its
+                    // policy if no development PCR key signed it.
+                    (None, Some(dev)) => {
+                        let pkfp = uki::pcrpkey_fingerprint(path)?;
+                        uki::check_resignable(path, &pkfp, dev)?;
+                    }
+                    _ => return uki_item(item, a, role, pcr, signing_time, opts, &img),
+                }
             }
             let existing = a.existing.unwrap_or(opts.existing);
             kept_signatures(&img, path, existing, &a.drop_signers)?;
@@ -1730,6 +1743,7 @@ pub fn artifacts_from_plan(plan_path: &Path) -> Result<Vec<Artifact>> {
     for r in records {
         let kind = match r.kind {
             plan::Kind::Pe => Kind::Pe,
+            plan::Kind::Uki => Kind::Pe,
             plan::Kind::Guestos => Kind::Guestos,
         };
         let mut path = r.output_abs.clone();
@@ -1746,6 +1760,12 @@ pub fn artifacts_from_plan(plan_path: &Path) -> Result<Vec<Artifact>> {
         if kind == Kind::Pe {
             a.drop_signers = vec![r.key_fingerprint.to_ascii_lowercase()];
             a.existing = Some(Existing::Append);
+            a.dev_pki = Some(match &r.pki {
+                Some(p) if matches!(crate::release::development_dir(p), Ok(Some(_))) => {
+                    vec![p.clone()]
+                }
+                _ => vec![],
+            });
         }
         match pos.get(&r.output_abs) {
             Some(&i) => out[i] = a,

@@ -28,6 +28,13 @@ pub enum Kind {
     Pe,
     /// A GuestOS manifest; `output` is NAME.conf, signed by NAME.sig + NAME.cert.
     Guestos,
+    /// A UKI `uki build` made with a signed PCR policy: Authenticode-signed
+    /// like `Pe`, and its `.pcrsig` was signed by the PCR key
+    /// `pcr_key_fingerprint`. Re-signing replaces only the Authenticode
+    /// signature, so `resign` and `offline request` refuse it while that PCR
+    /// key is a development PKI's. Older `resign`s do not know this kind and
+    /// refuse the whole plan rather than ship a development PCR policy.
+    Uki,
 }
 
 impl Kind {
@@ -35,6 +42,7 @@ impl Kind {
         match self {
             Kind::Pe => "pe",
             Kind::Guestos => "guestos",
+            Kind::Uki => "uki",
         }
     }
 }
@@ -43,7 +51,8 @@ impl Kind {
 /// writers can add fields without breaking older `resign`s.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// The file that was signed, as given on the command line.
+    /// The file that was signed, as given on the command line; for a UKI
+    /// `uki build` made, the stub it was built on.
     pub artifact: PathBuf,
     /// The same, absolute (relative paths depend on each task's cwd).
     pub artifact_abs: PathBuf,
@@ -70,6 +79,9 @@ pub struct Record {
     /// keeps it, which is how a re-run recognises an artifact it already did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authenticode_sha256: Option<String>,
+    /// UKI only: `pkfp` of the key that signed the PCR policy in `.pcrsig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr_key_fingerprint: Option<String>,
 }
 
 impl Record {
@@ -101,6 +113,7 @@ impl Record {
             output: output.to_path_buf(),
             output_abs: absolute(output)?,
             authenticode_sha256: None,
+            pcr_key_fingerprint: None,
         })
     }
 
@@ -111,6 +124,7 @@ impl Record {
             ("sha256_after", Some(&self.sha256_after)),
             ("key_fingerprint", Some(&self.key_fingerprint)),
             ("authenticode_sha256", self.authenticode_sha256.as_ref()),
+            ("pcr_key_fingerprint", self.pcr_key_fingerprint.as_ref()),
         ] {
             if let Some(v) = v.filter(|v| !hex_ok(v)) {
                 return Err(Error::input(
@@ -118,6 +132,12 @@ impl Record {
                     format!("{at}: {name} '{v}' is not a SHA-256 in hex"),
                 ));
             }
+        }
+        if self.kind == Kind::Uki && self.pcr_key_fingerprint.is_none() {
+            return Err(Error::input(
+                plan,
+                format!("{at}: a uki record without pcr_key_fingerprint"),
+            ));
         }
         Ok(())
     }
@@ -144,6 +164,8 @@ pub struct Signed<'a> {
     pub sha256_before: Option<String>,
     /// PE only: the Authenticode digest that was signed.
     pub authenticode_sha256: Option<String>,
+    /// UKI only: `pkfp` of the PCR policy key.
+    pub pcr_key_fingerprint: Option<String>,
 }
 
 impl Recorder<'_> {
@@ -171,6 +193,7 @@ impl Recorder<'_> {
                 self.signer_cert,
             )?;
             rec.authenticode_sha256 = s.authenticode_sha256;
+            rec.pcr_key_fingerprint = s.pcr_key_fingerprint;
             records.push(rec);
         }
         append(plan, &records)
@@ -317,6 +340,7 @@ mod tests {
             output: format!("a{n}.signed.efi").into(),
             output_abs: format!("/b/a{n}.signed.efi").into(),
             authenticode_sha256: Some("3".repeat(64)),
+            pcr_key_fingerprint: None,
         }
     }
 

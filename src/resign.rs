@@ -360,7 +360,7 @@ fn build_certs(records: &[Record], plan_dir: &Path) -> Vec<Vec<u8>> {
     for rec in records {
         let src = locate(rec, plan_dir);
         let found: Vec<Vec<u8>> = match rec.kind {
-            Kind::Pe => PeImage::open(&src)
+            Kind::Pe | Kind::Uki => PeImage::open(&src)
                 .and_then(|img| img.pkcs7_signatures())
                 .map(|sigs| {
                     sigs.iter()
@@ -557,20 +557,20 @@ fn pcr_key_needed(
     let Some((_, src)) = uki else {
         return Ok(None);
     };
-    let key = keys
-        .pcr
-        .as_ref()
-        .and_then(|e| e.key.clone().map(|k| (k, e)));
-    let Some((key, e)) = key else {
-        return Err(Error::input(
+    // Without one, each UKI's policy is kept if no development key signed it.
+    let Some(e) = &keys.pcr else {
+        return Ok(None);
+    };
+    let key = e.key.clone().ok_or_else(|| {
+        Error::input(
             src,
             format!(
-                "a UKI with a PCR policy (.pcrsig) made with the build's PCR key: {} needs a '{}' entry with the production PCR key (\"key\", \"public\")",
+                "a UKI with a PCR policy: {}'s '{}' entry has no \"key\" to sign it with",
                 keys.path.display(),
                 crate::uki::PCR_ROLE
             ),
-        ));
-    };
+        )
+    })?;
     let signer = crate::uki::load_pcr_key(&crate::uki::PcrKeySpec {
         role: None,
         dir: PathBuf::new(),
@@ -773,6 +773,12 @@ pub fn run(opts: &Options) -> Result<Report> {
         }
     }
     let dev = dev_certs(&opts.dev_pki, &plan_pkis, &mut warnings)?;
+    let mut dev_dirs: Vec<PathBuf> = vec![];
+    for c in &dev {
+        if !dev_dirs.contains(&c.dir) {
+            dev_dirs.push(c.dir.clone());
+        }
+    }
     // The build's own keys, by public key: also those signed with --key/--cert.
     let built_with = build_certs(&records, &fsutil::parent_dir(&plan::absolute(&opts.plan)?));
     let mut anchors_of: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
@@ -817,6 +823,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                 src: &sources[i],
                 dest: &dests[i],
                 p: &prod[&entry_of[i]],
+                dev_dirs: &dev_dirs,
                 out_dir: opts.out_dir.is_some(),
                 dry_run: opts.dry_run,
                 signing_time: opts.signing_time,
@@ -846,6 +853,7 @@ impl Job<'_> {
     fn report(&self) -> ArtifactReport {
         let res = match self.rec.kind {
             Kind::Pe => self.pe(),
+            Kind::Uki => self.pe(),
             Kind::Guestos => self.guestos(),
         };
         let mut a = ArtifactReport {
@@ -889,6 +897,8 @@ struct Job<'a> {
     src: &'a Path,
     dest: &'a Path,
     p: &'a Production,
+    /// The development PKIs, whose PCR keys a UKI's policy must not be signed with.
+    dev_dirs: &'a [PathBuf],
     out_dir: bool,
     dry_run: bool,
     signing_time: Option<OffsetDateTime>,
@@ -935,7 +945,13 @@ impl Job<'_> {
 
         let img = PeImage::open(self.src)?;
         if img.info().sections.iter().any(|s| s.name == ".pcrsig") {
-            return self.uki(&img, now);
+            if self.pcr.is_some() {
+                return self.resign_uki(&img, now);
+            }
+            // Without the production PCR key the policy stays: only if no
+            // development PCR key signed it.
+            let pkfp = crate::uki::pcrpkey_fingerprint(self.src)?;
+            crate::uki::check_resignable(self.src, &pkfp, self.dev_dirs)?;
         }
         let digest = img.digest()?;
         let mut kept = vec![];
@@ -1016,7 +1032,7 @@ impl Job<'_> {
     /// A UKI: its PCR policy signed again for the production PCR key (new
     /// `.pcrpkey`, new `.pcrsig`), then the image. Every signature goes: the
     /// image changes under them.
-    fn uki(&self, img: &PeImage, now: String) -> Result<Outcome> {
+    fn resign_uki(&self, img: &PeImage, now: String) -> Result<Outcome> {
         let pcr = self
             .pcr
             .ok_or_else(|| Error::Internal("UKI without the PCR key".into()))?;

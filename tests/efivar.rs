@@ -55,20 +55,6 @@ fn subca_pem() -> String {
         .to_string()
 }
 
-fn run_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(bin());
-    c.args(args)
-        .current_dir(cwd)
-        .env_remove("SOURCE_DATE_EPOCH");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PKI_SIGNER_") && k != "PKI_SIGNER_REQUIRE_PEERS" {
-            c.env_remove(k);
-        }
-    }
-    c.envs(env.iter().copied());
-    c.output().expect("run pki-signer")
-}
-
 /// Our binary with SOURCE_DATE_EPOCH unset, so outputs depend on --time only.
 fn run(cwd: &Path, args: &[&str]) -> Output {
     run_env(cwd, args, &[])

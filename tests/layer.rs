@@ -135,6 +135,11 @@ fn layer_sign_at_compile() {
 }
 
 #[test]
+fn layer_uki() {
+    pytest("test_uki.py");
+}
+
+#[test]
 fn layer_oe_core() {
     pytest("test_oe_core.py");
 }

@@ -15,20 +15,6 @@ use common::*;
 const OWNER: &str = "6e2d1f0b-3c4a-4b8e-9f5d-2a7c8e1b4d60";
 const EPOCH: &str = "1700000000";
 
-fn run_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(bin());
-    c.args(args)
-        .current_dir(cwd)
-        .env_remove("SOURCE_DATE_EPOCH");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PKI_SIGNER_") && k != "PKI_SIGNER_REQUIRE_PEERS" {
-            c.env_remove(k);
-        }
-    }
-    c.envs(env.iter().copied());
-    c.output().expect("run pki-signer")
-}
-
 fn sde(cwd: &Path, args: &[&str]) -> Output {
     run_env(cwd, args, &[("SOURCE_DATE_EPOCH", EPOCH)])
 }

@@ -237,18 +237,7 @@ fn prod_cml() -> &'static Path {
     static D: OnceLock<()> = OnceLock::new();
     let p = prod_pki();
     D.get_or_init(|| {
-        ossl(
-            p,
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                "ssig_cml.key",
-            ],
-        );
+        openssl_rsa_key(p, "ssig_cml.key");
         prod_issue(
             p,
             "ssig_cml.key",

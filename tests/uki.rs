@@ -102,6 +102,34 @@ fn build(d: &Path, out: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
     run_env(d, env, &args)
 }
 
+/// `build` with the PCR key `pcr_key` (`--pcr-key`) in place of `--pcr-role tpm2-pcr`.
+fn build_pcr_key(
+    d: &Path,
+    out: &str,
+    pcr_key: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
+    let mut args: Vec<&str> = BUILD
+        .iter()
+        .copied()
+        .filter(|a| *a != "--pcr-role" && *a != "tpm2-pcr")
+        .collect();
+    args.extend([
+        "--linux",
+        &linux,
+        "--os-release",
+        &osrel,
+        "-o",
+        out,
+        "--pcr-key",
+        pcr_key,
+    ]);
+    args.extend(extra);
+    run_env(d, env, &args)
+}
+
 /// The sections of `uki` as Python reads them, in `d/dir`.
 fn extract(d: &Path, uki: &str, dir: &str) -> Vec<String> {
     let py = peer("python3").expect("python3");
@@ -645,23 +673,7 @@ fn usage_and_input_errors_are_one_line() {
         ],
         d,
     );
-    let mut args: Vec<&str> = BUILD
-        .iter()
-        .copied()
-        .filter(|a| *a != "--pcr-role" && *a != "tpm2-pcr")
-        .collect();
-    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
-    args.extend([
-        "--linux",
-        &linux,
-        "--os-release",
-        &osrel,
-        "-o",
-        "uki.efi",
-        "--pcr-key",
-        "ec.pem",
-    ]);
-    let err = fails(run_in(d, &args), 2);
+    let err = fails(build_pcr_key(d, "uki.efi", "ec.pem", &[], &[]), 2);
     assert!(err.contains("RSA"), "{err}");
     // A device as an input.
     let err = fails(build(d, "uki.efi", &["--splash", "/dev/zero"], &[]), 2);
@@ -725,19 +737,7 @@ fn release_mode_refuses_the_development_pcr_key() {
     let err = fails(run_in(d, &a), 2);
     assert!(err.contains("release mode refuses"), "{err}");
     // A fresh PCR key is fine.
-    peer_ok(
-        &openssl(),
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            "prod/pcr2.pem",
-        ],
-        d,
-    );
+    openssl_rsa_key(d, "prod/pcr2.pem");
     let mut a = args.clone();
     a.extend(["--pcr-key", "prod/pcr2.pem"]);
     ok(run_in(d, &a));
@@ -801,23 +801,13 @@ fn pcr_key_in_a_pkcs11_token_signs_the_same_policy() {
     // The file key, then the same key in the token: RSA PKCS#1 v1.5 is
     // deterministic, so .pcrsig (and the whole UKI) are identical.
     ok(build(d, "file.efi", &[], &env));
-    let mut args: Vec<&str> = BUILD
-        .iter()
-        .copied()
-        .filter(|a| *a != "--pcr-role" && *a != "tpm2-pcr")
-        .collect();
-    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
-    args.extend([
-        "--linux",
-        &linux,
-        "--os-release",
-        &osrel,
-        "-o",
+    ok(build_pcr_key(
+        d,
         "hsm.efi",
-        "--pcr-key",
         "pkcs11:token=uki;object=pcr",
-    ]);
-    ok(run_env(d, &env, &args));
+        &[],
+        &env,
+    ));
     assert!(
         fs::read(d.join("file.efi")).unwrap() == fs::read(d.join("hsm.efi")).unwrap(),
         "same UKI with the PCR key in a token"
@@ -1201,4 +1191,140 @@ fn newer_stubs_refuse_what_cannot_be_predicted() {
         err.contains(".unamex") && err.contains("takes it as .uname"),
         "{err}"
     );
+
+/// `uki build --plan` records the UKI; `resign` and `offline request` refuse
+/// it while its PCR policy is signed by the development PCR key (re-signing
+/// only replaces the Authenticode signature), and re-sign it when the policy
+/// key is a production one: sbverify accepts the release signature and the
+/// policy still verifies with openssl.
+#[test]
+fn plan_records_the_uki_and_resign_refuses_a_development_pcr_policy() {
+    if system_file(STUB, "systemd-boot-efi").is_none() {
+        return;
+    }
+    let tmp = setup();
+    let d = tmp.path();
+    ok(run_in(
+        d,
+        &["pki", "init", "--dir", "rel", "--key-type", "ec:prime256v1"],
+    ));
+    fs::write(
+        d.join("keys.json"),
+        r#"{ "trust": ["rel/ssig_rootca.cert"],
+             "ssig_subca": {"key": "rel/ssig_subca.key", "cert": "rel/ssig_subca.cert"} }"#,
+    )
+    .unwrap();
+    ok(build(d, "dev.efi", &["--plan", "dev-plan.json"], &[]));
+    let rec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(d.join("dev-plan.json")).unwrap()).unwrap();
+    assert_eq!(rec["kind"], "uki", "{rec}");
+    assert_eq!(rec["output"], "dev.efi");
+    assert_eq!(rec["artifact"], STUB, "the stub it was built on");
+    let show = json(run_in(d, &["uki", "show", "dev.efi", "--json"]));
+    assert_eq!(rec["pcr_key_fingerprint"], show["pcrpkey_fingerprint"]);
+    let err = fails(
+        run_in(
+            d,
+            &[
+                "resign",
+                "--plan",
+                "dev-plan.json",
+                "--keys",
+                "keys.json",
+                "--out-dir",
+                "out",
+            ],
+        ),
+        2,
+    );
+    assert!(err.contains("development PCR key"), "{err}");
+    assert!(!d.join("out/dev.efi").exists());
+    let err = fails(
+        run_in(
+            d,
+            &[
+                "offline",
+                "request",
+                "--plan",
+                "dev-plan.json",
+                "--keys",
+                "keys.json",
+                "-o",
+                "req.json",
+            ],
+        ),
+        2,
+    );
+    assert!(err.contains("development PCR key"), "{err}");
+
+    // The PCR key is already the production one: only Authenticode is re-signed.
+    openssl_rsa_key(d, "rel/pcr.pem");
+    peer_ok(
+        &openssl(),
+        &[
+            "pkey",
+            "-in",
+            "rel/pcr.pem",
+            "-pubout",
+            "-out",
+            "rel/pcr.pub",
+        ],
+        d,
+    );
+    ok(build_pcr_key(
+        d,
+        "prod.efi",
+        "rel/pcr.pem",
+        &["--plan", "prod-plan.json"],
+        &[],
+    ));
+    ok(run_in(
+        d,
+        &[
+            "resign",
+            "--plan",
+            "prod-plan.json",
+            "--keys",
+            "keys.json",
+            "--out-dir",
+            "out",
+        ],
+    ));
+    if let Some(sbverify) = peer("sbverify") {
+        peer_ok(
+            &openssl(),
+            &["x509", "-in", "rel/ssig_subca.cert", "-out", "rel.pem"],
+            d,
+        );
+        peer_ok(&sbverify, &["--cert", "rel.pem", "out/prod.efi"], d);
+    }
+    // The policy the build signed is still there and verifies.
+    extract(d, "out/prod.efi", "s");
+    let sig: serde_json::Value =
+        serde_json::from_slice(&fs::read(d.join("s/pcrsig")).unwrap()).unwrap();
+    let first = &sig["sha256"][0];
+    fs::write(d.join("pol.b64"), first["sig"].as_str().unwrap()).unwrap();
+    peer_ok(
+        &openssl(),
+        &["base64", "-d", "-A", "-in", "pol.b64", "-out", "pol.sig"],
+        d,
+    );
+    let pol: Vec<u8> = (0..first["pol"].as_str().unwrap().len() / 2)
+        .map(|i| u8::from_str_radix(&first["pol"].as_str().unwrap()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    fs::write(d.join("pol.bin"), pol).unwrap();
+    let t = peer_ok(
+        &openssl(),
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "rel/pcr.pub",
+            "-signature",
+            "pol.sig",
+            "pol.bin",
+        ],
+        d,
+    );
+    assert!(t.contains("Verified OK"), "{t}");
 }

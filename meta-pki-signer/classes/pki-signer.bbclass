@@ -163,23 +163,37 @@ def pki_signer_pkcs11_exports(d):
     import shlex
     return "\n".join("export %s=%s" % (name, shlex.quote(value)) for name, value in pki_signer_pkcs11_env(d))
 
+# The TPM PCR policy key (pki-signer-uki): a key without a certificate. Its
+# public key (PEM) stands in for the certificate wherever a role has one:
+# PKI_SIGNER_CERT[tpm2-pcr], the task signatures, the fingerprint in the log.
+PKI_SIGNER_PCR_ROLE = "tpm2-pcr"
+
 def pki_signer_cert(d, role):
-    """The certificate a role signs with: a file path or a pkcs11: URI."""
+    """The certificate a role signs with (the PCR role: its public key): a file path or a pkcs11: URI."""
     import json
+    pcr = role == d.getVar("PKI_SIGNER_PCR_ROLE")
     cert = d.getVarFlag("PKI_SIGNER_CERT", role) or ""
     if cert:
         pki_signer_check_uri(d, role, "CERT", cert)
         return cert
     if d.getVarFlag("PKI_SIGNER_KEY", role):
-        bb.fatal("PKI_SIGNER_KEY[%s] is set: set PKI_SIGNER_CERT[%s] to its certificate too" % (role, role))
+        bb.fatal("PKI_SIGNER_KEY[%s] is set: set PKI_SIGNER_CERT[%s] to its %s too"
+                 % (role, role, "public key (PEM)" if pcr else "certificate"))
     pkidir = d.getVar("PKI_SIGNER_DIR")
     # pki.json names each role's files; a GyroidOS directory without it uses these names.
-    name = role + (".crt" if role in ("PK", "KEK", "DB") else ".cert")
+    if pcr:
+        name = "tpm2-pcr-public.pem"
+    else:
+        name = role + (".crt" if role in ("PK", "KEK", "DB") else ".cert")
     try:
         with open(os.path.join(pkidir, "pki.json")) as f:
-            for entry in json.load(f).get("roles", []):
-                if entry.get("role") == role and entry.get("cert"):
-                    name = entry["cert"]
+            manifest = json.load(f)
+        for entry in manifest.get("roles", []):
+            if entry.get("role") == role and entry.get("cert"):
+                name = entry["cert"]
+        for entry in manifest.get("files", []) if pcr else []:
+            if entry.get("kind") == "tpm-pcr-public-key" and entry.get("path"):
+                name = entry["path"]
     except (OSError, ValueError, AttributeError):
         pass
     return os.path.join(pkidir, name)
@@ -231,7 +245,8 @@ def pki_signer_cert_uris(d, roles):
     return " ".join(ids)
 
 def pki_signer_fingerprint(d, role):
-    """SHA-256 of the DER of a role's certificate, as `pki-signer pki show` prints it ("" if absent)."""
+    """SHA-256 of the DER of a role's certificate, as `pki-signer pki show` prints it; of the PCR
+    role's public key, its pkfp, as .pcrsig names it ("" if absent)."""
     import base64, hashlib
     cert = pki_signer_cert(d, role)
     if pki_signer_is_uri(cert):
@@ -241,13 +256,36 @@ def pki_signer_fingerprint(d, role):
             pem = f.read()
     except OSError:
         return ""
-    begin = "-----BEGIN CERTIFICATE-----"
+    label = "PUBLIC KEY" if role == d.getVar("PKI_SIGNER_PCR_ROLE") else "CERTIFICATE"
+    begin = "-----BEGIN %s-----" % label
     start = pem.find(begin)
-    end = pem.find("-----END CERTIFICATE-----", start)
+    end = pem.find("-----END %s-----" % label, start)
     if start < 0 or end < 0:
         return ""
-    der = base64.b64decode("".join(pem[start + len(begin):end].split()))
+    try:
+        der = base64.b64decode("".join(pem[start + len(begin):end].split()))
+        if label == "PUBLIC KEY":
+            der = pki_signer_spki_key(der)
+    except (ValueError, IndexError):
+        return ""
     return hashlib.sha256(der).hexdigest()
+
+def pki_signer_spki_key(der):
+    """The subjectPublicKey of a SubjectPublicKeyInfo (for RSA, the RSAPublicKey DER that systemd's pkfp hashes)."""
+    def content(pos):
+        # (start, end) of the content of the DER element at POS
+        length = der[pos + 1]
+        pos += 2
+        if length & 0x80:
+            n = length & 0x7f
+            length = int.from_bytes(der[pos:pos + n], "big")
+            pos += n
+        return pos, pos + length
+    inner, _ = content(0)
+    _, after_alg = content(inner)
+    bits, end = content(after_alg)
+    # The BIT STRING's first byte counts its unused bits (0).
+    return der[bits + 1:end]
 
 def pki_signer_init_roles(d):
     return " ".join(r for r in sorted(set((d.getVar("PKI_SIGNER_ROLES") or "").split())) if pki_signer_uses_dir(d, r))
@@ -382,8 +420,11 @@ python pki_signer_plan_fragment() {
                 where = r.get(key + "_abs") or r.get(key) or ""
                 rel = pki_signer_plan_deployed(where, pairs)
                 if rel is None:
-                    bb.warn("pki-signer: %s is not deployed to DEPLOY_DIR_IMAGE; the plan names it by its "
-                            "work-directory path, which rm_work removes" % where)
+                    # The artifact of a UKI is the stub it was built on, which may
+                    # live in a sysroot; only the signed file must be deployed.
+                    if key == "output":
+                        bb.warn("pki-signer: %s is not deployed to DEPLOY_DIR_IMAGE; the plan names it by its "
+                                "work-directory path, which rm_work removes" % where)
                     r[key] = r[key + "_abs"] = where
                 else:
                     r[key] = rel

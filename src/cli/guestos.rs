@@ -118,6 +118,7 @@ pub(super) fn run(cmd: GuestosCmd) -> Result<i32> {
                 output: &r.conf,
                 sha256_before: b,
                 authenticode_sha256: None,
+                pcr_key_fingerprint: None,
             }))?;
             for r in &reports {
                 for w in &r.warnings {

@@ -193,6 +193,36 @@ enum PkiCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Copy the UEFI keys, certificates, signature lists, .auth files and the TPM PCR key
+    /// into a new directory under the names another tool expects. kairos: PK/KEK/db .key
+    /// .pem .der .esl .auth and tpm2-pcr-private.pem (AuroraBoot genkey's layout; db.key and
+    /// db.pem for --sb-key/--sb-cert, the directory for --public-keys). Keys in a token are
+    /// not files: their URIs are printed instead.
+    Export {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Whose file names.
+        #[arg(long, value_enum)]
+        layout: ExportLayout,
+        /// The directory to create (absent or empty).
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ExportLayout {
+    /// Kairos (AuroraBoot, enki).
+    Kairos,
+}
+
+impl From<ExportLayout> for pki_signer::layout::Layout {
+    fn from(l: ExportLayout) -> Self {
+        match l {
+            ExportLayout::Kairos => pki_signer::layout::Layout::Kairos,
+        }
+    }
 }
 
 fn parse_key_type(s: &str) -> std::result::Result<KeyType, String> {

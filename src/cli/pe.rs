@@ -204,6 +204,7 @@ fn sign(a: SignArgs) -> Result<i32> {
         output: &r.output,
         sha256_before: before.clone(),
         authenticode_sha256: Some(r.digest.clone()),
+        pcr_key_fingerprint: None,
     }))?;
     let reports: Vec<_> = done.into_iter().map(|(r, _)| r).collect();
     if !json {

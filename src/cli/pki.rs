@@ -54,6 +54,31 @@ pub(super) fn run(cmd: PkiCmd) -> Result<i32> {
             }
             Ok(0)
         }
+        PkiCmd::Export {
+            dir,
+            layout,
+            out,
+            json,
+        } => {
+            let r = pki_signer::layout::export(&dir.dir, layout.into(), &out)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!("exported {} to {}", dir.dir.display(), r.dir.display());
+                for f in &r.files {
+                    println!(
+                        "  {:<22} {}{}",
+                        f.name,
+                        f.from,
+                        if f.private { " (private, 0600)" } else { "" }
+                    );
+                }
+                for t in &r.token_keys {
+                    println!("  {:<22} in a token: give {} instead", t.name, esc(&t.uri));
+                }
+            }
+            Ok(0)
+        }
         PkiCmd::Show { dir, json } => {
             let rows = pki::show(&Pki::open(&dir.dir)?)?;
             if json {

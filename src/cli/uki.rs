@@ -1,10 +1,10 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use pki_signer::identity::Identity;
 use pki_signer::text::escape_for_terminal as esc;
 use pki_signer::uki::{self, build, pcr};
-use pki_signer::{fsutil, Error, Result};
+use pki_signer::{fsutil, plan, Error, Result};
 
 use super::{print_json, signing_time, KeyArgs};
 
@@ -114,7 +114,7 @@ pub(super) enum UkiCmd {
     /// and Authenticode-sign the result.
     Build {
         #[command(flatten)]
-        parts: PartArgs,
+        parts: Box<PartArgs>,
         /// The signed UKI to write.
         #[arg(short, long)]
         output: PathBuf,
@@ -132,6 +132,10 @@ pub(super) enum UkiCmd {
         /// Signing time attribute (RFC 3339); default SOURCE_DATE_EPOCH, else none.
         #[arg(long, value_name = "TIME")]
         signing_time: Option<String>,
+        /// Append a record of the UKI to this signing plan (JSON lines), for
+        /// `pki-signer resign` and `offline request`. Safe when many builds append at once.
+        #[arg(long, value_name = "FILE.json")]
+        plan: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -168,6 +172,7 @@ pub(super) fn run(cmd: UkiCmd) -> Result<i32> {
             pcr_key,
             pcr,
             signing_time: st,
+            plan: plan_file,
             json,
         } => {
             if parts.linux.is_none() {
@@ -185,6 +190,7 @@ pub(super) fn run(cmd: UkiCmd) -> Result<i32> {
             let inputs = parts.inputs(None)?;
             let stub = parts.stub()?;
             let st = signing_time(st.as_deref())?;
+            let pcr_from_role = pcr_role.is_some();
             // Both keys first: a wrong key fails before anything is read.
             let identity = Identity::load(&key.spec())?;
             let pcr_signer = if pcr_role.is_some() || pcr_key.is_some() {
@@ -197,10 +203,14 @@ pub(super) fn run(cmd: UkiCmd) -> Result<i32> {
             } else {
                 None
             };
+            let stub_before = plan_file
+                .as_ref()
+                .map(|_| plan::sha256_file(&stub))
+                .transpose()?;
             let report = build::build(&build::BuildOptions {
                 inputs,
-                stub,
-                output,
+                stub: stub.clone(),
+                output: output.clone(),
                 identity: &identity,
                 pcr: pcr_signer.as_deref().map(|k| build::PcrSigning {
                     key: k,
@@ -211,6 +221,17 @@ pub(super) fn run(cmd: UkiCmd) -> Result<i32> {
                 phases,
                 signing_time: st,
             })?;
+            if let (Some(plan_file), Some(before)) = (&plan_file, stub_before) {
+                record(
+                    plan_file,
+                    &key,
+                    pcr_from_role,
+                    &stub,
+                    &report,
+                    before,
+                    &identity,
+                )?;
+            }
             if json {
                 print_json(&report)?;
             } else {
@@ -322,6 +343,38 @@ pub(super) fn run(cmd: UkiCmd) -> Result<i32> {
             }
         }
     }
+}
+
+/// The built UKI's record in the signing plan: a `uki` record when its PCR
+/// policy is signed (`resign` then checks which key signed it), else `pe`.
+/// Its PKI directory is the signing role's, or the PCR role's, so `resign`
+/// knows the development PKI either came from.
+fn record(
+    plan_file: &Path,
+    key: &KeyArgs,
+    pcr_from_role: bool,
+    stub: &Path,
+    report: &build::BuildReport,
+    stub_sha256: String,
+    identity: &Identity,
+) -> Result<()> {
+    let kind = match report.pcr_key_fingerprint {
+        Some(_) => plan::Kind::Uki,
+        None => plan::Kind::Pe,
+    };
+    let pki = (key.role.is_some() || pcr_from_role).then_some(key.dir.as_path());
+    let mut rec = plan::Record::signed(
+        kind,
+        stub,
+        &report.output,
+        key.role.as_deref(),
+        pki,
+        stub_sha256,
+        &identity.cert,
+    )?;
+    rec.authenticode_sha256 = Some(report.digest.clone());
+    rec.pcr_key_fingerprint = report.pcr_key_fingerprint.clone();
+    plan::append(plan_file, &[rec])
 }
 
 /// systemd-measure calculate's text form.

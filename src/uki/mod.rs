@@ -897,3 +897,51 @@ fn pcr_role_key(dir: &Path) -> Result<PathBuf> {
         "no TPM PCR key in this PKI (pki init --uefi makes tpm2-pcr-private.pem)",
     ))
 }
+
+/// The `pkfp` of the PCR public key of the PKI in `dir` (`tpm2-pcr-public.pem`,
+/// or the file `pki.json` names), if it has one.
+pub fn pki_pcr_fingerprint(dir: &Path) -> Option<String> {
+    let name = crate::pki::Inventory::load(dir)
+        .ok()
+        .and_then(|m| {
+            m.files
+                .into_iter()
+                .find(|f| f.kind == "tpm-pcr-public-key" && !f.path.is_empty())
+        })
+        .map_or_else(|| "tpm2-pcr-public.pem".to_string(), |f| f.path);
+    let pem = fsutil::read_input(&dir.join(name), fsutil::InputKind::Certificate).ok()?;
+    let key = public_key_from_pem(&pem).ok()?;
+    Some(pcr::key_fingerprint(&key.key_bits))
+}
+
+/// The `pkfp` of the key in `path`'s `.pcrpkey`, or empty when it has none.
+pub fn pcrpkey_fingerprint(path: &Path) -> Result<String> {
+    let uki = Uki::open(path)?;
+    let Some(s) = uki.section(".pcrpkey") else {
+        return Ok(String::new());
+    };
+    let pem = uki.read_small(s)?;
+    let key =
+        public_key_from_pem(&pem).map_err(|m| Error::input(path, format!(".pcrpkey: {m}")))?;
+    Ok(pcr::key_fingerprint(&key.key_bits))
+}
+
+/// Refuse to re-sign the UKI at `path` (whose plan record names the PCR key
+/// `pkfp`) when that key is the PCR key of one of the development PKIs
+/// `dev_dirs`: re-signing replaces only the Authenticode signature, so the
+/// development policy, and the `.pcrpkey` that `systemd-cryptenroll` binds
+/// disks to, would ship under a production signature.
+pub fn check_resignable(path: &Path, pkfp: &str, dev_dirs: &[PathBuf]) -> Result<()> {
+    for dir in dev_dirs {
+        if pki_pcr_fingerprint(dir).is_some_and(|f| f.eq_ignore_ascii_case(pkfp)) {
+            return Err(Error::input(
+                path,
+                format!(
+                    "its PCR policy (.pcrsig) is signed by the development PCR key of {} (pkfp {pkfp}); re-signing would keep that policy and .pcrpkey: give KEYS.json a 'tpm2-pcr' entry (the production PCR key) to sign it again, or build the UKI with the production PCR key",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

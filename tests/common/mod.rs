@@ -23,6 +23,38 @@ pub fn run_in(cwd: &Path, args: &[&str]) -> Output {
     c.output().expect("run pki-signer")
 }
 
+/// Run pki-signer as `run_in` does, with SOURCE_DATE_EPOCH unset too, then `env` set.
+pub fn run_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .current_dir(cwd)
+        .env_remove("SOURCE_DATE_EPOCH");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PKI_SIGNER_") && k != "PKI_SIGNER_REQUIRE_PEERS" {
+            c.env_remove(k);
+        }
+    }
+    c.envs(env.iter().copied());
+    c.output().expect("run pki-signer")
+}
+
+/// A new RSA-2048 key (PKCS#8 PEM) made by openssl at `out` (relative to `cwd`).
+pub fn openssl_rsa_key(cwd: &Path, out: &str) {
+    peer_ok(
+        &openssl(),
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            out,
+        ],
+        cwd,
+    );
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

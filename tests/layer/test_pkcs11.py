@@ -181,3 +181,36 @@ def test_a_query_attribute_in_the_uri_path_stops_the_parse(make_parse_build, att
     name = attr.split("=")[0]
     errors = build.log.messages(logging.ERROR)
     assert any("%s is a query attribute" % name in m and "?%s=" % name in m for m in errors), errors
+
+
+def test_both_keys_of_the_uki_in_the_token(make_build, token, dev_pki, tmp_path):
+    # The Secure Boot key and the PCR policy key in one token: pki-signer-uki
+    # needs no development PKI, and the UKI verifies under the certificate
+    # and the PCR public key a release engineer holds as files.
+    from ukicheck import check_uki, place_inputs
+    der = tmp_path / "pcr.der"
+    env = dict(os.environ, SOFTHSM2_CONF=str(token.conf))
+    subprocess.run([peer("openssl"), "pkcs8", "-topk8", "-nocrypt", "-in", str(dev_pki / "tpm2-pcr-private.pem"),
+                    "-outform", "DER", "-out", str(der)], check=True, capture_output=True)
+    subprocess.run([peer("pkcs11-tool"), "--module", str(MODULE), "--token-label", "layer", "--login", "--pin", PIN,
+                    "--write-object", str(der), "--type", "privkey", "--usage-sign", "--label", "pcr", "--id", "02"],
+                   check=True, capture_output=True, env=env)
+    der.unlink()
+    public = tmp_path / "tpm2-pcr-public.pem"
+    shutil.copyfile(dev_pki / "tpm2-pcr-public.pem", public)
+    conf = token.local_conf() + ('PKI_SIGNER_KEY[tpm2-pcr] = "pkcs11:token=layer;object=pcr?pin-source=file:%s"\n'
+                                 'PKI_SIGNER_CERT[tpm2-pcr] = "%s"\n' % (token.pin_file, public))
+    build = make_build(FAST_KEYS + conf)
+    d = build.parse("recipes/fake-uki/fake-pcr-uki-image.bb")
+    assert d.getVar("PKI_SIGNER_INIT_ROLES") == ""
+    assert d.getVarFlag("do_uki", "network") == "1"
+    parts = place_inputs(build, d)
+    for task in ("do_pki_signer_init", "do_rootfs", "do_uki"):
+        assert build.run_task(d, task), "%s failed:\n%s" % (task, build.task_log(d, task))
+    assert not (build.topdir / "pki").exists()
+    check_uki(build.topdir / d.getVar("DEPLOY_DIR_IMAGE") / "uki.efi", token.cert, public, tmp_path / "check", parts)
+    # The module's environment reached pki_signer_uki_build only.
+    temp = Path(d.getVar("T"))
+    assert "export SOFTHSM2_CONF=%s" % token.conf in next(temp.glob("run.pki_signer_uki_build.*")).read_text()
+    assert "SOFTHSM2_CONF" not in (temp / "run.do_uki").read_text()
+    assert not [p for p in temp.iterdir() if p.is_file() and PIN in p.read_text(errors="replace")]

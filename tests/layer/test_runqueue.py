@@ -52,9 +52,9 @@ def bitbake(tree, build, *targets):
     return output
 
 
-def tasks_run(build, pn):
+def tasks_run(build, pn, pv="1.0"):
     """The tasks bitbake-worker ran for PN since WORKDIR was made, in order (log.task_order)."""
-    order = build.topdir / "tmp" / "work" / pn / "1.0" / "temp" / "log.task_order"
+    order = build.topdir / "tmp" / "work" / pn / pv / "temp" / "log.task_order"
     return [line.split()[1] for line in order.read_text().splitlines()]
 
 
@@ -161,3 +161,45 @@ def test_bitbake_signs_restores_from_sstate_and_the_plan_re_signs_the_deployed_k
     for name in (kernel,) + KERNEL_LINKS:
         assert_signed(deploy / name, release_cert)
         assert sbverify(deploy / name, dev_cert).returncode != 0, "%s still verifies under the development key" % name
+
+
+def test_bitbake_builds_the_uki_after_what_it_holds_and_again_for_a_new_pcr_key(
+        make_build, bitbake_tree, dev_pki, tmp_path):
+    # pki-signer-uki in the runqueue: do_uki waits for systemd-boot's
+    # do_deploy (the stub), the kernel's do_deploy and the initramfs image,
+    # as uki.bbclass makes it, and builds the UKI from what they deployed.
+    from ukicheck import STUB, TESTDATA, check_uki, system_file
+    stub = system_file(STUB, "systemd-boot-efi")
+    osrel = TESTDATA / "os-release"
+    # The fixture populates no sysroot, where os-release would come from.
+    build = make_build(CONF + 'PKI_SIGNER_TEST_STUB = "%s"\n' % stub +
+                       'PKI_SIGNER_UKI_OS_RELEASE:pn-fake-pcr-uki-image = "%s"\n' % osrel, pki=dev_pki)
+    deploy = build.topdir / DEPLOY
+    pki = build.topdir / "pki"
+    bitbake(bitbake_tree, build, "fake-pcr-uki-image")
+    assert "do_deploy" in tasks_run(build, "fake-kernel")
+    assert "do_deploy" in tasks_run(build, "systemd-boot", "259.5")
+    assert "do_image_complete" in tasks_run(build, "core-image-minimal-initramfs")
+    image_tasks = tasks_run(build, "fake-pcr-uki-image")
+    assert image_tasks.index("do_uki") < image_tasks.index("do_image_complete"), image_tasks
+    kernel = deployed_kernel_image(deploy)
+    parts = {"linux": (deploy / kernel).read_bytes(), "osrel": osrel.read_bytes(),
+             "initrd": (deploy / "core-image-minimal-initramfs-testmachine.cpio.gz").read_bytes()}
+    check_uki(deploy / "uki.efi", pki / "ssig_subca.cert", pki / "tpm2-pcr-public.pem", tmp_path / "first", parts)
+    # The UKI holds the kernel its do_deploy signed; the plan names both.
+    assert_signed(deploy / kernel, pki / "ssig_subca.cert")
+    assert_plan_names(build, [kernel, "uki.efi"])
+
+    # A new PCR key, the Secure Boot key unchanged: bitbake builds and signs
+    # the UKI again, and signs no kernel again.
+    openssl = peer("openssl")
+    subprocess.run([openssl, "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", str(pki / "tpm2-pcr-private.pem")], check=True, capture_output=True)
+    subprocess.run([openssl, "pkey", "-in", str(pki / "tpm2-pcr-private.pem"), "-pubout",
+                    "-out", str(pki / "tpm2-pcr-public.pem")], check=True, capture_output=True)
+    kernel_tasks = tasks_run(build, "fake-kernel")
+    bitbake(bitbake_tree, build, "fake-pcr-uki-image")
+    assert tasks_run(build, "fake-kernel") == kernel_tasks
+    assert "do_uki" in tasks_run(build, "fake-pcr-uki-image")[len(image_tasks):]
+    check_uki(deploy / "uki.efi", pki / "ssig_subca.cert", pki / "tpm2-pcr-public.pem", tmp_path / "second", parts)
+    assert_plan_names(build, [kernel, "uki.efi"])

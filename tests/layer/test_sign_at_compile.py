@@ -48,8 +48,9 @@ def parse_with_snippet(build, recipe, snippet=SNIPPET):
 
 
 def foreign(deps):
-    """What of pki-signer a signature holds; PKI_SIGNER_TEST_EFI is the fixture's stand-in for sources."""
-    return sorted(v for v in deps if v.lower().startswith("pki_signer") and v != "PKI_SIGNER_TEST_EFI")
+    """What of pki-signer a signature holds; PKI_SIGNER_TEST_EFI and _STUB are the fixture's stand-ins for sources."""
+    return sorted(v for v in deps if v.lower().startswith("pki_signer")
+                  and v not in ("PKI_SIGNER_TEST_EFI", "PKI_SIGNER_TEST_STUB"))
 
 
 def test_a_task_of_its_own_signs_between_compile_and_install(make_parse_build):
