@@ -1191,6 +1191,7 @@ fn newer_stubs_refuse_what_cannot_be_predicted() {
         err.contains(".unamex") && err.contains("takes it as .uname"),
         "{err}"
     );
+}
 
 /// `uki build --plan` records the UKI; `resign` and `offline request` refuse
 /// it while its PCR policy is signed by the development PCR key (re-signing
