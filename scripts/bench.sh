@@ -150,6 +150,28 @@ raw_row() {
     printf '  %-34s %s\n' "$1" "$(col "$2" 1 | awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $1 }')"
 }
 
+# report_table PREFIX CASE=LABEL...: the header, then a row per case
+# (samples in $scratch/PREFIX-CASE).
+report_table() {
+    local prefix=$1 spec
+    shift
+    report_header
+    for spec in "$@"; do
+        report_row "${spec#*=}" "$scratch/$prefix-${spec%%=*}"
+    done
+}
+
+# samples PREFIX CASE=LABEL...: every sample of each case, in run order.
+samples() {
+    local prefix=$1 spec
+    shift
+    echo
+    echo "  samples (s, run order)"
+    for spec in "$@"; do
+        raw_row "${spec#*=}" "$scratch/$prefix-${spec%%=*}"
+    done
+}
+
 # interleave PREFIX FUNC CASE...: FUNC CASE RUN (untimed preparation, then
 # one run_case) for RUN in 1..runs, the cases round robin so that load drift
 # hits them alike. Samples go to $scratch/PREFIX-CASE.
@@ -384,11 +406,7 @@ bench_pe_sign() {
         "pki-signer-nofsync=pki-signer, fsync off (eatmydata)"
         "durable-copy=dd conv=fsync (copy floor)"
     )
-    local spec
-    report_header
-    for spec in "${labels[@]}"; do
-        report_row "${spec#*=}" "$scratch/pe-sign-${spec%%=*}"
-    done
+    report_table pe-sign "${labels[@]}"
     echo
     ratio_table pe-sign pki-signer floor "${labels[@]}"
 
@@ -416,11 +434,7 @@ bench_pe_sign() {
         goal_row "pki-signer $how peak RSS KiB" "$rss" "goal <= 32768 (32 MiB)" "$(verdict "$rss" 32768)"
     done
 
-    echo
-    echo "  samples (s, run order)"
-    for spec in "${labels[@]}"; do
-        raw_row "${spec#*=}" "$scratch/pe-sign-${spec%%=*}"
-    done
+    samples pe-sign "${labels[@]}"
 }
 
 pe_verify_case() {
@@ -451,22 +465,15 @@ bench_pe_verify() {
         "sbverify=sbverify --cert"
         "osslsigncode=osslsigncode verify -CAfile root"
     )
-    local spec ratio
-    report_header
-    for spec in "${labels[@]}"; do
-        report_row "${spec#*=}" "$scratch/pe-verify-${spec%%=*}"
-    done
+    local ratio
+    report_table pe-verify "${labels[@]}"
     echo
     ratio_table pe-verify pki-signer floor "${labels[@]}"
     echo
     echo "  goals (medians)"
     ratio=$(div "$(med pe-verify-pki-signer)" "$(med pe-verify-floor)")
     goal_row "pki-signer / openssl dgst" "$ratio" "goal <= 1.300" "$(verdict "$ratio" 1.3)"
-    echo
-    echo "  samples (s, run order)"
-    for spec in "${labels[@]}"; do
-        raw_row "${spec#*=}" "$scratch/pe-verify-${spec%%=*}"
-    done
+    samples pe-verify "${labels[@]}"
 }
 
 pe_batch_case() {
@@ -533,10 +540,7 @@ bench_pe_batch() {
     interleave pe-batch pe_batch_case "${cases[@]}"
 
     local spec ratio
-    report_header
-    for spec in "${labels[@]}"; do
-        report_row "${spec#*=}" "$scratch/pe-batch-${spec%%=*}"
-    done
+    report_table pe-batch "${labels[@]}"
     echo
     printf '  %-34s %9s %12s\n' "case" "median s" "files/s"
     for spec in "${labels[@]}"; do
@@ -555,11 +559,7 @@ bench_pe_batch() {
     goal_row "pki-signer loop / 1 call (info)" "$ratio" "" ""
     ratio=$(div "$(med pe-batch-sbsign-loop)" "$(med pe-batch-pki-signer-nofsync)")
     goal_row "sbsign loop / 1 call fsync off (info)" "$ratio" "" ""
-    echo
-    echo "  samples (s, run order)"
-    for spec in "${labels[@]}"; do
-        raw_row "${spec#*=}" "$scratch/pe-batch-${spec%%=*}"
-    done
+    samples pe-batch "${labels[@]}"
     rm -rf "$in" "$scratch/batch-out"
 }
 
@@ -621,10 +621,7 @@ bench_csr() {
         "openssl-rsa4096=openssl loop, $csr_openssl_n CSRs, rsa4096"
     )
     local spec c n m kt ours theirs
-    report_header
-    for spec in "${labels[@]}"; do
-        report_row "${spec#*=}" "$scratch/csr-${spec%%=*}"
-    done
+    report_table csr "${labels[@]}"
     echo
     printf '  %-34s %12s %12s %16s\n' "case" "certs/s" "ms/cert" "s per $csr_n"
     for spec in "${labels[@]}"; do
@@ -644,11 +641,7 @@ bench_csr() {
         theirs=$(awk -v t="$(med "csr-openssl-$kt")" -v n="$csr_openssl_n" 'BEGIN { print t / n }')
         goal_row "openssl / pki-signer per cert ($kt)" "$(div "$theirs" "$ours")" "" ""
     done
-    echo
-    echo "  samples (s, run order)"
-    for spec in "${labels[@]}"; do
-        raw_row "${spec#*=}" "$scratch/csr-${spec%%=*}"
-    done
+    samples csr "${labels[@]}"
 }
 
 # ---------------------------------------------------------------- guestos-verity
@@ -739,22 +732,15 @@ CONF
         "veritysetup=veritysetup format"
         "gyroidos=veritysetup + sha256sum + sha1sum"
     )
-    local spec ratio
-    report_header
-    for spec in "${labels[@]}"; do
-        report_row "${spec#*=}" "$scratch/verity-${spec%%=*}"
-    done
+    local ratio
+    report_table verity "${labels[@]}"
     echo
     echo "  goals (medians)"
     ratio=$(div "$(med verity-pki-signer)" "$(med verity-veritysetup)")
     goal_row "pki-signer / veritysetup format alone" "$ratio" "goal <= 1.2" "$(verdict "$ratio" 1.2)"
     ratio=$(div "$(med verity-pki-signer)" "$(med verity-gyroidos)")
     goal_row "pki-signer / veritysetup + sha256sum + sha1sum" "$ratio" "(info)" ""
-    echo
-    echo "  samples (s, run order)"
-    for spec in "${labels[@]}"; do
-        raw_row "${spec#*=}" "$scratch/verity-${spec%%=*}"
-    done
+    samples verity "${labels[@]}"
 }
 
 # ---------------------------------------------------------------- offline
@@ -963,11 +949,8 @@ bench_uki_build() {
         "pki-signer-nofsync=pki-signer, fsync off (eatmydata)"
         "durable-copy=dd conv=fsync (copy floor)"
     )
-    local spec ratio rss
-    report_header
-    for spec in "${labels[@]}"; do
-        report_row "${spec#*=}" "$scratch/uki-${spec%%=*}"
-    done
+    local ratio rss
+    report_table uki "${labels[@]}"
     echo
     ratio_table uki pki-signer floor "${labels[@]}"
     echo
@@ -982,11 +965,7 @@ bench_uki_build() {
     goal_row "pki-signer fsync off / openssl dgst (info)" "$ratio" "" ""
     ratio=$(div "$(med uki-pki-signer)" "$(med uki-durable-copy)")
     goal_row "pki-signer / durable copy (info)" "$ratio" "" ""
-    echo
-    echo "  samples (s, run order)"
-    for spec in "${labels[@]}"; do
-        raw_row "${spec#*=}" "$scratch/uki-${spec%%=*}"
-    done
+    samples uki "${labels[@]}"
 }
 
 # ---------------------------------------------------------------- main

@@ -428,14 +428,10 @@ fn written_digest(d: &Path, uki: &str) -> serde_json::Value {
 /// The digest computed while writing still equals the one read back.
 #[test]
 fn one_pass_digest_of_a_uki_with_gaps() {
-    if system_file(STUB, "systemd-boot-efi").is_none() {
+    let Some(tmp) = setup_with_stub("stub-tail.efi", |s| s.extend_from_slice(b"tail!")) else {
         return;
-    }
-    let tmp = setup();
+    };
     let d = tmp.path();
-    let mut stub = fs::read(STUB).unwrap();
-    stub.extend_from_slice(b"tail!");
-    fs::write(d.join("stub-tail.efi"), &stub).unwrap();
     let report = json(build(
         d,
         "uki.efi",
@@ -593,17 +589,26 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
+/// [`setup`] plus a copy of the system stub, changed by `edit`, at `name`;
+/// None (skipped) where the stub is not installed.
+fn setup_with_stub(name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> Option<tempfile::TempDir> {
+    system_file(STUB, "systemd-boot-efi")?;
+    let tmp = setup();
+    let mut stub = fs::read(STUB).unwrap();
+    edit(&mut stub);
+    fs::write(tmp.path().join(name), &stub).unwrap();
+    Some(tmp)
+}
+
 #[test]
 fn a_stub_of_unknown_version_is_refused() {
-    if system_file(STUB, "systemd-boot-efi").is_none() {
+    let Some(tmp) = setup_with_stub("stub999.efi", |s| {
+        let at = find(s, b"systemd-stub 252").unwrap();
+        s[at + 13..at + 16].copy_from_slice(b"999");
+    }) else {
         return;
-    }
-    let tmp = setup();
+    };
     let d = tmp.path();
-    let mut stub = fs::read(STUB).unwrap();
-    let at = find(&stub, b"systemd-stub 252").unwrap();
-    stub[at + 13..at + 16].copy_from_slice(b"999");
-    fs::write(d.join("stub999.efi"), &stub).unwrap();
     let err = fails(build(d, "uki.efi", &["--stub", "stub999.efi"], &[]), 2);
     assert!(
         err.contains("systemd-stub 999") && err.contains("not known"),

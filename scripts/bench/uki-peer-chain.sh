@@ -29,20 +29,9 @@ dir=$(dirname "$out")
     --private-key="$pcr_priv" --public-key="$pcr_pub" \
     --tpm2-device="swtpm:host=127.0.0.1,port=$port" --json=short >"$dir/pcrsig.json"
 
-# New sections go after the stub's last one, 4 KiB aligned (systemd-stub(7)).
-end=0
-while read -r vsize vma; do
-    e=$((16#$vma + 16#$vsize))
-    [ "$e" -gt "$end" ] && end=$e
-done < <(objdump -h -w "$stub" | awk '$1 ~ /^[0-9]+$/ { print $3, $4 }')
-off=$(((end + 4095) / 4096 * 4096))
-args=()
-for s in ".osrel=$osrel" ".cmdline=$cmdline" ".pcrpkey=$pcr_pub" ".initrd=$initrd" \
-    ".linux=$kernel" ".pcrsig=$dir/pcrsig.json"; do
-    name=${s%%=*} file=${s#*=}
-    args+=(--add-section "$name=$file" --change-section-vma "$name=$(printf '0x%x' "$off")")
-    off=$(((off + $(stat -c %s "$file") + 4095) / 4096 * 4096))
-done
-objcopy "${args[@]}" "$stub" "$dir/uki.unsigned.efi"
+# shellcheck source=scripts/bench/add-sections.sh
+source "$(dirname "${BASH_SOURCE[0]}")/add-sections.sh"
+add_sections "$stub" "$dir/uki.unsigned.efi" ".osrel=$osrel" ".cmdline=$cmdline" ".pcrpkey=$pcr_pub" \
+    ".initrd=$initrd" ".linux=$kernel" ".pcrsig=$dir/pcrsig.json"
 
 sbsign --key "$key" --cert "$cert" --output "$out" "$dir/uki.unsigned.efi" 2>/dev/null
