@@ -10,6 +10,7 @@ source scripts/deps.sh
 source scripts/testbins.sh
 source tests/ovmf/deps.sh
 source scripts/layer-deps.sh
+source scripts/stubdebs.sh
 
 ensure_cargo
 # Peers: openssl (x509/verify/pkey), efitools (ESL/auth), sbsigntool, osslsigncode, pesign;
@@ -24,6 +25,10 @@ ensure_apt systemd swtpm libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0 libtss2-tc
 # OVMF + QEMU + swtpm (+ swtpm-tools) + virt-firmware (venv) for the firmware and TPM proofs
 # (tests/firmware.rs, tests/tpm.rs: PKI_SIGNER_TEST_VMLINUZ from testbins_prepare below).
 ovmf_deps
+# systemd-stub 254 and 257, systemd-measure 254, ukify 254 and 257, from Debian debs extracted
+# into the cache (tests/uki.rs, tests/tpm.rs: the stubs newer than Debian 12's); after ovmf_deps,
+# whose venv has pefile for ukify.
+stubdebs_prepare
 # bitbake's bb library (PyPI bitbake-setup), oelint-adv and pytest for the layer tests.
 layer_deps
 testbins_prepare

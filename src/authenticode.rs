@@ -32,33 +32,12 @@ use der::{Any, Decode, Encode, Sequence, Tag, TagNumber, Tagged};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::asn1::{alg_id, attribute, Raw};
+use crate::asn1::{attribute, Raw};
 use crate::error::{Error, Result};
-use crate::keys::{KeyType, SigScheme, Signer};
-use crate::pkcs7::{hash_name, name_string, sig_alg_name, Hash, SignerId};
-use crate::{asn1, pkcs7};
-
-/// Object identifiers of Authenticode; the PKCS#7 ones are [`pkcs7::oid`]'s.
-pub mod oid {
-    use der::asn1::ObjectIdentifier;
-
-    pub use crate::pkcs7::oid::{
-        CONTENT_TYPE, COUNTER_SIGNATURE, MESSAGE_DIGEST, SHA256, SIGNED_DATA, SIGNING_TIME,
-    };
-
-    pub const SPC_INDIRECT_DATA: ObjectIdentifier =
-        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.2.1.4");
-    pub const SPC_PE_IMAGE_DATA: ObjectIdentifier =
-        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.2.1.15");
-    pub const SPC_SP_OPUS_INFO: ObjectIdentifier =
-        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.2.1.12");
-    /// Microsoft: further Authenticode signatures nested in an unsigned attribute.
-    pub const MS_NESTED_SIGNATURE: ObjectIdentifier =
-        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.2.4.1");
-    /// Microsoft: RFC 3161 timestamp token in an unsigned attribute.
-    pub const MS_RFC3161_TIMESTAMP: ObjectIdentifier =
-        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.3.3.1");
-}
+use crate::keys::Signer;
+use crate::pkcs7::{name_string, SignerId};
+use crate::sigalg::{alg_name, hash_name, AlgIdFor, DigestInfo, Hash, Scheme};
+use crate::{asn1, oid, pkcs7};
 
 /// The placeholder file name sbsign and signtool put into SpcPeImageData.
 const OBSOLETE: &str = "<<<Obsolete>>>";
@@ -109,12 +88,6 @@ struct SpcAttributeTypeAndOptionalValue {
 }
 
 #[derive(Sequence)]
-struct DigestInfo {
-    algorithm: AlgorithmIdentifierOwned,
-    digest: OctetString,
-}
-
-#[derive(Sequence)]
 struct SpcIndirectDataContent {
     data: SpcAttributeTypeAndOptionalValue,
     message_digest: DigestInfo,
@@ -128,7 +101,7 @@ fn spc_indirect_data_content(image_sha256: &[u8; 32]) -> der::Result<Any> {
             value: Some(spc_pe_image_data()?),
         },
         message_digest: DigestInfo {
-            algorithm: alg_id(oid::SHA256, true)?,
+            algorithm: Hash::Sha256.alg_id()?,
             digest: OctetString::new(image_sha256.to_vec())?,
         },
     })
@@ -146,38 +119,22 @@ struct SignerInfoDer {
     signature: OctetString,
 }
 
-/// How a key of each type signs: scheme for `Signer::sign`, the digest
-/// algorithm of the SignerInfo (also the messageDigest hash) and the
-/// signatureAlgorithm OpenSSL (hence sbsign and osslsigncode) writes.
-fn signing_params(kt: KeyType) -> (SigScheme, Hash, ObjectIdentifier, bool) {
-    use pkcs7::oid::{ECDSA_WITH_SHA256, ECDSA_WITH_SHA384, RSA_ENCRYPTION};
-    match kt {
-        KeyType::Rsa(_) => (
-            SigScheme::RsaPkcs1Sha256,
-            Hash::Sha256,
-            RSA_ENCRYPTION,
-            true,
-        ),
-        KeyType::EcP256 => (
-            SigScheme::EcdsaSha256,
-            Hash::Sha256,
-            ECDSA_WITH_SHA256,
-            false,
-        ),
-        KeyType::EcP384 => (
-            SigScheme::EcdsaSha384,
-            Hash::Sha384,
-            ECDSA_WITH_SHA384,
-            false,
-        ),
-    }
-}
-
 /// Sign the Authenticode digest of a PE image. Returns the DER of the PKCS#7
 /// ContentInfo (what sbsign --detached writes and what goes into WIN_CERTIFICATE).
 pub fn sign_digest(image_sha256: &[u8; 32], opts: &SignOptions) -> Result<Vec<u8>> {
     let cert = pkcs7::check_signer(opts.signer, opts.cert, opts.chain)?;
-    let (scheme, hash, sig_oid, sig_null) = signing_params(opts.signer.key_type());
+    // The key's own scheme, whose hash is also the digest algorithm. A
+    // PSS-typed key is refused: no firmware is known to check such a signature.
+    let scheme = match opts.signer.scheme() {
+        Scheme::RsaPss { .. } => {
+            return Err(Error::Usage(format!(
+                "{} is an RSA-PSS key: Authenticode signatures are RSA PKCS#1 v1.5 or ECDSA",
+                opts.signer.origin()
+            )))
+        }
+        s => s,
+    };
+    let hash = scheme.hash();
     let signing_time = opts
         .signing_time
         .map(|t| asn1::signing_time_value(t, der_err))
@@ -213,13 +170,13 @@ pub fn sign_digest(image_sha256: &[u8; 32], opts: &SignOptions) -> Result<Vec<u8
         let signer_info = SignerInfoDer {
             version: CmsVersion::V1,
             sid: pkcs7::issuer_and_serial(&cert)?,
-            digest_algorithm: alg_id(hash.oid(), true)?,
+            digest_algorithm: hash.alg_id()?,
             signed_attrs,
-            signature_algorithm: alg_id(sig_oid, sig_null)?,
+            signature_algorithm: scheme.alg_id(AlgIdFor::SignerInfo)?,
             signature: OctetString::new(signature)?,
         };
         let signed_data = pkcs7::signed_data(
-            hash.oid(),
+            hash,
             EncapsulatedContentInfo {
                 econtent_type: oid::SPC_INDIRECT_DATA,
                 econtent: Some(spc),
@@ -354,7 +311,7 @@ fn read_signature(sd: &pkcs7::SignedDataRef<'_>) -> std::result::Result<Signatur
         signer_issuer,
         signer_serial,
         signer_digest_algorithm: hash_name(&signer.digest_oid),
-        signature_algorithm: sig_alg_name(&signer.signature_alg.oid),
+        signature_algorithm: alg_name(&signer.signature_alg.oid),
         signing_time: signer.signing_time.clone(),
         signed_data_version: sd.version,
         cms_wrapped: spc_element.is_some(),
@@ -478,7 +435,7 @@ pub fn trust_path(
 mod tests {
     use super::*;
     use crate::asn1::children as inner;
-    use crate::keys::FileKey;
+    use crate::keys::{FileKey, KeyType};
     use crate::x509::{self, CertSpec, Subject};
     use der::Decode;
     use rcgen::KeyUsagePurpose as Ku;
@@ -820,8 +777,7 @@ mod tests {
         };
         let body = order(written);
         let set = Any::new(Tag::Set, order(signed)).unwrap().to_der().unwrap();
-        let (scheme, ..) = signing_params(k.key_type());
-        let signature = k.sign(scheme, &set).unwrap();
+        let signature = k.sign(k.scheme(), &set).unwrap();
         let si = [
             si[0].der,
             si[1].der,

@@ -25,6 +25,7 @@ use time::OffsetDateTime;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::oid::{self, ObjectIdentifier};
 use crate::x509;
 
 /// How the path may end.
@@ -76,22 +77,22 @@ const MAX_DEPTH: usize = 10;
 
 /// Extensions OpenSSL's `X509_supported_extension` handles; any other
 /// extension marked critical makes `X509_verify_cert` fail.
-const HANDLED_CRITICAL: &[&str] = &[
-    "2.16.840.1.113730.1.1", // netscape-cert-type
-    "2.5.29.15",             // keyUsage
-    "2.5.29.17",             // subjectAltName
-    "2.5.29.19",             // basicConstraints
-    "2.5.29.32",             // certificatePolicies
-    "2.5.29.31",             // cRLDistributionPoints
-    "2.5.29.37",             // extKeyUsage
-    "1.3.6.1.5.5.7.1.7",     // sbgp-ipAddrBlock
-    "1.3.6.1.5.5.7.1.8",     // sbgp-autonomousSysNum
-    "1.3.6.1.5.5.7.48.1.5",  // id-pkix-OCSP-noCheck
-    "2.5.29.36",             // policyConstraints
-    "1.3.6.1.5.5.7.1.14",    // proxyCertInfo
-    "2.5.29.30",             // nameConstraints
-    "2.5.29.33",             // policyMappings
-    "2.5.29.54",             // inhibitAnyPolicy
+const HANDLED_CRITICAL: &[ObjectIdentifier] = &[
+    oid::NETSCAPE_CERT_TYPE,
+    oid::KEY_USAGE,
+    oid::SUBJECT_ALT_NAME,
+    oid::BASIC_CONSTRAINTS,
+    oid::CERTIFICATE_POLICIES,
+    oid::CRL_DISTRIBUTION_POINTS,
+    oid::EXT_KEY_USAGE,
+    oid::IP_ADDR_BLOCKS,
+    oid::AS_IDENTIFIERS,
+    oid::OCSP_NO_CHECK,
+    oid::POLICY_CONSTRAINTS,
+    oid::PROXY_CERT_INFO,
+    oid::NAME_CONSTRAINTS,
+    oid::POLICY_MAPPINGS,
+    oid::INHIBIT_ANY_POLICY,
 ];
 
 struct Cand<'a> {
@@ -244,10 +245,8 @@ fn check(certs: &[&Cand<'_>], rules: &Rules) -> Result<(), String> {
     for (i, c) in certs.iter().enumerate() {
         let c = &c.cert;
         let name = c.subject().to_string();
-        if let Some(e) = c
-            .iter_extensions()
-            .find(|e| e.critical && !HANDLED_CRITICAL.contains(&e.oid.to_id_string().as_str()))
-        {
+        let handled = |o| oid::of(o).is_some_and(|o| HANDLED_CRITICAL.contains(&o));
+        if let Some(e) = c.iter_extensions().find(|e| e.critical && !handled(&e.oid)) {
             return Err(format!(
                 "certificate '{name}' has an unhandled critical extension {}",
                 e.oid.to_id_string()
@@ -255,7 +254,7 @@ fn check(certs: &[&Cand<'_>], rules: &Rules) -> Result<(), String> {
         }
         if i > 0
             && c.iter_extensions()
-                .any(|e| e.oid.to_id_string() == "2.5.29.30")
+                .any(|e| oid::of(&e.oid) == Some(oid::NAME_CONSTRAINTS))
         {
             // OpenSSL would check every name below against them; we do not
             // evaluate name constraints, so we do not vouch for such a path.

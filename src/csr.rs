@@ -22,17 +22,15 @@ use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension, X509Extension};
 use x509_parser::prelude::FromDer;
-use x509_parser::x509::{SubjectPublicKeyInfo, X509Name};
+use x509_parser::x509::X509Name;
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, DirLock, PUBLIC_MODE};
 use crate::identity::Identity;
+use crate::oid::{self, ObjectIdentifier};
 use crate::par;
+use crate::sigalg::{alg_name, KeyInfo, KeyKind};
 use crate::x509;
-
-const OID_SAN: &str = "2.5.29.17";
-const OID_ORG: &str = "2.5.4.10";
-const OID_CN: &str = "2.5.4.3";
 
 /// A CSR read into memory (DER), remembered with the file it came from.
 pub struct CsrFile {
@@ -95,116 +93,50 @@ impl CsrFile {
     }
 }
 
-/// The key kinds a device certificate may certify.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DeviceKey {
-    Rsa(usize),
-    EcP256,
-    EcP384,
-}
-
-/// Describe a public key ("RSA 2048", "EC P-256"), and say whether we certify it.
-fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> (String, std::result::Result<DeviceKey, String>) {
-    let key = spki.subject_public_key.data.as_ref();
-    match spki.algorithm.algorithm.to_id_string().as_str() {
-        "1.2.840.113549.1.1.1" => match x509_parser::public_key::RSAPublicKey::from_der(key) {
-            Ok((_, k)) => {
-                let bits = k.key_size();
-                let ok = if (2048..=8192).contains(&bits) {
-                    Ok(DeviceKey::Rsa(bits))
-                } else {
-                    Err(format!("RSA key of {bits} bits (supported: 2048 to 8192)"))
-                };
-                (format!("RSA {bits}"), ok)
-            }
-            Err(_) => (
-                "RSA (malformed)".into(),
-                Err("malformed RSA public key".into()),
-            ),
-        },
+/// The kind of the key `info` describes, or why we do not certify it.
+fn device_key(info: &KeyInfo) -> std::result::Result<KeyKind, String> {
+    match (info.algorithm.as_str(), info.kind, info.bits, &info.curve) {
         // Keys restricted to PSS: no device stack we target uses them for TLS.
-        "1.2.840.113549.1.1.10" => (
-            "RSA-PSS".into(),
-            Err(
-                "RSA-PSS-restricted key (id-RSASSA-PSS) is not supported; use rsaEncryption".into(),
-            ),
-        ),
-        "1.2.840.10045.2.1" => {
-            let curve = x509::ec_curve_oid(spki);
-            match curve.as_deref() {
-                Some("1.2.840.10045.3.1.7") => ("EC P-256".into(), Ok(DeviceKey::EcP256)),
-                Some("1.3.132.0.34") => ("EC P-384".into(), Ok(DeviceKey::EcP384)),
-                Some(c) => (
-                    format!("EC {c}"),
-                    Err(format!("EC curve {c} (supported: P-256, P-384)")),
-                ),
-                None => (
-                    "EC (no named curve)".into(),
-                    Err("EC key without a named curve".into()),
-                ),
-            }
+        ("RSA-PSS", ..) => {
+            Err("RSA-PSS-restricted key (id-RSASSA-PSS) is not supported; use rsaEncryption".into())
         }
-        o => {
-            let name = match o {
-                "1.3.101.112" => "Ed25519",
-                "1.3.101.113" => "Ed448",
-                "1.2.840.10040.4.1" => "DSA",
-                o => o,
-            };
-            (
-                name.to_string(),
-                Err(format!(
-                    "key algorithm {name} (supported: RSA, EC P-256, EC P-384)"
-                )),
-            )
+        (_, Some(KeyKind::Rsa), Some(bits), _) if !(2048..=8192).contains(&bits) => {
+            Err(format!("RSA key of {bits} bits (supported: 2048 to 8192)"))
         }
+        (_, Some(k), ..) => Ok(k),
+        ("RSA", ..) => Err("malformed RSA public key".into()),
+        ("EC", _, _, Some(c)) => Err(format!("EC curve {c} (supported: P-256, P-384)")),
+        ("EC", ..) => Err("EC key without a named curve".into()),
+        (a, ..) => Err(format!(
+            "key algorithm {a} (supported: RSA, EC P-256, EC P-384)"
+        )),
     }
 }
 
-fn sig_alg_name(oid: &str) -> String {
-    match oid {
-        "1.2.840.113549.1.1.11" => "sha256WithRSAEncryption",
-        "1.2.840.113549.1.1.12" => "sha384WithRSAEncryption",
-        "1.2.840.113549.1.1.13" => "sha512WithRSAEncryption",
-        "1.2.840.113549.1.1.10" => "RSASSA-PSS",
-        "1.2.840.113549.1.1.5" => "sha1WithRSAEncryption",
-        "1.2.840.10045.4.3.2" => "ecdsa-with-SHA256",
-        "1.2.840.10045.4.3.3" => "ecdsa-with-SHA384",
-        "1.2.840.10045.4.3.4" => "ecdsa-with-SHA512",
-        "1.3.101.112" => "Ed25519",
-        o => o,
-    }
-    .to_string()
+/// The subject attribute named so in `SUBJECT_ATTRS`, or the dotted OID.
+fn attr_name(o: &x509_parser::oid_registry::Oid<'_>) -> String {
+    let known = oid::of(o).and_then(|o| SUBJECT_ATTRS.iter().find(|(_, x)| *x == o));
+    known.map_or_else(|| o.to_id_string(), |(n, _)| n.to_string())
 }
 
-fn attr_name(oid: &str) -> String {
-    match oid {
-        "2.5.4.6" => "C",
-        OID_ORG => "O",
-        "2.5.4.11" => "OU",
-        OID_CN => "CN",
-        "2.5.4.7" => "L",
-        "2.5.4.8" => "ST",
-        "2.5.4.5" => "serialNumber",
-        "1.2.840.113549.1.9.1" => "emailAddress",
-        o => o,
-    }
-    .to_string()
+fn ext_name(o: &x509_parser::oid_registry::Oid<'_>) -> String {
+    const NAMES: &[(ObjectIdentifier, &str)] = &[
+        (oid::BASIC_CONSTRAINTS, "basicConstraints"),
+        (oid::KEY_USAGE, "keyUsage"),
+        (oid::EXT_KEY_USAGE, "extendedKeyUsage"),
+        (oid::SUBJECT_ALT_NAME, "subjectAltName"),
+        (oid::SUBJECT_KEY_ID, "subjectKeyIdentifier"),
+        (oid::AUTHORITY_KEY_ID, "authorityKeyIdentifier"),
+        (oid::CERTIFICATE_POLICIES, "certificatePolicies"),
+        (oid::NAME_CONSTRAINTS, "nameConstraints"),
+    ];
+    let known = oid::of(o).and_then(|o| NAMES.iter().find(|(x, _)| *x == o));
+    known.map_or_else(|| o.to_id_string(), |(_, n)| n.to_string())
 }
 
-fn ext_name(oid: &str) -> String {
-    match oid {
-        "2.5.29.19" => "basicConstraints",
-        "2.5.29.15" => "keyUsage",
-        "2.5.29.37" => "extendedKeyUsage",
-        OID_SAN => "subjectAltName",
-        "2.5.29.14" => "subjectKeyIdentifier",
-        "2.5.29.35" => "authorityKeyIdentifier",
-        "2.5.29.32" => "certificatePolicies",
-        "2.5.29.30" => "nameConstraints",
-        o => o,
-    }
-    .to_string()
+/// The arcs of `o`, as rcgen takes OIDs.
+fn arcs(o: ObjectIdentifier) -> Vec<u64> {
+    o.arcs().map(u64::from).collect()
 }
 
 fn ip_text(b: &[u8]) -> String {
@@ -256,11 +188,8 @@ fn requested_extensions<'a>(
     }
     let mut oids = HashSet::new();
     for e in &out {
-        if !oids.insert(e.oid.to_id_string()) {
-            return Err(format!(
-                "requests extension {} twice",
-                ext_name(&e.oid.to_id_string())
-            ));
+        if !oids.insert(&e.oid) {
+            return Err(format!("requests extension {} twice", ext_name(&e.oid)));
         }
     }
     Ok(out)
@@ -278,7 +207,6 @@ pub struct RequestedExtension {
 }
 
 fn describe_extension(e: &X509Extension<'_>) -> RequestedExtension {
-    let oid = e.oid.to_id_string();
     let value = match e.parsed_extension() {
         ParsedExtension::BasicConstraints(bc) => match (bc.ca, bc.path_len_constraint) {
             (true, Some(n)) => format!("CA:TRUE, pathlen:{n}"),
@@ -314,9 +242,9 @@ fn describe_extension(e: &X509Extension<'_>) -> RequestedExtension {
         _ => crate::codec::hex(e.value),
     };
     RequestedExtension {
-        name: ext_name(&oid),
-        copied: oid == OID_SAN,
-        oid,
+        name: ext_name(&e.oid),
+        copied: oid::of(&e.oid) == Some(oid::SUBJECT_ALT_NAME),
+        oid: e.oid.to_id_string(),
         critical: e.critical,
         value,
     }
@@ -345,7 +273,7 @@ pub struct CsrInfo {
 pub fn inspect(csr: &CsrFile) -> Result<CsrInfo> {
     let req = csr.parse()?;
     let cri = &req.certification_request_info;
-    let (key, kind) = key_kind(&cri.subject_pki);
+    let key = KeyInfo::of(&cri.subject_pki);
     let sig = verify_pop(&req);
     let exts = requested_extensions(&req).map_err(|e| csr.err(e))?;
     let mut sans = vec![];
@@ -359,15 +287,20 @@ pub fn inspect(csr: &CsrFile) -> Result<CsrInfo> {
     Ok(CsrInfo {
         file: csr.path.clone(),
         subject: cri.subject.to_string(),
-        key,
-        key_unsupported: kind.err(),
-        signature_algorithm: sig_alg_name(&req.signature_algorithm.algorithm.to_id_string()),
+        key: key.describe(),
+        key_unsupported: device_key(&key).err(),
+        signature_algorithm: req_alg_name(&req),
         signature_valid: sig.is_ok(),
         signature_error: sig.err(),
         subject_alt_names: sans,
         requested_extensions: exts.iter().map(|e| describe_extension(e)).collect(),
         sha256: crate::codec::sha256_hex(&csr.der),
     })
+}
+
+fn req_alg_name(req: &X509CertificationRequest<'_>) -> String {
+    let o = &req.signature_algorithm.algorithm;
+    oid::of(o).map_or_else(|| o.to_id_string(), |o| alg_name(&o))
 }
 
 /// Proof of possession: the request is signed by the key it asks us to certify.
@@ -395,15 +328,15 @@ pub enum Profile {
 }
 
 /// Subject attributes a profile may name, by their short names.
-const SUBJECT_ATTRS: &[(&str, &str)] = &[
-    ("C", "2.5.4.6"),
-    ("ST", "2.5.4.8"),
-    ("L", "2.5.4.7"),
-    ("O", OID_ORG),
-    ("OU", "2.5.4.11"),
-    ("CN", OID_CN),
-    ("serialNumber", "2.5.4.5"),
-    ("emailAddress", "1.2.840.113549.1.9.1"),
+const SUBJECT_ATTRS: &[(&str, ObjectIdentifier)] = &[
+    ("C", oid::COUNTRY),
+    ("ST", oid::STATE),
+    ("L", oid::LOCALITY),
+    ("O", oid::ORG),
+    ("OU", oid::ORG_UNIT),
+    ("CN", oid::COMMON_NAME),
+    ("serialNumber", oid::SERIAL_NUMBER),
+    ("emailAddress", oid::EMAIL_ADDRESS),
 ];
 
 /// What a profile lets into a certificate. Everything is decided by the
@@ -496,17 +429,17 @@ impl SanRule {
 /// A profile's rules, checked and resolved to OIDs once per run.
 struct Policy {
     name: String,
-    copy: Vec<(String, String)>,
+    copy: Vec<(String, ObjectIdentifier)>,
     require: Vec<String>,
     values: Vec<(String, String)>,
     san: Vec<SanRule>,
 }
 
-fn attr_oid(name: &str) -> std::result::Result<String, String> {
+fn attr_oid(name: &str) -> std::result::Result<ObjectIdentifier, String> {
     SUBJECT_ATTRS
         .iter()
         .find(|(n, _)| *n == name)
-        .map(|(_, o)| o.to_string())
+        .map(|(_, o)| *o)
         .ok_or_else(|| {
             format!(
                 "unknown subject attribute '{}' (known: {})",
@@ -766,8 +699,7 @@ fn check_san(g: &GeneralName<'_>, policy: &Policy) -> std::result::Result<(), St
 
 /// One subject attribute: type, value as given, and its text.
 struct Attr {
-    oid: String,
-    arcs: Vec<u64>,
+    oid: ObjectIdentifier,
     value: DnValue,
     text: String,
     /// The value as encoded in the CSR (tag and content), to check the
@@ -797,25 +729,20 @@ fn subject_attrs(name: &X509Name<'_>, policy: &Policy) -> std::result::Result<Su
         let (Some(a), None) = (it.next(), it.next()) else {
             return Err("subject has a multi-valued RDN, which is not supported".into());
         };
-        let oid = a.attr_type().to_id_string();
-        if !policy.copy.iter().any(|(_, o)| *o == oid) {
+        let copied = oid::of(a.attr_type()).filter(|o| policy.copy.iter().any(|(_, c)| c == o));
+        let Some(oid) = copied else {
             let text = a
                 .as_str()
                 .map(str::to_string)
                 .unwrap_or_else(|_| String::from_utf8_lossy(a.attr_value().data).into_owned());
             dropped.push(format!(
                 "{}={}",
-                attr_name(&oid),
+                attr_name(a.attr_type()),
                 crate::text::escape_for_terminal(&text)
             ));
             continue;
-        }
-        let arcs: Vec<u64> = a
-            .attr_type()
-            .iter()
-            .ok_or_else(|| format!("subject attribute {oid} has an oversized OID"))?
-            .collect();
-        let name = attr_name(&oid);
+        };
+        let name = attr_name(a.attr_type());
         if out.iter().any(|x| x.oid == oid) {
             return Err(format!(
                 "subject has more than one {name} attribute, which is not supported"
@@ -880,7 +807,6 @@ fn subject_attrs(name: &X509Name<'_>, policy: &Policy) -> std::result::Result<Su
         check_text(&format!("subject {name}"), &text)?;
         out.push(Attr {
             oid,
-            arcs,
             value,
             text,
             tag: a.attr_value().tag().0,
@@ -1022,12 +948,13 @@ pub struct Issued {
 pub fn issue(csr: &CsrFile, issuer: &Issuer<'_>, opts: &IssueOptions) -> Result<Issued> {
     let req = csr.parse()?;
     let cri = &req.certification_request_info;
-    let (key_desc, kind) = key_kind(&cri.subject_pki);
-    let kind = kind.map_err(|e| csr.err(format!("unsupported key: {e}")))?;
+    let key = KeyInfo::of(&cri.subject_pki);
+    let kind = device_key(&key).map_err(|e| csr.err(format!("unsupported key: {e}")))?;
     verify_pop(&req).map_err(|e| {
         csr.err(format!(
-            "CSR self-signature ({}, {key_desc}) is invalid: {e}; no proof the requester holds the key",
-            sig_alg_name(&req.signature_algorithm.algorithm.to_id_string())
+            "CSR self-signature ({}, {}) is invalid: {e}; no proof the requester holds the key",
+            req_alg_name(&req),
+            key.describe()
         ))
     })?;
     let exts = requested_extensions(&req).map_err(|e| csr.err(e))?;
@@ -1055,11 +982,13 @@ pub fn issue(csr: &CsrFile, issuer: &Issuer<'_>, opts: &IssueOptions) -> Result<
                 san = Some(*e);
             }
             ParsedExtension::ParseError { error }
-                if ["2.5.29.19", "2.5.29.15", OID_SAN].contains(&e.oid.to_id_string().as_str()) =>
+                if oid::of(&e.oid).is_some_and(|o| {
+                    [oid::BASIC_CONSTRAINTS, oid::KEY_USAGE, oid::SUBJECT_ALT_NAME].contains(&o)
+                }) =>
             {
                 return Err(csr.err(format!(
                     "malformed {} in the request: {error}",
-                    ext_name(&e.oid.to_id_string())
+                    ext_name(&e.oid)
                 )))
             }
             _ => {}
@@ -1079,21 +1008,24 @@ pub fn issue(csr: &CsrFile, issuer: &Issuer<'_>, opts: &IssueOptions) -> Result<
     let mut p = rcgen::CertificateParams::default();
     let mut dn = DistinguishedName::new();
     for a in &attrs {
-        dn.push(DnType::from_oid(&a.arcs), a.value.clone());
+        dn.push(DnType::from_oid(&arcs(a.oid)), a.value.clone());
     }
     p.distinguished_name = dn;
     p.not_before = issuer.not_before;
     p.not_after = issuer.not_after;
     p.is_ca = rcgen::IsCa::ExplicitNoCa;
     p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    if matches!(kind, DeviceKey::Rsa(_)) {
+    if kind == KeyKind::Rsa {
         // RSA key exchange (TLS 1.2 RSA kx) encrypts to the certified key.
         p.key_usages.push(rcgen::KeyUsagePurpose::KeyEncipherment);
     }
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     if let Some(e) = san {
         // Copied byte for byte, so name forms rcgen cannot express survive too.
-        let mut ext = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 17], e.value.to_vec());
+        let mut ext = rcgen::CustomExtension::from_oid_content(
+            &arcs(oid::SUBJECT_ALT_NAME),
+            e.value.to_vec(),
+        );
         // RFC 5280 4.2.1.6: with an empty subject the SAN must be critical.
         ext.set_criticality(e.critical || attrs.is_empty());
         p.custom_extensions.push(ext);
@@ -1106,20 +1038,20 @@ pub fn issue(csr: &CsrFile, issuer: &Issuer<'_>, opts: &IssueOptions) -> Result<
     // here instead of on a device in the field.
     let cert = x509::parse(&der, &csr.path)?;
     let issuer_cert = x509::parse(&issuer.id.cert, &csr.path)?;
-    let copied: Vec<(String, u32, &[u8])> = cert
+    let copied: Vec<(Option<ObjectIdentifier>, u32, &[u8])> = cert
         .subject()
         .iter_attributes()
         .map(|a| {
             (
-                a.attr_type().to_id_string(),
+                oid::of(a.attr_type()),
                 a.attr_value().tag().0,
                 a.attr_value().data,
             )
         })
         .collect();
-    let wanted: Vec<(String, u32, &[u8])> = attrs
+    let wanted: Vec<(Option<ObjectIdentifier>, u32, &[u8])> = attrs
         .iter()
-        .map(|a| (a.oid.clone(), a.tag, a.data.as_slice()))
+        .map(|a| (Some(a.oid), a.tag, a.data.as_slice()))
         .collect();
     if copied != wanted || cert.subject().iter().any(|rdn| rdn.iter().count() != 1) {
         return Err(csr.err("subject could not be copied unchanged"));

@@ -814,7 +814,7 @@ pub fn sign_auth(
             signer,
             cert,
             chain,
-            hash: crate::pkcs7::Hash::Sha256,
+            hash: crate::sigalg::Hash::Sha256,
             signed_attrs: false,
             signing_time: None,
             content_info: false,
@@ -979,10 +979,10 @@ pub fn verify_auth(
         problems.push(format!("{} SignerInfos (expected one)", sd.signers.len()));
     }
     if let Some(si) = sd.signers.first() {
-        if si.digest_oid != pkcs7::oid::SHA256 {
+        if si.digest_oid != crate::oid::SHA256 {
             problems.push(format!(
                 "digest algorithm {} (time-based variables require sha256)",
-                pkcs7::hash_name(&si.digest_oid)
+                crate::sigalg::hash_name(&si.digest_oid)
             ));
         }
     }

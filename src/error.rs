@@ -83,6 +83,17 @@ impl Error {
         }
     }
 
+    /// A verification failure restated as "`path`: `what` does not verify:
+    /// why"; any other error keeps its kind and message.
+    pub fn not_verified(self, path: &Path, what: &str) -> Error {
+        match self {
+            Error::Verify(m) => {
+                Error::Verify(format!("{}: {what} does not verify: {m}", path.display()))
+            }
+            e => e,
+        }
+    }
+
     /// Exit status per the CLI contract: 1 = verification failed, 2 = usage or input error.
     pub fn exit_code(&self) -> i32 {
         match self {

@@ -25,8 +25,8 @@ use crate::chain;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::identity::Identity;
-use crate::keys::SigScheme;
 use crate::par;
+use crate::sigalg::{self, Hash, KeyKind, Scheme};
 use crate::x509;
 
 mod cml;
@@ -1128,51 +1128,35 @@ fn insertion(
 // ---------------------------------------------------------------------------
 // Signing.
 
-const OID_RSA: &str = "1.2.840.113549.1.1.1";
-const OID_RSA_PSS: &str = "1.2.840.113549.1.1.10";
-const OID_EC: &str = "1.2.840.10045.2.1";
-/// cml sets the PSS salt to the digest length (openssl's `rsa_pss_saltlen:-1`).
-const PSS_SALT: u16 = 64;
 /// cml's `ssl_verify_signature_from_digest` (common/ssl_util.c).
-const CML_KEY_RULE: &str = "cml verifies GuestOS signatures only with RSA (PKCS#1 v1.5) or RSA-PSS keys; any other key is \"Unsupported key type\" (ssl_verify_signature_from_digest, common/ssl_util.c)";
+pub(crate) const CML_KEY_RULE: &str = "cml verifies GuestOS signatures only with RSA (PKCS#1 v1.5) or RSA-PSS keys; any other key is \"Unsupported key type\" (ssl_verify_signature_from_digest, common/ssl_util.c)";
 
-fn key_kind(oid: &str) -> String {
-    match oid {
-        OID_EC => "EC".into(),
-        "1.3.101.112" => "Ed25519".into(),
-        "1.3.101.113" => "Ed448".into(),
-        o => o.to_string(),
-    }
-}
-
-fn scheme_name(s: SigScheme) -> &'static str {
-    match s {
-        SigScheme::RsaPssSha512 => "RSA-PSS SHA-512 (MGF1-SHA-512, salt 64)",
-        SigScheme::RsaPkcs1Sha512 => "RSA PKCS#1 v1.5 SHA-512",
-        SigScheme::EcdsaSha512 => "ECDSA SHA-512",
-        _ => "other",
-    }
+/// The scheme cml checks a GuestOS signature with: SHA-512, padded as the
+/// signer certificate's key type says; None for the keys cml refuses.
+pub(crate) fn cml_scheme(kind: Option<KeyKind>) -> Option<Scheme> {
+    kind.filter(|k| matches!(k, KeyKind::Rsa | KeyKind::RsaPss))?
+        .scheme_with(Hash::Sha512)
 }
 
 /// The scheme cml will check with: it follows the key type in the signer's
 /// certificate, not what the key file would allow.
-fn scheme_for(id: &Identity, cert_origin: &Path) -> Result<SigScheme> {
-    let cert = x509::parse(&id.cert, cert_origin)?;
-    match cert.public_key().algorithm.algorithm.to_id_string().as_str() {
-        OID_RSA_PSS => Ok(SigScheme::RsaPssSha512),
-        OID_RSA if id.signer.rsa_pss_only() => Err(Error::input(
+fn scheme_for(id: &Identity, cert_origin: &Path) -> Result<Scheme> {
+    let key = x509::key_info(&x509::parse(&id.cert, cert_origin)?);
+    if key.kind == Some(KeyKind::Rsa) && id.signer.rsa_pss_only() {
+        return Err(Error::input(
             cert_origin,
             format!(
                 "key {} is RSA-PSS but its certificate is rsaEncryption, for which cml checks PKCS#1 v1.5",
                 id.signer.origin()
             ),
-        )),
-        OID_RSA => Ok(SigScheme::RsaPkcs1Sha512),
-        o => Err(Error::input(
-            cert_origin,
-            format!("{} key: {CML_KEY_RULE}", key_kind(o)),
-        )),
+        ));
     }
+    cml_scheme(key.kind).ok_or_else(|| {
+        Error::input(
+            cert_origin,
+            format!("{} key: {CML_KEY_RULE}", key.algorithm),
+        )
+    })
 }
 
 /// Check `signature` over `msg` with the key of `leaf`, as cml does.
@@ -1180,24 +1164,13 @@ fn verify_raw(
     leaf: &X509Certificate<'_>,
     msg: &[u8],
     signature: &[u8],
-) -> std::result::Result<SigScheme, String> {
-    use crate::pkcs7::Hash;
-    use crate::sigalg::{self, Scheme};
-    let spki = leaf.public_key();
-    let (scheme, alg) = match spki.algorithm.algorithm.to_id_string().as_str() {
-        OID_RSA_PSS => (
-            SigScheme::RsaPssSha512,
-            Scheme::RsaPss {
-                hash: Hash::Sha512,
-                salt: PSS_SALT,
-            },
-        ),
-        OID_RSA => (SigScheme::RsaPkcs1Sha512, Scheme::RsaPkcs1(Hash::Sha512)),
-        o => return Err(format!("{} signer key: {CML_KEY_RULE}", key_kind(o))),
-    };
-    sigalg::verify(spki, alg, msg, signature)
+) -> std::result::Result<Scheme, String> {
+    let key = x509::key_info(leaf);
+    let scheme = cml_scheme(key.kind)
+        .ok_or_else(|| format!("{} signer key: {CML_KEY_RULE}", key.algorithm))?;
+    sigalg::verify(leaf.public_key(), scheme, msg, signature)
         .map(|()| scheme)
-        .map_err(|e| format!("{} {e}", scheme_name(scheme)))
+        .map_err(|e| format!("{} {e}", scheme.name()))
 }
 
 /// Options for `sign`.
@@ -1469,7 +1442,7 @@ pub fn sign(confs: &[PathBuf], id: &Identity, opts: &SignOptions<'_>) -> Result<
             p7s: p7s_path,
             name: w.manifest.name.clone(),
             version: w.manifest.version,
-            scheme: scheme_name(scheme).into(),
+            scheme: scheme.name(),
             signer: signer.clone(),
             conf_updated: updated,
             images: w.fills,
@@ -1488,7 +1461,7 @@ fn cms_sign(content: &[u8], id: &Identity, t: Option<OffsetDateTime>) -> Result<
             signer: id.signer.as_ref(),
             cert: &id.cert,
             chain: &id.chain,
-            hash: crate::pkcs7::Hash::Sha512,
+            hash: Hash::Sha512,
             signed_attrs: true,
             signing_time: t,
             content_info: true,
@@ -1606,7 +1579,7 @@ pub fn verify(conf: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport> {
         name: manifest.as_ref().map(|m| m.name.clone()),
         version: manifest.as_ref().map(|m| m.version),
         signer: leaf.subject().to_string(),
-        scheme: scheme.map(|s| scheme_name(s).to_string()),
+        scheme: scheme.map(Scheme::name),
         signature_ok: scheme.is_some(),
         chain: chain_subjects,
         chain_ok: chain_ok && chain_problem.is_none(),

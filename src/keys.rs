@@ -1,8 +1,9 @@
 //! Private keys and the one signing interface every signing path uses.
 //!
-//! Anything that signs (certificate issuance now; Authenticode, GuestOS
-//! manifests, EFI variables later) talks to a `dyn Signer`, so a key held in a
-//! file and a key held in an HSM are interchangeable.
+//! Anything that signs (certificates, Authenticode, EFI variables, GuestOS
+//! manifests, PCR policies) talks to a `dyn Signer`, so a key held in a file
+//! and a key held in an HSM are interchangeable. Which scheme a key signs
+//! with is the algorithm module's ([`crate::sigalg`]) answer, not the caller's.
 
 use std::fmt;
 use std::path::Path;
@@ -12,6 +13,8 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
 
 use crate::error::{Error, Result};
+use crate::oid;
+use crate::sigalg::{Hash, KeyInfo, KeyKind, Scheme};
 
 /// A key algorithm and size, spelled as on the command line (`rsa:4096`, `ec:prime256v1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,12 +31,22 @@ impl KeyType {
         matches!(self, KeyType::Rsa(_))
     }
 
-    /// The signature scheme a key of this type uses unless told otherwise.
-    pub fn default_scheme(self) -> SigScheme {
+    /// The kind of a key of this type; `rsa_pss`: typed id-RSASSA-PSS.
+    pub fn kind(self, rsa_pss: bool) -> KeyKind {
         match self {
-            KeyType::Rsa(_) => SigScheme::RsaPkcs1Sha256,
-            KeyType::EcP256 => SigScheme::EcdsaSha256,
-            KeyType::EcP384 => SigScheme::EcdsaSha384,
+            KeyType::Rsa(_) if rsa_pss => KeyKind::RsaPss,
+            KeyType::Rsa(_) => KeyKind::Rsa,
+            KeyType::EcP256 => KeyKind::P256,
+            KeyType::EcP384 => KeyKind::P384,
+        }
+    }
+
+    /// The type of the key `info` describes, if pki-signer makes such keys.
+    pub fn of(info: &KeyInfo) -> Option<KeyType> {
+        match info.kind? {
+            KeyKind::Rsa | KeyKind::RsaPss => format!("rsa:{}", info.bits?).parse().ok(),
+            KeyKind::P256 => Some(KeyType::EcP256),
+            KeyKind::P384 => Some(KeyType::EcP384),
         }
     }
 
@@ -149,22 +162,6 @@ pub fn generate_many(types: &[KeyType]) -> Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-/// Signature schemes the signing paths ask for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SigScheme {
-    RsaPkcs1Sha256,
-    RsaPkcs1Sha384,
-    RsaPkcs1Sha512,
-    /// RSA-PSS with MGF1 of the same hash and salt length = hash length.
-    RsaPssSha256,
-    RsaPssSha512,
-    EcdsaSha256,
-    EcdsaSha384,
-    /// ECDSA over SHA-512 on any supported curve (what `openssl dgst -sha512
-    /// -sign` makes with an EC key, e.g. for GuestOS manifests).
-    EcdsaSha512,
-}
-
 /// Something that can sign: a key file ([`FileKey`]) or a PKCS#11 object
 /// (`crate::pkcs11`); every signing path takes one, so an HSM key works everywhere.
 /// Implementations must never expose private key material.
@@ -173,13 +170,41 @@ pub trait Signer: Send + Sync {
     /// The subjectPublicKey BIT STRING content: PKCS#1 RSAPublicKey for RSA,
     /// the uncompressed point for EC.
     fn public_key(&self) -> &[u8];
-    fn sign(&self, scheme: SigScheme, msg: &[u8]) -> Result<Vec<u8>>;
+    fn sign(&self, scheme: Scheme, msg: &[u8]) -> Result<Vec<u8>>;
     /// Keys typed id-RSASSA-PSS may only make PSS signatures.
     fn rsa_pss_only(&self) -> bool {
         false
     }
     /// Where the key lives (path or URI), for messages. Never key material.
     fn origin(&self) -> String;
+
+    /// What the key is, as the algorithm module names it.
+    fn key_kind(&self) -> KeyKind {
+        self.key_type().kind(self.rsa_pss_only())
+    }
+    /// The scheme the key signs with where the format leaves the hash to
+    /// the key (X.509, Authenticode).
+    fn scheme(&self) -> Scheme {
+        self.key_kind().default_scheme()
+    }
+    /// The scheme for a format that fixes the hash (CMS, GuestOS, PCR policies).
+    fn scheme_with(&self, hash: Hash) -> Result<Scheme> {
+        let kind = self.key_kind();
+        kind.scheme_with(hash).ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: an {} key cannot make {} signatures (it makes {})",
+                self.origin(),
+                kind.name(),
+                hash.name(),
+                Hash::ALL
+                    .into_iter()
+                    .filter(|h| kind.scheme_with(*h).is_some())
+                    .map(Hash::name)
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ))
+        })
+    }
 }
 
 enum FileKeyInner {
@@ -203,11 +228,6 @@ fn ecdsa_signing_alg(t: KeyType) -> &'static signature::EcdsaSigningAlgorithm {
         _ => &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
     }
 }
-
-const OID_RSA_PSS: pkcs8::ObjectIdentifier =
-    pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
-const OID_RSA: pkcs8::ObjectIdentifier =
-    pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 
 /// Key passwords come from a file or the environment, never from argv
 /// (which every user on the machine can read in /proc).
@@ -235,11 +255,11 @@ impl FileKey {
     pub fn from_pkcs8(der: &[u8], origin: &Path) -> Result<FileKey> {
         let info = pkcs8::PrivateKeyInfo::try_from(der)
             .map_err(|e| Error::input(origin, format!("not a PKCS#8 private key: {e}")))?;
-        if info.algorithm.oid == OID_RSA_PSS {
+        if info.algorithm.oid == oid::RSASSA_PSS {
             // The key material is a plain RSAPrivateKey; only the type differs.
             return Self::from_rsa(RsaKeyPair::from_der(info.private_key), true, origin);
         }
-        if info.algorithm.oid == OID_RSA {
+        if info.algorithm.oid == oid::RSA_ENCRYPTION {
             return Self::from_rsa(RsaKeyPair::from_pkcs8(der), false, origin);
         }
         for t in [KeyType::EcP256, KeyType::EcP384] {
@@ -358,49 +378,29 @@ impl Signer for FileKey {
         }
     }
 
-    fn sign(&self, scheme: SigScheme, msg: &[u8]) -> Result<Vec<u8>> {
+    fn sign(&self, scheme: Scheme, msg: &[u8]) -> Result<Vec<u8>> {
         let fail = || Error::Crypto(format!("signing with {} failed", self.origin));
+        let refuse = || {
+            Error::Usage(format!(
+                "{} is an {} key and cannot make {} signatures",
+                self.origin,
+                self.key_kind().name(),
+                scheme.name()
+            ))
+        };
         match (&self.inner, scheme) {
+            (FileKeyInner::Rsa(_), Scheme::RsaPkcs1(_)) if self.rsa_pss => Err(refuse()),
             (FileKeyInner::Rsa(k), s) => {
-                if self.rsa_pss && !matches!(s, SigScheme::RsaPssSha256 | SigScheme::RsaPssSha512) {
-                    return Err(Error::Usage(format!(
-                        "{} is an RSA-PSS key and cannot make {s:?} signatures",
-                        self.origin
-                    )));
-                }
-                let pad: &'static dyn signature::RsaEncoding = match s {
-                    SigScheme::RsaPkcs1Sha256 => &signature::RSA_PKCS1_SHA256,
-                    SigScheme::RsaPkcs1Sha384 => &signature::RSA_PKCS1_SHA384,
-                    SigScheme::RsaPkcs1Sha512 => &signature::RSA_PKCS1_SHA512,
-                    SigScheme::RsaPssSha256 => &signature::RSA_PSS_SHA256,
-                    SigScheme::RsaPssSha512 => &signature::RSA_PSS_SHA512,
-                    _ => {
-                        return Err(Error::Usage(format!(
-                            "{} is an RSA key; {s:?} needs EC",
-                            self.origin
-                        )))
-                    }
-                };
+                let pad = s.rsa_encoding().ok_or_else(refuse)?;
                 let mut sig = vec![0u8; k.public_modulus_len()];
                 k.sign(pad, &SystemRandom::new(), msg, &mut sig)
                     .map_err(|_| fail())?;
                 Ok(sig)
             }
-            (FileKeyInner::Ec(k), s) => {
-                let hash = match s {
-                    SigScheme::EcdsaSha256 => &aws_lc_rs::digest::SHA256,
-                    SigScheme::EcdsaSha384 => &aws_lc_rs::digest::SHA384,
-                    SigScheme::EcdsaSha512 => &aws_lc_rs::digest::SHA512,
-                    _ => {
-                        return Err(Error::Usage(format!(
-                            "{} is an EC key; {s:?} needs RSA",
-                            self.origin
-                        )))
-                    }
-                };
-                let digest = aws_lc_rs::digest::digest(hash, msg);
-                ecdsa_deterministic(k, self.key_type, digest.as_ref()).map_err(|_| fail())
+            (FileKeyInner::Ec(k), Scheme::Ecdsa(h)) => {
+                ecdsa_deterministic(k, self.key_type, &h.digest(msg)).map_err(|_| fail())
             }
+            (FileKeyInner::Ec(_), _) => Err(refuse()),
         }
     }
 
@@ -447,7 +447,7 @@ pub fn pkcs8_as_rsa_pss(der: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     use pkcs8::der::Encode;
     let info = pkcs8::PrivateKeyInfo::try_from(der)
         .map_err(|e| Error::Crypto(format!("not a PKCS#8 private key: {e}")))?;
-    if info.algorithm.oid != OID_RSA {
+    if info.algorithm.oid != oid::RSA_ENCRYPTION {
         return Err(Error::Crypto(format!(
             "only RSA keys can be typed RSA-PSS, not {}",
             info.algorithm.oid
@@ -455,7 +455,7 @@ pub fn pkcs8_as_rsa_pss(der: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     }
     let pss = pkcs8::PrivateKeyInfo {
         algorithm: pkcs8::AlgorithmIdentifierRef {
-            oid: OID_RSA_PSS,
+            oid: oid::RSASSA_PSS,
             parameters: None,
         },
         private_key: info.private_key,

@@ -16,6 +16,7 @@ pub mod image;
 pub mod keys;
 pub mod lifecycle;
 pub mod offline;
+pub mod oid;
 pub mod par;
 pub mod pe;
 pub mod pkcs11;

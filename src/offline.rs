@@ -50,14 +50,14 @@ use crate::fsutil::{self, InputKind, Staged};
 use crate::guestos;
 use crate::identity::{self, Identity};
 use crate::image::{self, Existing, Trust};
-use crate::keys::{KeyType, SigScheme, Signer};
+use crate::keys::{KeyType, Signer};
 use crate::par;
 use crate::pe::PeImage;
 use crate::pkcs11;
-use crate::pkcs7;
 use crate::plan;
 use crate::resign::Keys;
-use crate::sigalg;
+use crate::sigalg::{self, Scheme};
+use crate::uki::{self, pcr, repolicy};
 use crate::x509;
 
 /// The `format` of a request file.
@@ -93,6 +93,9 @@ pub enum Kind {
     Guestos,
     /// A device certificate for a CSR.
     Csr,
+    /// A UKI whose PCR policy is signed again for the production PCR key,
+    /// then the whole image (Authenticode), in one visit (see uki::repolicy).
+    Uki,
 }
 
 impl Kind {
@@ -102,13 +105,14 @@ impl Kind {
             Kind::Efivar => "efivar",
             Kind::Guestos => "guestos",
             Kind::Csr => "csr",
+            Kind::Uki => "uki",
         }
     }
 
     /// The role that signs this kind unless told otherwise.
     pub fn default_role(self, var: Option<SecureVar>) -> &'static str {
         match (self, var) {
-            (Kind::Pe, _) => "ssig_subca",
+            (Kind::Pe | Kind::Uki, _) => "ssig_subca",
             (Kind::Guestos, _) => "ssig_cml",
             (Kind::Csr, _) => "device_subca",
             (Kind::Efivar, Some(SecureVar::Pk | SecureVar::Kek)) => "PK",
@@ -128,7 +132,18 @@ pub struct Request {
     pub version: u32,
     /// The certificates of each role the items use.
     pub roles: BTreeMap<String, RoleCerts>,
+    /// The PCR policy keys `uki` items are signed for (they have no certificate).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pcr_keys: BTreeMap<String, PcrKeyInfo>,
     pub items: Vec<Item>,
+}
+
+/// A PCR policy key as the build host knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PcrKeyInfo {
+    /// SubjectPublicKeyInfo DER, in hex.
+    pub public_key: String,
 }
 
 /// A role as the build host knows it: the production certificate the
@@ -172,6 +187,8 @@ pub struct Item {
     pub pe: Option<PeParams>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub efivar: Option<EfivarParams>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uki: Option<UkiParams>,
 }
 
 /// What the Authenticode signed attributes of a PE item are made from.
@@ -200,6 +217,54 @@ pub struct EfivarParams {
     pub append: bool,
     /// EFI_TIME, `YYYY-MM-DD HH:MM:SS`.
     pub time: String,
+}
+
+/// What a `uki` item's policies and image signature are made from. `tbs` is
+/// empty: the signed attributes cover the Authenticode digest, which is only
+/// known once the policies are signed (`prefix` finished over the new
+/// `.pcrsig` and `zeros_after` zeros).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UkiParams {
+    /// The PCR key (a name in `pcr_keys`).
+    pub pcr_role: String,
+    pub banks: Vec<String>,
+    /// Boot phase paths, one policy per bank and phase, in `.pcrsig` order.
+    pub phases: Vec<String>,
+    /// The measured sections in measuring order, `.pcrpkey` already the new key.
+    pub sections: Vec<UkiSection>,
+    /// The length the new `.pcrsig` has.
+    pub pcrsig_len: u64,
+    pub prefix: HashPrefix,
+    pub zeros_after: u64,
+    /// signingTime (RFC 3339, whole seconds), or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_time: Option<String>,
+    /// `refuse` or `replace`: signatures other than `drop_signers`' cannot
+    /// stay, since the image changes.
+    pub existing: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_signers: Vec<String>,
+}
+
+/// A measured section's digest per bank (hex).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UkiSection {
+    pub name: String,
+    pub digests: BTreeMap<String, String>,
+}
+
+/// A SHA-256 stopped part-way ([`crate::codec::Sha256Midstate`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashPrefix {
+    /// The chaining value (hex, 32 bytes).
+    pub state: String,
+    /// Bytes hashed into it: whole 64-byte blocks.
+    pub compressed: u64,
+    /// The bytes after those (hex, fewer than 64).
+    pub pending: String,
 }
 
 /// `response.json`.
@@ -235,6 +300,9 @@ pub struct Signed {
     /// `csr`: the issued certificate, DER in hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// `uki`: the policy signatures, in `.pcrsig` order (banks, then phases), in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr_signatures: Option<Vec<String>>,
 }
 
 /// The SHA-256 (hex) that binds a response to its request: over the
@@ -314,57 +382,6 @@ fn role_name_ok(r: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
-/// The names used in requests for the schemes offline signing makes.
-pub fn scheme_name(s: SigScheme) -> &'static str {
-    match s {
-        SigScheme::RsaPkcs1Sha256 => "rsa-pkcs1-sha256",
-        SigScheme::RsaPkcs1Sha384 => "rsa-pkcs1-sha384",
-        SigScheme::RsaPkcs1Sha512 => "rsa-pkcs1-sha512",
-        SigScheme::RsaPssSha256 => "rsa-pss-sha256",
-        SigScheme::RsaPssSha512 => "rsa-pss-sha512",
-        SigScheme::EcdsaSha256 => "ecdsa-sha256",
-        SigScheme::EcdsaSha384 => "ecdsa-sha384",
-        SigScheme::EcdsaSha512 => "ecdsa-sha512",
-    }
-}
-
-fn parse_scheme(s: &str) -> Option<SigScheme> {
-    [
-        SigScheme::RsaPkcs1Sha256,
-        SigScheme::RsaPkcs1Sha384,
-        SigScheme::RsaPkcs1Sha512,
-        SigScheme::RsaPssSha256,
-        SigScheme::RsaPssSha512,
-        SigScheme::EcdsaSha256,
-        SigScheme::EcdsaSha384,
-        SigScheme::EcdsaSha512,
-    ]
-    .into_iter()
-    .find(|x| scheme_name(*x) == s)
-}
-
-/// The verifier's view of a scheme (PSS salt = hash length, as `Signer`s make it).
-fn verify_scheme(s: SigScheme) -> sigalg::Scheme {
-    use pkcs7::Hash::*;
-    use sigalg::Scheme;
-    match s {
-        SigScheme::RsaPkcs1Sha256 => Scheme::RsaPkcs1(Sha256),
-        SigScheme::RsaPkcs1Sha384 => Scheme::RsaPkcs1(Sha384),
-        SigScheme::RsaPkcs1Sha512 => Scheme::RsaPkcs1(Sha512),
-        SigScheme::RsaPssSha256 => Scheme::RsaPss {
-            hash: Sha256,
-            salt: 32,
-        },
-        SigScheme::RsaPssSha512 => Scheme::RsaPss {
-            hash: Sha512,
-            salt: 64,
-        },
-        SigScheme::EcdsaSha256 => Scheme::Ecdsa(Sha256),
-        SigScheme::EcdsaSha384 => Scheme::Ecdsa(Sha384),
-        SigScheme::EcdsaSha512 => Scheme::Ecdsa(Sha512),
-    }
-}
-
 fn existing_name(e: Existing) -> &'static str {
     match e {
         Existing::Refuse => "refuse",
@@ -424,6 +441,22 @@ pub enum Params {
     },
     Guestos,
     Csr,
+    Uki(Box<UkiChecked>),
+}
+
+/// A `uki` item's fields, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UkiChecked {
+    pub pcr_role: String,
+    pub banks: Vec<pcr::Bank>,
+    pub phases: Vec<String>,
+    pub digests: pcr::SectionDigests,
+    pub pcrsig_len: u64,
+    pub prefix: crate::codec::Sha256Midstate,
+    pub zeros_after: u64,
+    pub signing_time: Option<OffsetDateTime>,
+    pub existing: Existing,
+    pub drop_signers: Vec<String>,
 }
 
 /// An item of a request, decoded and checked against its own fields.
@@ -434,7 +467,7 @@ pub struct CheckedItem {
     pub artifact: PathBuf,
     pub artifact_abs: PathBuf,
     pub artifact_sha256: String,
-    pub scheme: Option<SigScheme>,
+    pub scheme: Option<Scheme>,
     pub tbs: Vec<u8>,
     pub params: Params,
 }
@@ -445,7 +478,16 @@ pub struct CheckedRequest {
     pub request: Request,
     pub sha256: String,
     pub roles: BTreeMap<String, Role>,
+    pub pcr_keys: BTreeMap<String, PcrKey>,
     pub items: Vec<CheckedItem>,
+}
+
+/// A PCR policy key of a request, decoded.
+#[derive(Clone, Debug)]
+pub struct PcrKey {
+    pub name: String,
+    pub public: uki::PublicKey,
+    pub key_type: KeyType,
 }
 
 fn check_role(name: &str, rc: &RoleCerts, origin: &Path) -> Result<Role> {
@@ -463,10 +505,10 @@ fn check_role(name: &str, rc: &RoleCerts, origin: &Path) -> Result<Role> {
             ),
         ));
     }
-    let (desc, key_type) = x509::key_description(&parsed);
-    let key_type = key_type.ok_or_else(|| bad(origin, &at, format!("unsupported key {desc}")))?;
-    let rsa_pss =
-        parsed.public_key().algorithm.algorithm.as_bytes() == pkcs7::oid::RSASSA_PSS.as_bytes();
+    let key = x509::key_info(&parsed);
+    let key_type = KeyType::of(&key)
+        .ok_or_else(|| bad(origin, &at, format!("unsupported key {}", key.describe())))?;
+    let rsa_pss = key.kind == Some(sigalg::KeyKind::RsaPss);
     let public_key = parsed.public_key().subject_public_key.data.to_vec();
     let subject = parsed.subject().to_string();
     let list = |v: &[String], what: &str, min: usize| -> Result<Vec<Vec<u8>>> {
@@ -506,7 +548,7 @@ fn check_role(name: &str, rc: &RoleCerts, origin: &Path) -> Result<Role> {
 /// module's own signing code with it yields that module's to-be-signed bytes.
 struct Recorder<'a> {
     role: &'a Role,
-    seen: Mutex<Vec<(SigScheme, Vec<u8>)>>,
+    seen: Mutex<Vec<(Scheme, Vec<u8>)>>,
 }
 
 impl<'a> Recorder<'a> {
@@ -517,7 +559,7 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    fn one(self) -> Result<(SigScheme, Vec<u8>)> {
+    fn one(self) -> Result<(Scheme, Vec<u8>)> {
         let mut v = self.seen.into_inner().unwrap_or_else(|e| e.into_inner());
         match v.len() {
             1 => Ok(v.remove(0)),
@@ -535,7 +577,7 @@ impl Signer for Recorder<'_> {
     fn public_key(&self) -> &[u8] {
         &self.role.public_key
     }
-    fn sign(&self, scheme: SigScheme, msg: &[u8]) -> Result<Vec<u8>> {
+    fn sign(&self, scheme: Scheme, msg: &[u8]) -> Result<Vec<u8>> {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -555,7 +597,7 @@ impl Signer for Recorder<'_> {
 /// bytes and scheme it was made for.
 struct Replay<'a> {
     role: &'a Role,
-    scheme: SigScheme,
+    scheme: Scheme,
     tbs: &'a [u8],
     signature: &'a [u8],
     what: &'a str,
@@ -568,7 +610,7 @@ impl Signer for Replay<'_> {
     fn public_key(&self) -> &[u8] {
         &self.role.public_key
     }
-    fn sign(&self, scheme: SigScheme, msg: &[u8]) -> Result<Vec<u8>> {
+    fn sign(&self, scheme: Scheme, msg: &[u8]) -> Result<Vec<u8>> {
         if scheme != self.scheme || msg != self.tbs {
             return Err(Error::Verify(format!(
                 "{}: what it needs signed now is not what the response's signature was made over; refusing",
@@ -590,7 +632,7 @@ fn pe_tbs(
     role: &Role,
     digest: &[u8; 32],
     signing_time: Option<OffsetDateTime>,
-) -> Result<(SigScheme, Vec<u8>)> {
+) -> Result<(Scheme, Vec<u8>)> {
     let rec = Recorder::new(role);
     authenticode::sign_digest(
         digest,
@@ -611,34 +653,179 @@ fn efivar_tbs(
     append: bool,
     time: EfiTime,
     data: &[u8],
-) -> Result<(SigScheme, Vec<u8>)> {
+) -> Result<(Scheme, Vec<u8>)> {
     let rec = Recorder::new(role);
     efivar::sign_auth(var, append, time, data, &rec, &role.cert, &role.chain)?;
     rec.one()
 }
 
-/// The scheme cml checks a GuestOS signature with: it follows the signer
-/// certificate's key type (guestos.rs, `scheme_for`).
-fn guestos_scheme(role: &Role, origin: &Path) -> Result<SigScheme> {
-    match role.key_type {
-        KeyType::Rsa(_) if role.rsa_pss => Ok(SigScheme::RsaPssSha512),
-        KeyType::Rsa(_) => Ok(SigScheme::RsaPkcs1Sha512),
-        kt => Err(bad(
+/// The scheme cml checks a GuestOS signature by `role` with.
+fn guestos_scheme(role: &Role, origin: &Path) -> Result<Scheme> {
+    guestos::cml_scheme(Some(role.key_type.kind(role.rsa_pss))).ok_or_else(|| {
+        let rule = guestos::CML_KEY_RULE;
+        bad(
             origin,
             &format!("role '{}'", role.name),
-            format!("a {kt} key cannot sign GuestOS manifests: cml verifies only RSA and RSA-PSS"),
-        )),
-    }
+            format!("{} key: {rule}", role.key_type),
+        )
+    })
 }
 
 fn sha256(data: &[u8]) -> String {
     crate::codec::hex(&Sha256::digest(data))
 }
 
+/// The signing time, the `existing` rule and the dropped signers of a `pe`
+/// or `uki` item, decoded.
+fn signing_fields(
+    signing_time: &Option<String>,
+    existing: &str,
+    drop_signers: &[String],
+    origin: &Path,
+    at: &str,
+) -> Result<(Option<OffsetDateTime>, Existing)> {
+    let signing_time = match signing_time {
+        None => None,
+        Some(t) => {
+            use time::format_description::well_known::Rfc3339;
+            let parsed = OffsetDateTime::parse(t, &Rfc3339)
+                .map_err(|e| bad(origin, at, format!("signing_time '{t}': {e}")))?;
+            if rfc3339(parsed) != *t {
+                return Err(bad(
+                    origin,
+                    at,
+                    format!("signing_time '{t}' is not in the form 2026-01-01T00:00:00Z"),
+                ));
+            }
+            Some(parsed)
+        }
+    };
+    let existing = parse_existing(existing).ok_or_else(|| {
+        bad(
+            origin,
+            at,
+            format!("existing '{existing}' (refuse, append or replace)"),
+        )
+    })?;
+    if drop_signers.len() > MAX_CERTS {
+        return Err(bad(origin, at, "too many drop_signers"));
+    }
+    for d in drop_signers {
+        sha256_field(d, origin, &format!("{at}: drop_signers"))?;
+    }
+    Ok((signing_time, existing))
+}
+
+/// Most sections, banks and phases a `uki` item may have.
+const MAX_UKI_SECTIONS: usize = 32;
+const MAX_UKI_PHASES: usize = 16;
+
+/// A `uki` item's fields, decoded and within their caps.
+fn check_uki(
+    p: &UkiParams,
+    pcr_keys: &BTreeMap<String, PcrKey>,
+    origin: &Path,
+    at: &str,
+) -> Result<UkiChecked> {
+    if !pcr_keys.contains_key(&p.pcr_role) {
+        return Err(bad(
+            origin,
+            at,
+            format!("pcr_role '{}' is not in the request's pcr_keys", p.pcr_role),
+        ));
+    }
+    let mut banks = vec![];
+    for b in &p.banks {
+        let bank: pcr::Bank = b.parse().map_err(|e| bad(origin, at, e))?;
+        bank.signing_hash().map_err(|e| bad(origin, at, e))?;
+        banks.push(bank);
+    }
+    let mut sorted = banks.clone();
+    sorted.sort();
+    sorted.dedup();
+    if banks.is_empty() || sorted != banks {
+        return Err(bad(origin, at, "banks: one or more, sorted, each once"));
+    }
+    if p.phases.is_empty() || p.phases.len() > MAX_UKI_PHASES {
+        return Err(bad(origin, at, format!("phases: 1 to {MAX_UKI_PHASES}")));
+    }
+    for ph in &p.phases {
+        if ph.split(':').any(|w| !pcr::KNOWN_PHASE_WORDS.contains(&w)) && !ph.is_empty() {
+            return Err(bad(origin, at, format!("phase '{}'", ph.escape_debug())));
+        }
+    }
+    if p.sections.is_empty() || p.sections.len() > MAX_UKI_SECTIONS {
+        return Err(bad(
+            origin,
+            at,
+            format!("sections: 1 to {MAX_UKI_SECTIONS}"),
+        ));
+    }
+    let mut digests = vec![];
+    for (k, sec) in p.sections.iter().enumerate() {
+        let w = format!("{at}: sections[{k}]");
+        if !sec.name.starts_with('.') || sec.name.len() > 8 || !sec.name.is_ascii() {
+            return Err(bad(origin, &w, "name is not a PE section name"));
+        }
+        if sec.digests.len() != banks.len() {
+            return Err(bad(origin, &w, "one digest per bank"));
+        }
+        let mut per = vec![];
+        for &bank in &banks {
+            let h = sec
+                .digests
+                .get(bank.name())
+                .ok_or_else(|| bad(origin, &w, format!("no {bank} digest")))?;
+            let d = unhex(h, 64, origin, &w)?;
+            if d.len() != bank.size() {
+                return Err(bad(
+                    origin,
+                    &w,
+                    format!("the {bank} digest is not {} bytes", bank.size()),
+                ));
+            }
+            per.push((bank, d));
+        }
+        digests.push((sec.name.clone(), per));
+    }
+    if p.pcrsig_len == 0 || p.pcrsig_len > MAX_TBS_TEXT as u64 {
+        return Err(bad(origin, at, "pcrsig_len out of range"));
+    }
+    if p.zeros_after > repolicy::MAX_ZEROS_AFTER {
+        return Err(bad(origin, at, "zeros_after out of range"));
+    }
+    let state: [u8; 32] = sha256_field(&p.prefix.state, origin, &format!("{at}: prefix"))?;
+    let pending = unhex(&p.prefix.pending, 63, origin, &format!("{at}: prefix"))?;
+    let prefix = crate::codec::Sha256Midstate::from_parts(&state, p.prefix.compressed, &pending)
+        .ok_or_else(|| bad(origin, at, "prefix: compressed is not whole blocks"))?;
+    let (signing_time, existing) =
+        signing_fields(&p.signing_time, &p.existing, &p.drop_signers, origin, at)?;
+    if existing == Existing::Append {
+        return Err(bad(
+            origin,
+            at,
+            "existing 'append': a uki item changes the image, so no signature can stay (refuse or replace)",
+        ));
+    }
+    Ok(UkiChecked {
+        pcr_role: p.pcr_role.clone(),
+        banks,
+        phases: p.phases.clone(),
+        digests,
+        pcrsig_len: p.pcrsig_len,
+        prefix,
+        zeros_after: p.zeros_after,
+        signing_time,
+        existing,
+        drop_signers: p.drop_signers.clone(),
+    })
+}
+
 fn check_item(
     i: usize,
     it: &Item,
     roles: &BTreeMap<String, Role>,
+    pcr_keys: &BTreeMap<String, PcrKey>,
     origin: &Path,
 ) -> Result<CheckedItem> {
     let at = format!("item {i}");
@@ -664,6 +851,7 @@ fn check_item(
     )?;
     let max = match it.kind {
         Kind::Pe => MAX_TBS_PE,
+        Kind::Uki => 0,
         Kind::Efivar => MAX_TBS_EFIVAR,
         Kind::Guestos | Kind::Csr => MAX_TBS_TEXT,
     };
@@ -672,14 +860,16 @@ fn check_item(
         (None, Kind::Csr) => None,
         (Some(_), Kind::Csr) => return Err(bad(origin, &at, "a csr item has no scheme")),
         (None, _) => return Err(bad(origin, &at, "scheme is missing")),
-        (Some(s), _) => {
-            Some(parse_scheme(s).ok_or_else(|| bad(origin, &at, format!("unknown scheme '{s}'")))?)
-        }
+        (Some(s), _) => Some(
+            Scheme::from_id(s).ok_or_else(|| bad(origin, &at, format!("unknown scheme '{s}'")))?,
+        ),
     };
+    let (pe, efivar, uki) = (it.pe.is_some(), it.efivar.is_some(), it.uki.is_some());
     let wrong_params = match it.kind {
-        Kind::Pe => it.pe.is_none() || it.efivar.is_some(),
-        Kind::Efivar => it.efivar.is_none() || it.pe.is_some(),
-        Kind::Guestos | Kind::Csr => it.pe.is_some() || it.efivar.is_some(),
+        Kind::Pe => !pe || efivar || uki,
+        Kind::Efivar => !efivar || pe || uki,
+        Kind::Uki => !uki || pe || efivar,
+        Kind::Guestos | Kind::Csr => pe || efivar || uki,
     };
     if wrong_params {
         return Err(bad(
@@ -691,7 +881,8 @@ fn check_item(
                 match it.kind {
                     Kind::Pe => "exactly a \"pe\" object",
                     Kind::Efivar => "exactly an \"efivar\" object",
-                    _ => "neither \"pe\" nor \"efivar\"",
+                    Kind::Uki => "exactly a \"uki\" object",
+                    _ => "none of \"pe\", \"efivar\" and \"uki\"",
                 }
             ),
         ));
@@ -706,35 +897,8 @@ fn check_item(
                 origin,
                 &format!("{at}: authenticode_sha256"),
             )?;
-            let signing_time = match &p.signing_time {
-                None => None,
-                Some(t) => {
-                    use time::format_description::well_known::Rfc3339;
-                    let parsed = OffsetDateTime::parse(t, &Rfc3339)
-                        .map_err(|e| bad(origin, &at, format!("signing_time '{t}': {e}")))?;
-                    if rfc3339(parsed) != *t {
-                        return Err(bad(
-                            origin,
-                            &at,
-                            format!("signing_time '{t}' is not in the form 2026-01-01T00:00:00Z"),
-                        ));
-                    }
-                    Some(parsed)
-                }
-            };
-            let existing = parse_existing(&p.existing).ok_or_else(|| {
-                bad(
-                    origin,
-                    &at,
-                    format!("existing '{}' (refuse, append or replace)", p.existing),
-                )
-            })?;
-            if p.drop_signers.len() > MAX_CERTS {
-                return Err(bad(origin, &at, "too many drop_signers"));
-            }
-            for d in &p.drop_signers {
-                sha256_field(d, origin, &format!("{at}: drop_signers"))?;
-            }
+            let (signing_time, existing) =
+                signing_fields(&p.signing_time, &p.existing, &p.drop_signers, origin, &at)?;
             let derived = pe_tbs(role, &digest, signing_time)?;
             (
                 Params::Pe {
@@ -817,6 +981,13 @@ fn check_item(
             }
             (Params::Csr, None)
         }
+        Kind::Uki => {
+            let p = it.uki.as_ref().ok_or_else(|| bad(origin, &at, "no uki"))?;
+            let u = check_uki(p, pcr_keys, origin, &at)?;
+            // The scheme is the role's; what it signs is derived when signing.
+            let (s, _) = pe_tbs(role, &[0; 32], u.signing_time)?;
+            (Params::Uki(Box::new(u)), Some((s, vec![])))
+        }
     };
     if let Some((s, bytes)) = derived {
         if Some(s) != scheme {
@@ -828,7 +999,7 @@ fn check_item(
                     it.scheme.as_deref().unwrap_or("absent"),
                     role.key_type,
                     role.name,
-                    scheme_name(s)
+                    s.id()
                 ),
             ));
         }
@@ -912,8 +1083,9 @@ pub fn check_request(request: Request, origin: &Path) -> Result<CheckedRequest> 
             format!("role '{r}' is listed but no item uses it"),
         ));
     }
+    let pcr_keys = check_pcr_keys(&request, origin)?;
     let items = par::map(request.items.len(), par::cores(), |i| {
-        check_item(i, &request.items[i], &roles, origin)
+        check_item(i, &request.items[i], &roles, &pcr_keys, origin)
     })?;
     let mut seen = HashSet::new();
     for (i, it) in items.iter().enumerate() {
@@ -931,8 +1103,60 @@ pub fn check_request(request: Request, origin: &Path) -> Result<CheckedRequest> 
         sha256: request_sha256(&request),
         request,
         roles,
+        pcr_keys,
         items,
     })
+}
+
+/// The request's PCR keys: names, RSA public keys (systemd's policy
+/// signatures are RSA), each used by an item.
+fn check_pcr_keys(request: &Request, origin: &Path) -> Result<BTreeMap<String, PcrKey>> {
+    if request.pcr_keys.len() > MAX_ROLES {
+        return Err(Error::input(origin, "too many pcr_keys"));
+    }
+    let mut out = BTreeMap::new();
+    for (name, info) in &request.pcr_keys {
+        let at = format!("pcr_keys '{}'", name.escape_debug());
+        if !role_name_ok(name) {
+            return Err(bad(origin, &at, "name: letters, digits, _ - . only"));
+        }
+        if !request
+            .items
+            .iter()
+            .any(|i| i.uki.as_ref().is_some_and(|u| &u.pcr_role == name))
+        {
+            return Err(bad(origin, &at, "listed but no item uses it"));
+        }
+        let der = unhex(&info.public_key, MAX_CERT, origin, &at)?;
+        let pem = crate::codec::pem_encode("PUBLIC KEY", &der);
+        let public = uki::public_key_from_pem(pem.as_bytes()).map_err(|e| bad(origin, &at, e))?;
+        let bits = rsa_bits(&public.key_bits).ok_or_else(|| {
+            bad(
+                origin,
+                &at,
+                "not an RSA public key (systemd signs PCR policies with RSA)",
+            )
+        })?;
+        out.insert(
+            name.clone(),
+            PcrKey {
+                name: name.clone(),
+                public,
+                key_type: KeyType::Rsa(bits),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The modulus size of a PKCS#1 RSAPublicKey, in bits.
+fn rsa_bits(key_bits: &[u8]) -> Option<u32> {
+    let (rest, k) = x509_parser::public_key::RSAPublicKey::from_der(key_bits).ok()?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let m = k.modulus.iter().skip_while(|&&b| b == 0).count();
+    u32::try_from(m * 8).ok()
 }
 
 /// Parse and check a request file's bytes.
@@ -950,6 +1174,8 @@ pub struct CheckedResponse {
     pub signers: BTreeMap<String, SignerNote>,
     /// Per item: the signature, or for `csr` the certificate (DER).
     pub results: Vec<Vec<u8>>,
+    /// Per `uki` item: the policies and what the image signature covers.
+    pub ukis: Vec<Option<UkiSigned>>,
 }
 
 /// Parse and check a response file's bytes.
@@ -1016,11 +1242,52 @@ pub fn parse_response(bytes: &[u8], origin: &Path) -> Result<CheckedResponse> {
         ));
     }
     let mut results = vec![];
+    let mut ukis = vec![];
     for (i, (s, it)) in r.results.iter().zip(&request.items).enumerate() {
         let at = format!("result {i}");
         if s.id != i as u64 {
             return Err(bad(origin, &at, format!("id is {}, expected {i}", s.id)));
         }
+        let derived = match (&it.params, &s.pcr_signatures) {
+            (Params::Uki(u), Some(list)) => {
+                let role = &request.roles[&it.role];
+                let key = &request.pcr_keys[&u.pcr_role];
+                let max = u.banks.len() * u.phases.len();
+                if list.len() != max {
+                    return Err(bad(
+                        origin,
+                        &at,
+                        format!("{} policy signatures for {max} policies", list.len()),
+                    ));
+                }
+                let mut sigs = vec![];
+                for h in list {
+                    sigs.push(unhex(
+                        h,
+                        MAX_SIGNATURE,
+                        origin,
+                        &format!("{at}: pcr_signatures"),
+                    )?);
+                }
+                let replay = PolicyReplay {
+                    key,
+                    sigs: &sigs,
+                    next: AtomicUsize::new(0),
+                };
+                Some(uki_signed(u, role, &replay, origin).map_err(|e| bad(origin, &at, e))?)
+            }
+            (Params::Uki(_), None) => {
+                return Err(bad(origin, &at, "a uki result needs pcr_signatures"));
+            }
+            (_, Some(_)) => {
+                return Err(bad(
+                    origin,
+                    &at,
+                    "pcr_signatures belong to uki results only",
+                ));
+            }
+            (_, None) => None,
+        };
         let v = match (it.kind, &s.signature, &s.certificate) {
             (Kind::Csr, None, Some(c)) => {
                 let der = unhex(c, MAX_CERT, origin, &format!("{at}: certificate"))?;
@@ -1051,7 +1318,10 @@ pub fn parse_response(bytes: &[u8], origin: &Path) -> Result<CheckedResponse> {
             // between items or made by another key is refused by name.
             let role = &request.roles[&it.role];
             let cert = x509::parse(&role.cert, origin)?;
-            sigalg::verify(cert.public_key(), verify_scheme(scheme), &it.tbs, &v).map_err(|e| {
+            let tbs = derived
+                .as_ref()
+                .map_or(it.tbs.as_slice(), |u| u.tbs.as_slice());
+            sigalg::verify(cert.public_key(), scheme, tbs, &v).map_err(|e| {
                 bad(
                     origin,
                     &at,
@@ -1064,11 +1334,13 @@ pub fn parse_response(bytes: &[u8], origin: &Path) -> Result<CheckedResponse> {
             })?;
         }
         results.push(v);
+        ukis.push(derived);
     }
     Ok(CheckedResponse {
         request,
         signers: r.signers,
         results,
+        ukis,
     })
 }
 
@@ -1217,7 +1489,16 @@ fn kept_signatures(
     }
 }
 
-fn make_item(id: usize, a: &Artifact, role: &Role, opts: &RequestOptions) -> Result<Item> {
+/// The PCR key of KEYS.json, as a request names it.
+type PcrPublic = (String, uki::PublicKey);
+
+fn make_item(
+    id: usize,
+    a: &Artifact,
+    role: &Role,
+    pcr: Option<&PcrPublic>,
+    opts: &RequestOptions,
+) -> Result<Item> {
     let path = &a.path;
     let mut item = Item {
         id: id as u64,
@@ -1230,10 +1511,22 @@ fn make_item(id: usize, a: &Artifact, role: &Role, opts: &RequestOptions) -> Res
         tbs: String::new(),
         pe: None,
         efivar: None,
+        uki: None,
+    };
+    let signing_time = match opts.signing_time {
+        // What the request says, to the second.
+        Some(t) => Some(
+            t.replace_nanosecond(0)
+                .map_err(|e| Error::Usage(e.to_string()))?,
+        ),
+        None => None,
     };
     let (scheme, tbs) = match a.kind {
-        Kind::Pe => {
+        Kind::Pe | Kind::Uki => {
             let img = PeImage::open(path)?;
+            if img.info().sections.iter().any(|s| s.name == ".pcrsig") {
+                return uki_item(item, a, role, pcr, signing_time, opts, &img);
+            }
             let existing = a.existing.unwrap_or(opts.existing);
             kept_signatures(&img, path, existing, &a.drop_signers)?;
             // Both hashes in one go: the file hash on another thread while
@@ -1255,14 +1548,6 @@ fn make_item(id: usize, a: &Artifact, role: &Role, opts: &RequestOptions) -> Res
                 existing: existing_name(existing).into(),
                 drop_signers: a.drop_signers.clone(),
             });
-            let signing_time = match opts.signing_time {
-                // What the request says, to the second.
-                Some(t) => Some(
-                    t.replace_nanosecond(0)
-                        .map_err(|e| Error::Usage(e.to_string()))?,
-                ),
-                None => None,
-            };
             pe_tbs(role, &digest.sha256, signing_time)?
         }
         Kind::Efivar => {
@@ -1293,8 +1578,80 @@ fn make_item(id: usize, a: &Artifact, role: &Role, opts: &RequestOptions) -> Res
             return Ok(item);
         }
     };
-    item.scheme = Some(scheme_name(scheme).into());
+    item.scheme = Some(scheme.id());
     item.tbs = crate::codec::hex(&tbs);
+    Ok(item)
+}
+
+/// A UKI with a PCR policy: its policy is signed again for the PCR key of
+/// KEYS.json and the image after it, so the build's PCR key goes with the
+/// build's signature.
+fn uki_item(
+    mut item: Item,
+    a: &Artifact,
+    role: &Role,
+    pcr: Option<&PcrPublic>,
+    signing_time: Option<OffsetDateTime>,
+    opts: &RequestOptions,
+    img: &PeImage,
+) -> Result<Item> {
+    let path = &a.path;
+    let (pcr_role, key) = pcr.ok_or_else(|| {
+        Error::input(
+            path,
+            format!(
+                "a UKI with a PCR policy (.pcrsig): KEYS.json needs a '{}' entry with the production PCR public key (\"public\": FILE.pem)",
+                uki::PCR_ROLE
+            ),
+        )
+    })?;
+    let existing = match a.existing.unwrap_or(opts.existing) {
+        Existing::Replace => Existing::Replace,
+        _ => Existing::Refuse,
+    };
+    if existing == Existing::Refuse {
+        let kept = kept_signatures(img, path, Existing::Append, &a.drop_signers)?;
+        if !kept.is_empty() {
+            return Err(Error::input(
+                path,
+                format!(
+                    "signed by {} other signature(s); its PCR policy is signed again, which changes the image, so they cannot stay: --replace drops them",
+                    kept.len()
+                ),
+            ));
+        }
+    }
+    let rp = repolicy::plan(path, &key.spki_der)?;
+    item.kind = Kind::Uki;
+    item.artifact_sha256 = crate::codec::hex(&rp.file_sha256);
+    let (scheme, _) = pe_tbs(role, &[0; 32], signing_time)?;
+    item.scheme = Some(scheme.id());
+    item.uki = Some(UkiParams {
+        pcr_role: pcr_role.clone(),
+        banks: rp.banks.iter().map(|b| b.name().to_string()).collect(),
+        phases: rp.phases.clone(),
+        sections: rp
+            .digests
+            .iter()
+            .map(|(name, d)| UkiSection {
+                name: name.clone(),
+                digests: d
+                    .iter()
+                    .map(|(b, h)| (b.name().to_string(), crate::codec::hex(h)))
+                    .collect(),
+            })
+            .collect(),
+        pcrsig_len: rp.pcrsig_at.len,
+        prefix: HashPrefix {
+            state: crate::codec::hex(&rp.prefix.state_bytes()),
+            compressed: rp.prefix.compressed,
+            pending: crate::codec::hex(&rp.prefix.pending),
+        },
+        zeros_after: rp.zeros_after,
+        signing_time: signing_time.map(rfc3339),
+        existing: existing_name(existing).into(),
+        drop_signers: a.drop_signers.clone(),
+    });
     Ok(item)
 }
 
@@ -1328,14 +1685,34 @@ pub fn request(artifacts: &[Artifact], opts: &RequestOptions) -> Result<Request>
     for (name, rc) in &roles {
         checked.insert(name.clone(), check_role(name, rc, &opts.keys)?);
     }
+    let pcr: Option<PcrPublic> = match &keys.pcr {
+        Some(e) => {
+            let b = fsutil::read_input(&e.public, InputKind::Certificate)?;
+            let k = uki::public_key_from_pem(&b).map_err(|m| Error::input(&e.public, m))?;
+            Some((uki::PCR_ROLE.to_string(), k))
+        }
+        None => None,
+    };
     let items = par::map(artifacts.len(), par::cores(), |i| {
         let a = &artifacts[i];
-        make_item(i, a, &checked[&a.role], opts)
+        make_item(i, a, &checked[&a.role], pcr.as_ref(), opts)
     })?;
+    let mut pcr_keys = BTreeMap::new();
+    if let Some((name, k)) = &pcr {
+        if items.iter().any(|i| i.kind == Kind::Uki) {
+            pcr_keys.insert(
+                name.clone(),
+                PcrKeyInfo {
+                    public_key: crate::codec::hex(&k.spki_der),
+                },
+            );
+        }
+    }
     let req = Request {
         format: REQUEST_FORMAT.into(),
         version: VERSION,
         roles,
+        pcr_keys,
         items,
     };
     // What the signing host will check, checked here first.
@@ -1406,6 +1783,8 @@ struct Loaded {
 pub struct Signing {
     req: CheckedRequest,
     keys: BTreeMap<String, Loaded>,
+    /// The PCR policy keys of `uki` items.
+    pcr: BTreeMap<String, Box<dyn Signer>>,
     csr_opts: csr::IssueOptions,
 }
 
@@ -1415,6 +1794,20 @@ pub struct Summary {
     pub request_sha256: String,
     pub items: usize,
     pub roles: Vec<RoleSummary>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pcr_keys: Vec<PcrKeySummary>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PcrKeySummary {
+    pub name: String,
+    /// UKIs whose policy it signs, and the policies in all.
+    pub ukis: usize,
+    pub policies: usize,
+    pub key_type: String,
+    /// `pkfp`: SHA-256 of the public key (PKCS#1 RSAPublicKey).
+    pub key_sha256: String,
+    pub key: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -1477,6 +1870,7 @@ pub fn prepare(request_path: &Path, opts: &SignOptions) -> Result<Signing> {
         profile: opts.csr_profile.clone(),
     };
     precheck_csrs(&req, &csr_opts)?;
+    let pcr = load_pcr_keys(&req, &keys, request_path)?;
     let mut loaded = BTreeMap::new();
     for name in req.roles.keys() {
         let e = &keys.entries[name];
@@ -1507,8 +1901,146 @@ pub fn prepare(request_path: &Path, opts: &SignOptions) -> Result<Signing> {
     Ok(Signing {
         req,
         keys: loaded,
+        pcr,
         csr_opts,
     })
+}
+
+/// Open the PCR keys the request's `uki` items are signed for: the
+/// `tpm2-pcr` key of KEYS.json, which must be the key the request names.
+/// Release mode's refusal of development keys applies.
+fn load_pcr_keys(
+    req: &CheckedRequest,
+    keys: &Keys,
+    request_path: &Path,
+) -> Result<BTreeMap<String, Box<dyn Signer>>> {
+    let mut out = BTreeMap::new();
+    for (name, k) in &req.pcr_keys {
+        let e = keys
+            .pcr
+            .as_ref()
+            .filter(|_| name == uki::PCR_ROLE)
+            .ok_or_else(|| {
+                Error::input(
+                    request_path,
+                    format!(
+                        "PCR key '{name}' is not in {} (a \"{}\" entry with \"key\" and \"public\")",
+                        keys.path.display(),
+                        uki::PCR_ROLE
+                    ),
+                )
+            })?;
+        let key = e.key.clone().ok_or_else(|| {
+            Error::input(
+                &keys.path,
+                format!("'{}' has no \"key\" to sign with", uki::PCR_ROLE),
+            )
+        })?;
+        let signer = uki::load_pcr_key(&uki::PcrKeySpec {
+            role: None,
+            dir: PathBuf::new(),
+            key: Some(key),
+            key_pass_file: e.key_pass_file.clone(),
+        })?;
+        if signer.public_key() != k.public.key_bits.as_slice() {
+            return Err(Error::input(
+                request_path,
+                format!(
+                    "PCR key '{name}': the request is for key {}, {} has {}; refusing",
+                    pcr::key_fingerprint(&k.public.key_bits),
+                    keys.path.display(),
+                    pcr::key_fingerprint(signer.public_key())
+                ),
+            ));
+        }
+        out.insert(name.clone(), signer);
+    }
+    Ok(out)
+}
+
+/// A `uki` item signed: its policy signatures, the new `.pcrsig`, the
+/// Authenticode digest of the new image and the signed attributes over it.
+#[derive(Clone, Debug)]
+pub struct UkiSigned {
+    pub pcr_signatures: Vec<Vec<u8>>,
+    pub pcrsig: Vec<u8>,
+    pub digest: [u8; 32],
+    pub tbs: Vec<u8>,
+}
+
+/// What the image signature of a `uki` item covers, once its policies are
+/// signed by `key`: the signing host signs with its key, and the build host
+/// replays the response's signatures (which [`PolicyReplay`] checks).
+fn uki_signed(u: &UkiChecked, role: &Role, key: &dyn Signer, origin: &Path) -> Result<UkiSigned> {
+    let (sigs, pcrsig) = pcr::sign_policies(&u.digests, &u.banks, &u.phases, key)?;
+    if pcrsig.len() as u64 != u.pcrsig_len {
+        return Err(Error::input(
+            origin,
+            format!(
+                "the new .pcrsig is {} bytes; the UKI has room for {} (a PCR key of another size than the build's?)",
+                pcrsig.len(),
+                u.pcrsig_len
+            ),
+        ));
+    }
+    let mut pcr_signatures = vec![];
+    for entries in sigs.values() {
+        for e in entries {
+            pcr_signatures.push(
+                pcr::base64_decode(&e.sig)
+                    .ok_or_else(|| Error::Internal("policy signature".into()))?,
+            );
+        }
+    }
+    let digest = repolicy::finish_digest(&u.prefix, &pcrsig, u.zeros_after);
+    let (_, tbs) = pe_tbs(role, &digest, u.signing_time)?;
+    Ok(UkiSigned {
+        pcr_signatures,
+        pcrsig,
+        digest,
+        tbs,
+    })
+}
+
+/// A PCR "signer" that hands back the response's policy signatures in
+/// order, each checked against the request's PCR key over the policy the
+/// build host derives.
+struct PolicyReplay<'a> {
+    key: &'a PcrKey,
+    sigs: &'a [Vec<u8>],
+    next: AtomicUsize,
+}
+
+impl Signer for PolicyReplay<'_> {
+    fn key_type(&self) -> KeyType {
+        self.key.key_type
+    }
+    fn public_key(&self) -> &[u8] {
+        &self.key.public.key_bits
+    }
+    fn sign(&self, scheme: Scheme, msg: &[u8]) -> Result<Vec<u8>> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let sig = self.sigs.get(i).ok_or_else(|| {
+            Error::Verify(format!(
+                "fewer policy signatures than policies ({})",
+                self.sigs.len()
+            ))
+        })?;
+        let bank = pcr::Bank::ALL
+            .into_iter()
+            .find(|b| b.sig_hash().map(Scheme::RsaPkcs1) == Some(scheme))
+            .ok_or_else(|| Error::Internal("policy scheme".into()))?;
+        if !uki::verify_policy_sig(&self.key.public, bank, msg, sig) {
+            return Err(Error::Verify(format!(
+                "policy signature {i} does not verify with PCR key '{}'",
+                self.key.name
+            )));
+        }
+        Ok(sig.clone())
+    }
+    fn origin(&self) -> String {
+        format!("PCR key '{}' (offline signatures)", self.key.name)
+    }
 }
 
 /// Run every CSR through the issuing checks (proof of possession, no CA
@@ -1582,10 +2114,35 @@ impl Signing {
                 }
             })
             .collect();
+        let pcr_keys = self
+            .req
+            .pcr_keys
+            .values()
+            .map(|k| {
+                let ukis: Vec<&UkiChecked> = self
+                    .req
+                    .items
+                    .iter()
+                    .filter_map(|i| match &i.params {
+                        Params::Uki(u) if u.pcr_role == k.name => Some(u.as_ref()),
+                        _ => None,
+                    })
+                    .collect();
+                PcrKeySummary {
+                    name: k.name.clone(),
+                    ukis: ukis.len(),
+                    policies: ukis.iter().map(|u| u.banks.len() * u.phases.len()).sum(),
+                    key_type: k.key_type.to_string(),
+                    key_sha256: pcr::key_fingerprint(&k.public.key_bits),
+                    key: self.pcr[&k.name].origin(),
+                }
+            })
+            .collect();
         Summary {
             request_sha256: self.req.sha256.clone(),
             items: self.req.items.len(),
             roles,
+            pcr_keys,
         }
     }
 
@@ -1593,6 +2150,16 @@ impl Signing {
     /// before the response is made.
     pub fn sign(self) -> Result<Response> {
         let n = self.req.items.len();
+        // The policies first, one UKI after another on the PCR key: each
+        // UKI's image signature covers the .pcrsig they make.
+        let mut ukis: Vec<Option<UkiSigned>> = vec![None; n];
+        for (i, it) in self.req.items.iter().enumerate() {
+            if let Params::Uki(u) = &it.params {
+                let key = self.pcr[&u.pcr_role].as_ref();
+                ukis[i] = Some(uki_signed(u, &self.req.roles[&it.role], key, &it.artifact)?);
+            }
+        }
+        let ukis = &ukis;
         let out: Mutex<Vec<Option<Result<Vec<u8>>>>> = Mutex::new((0..n).map(|_| None).collect());
         let stop = AtomicBool::new(false);
         // Per role: its items, and the next one to hand out.
@@ -1627,7 +2194,8 @@ impl Signing {
                         }
                         let k = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&i) = todo.get(k) else { break };
-                        let r = sign_item(req, i, signer, id, csr_opts);
+                        let tbs = ukis[i].as_ref().map(|u| u.tbs.as_slice());
+                        let r = sign_item(req, i, signer, id, csr_opts, tbs);
                         if r.is_err() {
                             stop.store(true, Ordering::Relaxed);
                         }
@@ -1651,6 +2219,12 @@ impl Signing {
                         id: i as u64,
                         signature: (!csr).then(|| crate::codec::hex(&v)),
                         certificate: csr.then(|| crate::codec::hex(&v)),
+                        pcr_signatures: ukis[i].as_ref().map(|u| {
+                            u.pcr_signatures
+                                .iter()
+                                .map(|s| crate::codec::hex(s))
+                                .collect()
+                        }),
                     });
                 }
                 Some(Err(e)) => {
@@ -1690,12 +2264,14 @@ impl Signing {
     }
 }
 
+/// Sign item `i`: its `tbs`, or for a `uki` item `derived_tbs`.
 fn sign_item(
     req: &CheckedRequest,
     i: usize,
     signer: &dyn Signer,
     id: &Identity,
     csr_opts: &csr::IssueOptions,
+    derived_tbs: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
     let it = &req.items[i];
     let role = &req.roles[&it.role];
@@ -1708,9 +2284,10 @@ fn sign_item(
         };
         return Ok(csr::issue(&c, &issuer, csr_opts)?.der);
     };
-    let sig = signer.sign(scheme, &it.tbs)?;
+    let tbs = derived_tbs.unwrap_or(&it.tbs);
+    let sig = signer.sign(scheme, tbs)?;
     let cert = x509::parse(&role.cert, &it.artifact)?;
-    sigalg::verify(cert.public_key(), verify_scheme(scheme), &it.tbs, &sig).map_err(|e| {
+    sigalg::verify(cert.public_key(), scheme, tbs, &sig).map_err(|e| {
         Error::Crypto(format!(
             "item {i} ({}): the key's signature does not verify with the certificate: {e}",
             it.artifact.display()
@@ -1784,7 +2361,7 @@ fn outputs(kind: Kind, src: &Path, out_dir: Option<&Path>) -> Result<Vec<PathBuf
         None => p,
     };
     Ok(match kind {
-        Kind::Pe => vec![at(src.to_path_buf())],
+        Kind::Pe | Kind::Uki => vec![at(src.to_path_buf())],
         Kind::Efivar => vec![at(src.with_extension("auth"))],
         Kind::Csr => vec![at(src.with_extension("cert"))],
         Kind::Guestos => {
@@ -1818,6 +2395,8 @@ struct Job<'a> {
     role: &'a Role,
     anchors: &'a [Vec<u8>],
     result: &'a [u8],
+    /// `uki`: the PCR key and what the response's signatures make.
+    uki: Option<(&'a PcrKey, &'a UkiSigned)>,
     src: PathBuf,
     outs: Vec<PathBuf>,
 }
@@ -1853,6 +2432,7 @@ impl Job<'_> {
             } => self.efivar(*var, *append, *time, data),
             Params::Guestos => self.guestos(),
             Params::Csr => self.csr(),
+            Params::Uki(u) => self.uki(u),
         }
     }
 
@@ -1869,34 +2449,31 @@ impl Job<'_> {
 
     /// `path` is the image the request was for (`digest`), carries `p7`,
     /// and verifies, `p7` valid and trusted: one pass over the image.
-    fn pe_verifies(
-        &self,
-        path: &Path,
-        p7: &[u8],
-        digest: &[u8; 32],
-    ) -> std::result::Result<(), String> {
-        let img = PeImage::open(path).map_err(|e| e.to_string())?;
-        let entries = img.pkcs7_signatures().map_err(|e| e.to_string())?;
+    fn pe_verifies(&self, path: &Path, p7: &[u8], digest: &[u8; 32]) -> Result<()> {
+        let failed = |m: &str| Error::Verify(m.to_string());
+        let entries = PeImage::open(path)?.pkcs7_signatures()?;
         let i = entries
             .iter()
             .position(|e| e == p7)
-            .ok_or("the offline signature is not in the image")?;
-        drop(img);
-        let report = image::verify(path, &self.pe_trust()).map_err(|e| e.to_string())?;
+            .ok_or_else(|| failed("the offline signature is not in the image"))?;
+        let report = image::verify(path, &self.pe_trust())?;
         if report.digest != crate::codec::hex(digest) {
-            return Err(format!(
+            return Err(failed(&format!(
                 "Authenticode digest {} is not the request's {}",
                 report.digest,
                 crate::codec::hex(digest)
-            ));
+            )));
         }
-        let r = report.signatures.get(i).ok_or("signature missing")?;
+        let r = report
+            .signatures
+            .get(i)
+            .ok_or_else(|| failed("signature missing"))?;
         if !(r.valid && r.trusted_by.is_some() && !r.revoked && report.ok) {
             let mut p = r.problems.clone();
             if p.is_empty() {
                 p.push("not trusted by the production anchors".into());
             }
-            return Err(p.join("; "));
+            return Err(failed(&p.join("; ")));
         }
         Ok(())
     }
@@ -1951,12 +2528,81 @@ impl Job<'_> {
         sigs.push(p7.clone());
         fsutil::remove_stale_temps(dest);
         let staged = img.stage_signed(&d, &sigs, dest)?;
-        self.pe_verifies(staged.tmp(), &p7, digest).map_err(|e| {
-            Error::Verify(format!(
-                "{}: the completed image does not verify: {e}",
+        self.pe_verifies(staged.tmp(), &p7, digest)
+            .map_err(|e| e.not_verified(&self.src, "the completed image"))?;
+        Ok(Done::Staged(vec![staged]))
+    }
+
+    /// A UKI: the new `.pcrpkey` and `.pcrsig` in a copy of the artifact,
+    /// then the image signature, checked as firmware and the TPM would.
+    fn uki(&self, u: &UkiChecked) -> Result<Done> {
+        let (key, done) = self
+            .uki
+            .ok_or_else(|| Error::Internal("uki item without its policies".into()))?;
+        let replay = Replay {
+            tbs: &done.tbs,
+            ..self.replay()?
+        };
+        let p7 = authenticode::sign_digest(
+            &done.digest,
+            &authenticode::SignOptions {
+                signer: &replay,
+                cert: &self.role.cert,
+                chain: &self.role.chain,
+                signing_time: u.signing_time,
+            },
+        )?;
+        let dest = &self.outs[0];
+        if dest.exists()
+            && self.pe_verifies(dest, &p7, &done.digest).is_ok()
+            && uki::check_pcr_policy(dest, &key.public.key_bits).is_ok()
+        {
+            return Ok(Done::Already);
+        }
+        // The artifact as the request saw it, and what the request derived
+        // from it, derived again.
+        let rp = repolicy::plan(&self.src, &key.public.spki_der)?;
+        let now = crate::codec::hex(&rp.file_sha256);
+        if now != self.it.artifact_sha256 {
+            return Err(changed(&self.src, &now, &self.it.artifact_sha256));
+        }
+        if rp.digests != u.digests
+            || rp.prefix != u.prefix
+            || rp.zeros_after != u.zeros_after
+            || rp.banks != u.banks
+            || rp.phases != u.phases
+        {
+            return Err(Error::Verify(format!(
+                "{}: its sections or layout are not what the request was made from; refusing",
                 self.src.display()
-            ))
-        })?;
+            )));
+        }
+        let img = PeImage::open(&self.src)?;
+        if u.existing == Existing::Refuse
+            && !kept_signatures(&img, &self.src, Existing::Append, &u.drop_signers)?.is_empty()
+        {
+            return Err(Error::input(
+                &self.src,
+                "signed by others since the request was made; refusing",
+            ));
+        }
+        let mut staged = rp.stage(&self.src, dest, &done.pcrsig)?;
+        let img = PeImage::open(staged.tmp())?;
+        let d = img.digest()?;
+        if d.sha256 != done.digest {
+            return Err(Error::Verify(format!(
+                "{}: the new image's Authenticode digest {} is not the one signed ({}); refusing",
+                self.src.display(),
+                d.hex(),
+                crate::codec::hex(&done.digest)
+            )));
+        }
+        img.write_signed_in_place(&d, std::slice::from_ref(&p7))?;
+        let verified = self
+            .pe_verifies(staged.tmp(), &p7, &done.digest)
+            .and_then(|()| uki::check_pcr_policy(staged.tmp(), &key.public.key_bits));
+        verified.map_err(|e| e.not_verified(&self.src, "the completed UKI"))?;
+        staged.sync()?;
         Ok(Done::Staged(vec![staged]))
     }
 
@@ -1981,12 +2627,8 @@ impl Job<'_> {
         if h != self.it.artifact_sha256 {
             return Err(changed(&self.src, &h, &self.it.artifact_sha256));
         }
-        self.auth_verifies(&auth, var, append).map_err(|e| {
-            Error::Verify(format!(
-                "{}: the completed update does not verify: {e}",
-                dest.display()
-            ))
-        })?;
+        self.auth_verifies(&auth, var, append)
+            .map_err(|e| e.not_verified(dest, "the completed update"))?;
         Ok(Done::Staged(vec![Staged::with_data(
             dest,
             fsutil::tag::TMP,
@@ -1996,19 +2638,12 @@ impl Job<'_> {
     }
 
     /// As `efivar verify --var V --cert ANCHOR` decides.
-    fn auth_verifies(
-        &self,
-        auth: &[u8],
-        var: SecureVar,
-        append: bool,
-    ) -> std::result::Result<(), String> {
-        let p = &self.outs[0];
-        let v = efivar::verify_auth(auth, p, Some((var, append)), self.anchors)
-            .map_err(|e| e.to_string())?;
+    fn auth_verifies(&self, auth: &[u8], var: SecureVar, append: bool) -> Result<()> {
+        let v = efivar::verify_auth(auth, &self.outs[0], Some((var, append)), self.anchors)?;
         if v.ok {
             Ok(())
         } else {
-            Err(v.problems.join("; "))
+            Err(Error::Verify(v.problems.join("; ")))
         }
     }
 
@@ -2060,12 +2695,8 @@ impl Job<'_> {
                 pem.as_bytes(),
                 fsutil::PUBLIC_MODE,
             )?;
-            self.guestos_verifies(&conf).map_err(|e| {
-                Error::Verify(format!(
-                    "{}: the completed manifest does not verify: {e}",
-                    self.src.display()
-                ))
-            })
+            self.guestos_verifies(&conf)
+                .map_err(|e| e.not_verified(&self.src, "the completed manifest"))
         })();
         let _ = fs::remove_dir_all(&staging);
         checked?;
@@ -2085,7 +2716,7 @@ impl Job<'_> {
         Ok(Done::Staged(staged))
     }
 
-    fn guestos_verifies(&self, conf: &Path) -> std::result::Result<(), String> {
+    fn guestos_verifies(&self, conf: &Path) -> Result<()> {
         let r = guestos::verify(
             conf,
             &guestos::VerifyOptions {
@@ -2093,10 +2724,9 @@ impl Job<'_> {
                 images: None,
                 check_time: true,
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         if !r.ok {
-            return Err(r.problems.join("; "));
+            return Err(Error::Verify(r.problems.join("; ")));
         }
         Ok(())
     }
@@ -2123,12 +2753,8 @@ impl Job<'_> {
         if csr::CsrFile::read(&self.src)?.der != self.it.tbs {
             return Err(changed(&self.src, &h, &self.it.artifact_sha256));
         }
-        self.cert_verifies().map_err(|e| {
-            Error::Verify(format!(
-                "{}: the issued certificate does not verify: {e}",
-                self.src.display()
-            ))
-        })?;
+        self.cert_verifies()
+            .map_err(|e| e.not_verified(&self.src, "the issued certificate"))?;
         Ok(Done::Staged(vec![Staged::with_data(
             dest,
             fsutil::tag::TMP,
@@ -2140,20 +2766,21 @@ impl Job<'_> {
     /// The certificate is for the CSR's key, is no CA, was issued by the
     /// role's certificate, and chains to a root of the anchors as `openssl
     /// verify` checks it.
-    fn cert_verifies(&self) -> std::result::Result<(), String> {
-        let p = &self.src;
-        let cert = x509::parse(self.result, p).map_err(|e| e.to_string())?;
+    fn cert_verifies(&self) -> Result<()> {
+        let cert = x509::parse(self.result, &self.src)?;
         let (_, req) = X509CertificationRequest::from_der(&self.it.tbs)
-            .map_err(|e| format!("the CSR: {e}"))?;
+            .map_err(|e| Error::input(&self.src, format!("the CSR: {e}")))?;
         if cert.public_key().raw != req.certification_request_info.subject_pki.raw {
-            return Err("the certificate is not for the CSR's key".into());
+            return Err(Error::Verify(
+                "the certificate is not for the CSR's key".into(),
+            ));
         }
         if x509::is_ca(&cert) {
-            return Err("the certificate is a CA".into());
+            return Err(Error::Verify("the certificate is a CA".into()));
         }
-        let issuer = x509::parse(&self.role.cert, p).map_err(|e| e.to_string())?;
+        let issuer = x509::parse(&self.role.cert, &self.src)?;
         x509::verify_signed_by(&cert, &issuer)
-            .map_err(|e| format!("not issued by the role's certificate: {e}"))?;
+            .map_err(|e| Error::Verify(format!("not issued by the role's certificate: {e}")))?;
         let carried: Vec<Vec<u8>> = std::iter::once(self.role.cert.clone())
             .chain(self.role.chain.iter().cloned())
             .collect();
@@ -2164,6 +2791,7 @@ impl Job<'_> {
             &chain::Rules::root(Some(OffsetDateTime::now_utc())),
         )
         .map(|_| ())
+        .map_err(Error::Verify)
     }
 }
 
@@ -2211,9 +2839,14 @@ pub fn complete(opts: &CompleteOptions) -> Result<CompleteReport> {
             }
         }
         let role = &req.roles[&it.role];
+        let uki = match (&it.params, &resp.ukis[i]) {
+            (Params::Uki(u), Some(done)) => Some((&req.pcr_keys[&u.pcr_role], done)),
+            _ => None,
+        };
         jobs.push(Job {
             it,
             role,
+            uki,
             anchors: if trust_override.is_empty() {
                 &role.trust
             } else {
@@ -2303,6 +2936,7 @@ mod tests {
             )]
             .into_iter()
             .collect(),
+            pcr_keys: BTreeMap::new(),
             items: vec![Item {
                 id: 0,
                 kind: Kind::Pe,
@@ -2310,7 +2944,7 @@ mod tests {
                 artifact: "a.efi".into(),
                 artifact_abs: "/b/a.efi".into(),
                 artifact_sha256: "1".repeat(64),
-                scheme: Some(scheme_name(s).into()),
+                scheme: Some(s.id()),
                 tbs: crate::codec::hex(&tbs),
                 pe: Some(PeParams {
                     authenticode_sha256: crate::codec::hex(&digest),
@@ -2319,6 +2953,7 @@ mod tests {
                     drop_signers: vec![],
                 }),
                 efivar: None,
+                uki: None,
             }],
         }
     }

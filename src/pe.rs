@@ -128,6 +128,9 @@ pub struct WinCertificate {
     pub data: Vec<u8>,
 }
 
+/// `[start, end)` file offsets.
+pub type ByteRange = (u64, u64);
+
 /// The result of [`PeImage::digest`]: the Authenticode digest plus the state
 /// [`PeImage::write_signed`] needs to finish the checksum without re-reading.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,6 +204,7 @@ struct Layout {
     cert_dir_offset: u64,
     size_of_headers: u64,
     checksum: u32,
+    dll_characteristics: u16,
     sections: Vec<SectionInfo>,
     /// Raw data of the sections with SizeOfRawData != 0, sorted by offset.
     raw: Vec<RawRange>,
@@ -339,11 +343,11 @@ pub struct DigestBuilder {
     checksum_offset: u64,
     cert_dir_offset: u64,
     /// Hashed ranges of the single pass, in file order and disjoint.
-    regions: Vec<(u64, u64)>,
+    regions: Vec<ByteRange>,
     next: usize,
     /// "The rest" of an image with gaps between its sections, hashed after
     /// the pass (see the module docs).
-    reread: Option<(u64, u64)>,
+    reread: Option<ByteRange>,
     file_size: u64,
     data_end: u64,
     padded_end: u64,
@@ -381,23 +385,7 @@ impl DigestBuilder {
         let data_end = l.data_end;
         let padded_end =
             align8(data_end).ok_or_else(|| Error::input(path, "image end overflows"))?;
-        let mut regions: Vec<(u64, u64)> = vec![
-            (0, l.checksum_offset),
-            (l.checksum_offset + 4, l.cert_dir_offset),
-            (l.cert_dir_offset + 8, l.size_of_headers),
-        ];
-        regions.extend(l.raw.iter().map(|r| (r.start, r.end)));
-        let hashed: u64 = l.size_of_headers + l.raw.iter().map(|r| r.end - r.start).sum::<u64>();
-        let last_end = l.raw.last().map_or(l.size_of_headers, |r| r.end);
-        // "The rest" starts at SUM_OF_BYTES_HASHED. Without gaps that is the end
-        // of the last section and the rest joins the single pass; with gaps it
-        // lies inside data already hashed and is read again afterwards.
-        let reread = if hashed == last_end {
-            regions.push((last_end, data_end));
-            None
-        } else {
-            Some((hashed, data_end))
-        };
+        let (regions, reread) = l.hashed_ranges();
         Ok(DigestBuilder {
             path: path.to_path_buf(),
             checksum_offset: l.checksum_offset,
@@ -519,6 +507,29 @@ struct SignedLayout {
 }
 
 impl Layout {
+    /// The ranges the Authenticode digest covers, in file order and disjoint,
+    /// and "the rest" when it must be read again. The rest starts at
+    /// SUM_OF_BYTES_HASHED: without gaps between sections that is the end of
+    /// the last one and it joins the ranges (one pass); with gaps it lies
+    /// inside data already hashed and is read again afterwards.
+    fn hashed_ranges(&self) -> (Vec<ByteRange>, Option<ByteRange>) {
+        let mut regions: Vec<ByteRange> = vec![
+            (0, self.checksum_offset),
+            (self.checksum_offset + 4, self.cert_dir_offset),
+            (self.cert_dir_offset + 8, self.size_of_headers),
+        ];
+        regions.extend(self.raw.iter().map(|r| (r.start, r.end)));
+        let hashed: u64 =
+            self.size_of_headers + self.raw.iter().map(|r| r.end - r.start).sum::<u64>();
+        let last_end = self.raw.last().map_or(self.size_of_headers, |r| r.end);
+        if hashed == last_end {
+            regions.push((last_end, self.data_end));
+            (regions, None)
+        } else {
+            (regions, Some((hashed, self.data_end)))
+        }
+    }
+
     /// Parse and validate the headers, sections and certificate table of a
     /// file of `file_size` bytes; `fetch(buf, off)` reads `buf.len()` bytes
     /// at `off` (only within the headers and the section table).
@@ -592,6 +603,7 @@ impl Layout {
         }
         let size_of_headers = u64::from(le32(&opt, 60).unwrap_or(0));
         let checksum = le32(&opt, 64).unwrap_or(0);
+        let dll_characteristics = le16(&opt, 70).unwrap_or(0);
         let n_dirs = u64::from(le32(&opt, dd_rel as usize - 4).unwrap_or(0));
         if n_dirs <= CERT_DIR_INDEX {
             return Err(bad(format!(
@@ -710,6 +722,7 @@ impl Layout {
             cert_dir_offset: opt_offset + cert_rel,
             size_of_headers,
             checksum,
+            dll_characteristics,
             sections,
             raw: raw
                 .into_iter()
@@ -747,6 +760,11 @@ impl PeImage {
 
     pub fn file_size(&self) -> u64 {
         self.layout.file_size
+    }
+
+    /// The optional header's DllCharacteristics (NX_COMPAT and the like).
+    pub fn dll_characteristics(&self) -> u16 {
+        self.layout.dll_characteristics
     }
 
     /// True when the image has a (non-empty) certificate table.
@@ -838,6 +856,22 @@ impl PeImage {
             };
         }
         Ok(out)
+    }
+
+    /// The ranges the Authenticode digest covers, in file order and disjoint,
+    /// and "the rest" when it must be read again (see [`Layout::hashed_ranges`]).
+    pub fn hashed_ranges(&self) -> (Vec<ByteRange>, Option<ByteRange>) {
+        self.layout.hashed_ranges()
+    }
+
+    /// Where the image data ends: the certificate table, or the end of the file.
+    pub fn data_end(&self) -> u64 {
+        self.layout.data_end
+    }
+
+    /// The file offset of the certificate-table data-directory entry.
+    pub fn cert_dir_offset(&self) -> u64 {
+        self.layout.cert_dir_offset
     }
 
     /// The Authenticode SHA-256 digest (see the module docs), and the checksum

@@ -17,10 +17,10 @@ use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectCla
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use sha2::Digest as _;
 
 use crate::error::{Error, Result};
-use crate::keys::{KeyType, SigScheme, Signer};
+use crate::keys::{KeyType, Signer};
+use crate::sigalg::{Hash, Scheme};
 
 /// Module used when the URI has no `module-path`.
 pub const MODULE_ENV: &str = "PKI_SIGNER_PKCS11_MODULE";
@@ -495,28 +495,6 @@ fn ec_point(v: &[u8], field_len: usize) -> Option<Vec<u8>> {
     (p.len() == 1 + 2 * field_len && p[0] == 0x04).then(|| p.to_vec())
 }
 
-/// PKCS#1 v1.5 signs a DigestInfo; the prefixes are the fixed DER headers of RFC 8017 §9.2.
-fn digest_info(scheme: SigScheme, hash: &[u8]) -> Vec<u8> {
-    const SHA256: &[u8] = &[
-        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
-        0x05, 0x00, 0x04, 0x20,
-    ];
-    const SHA384: &[u8] = &[
-        0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02,
-        0x05, 0x00, 0x04, 0x30,
-    ];
-    const SHA512: &[u8] = &[
-        0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03,
-        0x05, 0x00, 0x04, 0x40,
-    ];
-    let prefix = match scheme {
-        SigScheme::RsaPkcs1Sha384 => SHA384,
-        SigScheme::RsaPkcs1Sha512 => SHA512,
-        _ => SHA256,
-    };
-    [prefix, hash].concat()
-}
-
 /// A private key on a PKCS#11 token. Signing sends only the hash (or
 /// DigestInfo) to the token: the raw mechanisms CKM_RSA_PKCS, CKM_RSA_PKCS_PSS
 /// and CKM_ECDSA are the ones nearly every token implements, and the message
@@ -704,57 +682,42 @@ impl Signer for Pkcs11Key {
         &self.public
     }
 
-    fn sign(&self, scheme: SigScheme, msg: &[u8]) -> Result<Vec<u8>> {
+    fn sign(&self, scheme: Scheme, msg: &[u8]) -> Result<Vec<u8>> {
         let refuse = |needs: &str| {
             Err(Error::Usage(format!(
-                "{} is {}; {scheme:?} needs {needs}",
-                self.origin, self.key_type
+                "{} is {}; {} needs {needs}",
+                self.origin,
+                self.key_type,
+                scheme.name()
             )))
         };
-        let pss = |hash_alg: MechanismType, mgf: PkcsMgfType, len: u64| {
-            Mechanism::RsaPkcsPss(PkcsPssParams {
-                hash_alg,
-                mgf,
-                s_len: len.into(),
-            })
-        };
+        let hash = scheme.hash();
+        let digest = hash.digest(msg);
         let (mech, mech_name, data) = match (self.key_type, scheme) {
-            (KeyType::Rsa(_), SigScheme::RsaPkcs1Sha256) => (
-                Mechanism::RsaPkcs,
-                "CKM_RSA_PKCS",
-                digest_info(scheme, &sha2::Sha256::digest(msg)),
-            ),
-            (KeyType::Rsa(_), SigScheme::RsaPkcs1Sha384) => (
-                Mechanism::RsaPkcs,
-                "CKM_RSA_PKCS",
-                digest_info(scheme, &sha2::Sha384::digest(msg)),
-            ),
-            (KeyType::Rsa(_), SigScheme::RsaPkcs1Sha512) => (
-                Mechanism::RsaPkcs,
-                "CKM_RSA_PKCS",
-                digest_info(scheme, &sha2::Sha512::digest(msg)),
-            ),
-            (KeyType::Rsa(_), SigScheme::RsaPssSha256) => (
-                pss(MechanismType::SHA256, PkcsMgfType::MGF1_SHA256, 32),
-                "CKM_RSA_PKCS_PSS",
-                sha2::Sha256::digest(msg).to_vec(),
-            ),
-            (KeyType::Rsa(_), SigScheme::RsaPssSha512) => (
-                pss(MechanismType::SHA512, PkcsMgfType::MGF1_SHA512, 64),
-                "CKM_RSA_PKCS_PSS",
-                sha2::Sha512::digest(msg).to_vec(),
-            ),
-            (KeyType::EcP256, SigScheme::EcdsaSha256) => (
-                Mechanism::Ecdsa,
-                "CKM_ECDSA",
-                sha2::Sha256::digest(msg).to_vec(),
-            ),
-            (KeyType::EcP384, SigScheme::EcdsaSha384) => (
-                Mechanism::Ecdsa,
-                "CKM_ECDSA",
-                sha2::Sha384::digest(msg).to_vec(),
-            ),
-            (KeyType::EcP256 | KeyType::EcP384, SigScheme::EcdsaSha512) => {
+            (KeyType::Rsa(_), Scheme::RsaPkcs1(_)) => {
+                let info = hash
+                    .digest_info(&digest)
+                    .map_err(|e| Error::Internal(format!("DigestInfo: {e}")))?;
+                (Mechanism::RsaPkcs, "CKM_RSA_PKCS", info)
+            }
+            (KeyType::Rsa(_), Scheme::RsaPss { salt, .. }) => {
+                let (hash_alg, mgf) = match hash {
+                    Hash::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),
+                    Hash::Sha384 => (MechanismType::SHA384, PkcsMgfType::MGF1_SHA384),
+                    Hash::Sha512 => (MechanismType::SHA512, PkcsMgfType::MGF1_SHA512),
+                };
+                let params = PkcsPssParams {
+                    hash_alg,
+                    mgf,
+                    s_len: u64::from(salt).into(),
+                };
+                (Mechanism::RsaPkcsPss(params), "CKM_RSA_PKCS_PSS", digest)
+            }
+            (KeyType::EcP256, Scheme::Ecdsa(Hash::Sha256))
+            | (KeyType::EcP384, Scheme::Ecdsa(Hash::Sha384)) => {
+                (Mechanism::Ecdsa, "CKM_ECDSA", digest)
+            }
+            (KeyType::EcP256 | KeyType::EcP384, Scheme::Ecdsa(Hash::Sha512)) => {
                 // ECDSA uses the leftmost order-size bits of the hash (FIPS
                 // 186-4, 6.4); cutting it here spares tokens that insist on
                 // a hash no longer than the order.
@@ -763,13 +726,10 @@ impl Signer for Pkcs11Key {
                 } else {
                     32
                 };
-                let h = sha2::Sha512::digest(msg);
-                (Mechanism::Ecdsa, "CKM_ECDSA", h[..n].to_vec())
+                (Mechanism::Ecdsa, "CKM_ECDSA", digest[..n].to_vec())
             }
             (KeyType::Rsa(_), _) => return refuse("another key type"),
-            (_, SigScheme::EcdsaSha256 | SigScheme::EcdsaSha384) => {
-                return refuse("the matching curve")
-            }
+            (_, Scheme::Ecdsa(_)) => return refuse("the matching curve"),
             _ => return refuse("an RSA key or another scheme"),
         };
         let session = self.session.lock().unwrap_or_else(|e| e.into_inner());

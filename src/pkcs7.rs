@@ -40,123 +40,11 @@ use der::{
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::asn1::{alg_id, attribute, first_element, strip_zeros, Raw, SetInOrder};
+use crate::asn1::{attribute, first_element, strip_zeros, Raw, SetInOrder};
 use crate::error::{Error, Result};
-use crate::keys::{KeyType, SigScheme, Signer};
-use crate::sigalg::RsaPssParams;
-use crate::{asn1, x509};
-
-/// Object identifiers of the PKCS#7 / CMS structures and algorithms read and
-/// written here.
-pub mod oid {
-    use const_oid::db::{rfc5911, rfc5912};
-    use der::asn1::ObjectIdentifier;
-
-    pub const DATA: ObjectIdentifier = rfc5911::ID_DATA;
-    pub const SIGNED_DATA: ObjectIdentifier = rfc5911::ID_SIGNED_DATA;
-    pub const CONTENT_TYPE: ObjectIdentifier = rfc5911::ID_CONTENT_TYPE;
-    pub const MESSAGE_DIGEST: ObjectIdentifier = rfc5911::ID_MESSAGE_DIGEST;
-    pub const SIGNING_TIME: ObjectIdentifier = rfc5911::ID_SIGNING_TIME;
-    pub const COUNTER_SIGNATURE: ObjectIdentifier = rfc5911::ID_COUNTERSIGNATURE;
-    pub const SHA1: ObjectIdentifier = rfc5912::ID_SHA_1;
-    pub const SHA256: ObjectIdentifier = rfc5912::ID_SHA_256;
-    pub const SHA384: ObjectIdentifier = rfc5912::ID_SHA_384;
-    pub const SHA512: ObjectIdentifier = rfc5912::ID_SHA_512;
-    pub const RSA_ENCRYPTION: ObjectIdentifier = rfc5912::RSA_ENCRYPTION;
-    pub const MGF1: ObjectIdentifier = rfc5912::ID_MGF_1;
-    pub const RSASSA_PSS: ObjectIdentifier = rfc5912::ID_RSASSA_PSS;
-    pub const SHA256_WITH_RSA: ObjectIdentifier = rfc5912::SHA_256_WITH_RSA_ENCRYPTION;
-    pub const SHA384_WITH_RSA: ObjectIdentifier = rfc5912::SHA_384_WITH_RSA_ENCRYPTION;
-    pub const SHA512_WITH_RSA: ObjectIdentifier = rfc5912::SHA_512_WITH_RSA_ENCRYPTION;
-    pub const EC_PUBLIC_KEY: ObjectIdentifier = rfc5912::ID_EC_PUBLIC_KEY;
-    pub const SECP256R1: ObjectIdentifier = rfc5912::SECP_256_R_1;
-    pub const SECP384R1: ObjectIdentifier = rfc5912::SECP_384_R_1;
-    pub const ECDSA_WITH_SHA256: ObjectIdentifier = rfc5912::ECDSA_WITH_SHA_256;
-    pub const ECDSA_WITH_SHA384: ObjectIdentifier = rfc5912::ECDSA_WITH_SHA_384;
-    pub const ECDSA_WITH_SHA512: ObjectIdentifier = rfc5912::ECDSA_WITH_SHA_512;
-}
-
-// ---------------------------------------------------------------------------
-// Hashes
-
-/// The message digest of a signature.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hash {
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-impl Hash {
-    pub fn oid(self) -> ObjectIdentifier {
-        match self {
-            Hash::Sha256 => oid::SHA256,
-            Hash::Sha384 => oid::SHA384,
-            Hash::Sha512 => oid::SHA512,
-        }
-    }
-
-    pub fn from_oid(o: &ObjectIdentifier) -> Option<Hash> {
-        match *o {
-            oid::SHA256 => Some(Hash::Sha256),
-            oid::SHA384 => Some(Hash::Sha384),
-            oid::SHA512 => Some(Hash::Sha512),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Hash::Sha256 => "sha256",
-            Hash::Sha384 => "sha384",
-            Hash::Sha512 => "sha512",
-        }
-    }
-
-    pub fn digest(self, data: &[u8]) -> Vec<u8> {
-        use aws_lc_rs::digest;
-        let alg = match self {
-            Hash::Sha256 => &digest::SHA256,
-            Hash::Sha384 => &digest::SHA384,
-            Hash::Sha512 => &digest::SHA512,
-        };
-        digest::digest(alg, data).as_ref().to_vec()
-    }
-
-    fn len(self) -> u32 {
-        match self {
-            Hash::Sha256 => 32,
-            Hash::Sha384 => 48,
-            Hash::Sha512 => 64,
-        }
-    }
-}
-
-/// "sha256" for known digest OIDs, the dotted OID otherwise.
-pub fn hash_name(o: &ObjectIdentifier) -> String {
-    match *o {
-        oid::SHA1 => "sha1".into(),
-        o => Hash::from_oid(&o)
-            .map(|h| h.name().to_string())
-            .unwrap_or_else(|| o.to_string()),
-    }
-}
-
-/// A readable name for a SignerInfo signatureAlgorithm.
-pub fn sig_alg_name(o: &ObjectIdentifier) -> String {
-    match *o {
-        oid::RSA_ENCRYPTION => "rsaEncryption".into(),
-        oid::RSASSA_PSS => "RSASSA-PSS".into(),
-        oid::SHA256_WITH_RSA => "sha256WithRSAEncryption".into(),
-        oid::SHA384_WITH_RSA => "sha384WithRSAEncryption".into(),
-        oid::SHA512_WITH_RSA => "sha512WithRSAEncryption".into(),
-        oid::EC_PUBLIC_KEY => "id-ecPublicKey".into(),
-        oid::ECDSA_WITH_SHA256 => "ecdsa-with-SHA256".into(),
-        oid::ECDSA_WITH_SHA384 => "ecdsa-with-SHA384".into(),
-        oid::ECDSA_WITH_SHA512 => "ecdsa-with-SHA512".into(),
-        o => o.to_string(),
-    }
-}
+use crate::keys::Signer;
+use crate::sigalg::{hash_name, AlgIdFor, Hash};
+use crate::{asn1, oid, x509};
 
 // ---------------------------------------------------------------------------
 // Writing
@@ -178,73 +66,6 @@ pub struct DetachedOptions<'a> {
 
 fn der_err(e: der::Error) -> Error {
     Error::Crypto(format!("encoding the PKCS#7 signature: {e}"))
-}
-
-/// RSASSA-PSS-params with MGF1 over the same hash and salt = hash length,
-/// which is what `SigScheme::RsaPss*` produce. The hash AlgorithmIdentifiers
-/// carry no parameters, as OpenSSL writes them.
-fn pss_alg(hash: Hash) -> der::Result<AlgorithmIdentifierOwned> {
-    let h = alg_id(hash.oid(), false)?;
-    let params = RsaPssParams {
-        hash: Some(h.clone()),
-        mask_gen: Some(AlgorithmIdentifierOwned {
-            oid: oid::MGF1,
-            parameters: Some(Any::encode_from(&h)?),
-        }),
-        salt_len: Some(hash.len()),
-        trailer_field: None,
-    };
-    Ok(AlgorithmIdentifierOwned {
-        oid: oid::RSASSA_PSS,
-        parameters: Some(Any::encode_from(&params)?),
-    })
-}
-
-/// The `Signer` scheme and the signatureAlgorithm to write for `hash`.
-fn signature_params(
-    signer: &dyn Signer,
-    hash: Hash,
-) -> Result<(SigScheme, AlgorithmIdentifierOwned)> {
-    let kt = signer.key_type();
-    let unsupported = |what: &str| {
-        Error::Usage(format!(
-            "{}: a {what} key cannot make {} signatures here",
-            signer.origin(),
-            hash.name()
-        ))
-    };
-    let (scheme, alg) = match (kt, signer.rsa_pss_only(), hash) {
-        (KeyType::Rsa(_), true, Hash::Sha256) => (SigScheme::RsaPssSha256, pss_alg(hash)),
-        (KeyType::Rsa(_), true, Hash::Sha512) => (SigScheme::RsaPssSha512, pss_alg(hash)),
-        (KeyType::Rsa(_), true, Hash::Sha384) => {
-            return Err(unsupported("RSA-PSS (use sha256 or sha512)"))
-        }
-        // rsaEncryption with NULL, as OpenSSL writes it; the hash comes from
-        // the digestAlgorithm.
-        (KeyType::Rsa(_), false, h) => (
-            match h {
-                Hash::Sha256 => SigScheme::RsaPkcs1Sha256,
-                Hash::Sha384 => SigScheme::RsaPkcs1Sha384,
-                Hash::Sha512 => SigScheme::RsaPkcs1Sha512,
-            },
-            alg_id(oid::RSA_ENCRYPTION, true),
-        ),
-        (KeyType::EcP256, _, Hash::Sha256) => (
-            SigScheme::EcdsaSha256,
-            alg_id(oid::ECDSA_WITH_SHA256, false),
-        ),
-        (KeyType::EcP384, _, Hash::Sha384) => (
-            SigScheme::EcdsaSha384,
-            alg_id(oid::ECDSA_WITH_SHA384, false),
-        ),
-        (KeyType::EcP256 | KeyType::EcP384, _, Hash::Sha512) => (
-            SigScheme::EcdsaSha512,
-            alg_id(oid::ECDSA_WITH_SHA512, false),
-        ),
-        (KeyType::EcP256, _, _) => return Err(unsupported("EC P-256 (use sha256 or sha512)")),
-        (KeyType::EcP384, _, _) => return Err(unsupported("EC P-384 (use sha384 or sha512)")),
-    };
-    Ok((scheme, alg.map_err(der_err)?))
 }
 
 #[derive(Sequence)]
@@ -274,7 +95,7 @@ pub(crate) struct SignedDataDer {
 /// SignedData version 1 with one digest algorithm and one SignerInfo,
 /// carrying `cert` then the `chain` certificates not already carried.
 pub(crate) fn signed_data(
-    hash_oid: ObjectIdentifier,
+    hash: Hash,
     encap_content_info: EncapsulatedContentInfo,
     cert: &[u8],
     chain: &[Vec<u8>],
@@ -288,7 +109,7 @@ pub(crate) fn signed_data(
     }
     Ok(SignedDataDer {
         version: CmsVersion::V1,
-        digest_algorithms: SetOfVec::try_from(vec![alg_id(hash_oid, true)?])?,
+        digest_algorithms: SetOfVec::try_from(vec![hash.alg_id()?])?,
         encap_content_info,
         certificates: certs
             .iter()
@@ -331,7 +152,7 @@ pub(crate) fn check_signer<'c>(
 /// Detached SignedData over `content` (eContent absent), DER.
 pub fn sign_detached(content: &[u8], opts: &DetachedOptions) -> Result<Vec<u8>> {
     let cert = check_signer(opts.signer, opts.cert, opts.chain)?;
-    let (scheme, sig_alg) = signature_params(opts.signer, opts.hash)?;
+    let scheme = opts.signer.scheme_with(opts.hash)?;
     let hash = opts.hash;
 
     let signed_attrs = if opts.signed_attrs {
@@ -367,13 +188,13 @@ pub fn sign_detached(content: &[u8], opts: &DetachedOptions) -> Result<Vec<u8>> 
         let signer_info = SignerInfoDer {
             version: CmsVersion::V1,
             sid: issuer_and_serial(&cert)?,
-            digest_algorithm: alg_id(hash.oid(), true)?,
+            digest_algorithm: hash.alg_id()?,
             signed_attrs,
-            signature_algorithm: sig_alg,
+            signature_algorithm: scheme.alg_id(AlgIdFor::SignerInfo)?,
             signature: OctetString::new(signature)?,
         };
         let signed_data = signed_data(
-            hash.oid(),
+            hash,
             EncapsulatedContentInfo {
                 econtent_type: oid::DATA,
                 econtent: None,
@@ -834,7 +655,7 @@ pub(crate) fn verify_raw(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::FileKey;
+    use crate::keys::{FileKey, KeyType};
     use crate::x509::{CertSpec, Subject};
     use rcgen::KeyUsagePurpose as Ku;
 
@@ -955,7 +776,9 @@ mod tests {
         attrs.reverse();
         let body = attrs.concat();
         let set = Any::new(Tag::Set, body.clone()).unwrap().to_der().unwrap();
-        let signature = k.sign(SigScheme::EcdsaSha256, &set).unwrap();
+        let signature = k
+            .sign(crate::sigalg::Scheme::Ecdsa(Hash::Sha256), &set)
+            .unwrap();
         let ctx0 = Tag::ContextSpecific {
             constructed: true,
             number: der::TagNumber::N0,

@@ -313,6 +313,179 @@ fn valid_role_name(n: &str) -> bool {
         && n != MANIFEST
 }
 
+/// The built-in roles (and the UEFI ones with `uefi`), before the profile.
+fn builtin_specs(
+    uefi: bool,
+    default_kt: KeyType,
+    subject: &dyn Fn(&str) -> Subject,
+) -> Vec<RoleSpec> {
+    let builtins = BUILTIN.iter().chain(if uefi { BUILTIN_UEFI } else { &[] });
+    builtins
+        .map(|b| RoleSpec {
+            name: b.name.into(),
+            hierarchy: b.hierarchy.into(),
+            kind: b.kind,
+            issuer: b.issuer.map(Into::into),
+            ca: b.ca,
+            days: b.days,
+            key_type: if b.kind == RoleKind::Uefi {
+                UEFI_KEY_TYPE
+            } else if GUESTOS_ROLES.contains(&b.name) && !default_kt.is_rsa() {
+                GUESTOS_KEY_TYPE
+            } else {
+                default_kt
+            },
+            subject: subject(b.cn),
+            key_usage: b
+                .key_usage
+                .iter()
+                .map(|k| parse_ku(k).expect("builtin"))
+                .collect(),
+            eku: b
+                .eku
+                .iter()
+                .map(|k| parse_eku(k).expect("builtin"))
+                .collect(),
+            rsa_pss: false,
+        })
+        .collect()
+}
+
+/// A role the profile adds: it must say whether it is a CA and who issues it.
+fn new_role(
+    name: &str,
+    o: &RoleOverride,
+    specs: &[RoleSpec],
+    default_kt: KeyType,
+    subject: Subject,
+) -> std::result::Result<RoleSpec, String> {
+    if BUILTIN_UEFI.iter().any(|b| b.name == name) {
+        return Err(format!(
+            "role '{name}' is a UEFI role: enable it with --uefi or \"uefi\": true"
+        ));
+    }
+    let ca =
+        o.ca.ok_or_else(|| format!("new role '{name}' needs \"ca\": true|false"))?;
+    let issuer = o
+        .issuer
+        .clone()
+        .ok_or_else(|| format!("new role '{name}' needs \"issuer\" (a role, or \"self\")"))?;
+    let hierarchy = specs
+        .iter()
+        .find(|s| s.name == issuer)
+        .map_or_else(|| name.to_string(), |s| s.hierarchy.clone());
+    Ok(RoleSpec {
+        name: name.to_string(),
+        hierarchy,
+        kind: RoleKind::X509,
+        issuer: Some(issuer),
+        ca,
+        days: if ca { 2190 } else { 1095 },
+        key_type: default_kt,
+        subject,
+        key_usage: if ca {
+            vec![Ku::KeyCertSign, Ku::CrlSign]
+        } else {
+            vec![Ku::DigitalSignature]
+        },
+        eku: vec![],
+        rsa_pss: false,
+    })
+}
+
+/// The profile's settings for role `name`, over what it had.
+fn apply_override(
+    s: &mut RoleSpec,
+    name: &str,
+    o: &RoleOverride,
+) -> std::result::Result<(), String> {
+    if let Some(i) = &o.issuer {
+        s.issuer = if i == "self" { None } else { Some(i.clone()) };
+    }
+    if let Some(v) = o.ca {
+        s.ca = v;
+    }
+    if let Some(v) = o.days {
+        if v == 0 {
+            return Err(format!("role '{name}': days must be > 0"));
+        }
+        s.days = v;
+    }
+    if let Some(v) = o.key_type {
+        if s.kind == RoleKind::Uefi && !v.is_rsa() {
+            return Err(format!("role '{name}': UEFI keys must be RSA"));
+        }
+        if GUESTOS_ROLES.contains(&name) && !v.is_rsa() {
+            return Err(format!(
+                "role '{name}': key_type {v}: GuestOS signing keys must be RSA: cml verifies GuestOS signatures only with RSA or RSA-PSS keys (\"Unsupported key type\", common/ssl_util.c), and gen_dev_certs.sh gives this role an RSA-PSS key"
+            ));
+        }
+        s.key_type = v;
+    }
+    if let Some(v) = &o.cn {
+        s.subject.common_name = v.clone();
+    }
+    if let Some(v) = &o.org {
+        s.subject.org = Some(v.clone());
+    }
+    if let Some(v) = &o.org_unit {
+        s.subject.org_unit = Some(v.clone());
+    }
+    if let Some(v) = &o.country {
+        s.subject.country = Some(v.clone());
+    }
+    if let Some(v) = &o.hierarchy {
+        s.hierarchy = v.clone();
+    }
+    if let Some(v) = &o.key_usage {
+        s.key_usage = v
+            .iter()
+            .map(|k| parse_ku(k))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| format!("role '{name}': {e}"))?;
+    }
+    if let Some(v) = &o.eku {
+        s.eku = v
+            .iter()
+            .map(|k| parse_eku(k))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| format!("role '{name}': {e}"))?;
+    }
+    Ok(())
+}
+
+/// Issuers before the roles they issue; unknown issuers, non-CA issuers and
+/// cycles are refused.
+fn issuers_first(specs: Vec<RoleSpec>) -> std::result::Result<Vec<RoleSpec>, String> {
+    let mut ordered: Vec<RoleSpec> = Vec::with_capacity(specs.len());
+    let mut pending = specs;
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut rest = Vec::new();
+        for s in pending {
+            match &s.issuer {
+                None => ordered.push(s),
+                Some(i) => match ordered.iter().find(|o| &o.name == i) {
+                    Some(iss) if !iss.ca => {
+                        return Err(format!("role '{}': issuer '{i}' is not a CA", s.name))
+                    }
+                    Some(_) => ordered.push(s),
+                    None => rest.push(s),
+                },
+            }
+        }
+        if rest.len() == before {
+            let names: Vec<String> = rest
+                .iter()
+                .map(|s| format!("{} (issuer {})", s.name, s.issuer.as_deref().unwrap_or("?")))
+                .collect();
+            return Err(format!("unknown or circular issuers: {}", names.join(", ")));
+        }
+        pending = rest;
+    }
+    Ok(ordered)
+}
+
 /// What `pki init` will create.
 #[derive(Clone, Debug)]
 pub struct InitPlan {
@@ -338,52 +511,23 @@ impl InitPlan {
         let default_kt = cli_key_type
             .or(profile.key_type)
             .unwrap_or(KeyType::Rsa(4096));
-        let org = profile.org.clone().unwrap_or_else(|| DEFAULT_ORG.into());
-        let country = profile
-            .country
-            .clone()
-            .unwrap_or_else(|| DEFAULT_COUNTRY.into());
-        let ou = profile
-            .org_unit
-            .clone()
-            .unwrap_or_else(|| DEFAULT_OU.into());
-
-        let builtins = BUILTIN.iter().chain(if uefi { BUILTIN_UEFI } else { &[] });
-        let mut specs: Vec<RoleSpec> = builtins
-            .map(|b| RoleSpec {
-                name: b.name.into(),
-                hierarchy: b.hierarchy.into(),
-                kind: b.kind,
-                issuer: b.issuer.map(Into::into),
-                ca: b.ca,
-                days: b.days,
-                key_type: if b.kind == RoleKind::Uefi {
-                    UEFI_KEY_TYPE
-                } else if GUESTOS_ROLES.contains(&b.name) && !default_kt.is_rsa() {
-                    GUESTOS_KEY_TYPE
-                } else {
-                    default_kt
-                },
-                subject: Subject {
-                    country: Some(country.clone()),
-                    org: Some(org.clone()),
-                    org_unit: Some(ou.clone()),
-                    common_name: b.cn.into(),
-                },
-                key_usage: b
-                    .key_usage
-                    .iter()
-                    .map(|k| parse_ku(k).expect("builtin"))
-                    .collect(),
-                eku: b
-                    .eku
-                    .iter()
-                    .map(|k| parse_eku(k).expect("builtin"))
-                    .collect(),
-                rsa_pss: false,
-            })
-            .collect();
-
+        let subject = |cn: &str| Subject {
+            country: Some(
+                profile
+                    .country
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_COUNTRY.into()),
+            ),
+            org: Some(profile.org.clone().unwrap_or_else(|| DEFAULT_ORG.into())),
+            org_unit: Some(
+                profile
+                    .org_unit
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_OU.into()),
+            ),
+            common_name: cn.into(),
+        };
+        let mut specs = builtin_specs(uefi, default_kt, &subject);
         for (name, o) in &profile.roles {
             if !valid_role_name(name) {
                 return Err(perr(format!(
@@ -393,144 +537,20 @@ impl InitPlan {
             let idx = match specs.iter().position(|s| &s.name == name) {
                 Some(i) => i,
                 None => {
-                    if BUILTIN_UEFI.iter().any(|b| b.name == name) {
-                        return Err(perr(format!(
-                            "role '{name}' is a UEFI role: enable it with --uefi or \"uefi\": true"
-                        )));
-                    }
-                    let ca = o.ca.ok_or_else(|| {
-                        perr(format!("new role '{name}' needs \"ca\": true|false"))
-                    })?;
-                    let issuer = o.issuer.clone().ok_or_else(|| {
-                        perr(format!(
-                            "new role '{name}' needs \"issuer\" (a role, or \"self\")"
-                        ))
-                    })?;
-                    let issuer_hier = specs
-                        .iter()
-                        .find(|s| s.name == issuer)
-                        .map(|s| s.hierarchy.clone());
-                    specs.push(RoleSpec {
-                        name: name.clone(),
-                        hierarchy: issuer_hier.unwrap_or_else(|| name.clone()),
-                        kind: RoleKind::X509,
-                        issuer: Some(issuer),
-                        ca,
-                        days: if ca { 2190 } else { 1095 },
-                        key_type: default_kt,
-                        subject: Subject {
-                            country: Some(country.clone()),
-                            org: Some(org.clone()),
-                            org_unit: Some(ou.clone()),
-                            common_name: name.clone(),
-                        },
-                        key_usage: if ca {
-                            vec![Ku::KeyCertSign, Ku::CrlSign]
-                        } else {
-                            vec![Ku::DigitalSignature]
-                        },
-                        eku: vec![],
-                        rsa_pss: false,
-                    });
+                    let s = new_role(name, o, &specs, default_kt, subject(name)).map_err(perr)?;
+                    specs.push(s);
                     specs.len() - 1
                 }
             };
-            let s = &mut specs[idx];
-            if let Some(i) = &o.issuer {
-                s.issuer = if i == "self" { None } else { Some(i.clone()) };
-            }
-            if let Some(v) = o.ca {
-                s.ca = v;
-            }
-            if let Some(v) = o.days {
-                if v == 0 {
-                    return Err(perr(format!("role '{name}': days must be > 0")));
-                }
-                s.days = v;
-            }
-            if let Some(v) = o.key_type {
-                if s.kind == RoleKind::Uefi && !v.is_rsa() {
-                    return Err(perr(format!("role '{name}': UEFI keys must be RSA")));
-                }
-                if GUESTOS_ROLES.contains(&name.as_str()) && !v.is_rsa() {
-                    return Err(perr(format!(
-                        "role '{name}': key_type {v}: GuestOS signing keys must be RSA: cml verifies GuestOS signatures only with RSA or RSA-PSS keys (\"Unsupported key type\", common/ssl_util.c), and gen_dev_certs.sh gives this role an RSA-PSS key"
-                    )));
-                }
-                s.key_type = v;
-            }
-            if let Some(v) = &o.cn {
-                s.subject.common_name = v.clone();
-            }
-            if let Some(v) = &o.org {
-                s.subject.org = Some(v.clone());
-            }
-            if let Some(v) = &o.org_unit {
-                s.subject.org_unit = Some(v.clone());
-            }
-            if let Some(v) = &o.country {
-                s.subject.country = Some(v.clone());
-            }
-            if let Some(v) = &o.hierarchy {
-                s.hierarchy = v.clone();
-            }
-            if let Some(v) = &o.key_usage {
-                s.key_usage = v
-                    .iter()
-                    .map(|k| parse_ku(k))
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|e| perr(format!("role '{name}': {e}")))?;
-            }
-            if let Some(v) = &o.eku {
-                s.eku = v
-                    .iter()
-                    .map(|k| parse_eku(k))
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|e| perr(format!("role '{name}': {e}")))?;
-            }
+            apply_override(&mut specs[idx], name, o).map_err(perr)?;
         }
-
         for s in &mut specs {
             s.rsa_pss = s.kind == RoleKind::X509
                 && s.key_type.is_rsa()
                 && RSA_PSS_ROLES.contains(&s.name.as_str());
         }
-
-        // Order issuers first and reject unknown issuers, non-CA issuers and cycles.
-        let mut ordered: Vec<RoleSpec> = Vec::with_capacity(specs.len());
-        let mut pending = specs;
-        while !pending.is_empty() {
-            let before = pending.len();
-            let mut rest = Vec::new();
-            for s in pending {
-                match &s.issuer {
-                    None => ordered.push(s),
-                    Some(i) => match ordered.iter().find(|o| &o.name == i) {
-                        Some(iss) if !iss.ca => {
-                            return Err(perr(format!(
-                                "role '{}': issuer '{i}' is not a CA",
-                                s.name
-                            )))
-                        }
-                        Some(_) => ordered.push(s),
-                        None => rest.push(s),
-                    },
-                }
-            }
-            if rest.len() == before {
-                let names: Vec<String> = rest
-                    .iter()
-                    .map(|s| format!("{} (issuer {})", s.name, s.issuer.as_deref().unwrap_or("?")))
-                    .collect();
-                return Err(perr(format!(
-                    "unknown or circular issuers: {}",
-                    names.join(", ")
-                )));
-            }
-            pending = rest;
-        }
         Ok(InitPlan {
-            roles: ordered,
+            roles: issuers_first(specs).map_err(perr)?,
             uefi,
             owner_guid: profile
                 .owner_guid
@@ -1600,10 +1620,11 @@ pub fn check(
     warn_days: u32,
 ) -> Result<CheckReport> {
     // Load every role's certificate chain up front; a file that does not parse is a problem of that role.
-    let mut chains: Vec<std::result::Result<Vec<Vec<u8>>, String>> = vec![];
-    for r in &pki.roles {
-        chains.push(x509::read_certs(&r.cert).map_err(|e| e.to_string()));
-    }
+    let chains: Vec<Result<Vec<Vec<u8>>>> = pki
+        .roles
+        .iter()
+        .map(|r| x509::read_certs(&r.cert))
+        .collect();
     let mut by_subject: HashMap<String, usize> = HashMap::new();
     for (i, c) in chains.iter().enumerate() {
         if let Ok(c) = c {
@@ -1627,7 +1648,7 @@ pub fn check(
             ..Default::default()
         };
         match &chains[i] {
-            Err(e) => it.problems.push(e.clone()),
+            Err(e) => it.problems.push(e.to_string()),
             Ok(chain) => check_role(&ctx, r, chain, &mut it),
         }
         it.ok = it.problems.is_empty();
@@ -1674,7 +1695,7 @@ pub fn check(
 /// What every role check looks at besides the role itself.
 struct CheckCtx<'a> {
     pki: &'a Pki,
-    chains: &'a [std::result::Result<Vec<Vec<u8>>, String>],
+    chains: &'a [Result<Vec<Vec<u8>>>],
     by_subject: &'a HashMap<String, usize>,
     now: OffsetDateTime,
     password: Option<&'a str>,

@@ -61,6 +61,27 @@ struct KeyEntryFile {
     key_pass_file: Option<String>,
 }
 
+/// The PCR policy key as KEYS.json gives it (under the name `tpm2-pcr`): it
+/// has a public key, not a certificate.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PcrEntryFile {
+    #[serde(default)]
+    key: Option<String>,
+    public: String,
+    #[serde(default)]
+    key_pass_file: Option<String>,
+}
+
+/// The production PCR policy key: `public` (PEM) on the build host, `key`
+/// (file or `pkcs11:` URI) on the signing host.
+#[derive(Clone, Debug)]
+pub struct PcrEntry {
+    pub key: Option<PathBuf>,
+    pub public: PathBuf,
+    pub key_pass_file: Option<PathBuf>,
+}
+
 /// A production key: for a role of the plan, or (for records signed with
 /// `--key/--cert`) for the build key with that certificate fingerprint.
 #[derive(Clone, Debug)]
@@ -101,6 +122,8 @@ impl KeyEntry {
 pub struct Keys {
     pub path: PathBuf,
     pub entries: BTreeMap<String, KeyEntry>,
+    /// `tpm2-pcr`: the PCR policy key UKIs are signed for.
+    pub pcr: Option<PcrEntry>,
 }
 
 impl Keys {
@@ -129,6 +152,22 @@ impl Keys {
             })?,
         };
         let mut entries = BTreeMap::new();
+        let pcr = match map.remove(crate::uki::PCR_ROLE) {
+            None => None,
+            Some(v) => {
+                let f: PcrEntryFile = serde_json::from_value(v).map_err(|e| {
+                    Error::input(
+                        path,
+                        format!("'{}': {e} (the PCR key has \"public\": a PEM public key, no certificate)", crate::uki::PCR_ROLE),
+                    )
+                })?;
+                Some(PcrEntry {
+                    key: f.key.as_deref().map(resolve),
+                    public: resolve(&f.public),
+                    key_pass_file: f.key_pass_file.as_deref().map(resolve),
+                })
+            }
+        };
         for (name, v) in map {
             let f: KeyEntryFile = serde_json::from_value(v)
                 .map_err(|e| Error::input(path, format!("'{name}': {e}")))?;
@@ -145,12 +184,13 @@ impl Keys {
                 },
             );
         }
-        if entries.is_empty() {
+        if entries.is_empty() && pcr.is_none() {
             return Err(Error::input(path, "no production keys in it"));
         }
         Ok(Keys {
             path: path.to_path_buf(),
             entries,
+            pcr,
         })
     }
 
@@ -502,6 +542,53 @@ fn keys_needed(records: &[Record], keys: &Keys) -> Result<(Vec<String>, Vec<Stri
     Ok((needed, entry_of))
 }
 
+/// The production PCR key (KEYS.json's `tpm2-pcr`), opened, when an image
+/// of the plan has a PCR policy (`.pcrsig`); refused when it is missing.
+fn pcr_key_needed(
+    records: &[Record],
+    sources: &[PathBuf],
+    keys: &Keys,
+) -> Result<Option<Box<dyn crate::keys::Signer>>> {
+    let uki = records.iter().zip(sources).find(|(r, src)| {
+        r.kind == Kind::Pe
+            && PeImage::open(src)
+                .is_ok_and(|i| i.info().sections.iter().any(|s| s.name == ".pcrsig"))
+    });
+    let Some((_, src)) = uki else {
+        return Ok(None);
+    };
+    let key = keys
+        .pcr
+        .as_ref()
+        .and_then(|e| e.key.clone().map(|k| (k, e)));
+    let Some((key, e)) = key else {
+        return Err(Error::input(
+            src,
+            format!(
+                "a UKI with a PCR policy (.pcrsig) made with the build's PCR key: {} needs a '{}' entry with the production PCR key (\"key\", \"public\")",
+                keys.path.display(),
+                crate::uki::PCR_ROLE
+            ),
+        ));
+    };
+    let signer = crate::uki::load_pcr_key(&crate::uki::PcrKeySpec {
+        role: None,
+        dir: PathBuf::new(),
+        key: Some(key),
+        key_pass_file: e.key_pass_file.clone(),
+    })?;
+    let public = fsutil::read_input(&e.public, fsutil::InputKind::Certificate)?;
+    let public =
+        crate::uki::public_key_from_pem(&public).map_err(|m| Error::input(&e.public, m))?;
+    if public.key_bits != signer.public_key() {
+        return Err(Error::input(
+            &e.public,
+            format!("is not the public key of {}", signer.origin()),
+        ));
+    }
+    Ok(Some(signer))
+}
+
 /// Refuse a production entry whose certificates are, or chain to,
 /// development ones or the build's own, or that does not chain to its trust
 /// anchors; returns the anchors.
@@ -698,6 +785,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     let sources: Vec<PathBuf> = records.iter().map(|r| locate(r, &plan_dir)).collect();
     let dests = destinations(opts, &sources)?;
 
+    // UKIs carry the build's PCR key and policy: they need the production PCR key.
+    let pcr = pcr_key_needed(&records, &sources, &keys)?;
+
     // Load the keys (token logins happen here), once each.
     let mut prod: BTreeMap<String, Production> = BTreeMap::new();
     for name in &needed {
@@ -730,6 +820,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                 out_dir: opts.out_dir.is_some(),
                 dry_run: opts.dry_run,
                 signing_time: opts.signing_time,
+                pcr: pcr.as_deref(),
             };
             job.report()
         })
@@ -801,6 +892,8 @@ struct Job<'a> {
     out_dir: bool,
     dry_run: bool,
     signing_time: Option<OffsetDateTime>,
+    /// The production PCR key, when a UKI of the plan has a PCR policy.
+    pcr: Option<&'a dyn crate::keys::Signer>,
 }
 
 struct Outcome {
@@ -841,6 +934,9 @@ impl Job<'_> {
         }
 
         let img = PeImage::open(self.src)?;
+        if img.info().sections.iter().any(|s| s.name == ".pcrsig") {
+            return self.uki(&img, now);
+        }
         let digest = img.digest()?;
         let mut kept = vec![];
         let mut dropped = 0;
@@ -894,12 +990,8 @@ impl Job<'_> {
         let res = img
             .write_signed(&digest, &sigs, &staging)
             .and_then(|()| {
-                self.check_pe(&staging).map_err(|e| {
-                    Error::Verify(format!(
-                        "{}: the re-signed image does not verify: {e}",
-                        self.src.display()
-                    ))
-                })
+                self.check_pe(&staging)
+                    .map_err(|e| e.not_verified(self.src, "the re-signed image"))
             })
             .and_then(|()| plan::sha256_file(&staging))
             .and_then(|new| {
@@ -921,6 +1013,73 @@ impl Job<'_> {
         }
     }
 
+    /// A UKI: its PCR policy signed again for the production PCR key (new
+    /// `.pcrpkey`, new `.pcrsig`), then the image. Every signature goes: the
+    /// image changes under them.
+    fn uki(&self, img: &PeImage, now: String) -> Result<Outcome> {
+        let pcr = self
+            .pcr
+            .ok_or_else(|| Error::Internal("UKI without the PCR key".into()))?;
+        let sigs = img.pkcs7_signatures()?;
+        let others = sigs.iter().filter(|d| !self.by_build_key(d)).count();
+        if sigs.len() == others {
+            return Err(Error::input(
+                self.src,
+                format!(
+                    "no signature by the build's certificate {} to replace",
+                    self.rec.key_fingerprint
+                ),
+            ));
+        }
+        if others > 0 {
+            return Err(Error::input(
+                self.src,
+                format!("also signed by {others} other key(s); its PCR policy is signed again, which changes the image, so their signatures cannot stay"),
+            ));
+        }
+        let rp = crate::uki::repolicy::plan(self.src, &crate::x509::spki_der(pcr))?;
+        let pcrsig = rp.sign(pcr, self.src)?;
+        if self.dry_run {
+            return Ok(Outcome {
+                status: Status::WouldResign,
+                old: Some(now),
+                new: None,
+                note: Some("PCR policy signed again for the production PCR key".into()),
+            });
+        }
+        let mut staged = rp.stage(self.src, self.dest, &pcrsig)?;
+        let img = PeImage::open(staged.tmp())?;
+        let digest = img.digest()?;
+        let p7 = authenticode::sign_digest(
+            &digest.sha256,
+            &authenticode::SignOptions {
+                signer: self.p.id.signer.as_ref(),
+                cert: &self.p.id.cert,
+                chain: &self.p.id.chain,
+                signing_time: self.signing_time,
+            },
+        )?;
+        img.write_signed_in_place(&digest, &[p7])?;
+        self.uki_done(staged.tmp(), pcr)
+            .map_err(|e| e.not_verified(self.src, "the re-signed UKI"))?;
+        let new = plan::sha256_file(staged.tmp())?;
+        staged.sync()?;
+        fsutil::publish(vec![staged])?;
+        Ok(Outcome {
+            status: Status::Resigned,
+            old: Some(now),
+            new: Some(new),
+            note: Some("PCR policy signed again for the production PCR key".into()),
+        })
+    }
+
+    /// `path` is signed by the production key, trusted, and its `.pcrpkey`
+    /// is the production PCR key with every policy signed by it.
+    fn uki_done(&self, path: &Path, pcr: &dyn crate::keys::Signer) -> Result<()> {
+        self.check_pe(path)?;
+        crate::uki::check_pcr_policy(path, pcr.public_key())
+    }
+
     fn by_build_key(&self, p7: &[u8]) -> bool {
         authenticode::parse(p7, self.src)
             .ok()
@@ -933,6 +1092,13 @@ impl Job<'_> {
     /// Is `path` this artifact, re-signed: the image the build signed, a
     /// valid production signature trusted by the anchors, no build signature?
     fn pe_done(&self, path: &Path) -> bool {
+        if let Some(pcr) = self.pcr {
+            let uki = PeImage::open(path)
+                .is_ok_and(|i| i.info().sections.iter().any(|s| s.name == ".pcrsig"));
+            if uki {
+                return self.uki_done(path, pcr).is_ok();
+            }
+        }
         let Some(want) = &self.rec.authenticode_sha256 else {
             return false;
         };
@@ -942,7 +1108,7 @@ impl Job<'_> {
         same && self.check_pe(path).is_ok()
     }
 
-    fn check_pe(&self, path: &Path) -> std::result::Result<(), String> {
+    fn check_pe(&self, path: &Path) -> Result<()> {
         let trust = Trust {
             certs: self
                 .p
@@ -952,13 +1118,12 @@ impl Job<'_> {
                 .collect(),
             ..Trust::default()
         };
-        let report = image::verify(path, &trust).map_err(|e| e.to_string())?;
-        let img = PeImage::open(path).map_err(|e| e.to_string())?;
-        let entries = img.pkcs7_signatures().map_err(|e| e.to_string())?;
+        let report = image::verify(path, &trust)?;
+        let entries = PeImage::open(path)?.pkcs7_signatures()?;
         let mut ours = false;
         for (i, der) in entries.iter().enumerate() {
             if self.by_build_key(der) {
-                return Err(format!("signature {i} is still the build's"));
+                return Err(Error::Verify(format!("signature {i} is still the build's")));
             }
             let signer = authenticode::parse(der, path)
                 .ok()
@@ -968,15 +1133,15 @@ impl Job<'_> {
                 if r.valid && r.trusted_by.is_some() && !r.revoked {
                     ours = true;
                 } else {
-                    return Err(r.problems.join("; "));
+                    return Err(Error::Verify(r.problems.join("; ")));
                 }
             }
         }
         if !ours || !report.ok {
-            return Err(format!(
+            return Err(Error::Verify(format!(
                 "no valid signature by '{}' trusted by the production anchors",
                 self.p.subject
-            ));
+            )));
         }
         Ok(())
     }
@@ -1057,12 +1222,8 @@ impl Job<'_> {
                 verity: false,
             },
         )?;
-        self.check_guestos(&conf).map_err(|e| {
-            Error::Verify(format!(
-                "{}: the re-signed manifest does not verify: {e}",
-                self.src.display()
-            ))
-        })?;
+        self.check_guestos(&conf)
+            .map_err(|e| e.not_verified(self.src, "the re-signed manifest"))?;
         let new = plan::sha256_file(&guestos::GuestOsConfig::sibling(&conf, "sig"))?;
         // The certificate before the signature: a crash in between leaves a
         // pair that fails verification, which the next run redoes.
@@ -1080,7 +1241,7 @@ impl Job<'_> {
         Ok(new)
     }
 
-    fn check_guestos(&self, conf: &Path) -> std::result::Result<(), String> {
+    fn check_guestos(&self, conf: &Path) -> Result<()> {
         let r = guestos::verify(
             conf,
             &guestos::VerifyOptions {
@@ -1088,15 +1249,16 @@ impl Job<'_> {
                 images: None,
                 check_time: true,
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         if !r.ok {
-            return Err(r.problems.join("; "));
+            return Err(Error::Verify(r.problems.join("; ")));
         }
-        let first = x509::read_certs(&guestos::GuestOsConfig::sibling(conf, "cert"))
-            .map_err(|e| e.to_string())?;
+        let first = x509::read_certs(&guestos::GuestOsConfig::sibling(conf, "cert"))?;
         if first.first() != Some(&self.p.id.cert) {
-            return Err(format!("signed by '{}', not the production key", r.signer));
+            return Err(Error::Verify(format!(
+                "signed by '{}', not the production key",
+                r.signer
+            )));
         }
         Ok(())
     }

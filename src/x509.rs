@@ -11,6 +11,7 @@ use x509_parser::time::ASN1Time;
 
 use crate::error::{Error, Result};
 use crate::keys::{KeyType, Signer};
+use crate::sigalg::{AlgIdFor, Hash, KeyInfo, KeyKind, Scheme};
 
 /// Lets rcgen sign and embed public keys through our `Signer` trait, so
 /// certificate issuance works the same for file and HSM keys.
@@ -71,7 +72,7 @@ impl rcgen::SigningKey for RcgenKey<'_> {
             return Ok(vec![0]);
         }
         self.key
-            .sign(self.key.key_type().default_scheme(), msg)
+            .sign(self.key.scheme(), msg)
             .map_err(|_| rcgen::Error::RemoteKeyError)
     }
 }
@@ -91,20 +92,6 @@ fn plain_spki(alg: &'static rcgen::SignatureAlgorithm, key: &[u8]) -> Vec<u8> {
     rcgen::PublicKeyData::subject_public_key_info(&Plain(alg, key))
 }
 
-const OID_RSASSA_PSS: der::asn1::ObjectIdentifier =
-    der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
-
-/// RSASSA-PSS with SHA-256, MGF1-SHA-256 and a 32-byte salt, byte for byte
-/// what `openssl ca -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:-1`
-/// writes (gen_dev_certs.sh's SIGOPT_ARGS, default_md sha256).
-const PSS_SHA256_ALG: &[u8] = &[
-    0x30, 0x41, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a, 0x30, 0x34, 0xa0,
-    0x0f, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
-    0xa1, 0x1c, 0x30, 0x1a, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08, 0x30,
-    0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0xa2, 0x03,
-    0x02, 0x01, 0x20,
-];
-
 /// SubjectPublicKeyInfo of an RSA key typed id-RSASSA-PSS without
 /// parameters (no restrictions), as `openssl req -newkey rsa-pss` makes it.
 pub fn rsa_pss_spki_der(rsa_public_key: &[u8]) -> Vec<u8> {
@@ -112,7 +99,7 @@ pub fn rsa_pss_spki_der(rsa_public_key: &[u8]) -> Vec<u8> {
     use der::Encode;
     let spki = SubjectPublicKeyInfoOwned {
         algorithm: AlgorithmIdentifierOwned {
-            oid: OID_RSASSA_PSS,
+            oid: crate::oid::RSASSA_PSS,
             parameters: None,
         },
         subject_public_key: der::asn1::BitString::from_bytes(rsa_public_key)
@@ -124,13 +111,15 @@ pub fn rsa_pss_spki_der(rsa_public_key: &[u8]) -> Vec<u8> {
 /// Is the key of this certificate typed id-RSASSA-PSS?
 fn cert_key_is_pss(der: &[u8]) -> Result<bool> {
     let c = parse(der, Path::new("issuer certificate"))?;
-    Ok(c.public_key().algorithm.algorithm.to_id_string() == OID_RSASSA_PSS.to_string())
+    Ok(key_info(&c).kind == Some(KeyKind::RsaPss))
 }
 
 /// Give a certificate rcgen made the parts rcgen cannot write, and sign it:
 /// the subject key typed id-RSASSA-PSS (`subject_pss`), and an RSASSA-PSS
-/// signature (SHA-256, salt 32) when the issuer's key is typed so
-/// (`issuer_pss`; OpenSSL refuses any other signature by such a key).
+/// signature (SHA-256, salt 32, as `openssl ca -sigopt
+/// rsa_padding_mode:pss -sigopt rsa_pss_saltlen:-1` makes it) when the
+/// issuer's key is typed so (`issuer_pss`; OpenSSL refuses any other
+/// signature by such a key).
 /// Otherwise the issuer signs with its usual scheme and rcgen's algorithm
 /// identifier stays.
 fn finish_pss(
@@ -142,21 +131,22 @@ fn finish_pss(
     use cms::cert::x509::spki::AlgorithmIdentifierOwned;
     use cms::cert::x509::Certificate;
     use der::{Decode, Encode};
-    let enc = |e: der::Error| Error::Crypto(format!("certificate encoding: {e}"));
+    let enc = |e: der::Error| Error::Internal(format!("certificate encoding: {e}"));
     let mut cert = Certificate::from_der(der).map_err(enc)?;
     if subject_pss {
         cert.tbs_certificate.subject_public_key_info.algorithm = AlgorithmIdentifierOwned {
-            oid: OID_RSASSA_PSS,
+            oid: crate::oid::RSASSA_PSS,
             parameters: None,
         };
     }
     let scheme = if issuer_pss {
-        let alg = AlgorithmIdentifierOwned::from_der(PSS_SHA256_ALG).map_err(enc)?;
+        let scheme = Scheme::pss(Hash::Sha256);
+        let alg = scheme.alg_id(AlgIdFor::Certificate).map_err(enc)?;
         cert.tbs_certificate.signature = alg.clone();
         cert.signature_algorithm = alg;
-        crate::keys::SigScheme::RsaPssSha256
+        scheme
     } else {
-        issuer_key.key_type().default_scheme()
+        issuer_key.scheme()
     };
     let tbs = cert.tbs_certificate.to_der().map_err(enc)?;
     let sig = issuer_key.sign(scheme, &tbs)?;
@@ -324,47 +314,9 @@ pub fn parse<'a>(der: &'a [u8], path: &Path) -> Result<X509Certificate<'a>> {
     }
 }
 
-/// Describe a public key as "RSA 4096" / "EC P-256", plus its `KeyType` if we support it.
-pub fn key_description(cert: &X509Certificate<'_>) -> (String, Option<KeyType>) {
-    let spki = cert.public_key();
-    if spki.algorithm.algorithm.to_id_string() == "1.2.840.113549.1.1.10" {
-        // id-RSASSA-PSS keys carry a plain RSAPublicKey; x509-parser leaves them unparsed.
-        use x509_parser::prelude::FromDer as _;
-        let data = spki.subject_public_key.data.as_ref();
-        if let Ok((_, k)) = x509_parser::public_key::RSAPublicKey::from_der(data) {
-            let bits = k.key_size() as u32;
-            return (
-                format!("RSA-PSS {bits}"),
-                format!("rsa:{bits}").parse().ok(),
-            );
-        }
-    }
-    match spki.parsed() {
-        Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => {
-            let bits = rsa.key_size() as u32;
-            let kt = format!("rsa:{bits}").parse().ok();
-            (format!("RSA {bits}"), kt)
-        }
-        Ok(x509_parser::public_key::PublicKey::EC(_)) => {
-            let curve = ec_curve_oid(spki);
-            match curve.as_deref() {
-                Some("1.2.840.10045.3.1.7") => ("EC P-256".into(), Some(KeyType::EcP256)),
-                Some("1.3.132.0.34") => ("EC P-384".into(), Some(KeyType::EcP384)),
-                Some(c) => (format!("EC {c}"), None),
-                None => ("EC (unknown curve)".into(), None),
-            }
-        }
-        _ => (format!("{}", spki.algorithm.algorithm), None),
-    }
-}
-
-/// The named curve (dotted OID) of an id-ecPublicKey, if the parameters name one.
-pub fn ec_curve_oid(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<String> {
-    spki.algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok())
-        .map(|o| o.to_id_string())
+/// What the key of `cert` is; `describe()` for "RSA 4096" / "EC P-256".
+pub fn key_info(cert: &X509Certificate<'_>) -> KeyInfo {
+    KeyInfo::of(cert.public_key())
 }
 
 /// Verify that `child` carries a valid signature by `issuer`'s key.
@@ -479,7 +431,7 @@ pub fn describe(der: &[u8], path: &Path) -> Result<CertInfo> {
         subject: c.subject().to_string(),
         issuer: c.issuer().to_string(),
         serial: hex(c.raw_serial()),
-        key: key_description(&c).0,
+        key: key_info(&c).describe(),
         ca: is_ca(&c),
         fingerprint_sha256: sha256_hex(der),
         not_before: rfc3339(&c.validity().not_before),

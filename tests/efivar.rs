@@ -888,7 +888,8 @@ fn bad_input_gives_one_line_errors_and_no_output() {
 mod pkcs7_peer {
     use super::*;
     use pki_signer::identity::Identity;
-    use pki_signer::pkcs7::{self, DetachedOptions, Hash};
+    use pki_signer::pkcs7::{self, DetachedOptions};
+    use pki_signer::sigalg::Hash;
 
     fn openssl_key_and_cert(d: &Path, name: &str, genpkey: &[&str]) {
         let ossl = openssl();

@@ -96,21 +96,7 @@ fn hsm() -> Option<&'static Path> {
         ] {
             let key = format!("{role}.key.der");
             let crt = format!("{role}.crt.der");
-            peer_ok(
-                &ossl,
-                &[
-                    "pkcs8",
-                    "-topk8",
-                    "-nocrypt",
-                    "-in",
-                    s(&p.join(format!("{role}.key"))),
-                    "-outform",
-                    "DER",
-                    "-out",
-                    &key,
-                ],
-                &d,
-            );
+            softhsm::pkcs8_der(&p.join(format!("{role}.key")), &d.join(&key));
             peer_ok(
                 &ossl,
                 &[
@@ -125,30 +111,30 @@ fn hsm() -> Option<&'static Path> {
                 &d,
             );
             for (file, ty) in [(key.as_str(), "privkey"), (crt.as_str(), "cert")] {
-                let mut args = vec!["--module", MODULE, "--login", "--pin", PIN];
-                args.extend([
-                    "--write-object",
-                    file,
-                    "--type",
-                    ty,
-                    "--label",
-                    role,
-                    "--id",
-                    id,
-                ]);
-                if ty == "privkey" {
-                    args.push("--usage-sign");
-                }
-                let o = Command::new(&tools.pkcs11_tool)
-                    .args(&args)
-                    .current_dir(&d)
-                    .env("SOFTHSM2_CONF", &conf)
-                    .output()
-                    .unwrap();
-                assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+                softhsm::write_object(&tools, &conf, &d, PIN, file, ty, role, id);
             }
             fs::remove_file(d.join(&key)).unwrap();
         }
+        // The PCR policy key: a private and a public key object, no certificate.
+        softhsm::pkcs8_der(&p.join("tpm2-pcr-private.pem"), &d.join("pcr.key.der"));
+        peer_ok(
+            &ossl,
+            &[
+                "pkey",
+                "-pubin",
+                "-in",
+                s(&p.join("tpm2-pcr-public.pem")),
+                "-outform",
+                "DER",
+                "-out",
+                "pcr.pub.der",
+            ],
+            &d,
+        );
+        for (file, ty) in [("pcr.key.der", "privkey"), ("pcr.pub.der", "pubkey")] {
+            softhsm::write_object(&tools, &conf, &d, PIN, file, ty, "tpm2-pcr", "03");
+        }
+        fs::remove_file(d.join("pcr.key.der")).unwrap();
         fs::write(
             d.join("keys.json"),
             serde_json::json!({
@@ -167,6 +153,10 @@ fn hsm() -> Option<&'static Path> {
                     "key": p.join("device_subca.key"),
                     "cert": p.join("device_subca.cert"),
                     "trust": [p.join("gen_rootca.cert")],
+                },
+                "tpm2-pcr": {
+                    "key": "pkcs11:token=release;object=tpm2-pcr",
+                    "public": p.join("tpm2-pcr-public.pem"),
                 },
             })
             .to_string(),
@@ -193,6 +183,7 @@ fn build_keys(dir: &Path) -> PathBuf {
                 "key": "absent", "cert": p.join("device_subca.cert"),
                 "trust": [p.join("gen_rootca.cert")],
             },
+            "tpm2-pcr": { "public": p.join("tpm2-pcr-public.pem") },
         })
         .to_string(),
     )
@@ -932,7 +923,12 @@ fn regenerate_testdata_malformed_offline() {
         .unwrap();
     assert!(c.status.success(), "{}", stderr(&c));
     let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/malformed/offline");
-    let _ = fs::remove_dir_all(&top);
+    // The `uki` entries come from a_uki_gets_its_pcr_policy_and_image_signature_in_one_visit.
+    for e in fs::read_dir(&top).into_iter().flatten().flatten() {
+        if !e.file_name().to_string_lossy().contains("-uki-") {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
     fs::create_dir_all(&top).unwrap();
     let req: serde_json::Value =
         serde_json::from_slice(&fs::read(t.join("req.json")).unwrap()).unwrap();
@@ -1111,5 +1107,337 @@ fn regenerate_testdata_malformed_offline() {
         let mut v = resp.clone();
         edit(&mut v);
         put(name, json(&v));
+    }
+}
+
+/// `uki build` on the build host (SOURCE_DATE_EPOCH fixed), keys as given.
+fn uki_build(b: &Path, out: &str, keys: &[&str]) -> Output {
+    let td = |f: &str| format!("{}/testdata/uki/{f}", env!("CARGO_MANIFEST_DIR"));
+    let (linux, osrel) = (td("linux.bin"), td("os-release"));
+    let mut args = vec![
+        "uki",
+        "build",
+        "--linux",
+        &linux,
+        "--os-release",
+        &osrel,
+        "--initrd",
+        "initrd",
+        "--cmdline",
+        "console=ttyS0 quiet",
+        "--uname",
+        "6.1.0-test",
+        "--pcr-banks",
+        "sha256,sha512",
+        "-o",
+        out,
+    ];
+    args.extend(keys);
+    Command::new(bin())
+        .args(&args)
+        .current_dir(b)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap()
+}
+
+/// A UKI the build made with its development keys, PCR policy included,
+/// goes through one request, one visit to the token (the PCR key and the
+/// image key in one login) and one completion. The result is what `uki
+/// build` makes with the production keys, byte for byte, and the peers
+/// accept it: sbverify and osslsigncode the image, openssl every policy
+/// over PCR 11 values that systemd-measure computes.
+#[test]
+fn a_uki_gets_its_pcr_policy_and_image_signature_in_one_visit() {
+    let stub = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+    if !Path::new(stub).is_file() || hsm().is_none() {
+        assert!(
+            std::env::var("PKI_SIGNER_REQUIRE_PEERS").as_deref() != Ok("1"),
+            "systemd-boot-efi and SoftHSM2 are required"
+        );
+        return;
+    }
+    let b = tempfile::tempdir().unwrap().keep();
+    let initrd: Vec<u8> = (0..300_001u32).map(|i| (i * 13 % 251) as u8).collect();
+    fs::write(b.join("initrd"), initrd).unwrap();
+    let devdir = dev().join("pki");
+    let dev_keys = [
+        "--role",
+        "ssig_subca",
+        "--dir",
+        s(&devdir),
+        "--pcr-role",
+        "tpm2-pcr",
+    ];
+    ok(uki_build(&b, "uki.efi", &dev_keys));
+    let keys = build_keys(&b);
+    let req = |extra: &[&str]| {
+        let mut args = vec![
+            "offline",
+            "request",
+            "uki.efi",
+            "--keys",
+            s(&keys),
+            "-o",
+            "request.json",
+        ];
+        args.extend(extra);
+        Command::new(bin())
+            .args(&args)
+            .current_dir(&b)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap()
+    };
+    // The development signature cannot stay: the image changes.
+    let e = fails(req(&[]), 2);
+    assert!(e.contains("--replace"), "{e}");
+    ok(req(&["--replace"]));
+    let request = fs::read(b.join("request.json")).unwrap();
+    assert!(request.len() < 16 << 10, "{} bytes", request.len());
+    let r: serde_json::Value = serde_json::from_slice(&request).unwrap();
+    assert_eq!(r["items"][0]["kind"], "uki");
+    assert_eq!(r["items"][0]["uki"]["phases"].as_array().unwrap().len(), 4);
+
+    let o = sign_away(&b, &b.join("request.json"), &b.join("response.json"), &[]);
+    let o = ok(o);
+    assert!(
+        stderr(&o).contains("PCR key tpm2-pcr: 8 policies of 1 UKI(s)"),
+        "{}",
+        stderr(&o)
+    );
+    let before = fs::read(b.join("uki.efi")).unwrap();
+
+    if std::env::var("PKI_SIGNER_REGEN_MALFORMED").as_deref() == Ok("1") {
+        malformed_uki_files(&b.join("request.json"), &b.join("response.json"));
+    }
+
+    // Tampered responses are refused with one line, and the UKI is left alone.
+    let refused = |file: &str, want: &str| {
+        let o = run_in(&b, &["offline", "complete", file]);
+        assert_ne!(o.status.code(), Some(0), "{file}: {}", stdout(&o));
+        let e = stderr(&o);
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+        assert!(e.contains(want), "{file}: {want}: {e}");
+        assert!(fs::read(b.join("uki.efi")).unwrap() == before, "{file}");
+    };
+    let resp = b.join("response.json");
+    edited(&resp, &b.join("t-pcr.json"), |v| {
+        let sig = v["results"][0]["pcr_signatures"][0]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let flipped = if sig.starts_with('0') { "1" } else { "0" };
+        v["results"][0]["pcr_signatures"][0] = format!("{flipped}{}", &sig[1..]).into();
+    });
+    refused("t-pcr.json", "policy signature 0 does not verify");
+    edited(&resp, &b.join("t-swap.json"), |v| {
+        v["results"][0]["pcr_signatures"]
+            .as_array_mut()
+            .unwrap()
+            .swap(1, 2);
+    });
+    refused("t-swap.json", "policy signature 1 does not verify");
+    edited(&resp, &b.join("t-image.json"), |v| {
+        let sig = v["results"][0]["signature"].as_str().unwrap().to_string();
+        let flipped = if sig.ends_with('0') { "1" } else { "0" };
+        v["results"][0]["signature"] = format!("{}{flipped}", &sig[..sig.len() - 1]).into();
+    });
+    refused("t-image.json", "does not verify with role 'ssig_subca'");
+    // A section digest changed in the request (and its hash recomputed): the
+    // signing host signs what it is given, the build host finds that the UKI
+    // is not what was signed.
+    edited(&resp, &b.join("t-digest.json"), |v| {
+        v["request"]["items"][0]["uki"]["sections"][0]["digests"]["sha256"] =
+            "00".repeat(32).into();
+        let r: pki_signer::offline::Request = serde_json::from_value(v["request"].clone()).unwrap();
+        v["request_sha256"] = pki_signer::offline::request_sha256(&r).into();
+    });
+    refused("t-digest.json", "policy signature 0 does not verify");
+    // The same change made to the request before it was signed.
+    edited(&b.join("request.json"), &b.join("t-request.json"), |v| {
+        v["items"][0]["uki"]["sections"][0]["digests"]["sha256"] = "00".repeat(32).into();
+    });
+    ok(sign_away(
+        &b,
+        &b.join("t-request.json"),
+        &b.join("t-signed.json"),
+        &[],
+    ));
+    refused("t-signed.json", "not what the request was made from");
+
+    ok(run_in(
+        &b,
+        &[
+            "offline",
+            "complete",
+            "response.json",
+            "--request",
+            "request.json",
+        ],
+    ));
+    assert_ne!(fs::read(b.join("uki.efi")).unwrap(), before);
+
+    let (p, d) = (prod(), dev());
+    assert!(sbverify(&p.join("subca.pem"), &b.join("uki.efi")));
+    assert!(!sbverify(&d.join("subca.pem"), &b.join("uki.efi")));
+    assert!(osslsigncode_ok(&p.join("root.pem"), &b.join("uki.efi")));
+    assert!(!osslsigncode_ok(&d.join("root.pem"), &b.join("uki.efi")));
+
+    // What uki build makes with the production keys, byte for byte.
+    let pk = p.join("pki");
+    let pcr_key = pk.join("tpm2-pcr-private.pem");
+    ok(uki_build(
+        &b,
+        "direct.efi",
+        &[
+            "--role",
+            "ssig_subca",
+            "--dir",
+            s(&pk),
+            "--pcr-key",
+            s(&pcr_key),
+        ],
+    ));
+    assert!(
+        fs::read(b.join("uki.efi")).unwrap() == fs::read(b.join("direct.efi")).unwrap(),
+        "the completed UKI differs from uki build's with the production keys"
+    );
+
+    // .pcrpkey is the production key, and every policy verifies with it
+    // over the PCR 11 values systemd-measure computes for the sections, and
+    // not with the development key.
+    let sections = common::pcr::extract(&b, "uki.efi");
+    assert_eq!(
+        fs::read(sections.join("pcrpkey")).unwrap(),
+        fs::read(pk.join("tpm2-pcr-public.pem")).unwrap()
+    );
+    let banks = ["sha256", "sha512"];
+    if let Some(n) = common::pcr::verify_policies(&b, &banks, &pk.join("tpm2-pcr-public.pem")) {
+        assert_eq!(n, 8);
+        let dev_key = d.join("pki/tpm2-pcr-public.pem");
+        let other = std::panic::catch_unwind(|| common::pcr::verify_policies(&b, &banks, &dev_key));
+        assert!(
+            other.is_err(),
+            "a policy verified with the development PCR key"
+        );
+    }
+
+    // Run again: nothing to do, nothing changes.
+    let after = fs::read(b.join("uki.efi")).unwrap();
+    let o = ok(run_in(
+        &b,
+        &["offline", "complete", "response.json", "--json"],
+    ));
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rep["already_complete"], 1, "{rep}");
+    assert_eq!(fs::read(b.join("uki.efi")).unwrap(), after);
+}
+
+/// `testdata/malformed/offline/{request,response}-uki-*.json`: a real `uki`
+/// request and response, each broken in one field.
+fn malformed_uki_files(req: &Path, resp: &Path) {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/malformed/offline");
+    fs::create_dir_all(&top).unwrap();
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "append",
+            Box::new(|v| v["items"][0]["uki"]["existing"] = "append".into()),
+        ),
+        (
+            "sha1-bank",
+            Box::new(|v| v["items"][0]["uki"]["banks"] = serde_json::json!(["sha1"])),
+        ),
+        (
+            "unsorted-banks",
+            Box::new(|v| v["items"][0]["uki"]["banks"] = serde_json::json!(["sha512", "sha256"])),
+        ),
+        (
+            "short-digest",
+            Box::new(|v| {
+                v["items"][0]["uki"]["sections"][0]["digests"]["sha256"] = "00".repeat(31).into()
+            }),
+        ),
+        (
+            "partial-block",
+            Box::new(|v| v["items"][0]["uki"]["prefix"]["compressed"] = 63.into()),
+        ),
+        (
+            "long-pending",
+            Box::new(|v| v["items"][0]["uki"]["prefix"]["pending"] = "00".repeat(64).into()),
+        ),
+        (
+            "huge-zeros",
+            Box::new(|v| v["items"][0]["uki"]["zeros_after"] = (1u64 << 40).into()),
+        ),
+        (
+            "tbs",
+            Box::new(|v| v["items"][0]["tbs"] = "00".repeat(32).into()),
+        ),
+        (
+            "no-pcr-key",
+            Box::new(|v| v["pcr_keys"] = serde_json::json!({})),
+        ),
+        (
+            "unknown-phase",
+            Box::new(|v| v["items"][0]["uki"]["phases"][0] = "enter-initrd:sysnit".into()),
+        ),
+        (
+            "pe-params",
+            Box::new(|v| {
+                v["items"][0]["pe"] =
+                    serde_json::json!({"authenticode_sha256": "00", "existing": "refuse"})
+            }),
+        ),
+        (
+            "pcr-key-not-rsa",
+            Box::new(|v| v["pcr_keys"]["tpm2-pcr"]["public_key"] = "3013".into()),
+        ),
+    ];
+    let load =
+        |p: &Path| -> serde_json::Value { serde_json::from_slice(&fs::read(p).unwrap()).unwrap() };
+    let put = |name: String, v: &serde_json::Value| {
+        fs::write(top.join(name), serde_json::to_vec(v).unwrap()).unwrap()
+    };
+    for (name, edit) in &edits {
+        let mut v = load(req);
+        edit(&mut v);
+        put(format!("request-uki-{name}.json"), &v);
+        // The same fault in the request a response carries, its binding hash recomputed.
+        let mut r = load(resp);
+        edit(&mut r["request"]);
+        if let Ok(q) = serde_json::from_value::<pki_signer::offline::Request>(r["request"].clone())
+        {
+            r["request_sha256"] = pki_signer::offline::request_sha256(&q).into();
+        }
+        put(format!("response-uki-{name}.json"), &r);
+    }
+    let responses: Vec<(&str, Edit)> = vec![
+        (
+            "no-pcr-signatures",
+            Box::new(|v| v["results"][0]["pcr_signatures"] = serde_json::Value::Null),
+        ),
+        (
+            "missing-pcr-signature",
+            Box::new(|v| {
+                v["results"][0]["pcr_signatures"]
+                    .as_array_mut()
+                    .unwrap()
+                    .pop();
+            }),
+        ),
+        (
+            "pcr-signature-not-hex",
+            Box::new(|v| v["results"][0]["pcr_signatures"][0] = "zz".into()),
+        ),
+        (
+            "one-pcr-signature",
+            Box::new(|v| v["results"][0]["pcr_signatures"] = serde_json::json!(["00"])),
+        ),
+    ];
+    for (name, edit) in &responses {
+        let mut r = load(resp);
+        edit(&mut r);
+        put(format!("response-uki-{name}.json"), &r);
     }
 }

@@ -10,8 +10,9 @@ use std::sync::OnceLock;
 
 use common::softhsm::{self, MODULE};
 use common::*;
-use pki_signer::keys::{SigScheme, Signer};
+use pki_signer::keys::Signer;
 use pki_signer::pkcs11::Pkcs11Key;
+use pki_signer::sigalg::{Hash, Scheme};
 
 /// Distinctive, so a leak into any output would be found by a substring search.
 const PIN: &str = "48151623";
@@ -404,20 +405,22 @@ fn every_signature_scheme_verifies_with_openssl() {
             d,
         );
     }
-    use SigScheme::*;
+    use Hash::*;
+    use Scheme::{Ecdsa, RsaPkcs1};
     let rsa = [
-        RsaPkcs1Sha256,
-        RsaPkcs1Sha384,
-        RsaPkcs1Sha512,
-        RsaPssSha256,
-        RsaPssSha512,
+        RsaPkcs1(Sha256),
+        RsaPkcs1(Sha384),
+        RsaPkcs1(Sha512),
+        Scheme::pss(Sha256),
+        Scheme::pss(Sha384),
+        Scheme::pss(Sha512),
     ];
-    let plan: &[(&str, &str, &[SigScheme])] = &[
+    let plan: &[(&str, &str, &[Scheme])] = &[
         ("ssig", "rsa.pub", &rsa),
         ("gen-rsa", "gen-rsa.pub", &rsa),
-        ("ssig-ec", "ec.pub", &[EcdsaSha256, EcdsaSha512]),
-        ("gen-ec", "gen-ec.pub", &[EcdsaSha256]),
-        ("ssig-ec384", "ec384.pub", &[EcdsaSha384, EcdsaSha512]),
+        ("ssig-ec", "ec.pub", &[Ecdsa(Sha256), Ecdsa(Sha512)]),
+        ("gen-ec", "gen-ec.pub", &[Ecdsa(Sha256)]),
+        ("ssig-ec384", "ec384.pub", &[Ecdsa(Sha384), Ecdsa(Sha512)]),
     ];
     let msg = b"signed attributes, or a GuestOS manifest";
     std::fs::write(d.join("msg"), msg).unwrap();
@@ -441,13 +444,9 @@ fn every_signature_scheme_verifies_with_openssl() {
                 .sign(s, msg)
                 .unwrap_or_else(|e| panic!("{object} {s:?}: {e}"));
             std::fs::write(d.join("sig"), &sig).unwrap();
-            let hash = match s {
-                RsaPkcs1Sha384 | EcdsaSha384 => "-sha384",
-                RsaPkcs1Sha512 | RsaPssSha512 | EcdsaSha512 => "-sha512",
-                _ => "-sha256",
-            };
-            let mut args = vec!["dgst", hash, "-verify", public, "-signature", "sig"];
-            if matches!(s, RsaPssSha256 | RsaPssSha512) {
+            let hash = format!("-{}", s.hash().name());
+            let mut args = vec!["dgst", &hash, "-verify", public, "-signature", "sig"];
+            if matches!(s, Scheme::RsaPss { .. }) {
                 args.extend([
                     "-sigopt",
                     "rsa_padding_mode:pss",
@@ -462,16 +461,16 @@ fn every_signature_scheme_verifies_with_openssl() {
     }
     // Mismatched schemes are refused, as for key files.
     let ec = Pkcs11Key::open(&uri("ssig-ec")).unwrap();
-    assert!(ec.sign(RsaPkcs1Sha256, msg).is_err());
-    assert!(ec.sign(EcdsaSha384, msg).is_err());
+    assert!(ec.sign(RsaPkcs1(Sha256), msg).is_err());
+    assert!(ec.sign(Ecdsa(Sha384), msg).is_err());
     let rsa_key = Pkcs11Key::open(&uri("ssig")).unwrap();
-    assert!(rsa_key.sign(EcdsaSha256, msg).is_err());
+    assert!(rsa_key.sign(Ecdsa(Sha256), msg).is_err());
     // One key, many signing threads: the session is shared safely.
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
                 for _ in 0..5 {
-                    let sig = rsa_key.sign(RsaPssSha256, msg).unwrap();
+                    let sig = rsa_key.sign(Scheme::pss(Sha256), msg).unwrap();
                     assert_eq!(sig.len(), 256);
                 }
             });

@@ -1039,3 +1039,115 @@ fn killed_at_any_moment_every_artifact_is_old_or_new_and_a_rerun_finishes() {
     }
     assert!(mixed > 0, "no kill landed between two artifacts");
 }
+
+/// A UKI with a PCR policy made by the build's PCR key: resign signs its
+/// policy again for the production PCR key (`tpm2-pcr` in KEYS.json), then
+/// the image. Without that key the UKI is refused and nothing changes.
+#[test]
+fn a_uki_gets_the_production_pcr_policy_and_signature() {
+    let stub = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+    if !Path::new(stub).is_file() {
+        assert!(
+            std::env::var("PKI_SIGNER_REQUIRE_PEERS").as_deref() != Ok("1"),
+            "systemd-boot-efi is required"
+        );
+        return;
+    }
+    let t = tempfile::tempdir().unwrap().keep();
+    fs::create_dir_all(t.join("deploy")).unwrap();
+    fs::write(t.join("initrd"), vec![7u8; 100_001]).unwrap();
+    let td = |f: &str| format!("{}/testdata/uki/{f}", env!("CARGO_MANIFEST_DIR"));
+    let (linux, osrel) = (td("linux.bin"), td("os-release"));
+    ok(run_in(
+        &t,
+        &[
+            "uki",
+            "build",
+            "--linux",
+            &linux,
+            "--os-release",
+            &osrel,
+            "--initrd",
+            "initrd",
+            "--cmdline",
+            "quiet",
+            "--role",
+            "ssig_subca",
+            "--dir",
+            s(dev()),
+            "--pcr-role",
+            "tpm2-pcr",
+            "-o",
+            "uki.efi",
+        ],
+    ));
+    ok(run_in(
+        &t,
+        &[
+            "pe",
+            "sign",
+            "uki.efi",
+            "-o",
+            "deploy/uki.efi",
+            "--replace",
+            "--role",
+            "ssig_subca",
+            "--dir",
+            s(dev()),
+            "--plan",
+            "deploy/plan.json",
+        ],
+    ));
+    let built = fs::read(t.join("deploy/uki.efi")).unwrap();
+    let e = fails(resign(&t, &keys_files(), &[]), 2);
+    assert!(e.contains("'tpm2-pcr' entry"), "{e}");
+    assert!(fs::read(t.join("deploy/uki.efi")).unwrap() == built);
+
+    let ossl = openssl();
+    let gen = [
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        "pcr.pem",
+    ];
+    peer_ok(&ossl, &gen, &t);
+    peer_ok(
+        &ossl,
+        &["pkey", "-in", "pcr.pem", "-pubout", "-out", "pcr-pub.pem"],
+        &t,
+    );
+    let mut keys: serde_json::Value =
+        serde_json::from_slice(&fs::read(keys_files()).unwrap()).unwrap();
+    keys["tpm2-pcr"] =
+        serde_json::json!({ "key": t.join("pcr.pem"), "public": t.join("pcr-pub.pem") });
+    fs::write(t.join("keys.json"), keys.to_string()).unwrap();
+    let keys = s(&t.join("keys.json")).to_string();
+    ok(resign(&t, &keys, &[]));
+    assert_production(&t.join("deploy/uki.efi"));
+
+    // .pcrpkey is the production PCR key, and openssl verifies every policy
+    // with it over the PCR 11 values systemd-measure computes.
+    let sections = common::pcr::extract(&t, "deploy/uki.efi");
+    let der = |f: &Path| {
+        let o = Command::new(&ossl)
+            .args(["pkey", "-pubin", "-outform", "DER", "-in"])
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}: {}", f.display(), stderr(&o));
+        o.stdout
+    };
+    assert_eq!(der(&sections.join("pcrpkey")), der(&t.join("pcr-pub.pem")));
+    let n = common::pcr::verify_policies(&t, &["sha256"], &t.join("pcr-pub.pem"));
+    assert!(n.is_none_or(|n| n == 4), "{n:?}");
+
+    // Again: already done, nothing changes.
+    let done = fs::read(t.join("deploy/uki.efi")).unwrap();
+    let o = ok(resign(&t, &keys, &["--json"]));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["skipped"], 1, "{r}");
+    assert!(fs::read(t.join("deploy/uki.efi")).unwrap() == done);
+}

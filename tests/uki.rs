@@ -1,9 +1,11 @@
 //! `uki build / measure / show`, checked by peers: systemd-measure (Debian's
-//! systemd 252) predicts the same PCR 11 values for the same sections, an
-//! independent Python PolicyPCR computation gives the same policy digests,
-//! `openssl dgst -verify` accepts the policy signatures, `systemd-measure
-//! sign` (run against swtpm) writes the same .pcrsig byte for byte, and
-//! sbverify / osslsigncode accept the Authenticode signature.
+//! systemd 252, and bookworm-backports' 254 for a UKI on stub 254) predicts
+//! the same PCR 11 values for the same sections, an independent Python
+//! PolicyPCR computation gives the same policy digests, `openssl dgst
+//! -verify` accepts the policy signatures, `systemd-measure sign` (run
+//! against swtpm) writes the same .pcrsig byte for byte, sbverify /
+//! osslsigncode accept the Authenticode signature, and ukify 254 and 257
+//! build the same UKI from the same inputs.
 
 mod common;
 
@@ -109,27 +111,31 @@ fn extract(d: &Path, uki: &str, dir: &str) -> Vec<String> {
         .collect()
 }
 
-/// systemd-measure's arguments for the measured sections extracted to `dir`.
-fn measure_args(d: &Path, dir: &str) -> Vec<String> {
-    let mut v = vec![];
-    for (opt, f) in [
-        ("linux", "linux"),
-        ("osrel", "osrel"),
-        ("cmdline", "cmdline"),
-        ("initrd", "initrd"),
-        ("splash", "splash"),
-        ("dtb", "dtb"),
-        ("pcrpkey", "pcrpkey"),
-    ] {
-        if d.join(dir).join(f).is_file() {
-            v.push(format!("--{opt}={dir}/{f}"));
-        }
-    }
-    v
+/// The sections systemd-measure 252 takes (its options are the names
+/// without the dot).
+const MEASURED_252: &[&str] = &[
+    "linux", "osrel", "cmdline", "initrd", "splash", "dtb", "pcrpkey",
+];
+/// systemd-measure 254 adds `.uname` and `.sbat`.
+const MEASURED_254: &[&str] = &[
+    "linux", "osrel", "cmdline", "initrd", "splash", "dtb", "uname", "sbat", "pcrpkey",
+];
+
+/// systemd-measure's arguments for the sections of `known` extracted to `dir`.
+fn measure_args(d: &Path, dir: &str, known: &[&str]) -> Vec<String> {
+    known
+        .iter()
+        .filter(|f| d.join(dir).join(f).is_file())
+        .map(|f| format!("--{f}={dir}/{f}"))
+        .collect()
 }
 
 fn systemd_measure(d: &Path, args: &[String]) -> serde_json::Value {
-    let o = Command::new(MEASURE)
+    systemd_measure_with(Path::new(MEASURE), d, args)
+}
+
+fn systemd_measure_with(tool: &Path, d: &Path, args: &[String]) -> serde_json::Value {
+    let o = Command::new(tool)
         .args(args)
         .current_dir(d)
         .output()
@@ -311,7 +317,7 @@ fn built_uki_is_accepted_by_peers_and_its_pcr_policy_verifies() {
 
     // PCR 11: systemd-measure calculate over the extracted sections.
     let mut args = vec!["calculate".to_string()];
-    args.extend(measure_args(d, "s"));
+    args.extend(measure_args(d, "s", MEASURED_252));
     args.extend(["--bank=sha256".into(), "--bank=sha512".into()]);
     args.push("--json=short".into());
     let theirs = systemd_measure(d, &args);
@@ -388,11 +394,18 @@ fn built_uki_is_accepted_by_peers_and_its_pcr_policy_verifies() {
 
     // systemd-measure sign, where it can run (systemd 252 needs libtss2 and a
     // TPM for the trial policy session: swtpm), writes the same bytes.
+    measure_sign_writes_pcrsig(&measure, d, MEASURED_252);
+}
+
+/// `systemd-measure sign` (`tool`) over the sections of `known` extracted to
+/// `d/s`, for the sha256 and sha512 banks, prints `s/pcrsig` byte for byte.
+/// Its trial policy session needs a TPM: swtpm.
+fn measure_sign_writes_pcrsig(tool: &Path, d: &Path, known: &[&str]) {
     let Some(tpm) = Swtpm::start(d) else {
         return;
     };
     let mut args = vec!["sign".to_string()];
-    args.extend(measure_args(d, "s"));
+    args.extend(measure_args(d, "s", known));
     args.extend([
         "--bank=sha256".into(),
         "--bank=sha512".into(),
@@ -401,12 +414,17 @@ fn built_uki_is_accepted_by_peers_and_its_pcr_policy_verifies() {
         format!("--tpm2-device=swtpm:host=127.0.0.1,port={}", tpm.port),
         "--json=short".into(),
     ]);
-    let o = Command::new(&measure)
+    let o = Command::new(tool)
         .args(&args)
         .current_dir(d)
         .output()
         .unwrap();
-    assert!(o.status.success(), "systemd-measure sign: {}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "{} sign: {}",
+        tool.display(),
+        stderr(&o)
+    );
     assert_eq!(
         String::from_utf8_lossy(&fs::read(d.join("s/pcrsig")).unwrap()),
         String::from_utf8_lossy(&o.stdout),
@@ -600,21 +618,30 @@ fn setup_with_stub(name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> Option<tempfi
     Some(tmp)
 }
 
+/// `uki build` on a copy of `stub` whose `.sdmagic` says systemd-stub `to`
+/// instead of `from` fails with one line naming that version, and writes
+/// nothing; that line.
+fn refused_as(d: &Path, stub: &Path, from: &str, to: &str) -> String {
+    let mut b = fs::read(stub).unwrap();
+    let at = find(&b, format!("systemd-stub {from}").as_bytes()).unwrap() + 13;
+    b[at..at + to.len()].copy_from_slice(to.as_bytes());
+    let name = format!("stub{to}.efi");
+    fs::write(d.join(&name), &b).unwrap();
+    let err = fails(build(d, "uki.efi", &["--stub", &name], &[]), 2);
+    assert!(err.contains(&format!("systemd-stub {to}")), "{err}");
+    assert!(!d.join("uki.efi").exists());
+    err
+}
+
 #[test]
 fn a_stub_of_unknown_version_is_refused() {
-    let Some(tmp) = setup_with_stub("stub999.efi", |s| {
-        let at = find(s, b"systemd-stub 252").unwrap();
-        s[at + 13..at + 16].copy_from_slice(b"999");
-    }) else {
+    if system_file(STUB, "systemd-boot-efi").is_none() {
         return;
-    };
+    }
+    let tmp = setup();
     let d = tmp.path();
-    let err = fails(build(d, "uki.efi", &["--stub", "stub999.efi"], &[]), 2);
-    assert!(
-        err.contains("systemd-stub 999") && err.contains("not known"),
-        "{err}"
-    );
-    assert!(!d.join("uki.efi").exists());
+    let err = refused_as(d, Path::new(STUB), "252", "999");
+    assert!(err.contains("not known"), "{err}");
     // Not a stub at all.
     fs::write(d.join("junk.efi"), b"MZ junk").unwrap();
     fails(build(d, "uki.efi", &["--stub", "junk.efi"], &[]), 2);
@@ -844,4 +871,382 @@ fn pcr_key_in_a_pkcs11_token_signs_the_same_policy() {
         "same UKI with the PCR key in a token"
     );
     ok(run_in(d, &["uki", "show", "hsm.efi"]));
+}
+
+/// ukify's `uki` SBAT entry, which ukify 254 and later add (and `uki build`
+/// with them) when no `--sbat` is given.
+const UKI_SBAT: &str =
+    "uki,1,UKI,uki,1,https://uapi-group.org/specifications/specs/unified_kernel_image/";
+
+fn stub_254() -> Option<PathBuf> {
+    test_file(
+        "PKI_SIGNER_TEST_STUB_254",
+        "scripts/stubdebs.sh prepares it",
+    )
+}
+
+fn measure_254() -> Option<PathBuf> {
+    test_file(
+        "PKI_SIGNER_TEST_MEASURE_254",
+        "scripts/stubdebs.sh prepares it",
+    )
+}
+
+/// The text of an SBAT section: up to its first NUL.
+fn sbat_text(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8(b[..end].to_vec()).unwrap()
+}
+
+/// systemd-stub 254 also measures `.uname` and `.sbat`: a UKI built on it
+/// predicts what bookworm-backports' systemd-measure 254 calculates for its
+/// sections (from the UKI, from the parts, and in the build report), and its
+/// `.pcrsig` is what that systemd-measure signs, byte for byte.
+#[test]
+fn stub_254_uki_measures_and_signs_as_systemd_measure_254() {
+    let (Some(stub), Some(measure)) = (stub_254(), measure_254()) else {
+        return;
+    };
+    let stub = stub.to_str().unwrap();
+    let tmp = setup();
+    let d = tmp.path();
+    let report = json(build(
+        d,
+        "uki.efi",
+        &["--stub", stub, "--pcr-banks", "sha512,sha256", "--json"],
+        &[],
+    ));
+    assert_eq!(report["stub_version"]["major"], 254, "{report}");
+
+    // ukify 254-256's order, .pcrsig last.
+    let names = extract(d, "uki.efi", "s");
+    assert_eq!(
+        names[names.len() - 7..],
+        [".osrel", ".cmdline", ".uname", ".pcrpkey", ".initrd", ".linux", ".pcrsig"]
+    );
+    // .sbat as ukify writes it: the stub's entries, then ukify's uki entry, a NUL.
+    extract(d, stub, "stub");
+    let want = format!(
+        "{}{UKI_SBAT}\n\0",
+        sbat_text(&fs::read(d.join("stub/sbat")).unwrap())
+    );
+    assert_eq!(
+        String::from_utf8(fs::read(d.join("s/sbat")).unwrap()).unwrap(),
+        want
+    );
+
+    let mut args = vec!["calculate".to_string()];
+    args.extend(measure_args(d, "s", MEASURED_254));
+    assert!(
+        args.iter().any(|a| a.starts_with("--sbat="))
+            && args.iter().any(|a| a.starts_with("--uname=")),
+        "{args:?}"
+    );
+    args.extend([
+        "--bank=sha256".into(),
+        "--bank=sha512".into(),
+        "--json=short".into(),
+    ]);
+    let theirs = systemd_measure_with(&measure, d, &args);
+    assert_eq!(theirs.as_object().unwrap().len(), 2, "{theirs}");
+    assert_eq!(report["pcr"], theirs, "build report");
+    let banks = ["--pcr-banks", "sha256,sha512", "--json"];
+    let mut a = vec!["uki", "measure", "uki.efi"];
+    a.extend(banks);
+    assert_eq!(json(run_in(d, &a)), theirs, "uki measure of the UKI");
+    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
+    let mut a = vec![
+        "uki",
+        "measure",
+        "--stub",
+        stub,
+        "--linux",
+        &linux,
+        "--os-release",
+        &osrel,
+        "--cmdline",
+        "console=ttyS0 quiet",
+        "--uname",
+        "6.1.0-test",
+        "--initrd",
+        "initrd-a",
+        "--initrd",
+        "initrd-b",
+        "--pcrpkey",
+        "pki/tpm2-pcr-public.pem",
+    ];
+    a.extend(banks);
+    assert_eq!(json(run_in(d, &a)), theirs, "uki measure of the parts");
+    let show = json(run_in(d, &["uki", "show", "uki.efi", "--json"]));
+    assert_eq!(show["ok"], true, "{show}");
+    assert!(show["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["phase"].is_string()));
+
+    measure_sign_writes_pcrsig(&measure, d, MEASURED_254);
+}
+
+/// (name, virtual address, virtual size, raw offset, raw size) of each section `uki show` lists.
+fn layout(show: &serde_json::Value) -> Vec<(String, u64, u64, u64, u64)> {
+    show["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let n = |k: &str| s[k].as_u64().unwrap();
+            (
+                s["name"].as_str().unwrap().to_string(),
+                n("virtual_address"),
+                n("virtual_size"),
+                n("raw_offset"),
+                n("raw_size"),
+            )
+        })
+        .collect()
+}
+
+/// ukify, given the same inputs and stub (bookworm-backports' ukify 254 on
+/// stub 254, trixie's ukify 257 on stub 257; its PCR steps run by systemd-
+/// measure 254, signing against swtpm), builds the UKI `uki build` builds:
+/// `uki show` lists the same sections in the same order at the same
+/// addresses (except that ukify 254 puts `.pcrsig` before `.linux`, pki-signer
+/// always last), every section holds the same bytes (`.pcrsig`: the same
+/// JSON values; ukify re-serialises it with Python's spacing), and ukify's
+/// PCR 11 values are those `uki measure` predicts for our UKI. Twice: with
+/// Debian's kernel (NX_COMPAT, no `.sbat`), and with systemd-boot's EFI binary
+/// as `.linux`, a PE image with a `.sbat` (merged into the UKI's) and without
+/// NX_COMPAT (which ukify 257 then clears in the UKI, as `uki build` does).
+#[test]
+fn ukify_builds_the_same_uki_from_the_same_inputs() {
+    let prep = "scripts/stubdebs.sh prepares it";
+    let (Some(measure), Some(python), Some(kernel)) = (
+        measure_254(),
+        test_file("PKI_SIGNER_TEST_PYTHON", prep),
+        test_file("PKI_SIGNER_TEST_VMLINUZ", "scripts/test.sh prepares it"),
+    ) else {
+        return;
+    };
+    let tmp = setup();
+    let d = tmp.path();
+    fs::write(d.join("cmdline"), "console=ttyS0 quiet").unwrap();
+    fs::create_dir(d.join("tools")).unwrap();
+    std::os::unix::fs::symlink(&measure, d.join("tools/systemd-measure")).unwrap();
+    let Some(tpm) = Swtpm::start(d) else {
+        return;
+    };
+    let Some(sdboot) = systemd_boot() else {
+        return;
+    };
+    let objdump = peer("objdump").expect("objdump");
+    let osrel = testdata("os-release");
+    let runs = [
+        (254, "PKI_SIGNER_TEST_STUB_254", "PKI_SIGNER_TEST_UKIFY_254"),
+        (257, "PKI_SIGNER_TEST_STUB_257", "PKI_SIGNER_TEST_UKIFY_257"),
+    ]
+    .into_iter()
+    .flat_map(|r| {
+        [
+            (r, "kernel", kernel.to_str().unwrap()),
+            (r, "sdboot", sdboot),
+        ]
+    });
+    for ((major, stub_var, ukify_var), tag, kernel) in runs {
+        let (Some(stub), Some(ukify)) = (test_file(stub_var, prep), test_file(ukify_var, prep))
+        else {
+            continue;
+        };
+        let stub = stub.to_str().unwrap();
+        let (ours, theirs) = (
+            format!("ours{major}-{tag}.efi"),
+            format!("ukify{major}-{tag}.efi"),
+        );
+        let common = [
+            "--linux",
+            kernel,
+            "--initrd",
+            "initrd-a",
+            "--initrd",
+            "initrd-b",
+            "--uname",
+            "6.1.0-test",
+        ];
+        let mut a = vec!["uki", "build", "--stub", stub, "-o", &ours];
+        a.extend(common);
+        a.extend(["--cmdline-file", "cmdline", "--os-release", &osrel]);
+        a.extend(["--role", "ssig_subca", "--pcr-role", "tpm2-pcr"]);
+        ok(run_in(d, &a));
+
+        let o = Command::new(&python)
+            .arg(&ukify)
+            .args(["build", "--stub", stub, "--output", &theirs])
+            .args(common)
+            .args([
+                "--cmdline",
+                "@cmdline",
+                "--os-release",
+                &format!("@{osrel}"),
+            ])
+            .args(["--pcr-private-key", "pki/tpm2-pcr-private.pem"])
+            .args(["--pcr-public-key", "pki/tpm2-pcr-public.pem"])
+            .args(["--pcr-banks", "sha256", "--tools", "tools", "--measure"])
+            .env(
+                "SYSTEMD_TPM2_DEVICE",
+                format!("swtpm:host=127.0.0.1,port={}", tpm.port),
+            )
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "ukify {major}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        let version = major;
+        let major = format!("{major} ({tag})");
+        if version == 257 {
+            // ukify 254 keeps the stub's DllCharacteristics whatever the kernel's.
+            let dll = |f: &str| {
+                peer_ok(&objdump, &["-p", f], d)
+                    .lines()
+                    .find(|l| l.starts_with("DllCharacteristics"))
+                    .unwrap()
+                    .to_string()
+            };
+            assert_eq!(dll(&ours), dll(&theirs), "ukify {major}");
+        }
+
+        // The same sections, in the same order, at the same places.
+        let show = |f: &str| json(run_in(d, &["uki", "show", f, "--json"]));
+        let (s_ours, s_theirs) = (show(&ours), show(&theirs));
+        assert_eq!(s_theirs["ok"], true, "ukify {major}'s .pcrsig: {s_theirs}");
+        let (l_ours, l_theirs) = (layout(&s_ours), layout(&s_theirs));
+        let names = |l: &[(String, u64, u64, u64, u64)]| -> Vec<String> {
+            l.iter().map(|s| s.0.clone()).collect()
+        };
+        let (mut n_ours, mut n_theirs) = (names(&l_ours), names(&l_theirs));
+        assert_eq!(n_ours.last().map(String::as_str), Some(".pcrsig"));
+        if version == 254 {
+            n_ours.retain(|n| n != ".pcrsig");
+            n_theirs.retain(|n| n != ".pcrsig");
+        }
+        assert_eq!(n_ours, n_theirs, "ukify {major}: sections and order");
+        // Up to the first .pcrsig of either (ukify 254 puts .linux after it).
+        let pos = |l: &[(String, u64, u64, u64, u64)]| l.iter().position(|s| s.0 == ".pcrsig");
+        let common = pos(&l_ours).min(pos(&l_theirs)).unwrap_or(0);
+        assert_eq!(
+            l_ours[..common],
+            l_theirs[..common],
+            "ukify {major}: addresses and sizes"
+        );
+
+        // The same bytes.
+        let dir_ours = format!("x-{ours}");
+        let dir_theirs = format!("x-{theirs}");
+        extract(d, &ours, &dir_ours);
+        extract(d, &theirs, &dir_theirs);
+        for n in n_theirs.iter().filter(|n| *n != ".pcrsig") {
+            let f = n.trim_start_matches('.');
+            let (a, b) = (
+                fs::read(d.join(&dir_ours).join(f)).unwrap(),
+                fs::read(d.join(&dir_theirs).join(f)).unwrap(),
+            );
+            assert!(a == b, "ukify {major}: section {n} differs");
+        }
+        let pcrsig = |dir: &str| -> serde_json::Value {
+            let b = fs::read(d.join(dir).join("pcrsig")).unwrap();
+            serde_json::from_str(sbat_text(&b).trim()).unwrap()
+        };
+        assert_eq!(
+            pcrsig(&dir_ours),
+            pcrsig(&dir_theirs),
+            "ukify {major}: .pcrsig"
+        );
+
+        // ukify's PCR 11 values (systemd-measure calculate's lines).
+        let values = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| l.starts_with("11:"))
+                .map(str::to_string)
+                .collect()
+        };
+        let predicted = stdout(&ok(run_in(
+            d,
+            &["uki", "measure", &ours, "--pcr-banks", "sha256"],
+        )));
+        assert_eq!(values(&stdout(&o)).len(), 4, "{}", stdout(&o));
+        assert_eq!(
+            values(&stdout(&o)),
+            values(&predicted),
+            "ukify {major}: PCR 11"
+        );
+        eprintln!("ukify {major}: same sections, bytes and PCR 11 as uki build");
+    }
+}
+
+/// A UKI `bytes` with the section header named `from` renamed to `to` (8 bytes, NUL-padded).
+fn rename_section(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let pad = |n: &str| {
+        let mut v = n.as_bytes().to_vec();
+        v.resize(8, 0);
+        v
+    };
+    let mut b = bytes.to_vec();
+    let at = find(&b, &pad(from)).unwrap_or_else(|| panic!("no section {from}"));
+    b[at..at + 8].copy_from_slice(&pad(to));
+    b
+}
+
+/// What the newer stubs would measure unpredictably is refused with one
+/// line: a version past 257, a multi-profile UKI or `.dtbauto` on 257, and
+/// on 254 a name the stub takes for a measured section.
+#[test]
+fn newer_stubs_refuse_what_cannot_be_predicted() {
+    let prep = "scripts/stubdebs.sh prepares it";
+    let (Some(s254), Some(s257)) = (stub_254(), test_file("PKI_SIGNER_TEST_STUB_257", prep)) else {
+        return;
+    };
+    let tmp = setup();
+    let d = tmp.path();
+    let err = refused_as(d, &s257, "257", "258");
+    assert!(err.contains("252-257"), "{err}");
+
+    ok(build(
+        d,
+        "u257.efi",
+        &["--stub", s257.to_str().unwrap()],
+        &[],
+    ));
+    let u257 = fs::read(d.join("u257.efi")).unwrap();
+    for (name, why) in [(".profile", "multi-profile"), (".dtbauto", "machine")] {
+        fs::write(d.join("x.efi"), rename_section(&u257, ".uname", name)).unwrap();
+        let err = fails(run_in(d, &["uki", "measure", "x.efi"]), 2);
+        assert!(err.contains(name) && err.contains(why), "{err}");
+        // show still lists it, without claiming what is measured.
+        let show = json(run_in(d, &["uki", "show", "x.efi", "--json"]));
+        assert!(show["sections"][0]["measured"].is_null(), "{show}");
+    }
+    // 257 compares all 8 bytes: `.unamex` is just another section.
+    fs::write(d.join("x.efi"), rename_section(&u257, ".uname", ".unamex")).unwrap();
+    ok(run_in(d, &["uki", "measure", "x.efi"]));
+
+    ok(build(
+        d,
+        "u254.efi",
+        &["--stub", s254.to_str().unwrap()],
+        &[],
+    ));
+    let u254 = fs::read(d.join("u254.efi")).unwrap();
+    fs::write(
+        d.join("x.efi"),
+        rename_section(&u254, ".cmdline", ".unamex"),
+    )
+    .unwrap();
+    let err = fails(run_in(d, &["uki", "measure", "x.efi"]), 2);
+    assert!(
+        err.contains(".unamex") && err.contains("takes it as .uname"),
+        "{err}"
+    );
 }

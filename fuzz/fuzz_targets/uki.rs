@@ -14,7 +14,7 @@ use pki_signer::uki::{self, build, pcr};
 fuzz_target!(|data: &[u8]| {
     // As a stub.
     if let Ok(stub) = build::Stub::parse(data.to_vec(), Path::new("fuzz.stub")) {
-        let _ = uki::measured_for(&stub.version, Path::new("fuzz.stub"));
+        let _ = uki::rules_for(&stub.version, Path::new("fuzz.stub"));
     }
     // As a UKI file.
     let path = common::scratch_with("in.efi", data);

@@ -6,7 +6,7 @@ use pki_signer::fsutil::{self, InputKind, PUBLIC_MODE};
 use pki_signer::identity::Identity;
 use pki_signer::pe::PeImage;
 use pki_signer::text::escape_for_terminal as esc;
-use pki_signer::{pkcs7, x509, Error, Result};
+use pki_signer::{pkcs7, sigalg, x509, Error, Result};
 
 use super::{print_json, KeyArgs};
 
@@ -359,8 +359,8 @@ fn show(bytes: &[u8], path: &Path) -> Result<ShowReport> {
         signature_valid: signed_for.is_some(),
         signer: sd.signer_cert(si).and_then(|c| signer_report(c, path)),
         signer_id: si.describe_sid(),
-        digest_algorithm: pkcs7::hash_name(&si.digest_oid),
-        signature_algorithm: pkcs7::sig_alg_name(&si.signature_alg.oid),
+        digest_algorithm: sigalg::hash_name(&si.digest_oid),
+        signature_algorithm: sigalg::alg_name(&si.signature_alg.oid),
         signed_attributes: si.signed_attrs.is_some(),
         certificates: sd.certs.len(),
         content_info: sd.content_info,

@@ -289,6 +289,17 @@ pub(super) fn run(cmd: OfflineCmd) -> Result<i32> {
                     esc(&r.key)
                 );
             }
+            for k in &sum.pcr_keys {
+                eprintln!(
+                    "  PCR key {}: {} policies of {} UKI(s), {}, public key SHA-256 (pkfp) {}, key {}",
+                    k.name,
+                    k.policies,
+                    k.ukis,
+                    k.key_type,
+                    k.key_sha256,
+                    esc(&k.key)
+                );
+            }
             if !yes {
                 eprint!("sign these {} item(s)? [y/N] ", sum.items);
                 let mut line = String::new();

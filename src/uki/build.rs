@@ -4,8 +4,8 @@
 //! Layout (ukify's `pe_add_sections`, systemd-stub(7)):
 //! - the stub's COFF symbol table is dropped when it ends the file (image
 //!   files should not carry one);
-//! - new sections follow the stub's last section in the order `.osrel
-//!   .cmdline .dtb .uname .splash .pcrpkey .initrd .linux .pcrsig`, each
+//! - new sections follow the stub's last section in the order of the
+//!   stub's release's ukify ([`StubRules::layout`]), `.pcrsig` last, each
 //!   with `VirtualSize` = its length, raw data at the next `FileAlignment`
 //!   boundary, `SizeOfRawData` rounded up to it, and `VirtualAddress` at the
 //!   next 4 KiB boundary (or `SectionAlignment`, if larger) after the
@@ -14,7 +14,9 @@
 //! - `NumberOfSections`, `SizeOfInitializedData`, `SizeOfImage` follow;
 //!   `CheckSum` is set when the image is signed;
 //! - several initrds are concatenated, each padded to 4 bytes (ukify);
-//! - `--sbat` lines are added to the stub's own `.sbat` in place.
+//! - `.sbat` is rewritten in place: `--sbat` lines added for stubs that do
+//!   not measure it, merged as ukify does for those that do;
+//! - NX_COMPAT is cleared when the kernel lacks it (ukify 257).
 //!
 //! One pass: the layout is known before anything is written (`.pcrsig` has
 //! a fixed length for a given key, banks and phases:
@@ -33,8 +35,8 @@ use std::sync::mpsc;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::pcr::{self, Bank, MultiHasher, PcrSig, Predictions};
-use super::{canonical, measured_for, open_stream, read_part, StubVersion};
+use super::pcr::{self, Bank, MultiHasher, PcrSig, Predictions, SectionDigests};
+use super::{canonical, open_stream, read_part, rules_for, StubRules, StubVersion, Uki};
 use crate::authenticode::{self, SignOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
@@ -47,6 +49,14 @@ const IMAGE_SCN_CNT_CODE: u32 = 0x0000_0020;
 const IMAGE_SCN_CNT_INITIALIZED_DATA: u32 = 0x0000_0040;
 const IMAGE_SCN_MEM_READ: u32 = 0x4000_0000;
 const IMAGE_FILE_LOCAL_SYMS_STRIPPED: u16 = 0x0008;
+const IMAGE_DLLCHARACTERISTICS_NX_COMPAT: u16 = 0x0100;
+/// The `sbat,` line every SBAT starts with.
+const SBAT_HEADER: &str =
+    "sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md";
+/// What ukify adds when no SBAT is given, so that UKIs as a class can be
+/// revoked.
+const UKI_SBAT: &str =
+    "uki,1,UKI,uki,1,https://uapi-group.org/specifications/specs/unified_kernel_image/";
 /// Sections start on page boundaries in memory, as in the objcopy recipe.
 const MIN_SECTION_ALIGN: u32 = 4096;
 
@@ -102,6 +112,7 @@ pub struct Stub {
     size_of_headers: u32,
     file_align: u32,
     section_align: u32,
+    dll_characteristics: u16,
     /// Where the stub's data ends (its symbol table dropped, if it ended the file).
     data_end: usize,
     strip_symbols: bool,
@@ -142,6 +153,7 @@ impl Stub {
         let section_align = le32(&bytes, opt + 32).ok_or_else(trunc)?;
         let file_align = le32(&bytes, opt + 36).ok_or_else(trunc)?;
         let size_of_headers = le32(&bytes, opt + 60).ok_or_else(trunc)?;
+        let dll_characteristics = le16(&bytes, opt + 70).ok_or_else(trunc)?;
         let ndirs = le32(&bytes, dd - 4).ok_or_else(trunc)? as usize;
         if ndirs > 4 && le32(&bytes, dd + 4 * 8 + 4).ok_or_else(trunc)? != 0 {
             return Err(bad(
@@ -219,7 +231,7 @@ impl Stub {
             let start = s.raw_offset as usize;
             let len = s.virtual_size.min(s.raw_size) as usize;
             let data = bytes.get(start..start + len).unwrap_or_default();
-            super::parse_sdmagic(data).map_err(bad)?
+            super::parse_sdmagic(data, path)?
         };
         Ok(Stub {
             path: path.to_path_buf(),
@@ -232,6 +244,7 @@ impl Stub {
             size_of_headers,
             file_align,
             section_align,
+            dll_characteristics,
             data_end,
             strip_symbols,
         })
@@ -385,9 +398,9 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// The new sections in ukify's order (`.pcrsig` comes later).
+    /// The new sections in `layout`'s order (`.pcrsig` comes later).
     /// `pcrpkey` overrides `self.pcrpkey`.
-    pub fn parts(&self, pcrpkey: Option<Vec<u8>>) -> Result<Vec<Part>> {
+    pub fn parts(&self, pcrpkey: Option<Vec<u8>>, layout: &[&str]) -> Result<Vec<Part>> {
         let mut v = vec![];
         let file = |p: &Option<PathBuf>| -> Result<Option<Content>> {
             p.as_deref()
@@ -431,8 +444,111 @@ impl Inputs {
             let (_, len) = open_stream(p)?;
             add(".linux", Some(Content::Files(vec![(p.clone(), len)])));
         }
+        v.sort_by_key(|p| layout.iter().position(|n| *n == p.name));
         Ok(v)
     }
+
+    /// What `uki build` takes from the kernel when it is a PE image: its
+    /// `.sbat` and DllCharacteristics. None when it is not one (ukify then
+    /// goes on without them, and so does this).
+    fn kernel_pe(&self) -> Result<Option<KernelPe>> {
+        let Some(p) = &self.linux else {
+            return Ok(None);
+        };
+        let Ok(k) = Uki::open(p) else {
+            return Ok(None);
+        };
+        let sbat = match k.section(".sbat") {
+            Some(s) => Some(k.read_small(s)?),
+            None => None,
+        };
+        Ok(Some(KernelPe {
+            sbat,
+            nx_compat: k.dll_characteristics & IMAGE_DLLCHARACTERISTICS_NX_COMPAT != 0,
+        }))
+    }
+}
+
+struct KernelPe {
+    sbat: Option<Vec<u8>>,
+    nx_compat: bool,
+}
+
+/// How the stub's own sections and headers change in the UKI, beyond the
+/// new sections.
+pub struct StubEdits {
+    /// The new `.sbat`, or None to keep the stub's.
+    pub sbat: Option<Vec<u8>>,
+    /// Clear NX_COMPAT: the stub claims it but the kernel does not, and the
+    /// image must not promise what its kernel cannot keep (ukify 257).
+    pub clear_nx: bool,
+}
+
+impl StubEdits {
+    pub fn new(stub: &Stub, rules: &StubRules, inputs: &Inputs) -> Result<StubEdits> {
+        let kernel = inputs.kernel_pe()?;
+        let user = match &inputs.sbat {
+            Some(p) => Some((read_part(p)?, p.as_path())),
+            None => None,
+        };
+        let sbat = if rules.ukify_sbat {
+            // The stub measures .sbat: write it as ukify does (stub, kernel,
+            // then --sbat or ukify's default), so that ukify's UKI and ours
+            // measure the same.
+            let kernel_sbat = kernel.as_ref().and_then(|k| k.sbat.as_deref());
+            Some(merge_sbat(stub, kernel_sbat, user, true)?)
+        } else {
+            match user {
+                Some(u) => Some(merge_sbat(stub, None, Some(u), false)?),
+                None => None,
+            }
+        };
+        let clear_nx = stub.dll_characteristics & IMAGE_DLLCHARACTERISTICS_NX_COMPAT != 0
+            && kernel.is_some_and(|k| !k.nx_compat);
+        Ok(StubEdits { sbat, clear_nx })
+    }
+
+    /// The content (VirtualSize bytes) of the stub's section `s` in the UKI.
+    pub fn section_content(&self, stub: &Stub, s: &StubSection) -> Vec<u8> {
+        if s.name == ".sbat" {
+            if let Some(new) = &self.sbat {
+                return new.clone();
+            }
+        }
+        let start = s.raw_offset as usize;
+        let raw = s.raw_size.min(s.virtual_size) as usize;
+        let mut v = stub
+            .bytes
+            .get(start..start + raw)
+            .unwrap_or_default()
+            .to_vec();
+        v.resize(s.virtual_size as usize, 0);
+        v
+    }
+}
+
+/// The digests of the stub's own sections that `rules` measures (`.sbat`
+/// from 254), as they will be in the UKI.
+pub fn stub_digests(
+    stub: &Stub,
+    rules: &StubRules,
+    edits: &StubEdits,
+    banks: &[Bank],
+) -> SectionDigests {
+    let mut out = vec![];
+    for s in &stub.sections {
+        let Some(role) = rules.role(&s.name) else {
+            continue;
+        };
+        let content = edits.section_content(stub, s);
+        if content.is_empty() {
+            continue;
+        }
+        let mut h = MultiHasher::new(banks);
+        h.update(&content);
+        out.push((role.to_string(), h.finish()));
+    }
+    out
 }
 
 /// The PCR policy key and how to sign.
@@ -492,7 +608,7 @@ struct Placed {
 /// image is complete and durable.
 pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
     let stub = Stub::load(&o.stub)?;
-    let measured = measured_for(&stub.version, &o.stub)?;
+    let rules = rules_for(&stub.version, &o.stub)?;
     let (pcrpkey, banks, phases) = match &o.pcr {
         Some(p) => {
             let spki = crate::x509::spki_der(p.key);
@@ -512,20 +628,28 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
         Some(p) => Some(pcr::pcrsig_len(&p.banks, &p.phases, p.key)?),
         None => None,
     };
-    let mut parts = o.inputs.parts(pcrpkey)?;
+    let mut parts = o.inputs.parts(pcrpkey, rules.layout)?;
     parts.retain(|p| !p.content.is_empty());
     if !parts.iter().any(|p| p.name == ".linux") {
         return Err(Error::Usage("--linux is needed".into()));
     }
+    rules.check_names(
+        stub.sections.iter().map(|s| s.name.as_str()),
+        &stub.version,
+        &o.stub,
+    )?;
     let mut bytes = stub.bytes.clone();
-    if let Some(p) = &o.inputs.sbat {
-        let new = merge_sbat(&stub, &read_part(p)?, p)?;
-        if let Some(s) = stub.sections.iter().find(|s| s.name == ".sbat") {
-            let start = s.raw_offset as usize;
-            bytes[start..start + s.raw_size as usize].fill(0);
-            bytes[start..start + new.len()].copy_from_slice(&new);
-            put32(&mut bytes, s.header + 8, new.len() as u32);
-        }
+    // The stub's own bytes as they will be in the UKI: its `.sbat` (and
+    // that section's VirtualSize) rewritten before the headers are made.
+    let edits = StubEdits::new(&stub, rules, &o.inputs)?;
+    if let (Some(new), Some(s)) = (
+        &edits.sbat,
+        stub.sections.iter().find(|s| s.name == ".sbat"),
+    ) {
+        let start = s.raw_offset as usize;
+        bytes[start..start + s.raw_size as usize].fill(0);
+        bytes[start..start + new.len()].copy_from_slice(new);
+        put32(&mut bytes, s.header + 8, new.len() as u32);
     }
 
     // Layout.
@@ -595,7 +719,7 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
     if let Some(len) = pcrsig_len {
         placed.push(place(".pcrsig", len)?);
     }
-    let hdr = headers(&stub, &bytes, soh, &placed);
+    let hdr = headers(&stub, &bytes, soh, &placed, &edits);
     let image_end = placed.last().map_or(stub_end as u64, |p| {
         u64::from(p.raw_offset) + u64::from(p.raw_size)
     });
@@ -620,7 +744,7 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
         let mut digests = vec![];
         for (p, at) in parts.iter().zip(&placed) {
             w.pad_to(u64::from(at.raw_offset))?;
-            let is_measured = measured.contains(&p.name);
+            let is_measured = rules.measures(p.name);
             let d = stream_part(&p.content, if is_measured { &banks } else { &[] }, &mut w)?;
             if w.pos() - u64::from(at.raw_offset) != u64::from(at.vs) {
                 return Err(Error::Usage(format!(
@@ -632,18 +756,9 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
                 digests.push((p.name.to_string(), d));
             }
         }
-        // Measured sections of the stub itself (none for 252, .sbat for later ones).
-        for s in &stub.sections {
-            if measured.contains(&s.name.as_str()) && s.virtual_size > 0 {
-                let mut h = MultiHasher::new(&banks);
-                let start = s.raw_offset as usize;
-                let raw = s.raw_size.min(s.virtual_size) as usize;
-                h.update(bytes.get(start..start + raw).unwrap_or_default());
-                h.update(&vec![0; s.virtual_size as usize - raw]);
-                digests.push((s.name.clone(), h.finish()));
-            }
-        }
-        let digests = canonical(measured, digests, &o.stub)?;
+        // Measured sections of the stub itself (.sbat from 254), as edited.
+        digests.extend(stub_digests(&stub, rules, &edits, &banks));
+        let digests = canonical(rules.measured, digests, &o.stub)?;
 
         // The signed policy, last.
         let mut pkfp = None;
@@ -689,7 +804,7 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
         .map(|s| SectionReport {
             name: s.name.clone(),
             virtual_address: s.virtual_address,
-            virtual_size: s.virtual_size,
+            virtual_size: le32(&bytes, s.header + 8).unwrap_or(s.virtual_size),
             raw_offset: s.raw_offset,
             raw_size: s.raw_size,
             measured: measured_names.contains(&s.name.as_str()),
@@ -714,10 +829,11 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
     })
 }
 
-/// The UKI's headers, `soh` bytes: the stub's, with the new sections in
-/// the table and the counts and sizes that follow from them. `CheckSum` is
-/// zero until the image is signed.
-fn headers(stub: &Stub, bytes: &[u8], soh: usize, placed: &[Placed]) -> Vec<u8> {
+/// The UKI's headers, `soh` bytes: the stub's (`bytes`, its `.sbat` already
+/// rewritten), with the new sections in the table and the counts and sizes
+/// that follow from them, and NX_COMPAT cleared if `edits` says so.
+/// `CheckSum` is zero until the image is signed.
+fn headers(stub: &Stub, bytes: &[u8], soh: usize, placed: &[Placed], edits: &StubEdits) -> Vec<u8> {
     let mut hdr = bytes.get(..soh).unwrap_or(bytes).to_vec();
     hdr.resize(soh, 0);
     put32(&mut hdr, stub.opt + 60, soh as u32);
@@ -753,6 +869,10 @@ fn headers(stub: &Stub, bytes: &[u8], soh: usize, placed: &[Placed]) -> Vec<u8> 
     let size_of_image = round_up(last_end, u64::from(stub.section_align));
     put32(&mut hdr, stub.opt + 56, size_of_image as u32);
     put32(&mut hdr, stub.opt + 64, 0);
+    if edits.clear_nx {
+        let dc = le16(&hdr, stub.opt + 70).unwrap_or(0) & !IMAGE_DLLCHARACTERISTICS_NX_COMPAT;
+        put16(&mut hdr, stub.opt + 70, dc);
+    }
     hdr
 }
 
@@ -846,48 +966,91 @@ fn stream_part(content: &Content, banks: &[Bank], w: &mut Emitter) -> Result<Vec
     })
 }
 
-/// The stub's `.sbat` with the entries of `extra` (an SBAT CSV) added after
-/// its own; the `sbat,` header line is kept once. Must fit the stub's
-/// section.
-fn merge_sbat(stub: &Stub, extra: &[u8], path: &Path) -> Result<Vec<u8>> {
+/// The SBAT entries (lines) after the `sbat,` header of an SBAT text; None
+/// when it does not start with one.
+fn sbat_entries(text: &str) -> Option<Vec<&str>> {
+    let mut lines = text.lines().filter(|l| !l.is_empty());
+    lines.next().filter(|l| l.starts_with("sbat,"))?;
+    Some(lines.collect())
+}
+
+/// The `.sbat` of the UKI: the stub's entries, then the kernel's (`kernel`:
+/// its `.sbat`, ignored when it is not an SBAT, as ukify does), then those
+/// of `user` (`--sbat`; its `sbat,` line, if any, dropped). `ukify`: as
+/// ukify 254 and later write it, which the stub then measures: one
+/// canonical `sbat,` line, ukify's `uki` entry when no `--sbat` is given, and
+/// a NUL after the last newline. Otherwise the stub's own text is extended,
+/// as pki-signer always did for the stubs that do not measure `.sbat`. The
+/// result must fit the stub's section.
+fn merge_sbat(
+    stub: &Stub,
+    kernel: Option<&[u8]>,
+    user: Option<(Vec<u8>, &Path)>,
+    ukify: bool,
+) -> Result<Vec<u8>> {
     let s = stub
         .sections
         .iter()
         .find(|s| s.name == ".sbat")
         .ok_or_else(|| Error::input(&stub.path, "the stub has no .sbat section to extend"))?;
+    let text = |b: &[u8]| -> std::result::Result<String, std::str::Utf8Error> {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        std::str::from_utf8(&b[..end]).map(str::to_string)
+    };
     let start = s.raw_offset as usize;
     let own = stub
         .bytes
         .get(start..start + s.virtual_size.min(s.raw_size) as usize)
         .unwrap_or_default();
-    let own_end = own.iter().position(|&b| b == 0).unwrap_or(own.len());
-    let own = std::str::from_utf8(&own[..own_end])
-        .map_err(|_| Error::input(&stub.path, ".sbat is not text"))?;
-    let extra = std::str::from_utf8(extra).map_err(|_| Error::input(path, "not UTF-8 text"))?;
-    let mut lines: Vec<&str> = own.lines().filter(|l| !l.is_empty()).collect();
-    if !lines.first().is_some_and(|l| l.starts_with("sbat,")) {
-        return Err(Error::input(
-            &stub.path,
-            ".sbat does not start with an sbat, line",
-        ));
-    }
-    for l in extra.lines().filter(|l| !l.trim().is_empty()) {
-        if l.starts_with("sbat,") {
-            continue;
+    let own = text(own).map_err(|_| Error::input(&stub.path, ".sbat is not text"))?;
+    let own_entries = sbat_entries(&own)
+        .ok_or_else(|| Error::input(&stub.path, ".sbat does not start with an sbat, line"))?;
+    let header = if ukify {
+        SBAT_HEADER
+    } else {
+        own.lines().find(|l| !l.is_empty()).unwrap_or(SBAT_HEADER)
+    };
+    let mut lines = vec![header.to_string()];
+    lines.extend(own_entries.iter().map(|l| l.to_string()));
+    if ukify {
+        let k = kernel.and_then(|k| text(k).ok());
+        if let Some(entries) = k.as_deref().and_then(sbat_entries) {
+            lines.extend(entries.iter().map(|l| l.to_string()));
         }
-        if l.split(',').count() < 6 {
-            return Err(Error::input(
-                path,
-                format!("SBAT line '{}' has fewer than 6 fields", l.escape_debug()),
-            ));
-        }
-        lines.push(l);
     }
+    let blame = match &user {
+        Some((bytes, path)) => {
+            let extra =
+                std::str::from_utf8(bytes).map_err(|_| Error::input(path, "not UTF-8 text"))?;
+            for l in extra.lines().filter(|l| !l.trim().is_empty()) {
+                if l.starts_with("sbat,") {
+                    continue;
+                }
+                if l.split(',').count() < 6 {
+                    return Err(Error::input(
+                        path,
+                        format!("SBAT line '{}' has fewer than 6 fields", l.escape_debug()),
+                    ));
+                }
+                lines.push(l.to_string());
+            }
+            path.to_path_buf()
+        }
+        None => {
+            if ukify {
+                lines.push(UKI_SBAT.to_string());
+            }
+            stub.path.clone()
+        }
+    };
     let mut out = lines.join("\n").into_bytes();
     out.push(b'\n');
+    if ukify {
+        out.push(0);
+    }
     if out.len() > s.raw_size as usize {
         return Err(Error::input(
-            path,
+            &blame,
             format!(
                 "merged SBAT is {} bytes; the stub's .sbat holds {}",
                 out.len(),

@@ -5,12 +5,13 @@
 //!
 //! Which sections the stub measures, and in which order, depends on the stub
 //! version (its `.sdmagic` section says it). Only versions whose measured
-//! set is known here are accepted ([`measured_sections`]); a newer stub is
+//! set is known here are accepted ([`STUB_RULES`]); a newer stub is
 //! refused rather than guessed at, because a wrong guess would sign a policy
 //! no boot ever satisfies.
 
 pub mod build;
 pub mod pcr;
+pub mod repolicy;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -43,24 +44,164 @@ pub fn default_stub() -> Result<PathBuf> {
         })
 }
 
-/// The measured sections of systemd-stub `major`, in the order the stub
-/// measures them into PCR 11 (`.pcrsig` is never measured), or None when
-/// this version's set is not known here.
-///
-/// systemd 252 (`src/fundamental/tpm-pcr.c`, `unified_sections[]`):
-/// `.linux .osrel .cmdline .initrd .splash .dtb [.pcrsig] .pcrpkey`; checked
-/// against that release's `systemd-measure calculate` in tests/uki.rs.
-pub fn measured_sections(major: u32) -> Option<&'static [&'static str]> {
-    match major {
-        252 => Some(&[
+/// What pki-signer knows of a range of systemd-stub versions (major numbers,
+/// inclusive), from systemd's source at those tags: `unified_sections[]`
+/// (src/fundamental/tpm-pcr.c, later uki.c), the stub's measuring loop and
+/// section lookup (src/boot/efi/stub.c and pe.c), and that release's ukify.
+#[derive(Debug)]
+pub struct StubRules {
+    pub first: u32,
+    pub last: u32,
+    /// The sections the stub measures into PCR 11, in the order it measures
+    /// them (the enum order, not the file's); `.pcrsig` never is.
+    pub measured: &'static [&'static str],
+    /// The order in which `uki build` adds its sections, that release's
+    /// ukify's; `.pcrsig` always comes last, because it can only be made once
+    /// everything measured has been hashed (ukify 254-256 put `.linux` after
+    /// it; the stub finds sections by name, so either boots).
+    pub layout: &'static [&'static str],
+    /// Up to 256 the stub compares only `strlen(name)` bytes of a section
+    /// name, so `.linuxfoo` is taken as `.linux`; from 257 all 8 bytes.
+    pub prefix_names: bool,
+    /// `.sbat` is measured (254 on), so `uki build` writes it as that
+    /// release's ukify does and a UKI from ukify predicts the same.
+    pub ukify_sbat: bool,
+    /// Sections whose measurement the stub decides at boot, with why a UKI
+    /// carrying one is refused.
+    pub unpredictable: &'static [(&'static str, &'static str)],
+}
+
+/// ukify 254-256's order (and pki-signer's for 252-253, which had no ukify
+/// that measured `.uname`).
+const LAYOUT_UKIFY_254: &[&str] = &[
+    ".osrel", ".cmdline", ".dtb", ".uname", ".splash", ".pcrpkey", ".initrd", ".linux",
+];
+/// ukify 257 moved `.linux` before `.initrd`.
+const LAYOUT_UKIFY_257: &[&str] = &[
+    ".osrel", ".cmdline", ".dtb", ".uname", ".splash", ".pcrpkey", ".linux", ".initrd",
+];
+
+/// Every systemd-stub version pki-signer predicts PCR 11 for. 252, 254 and
+/// 257 (Debian 12, bookworm-backports, Debian 13) are checked against real
+/// stubs, systemd-measure and firmware in tests/; 253, 255 and 256 only by
+/// reading the source, which measures as the neighbouring releases do.
+pub const STUB_RULES: [StubRules; 4] = [
+    StubRules {
+        first: 252,
+        last: 253,
+        measured: &[
             ".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey",
-        ]),
-        _ => None,
+        ],
+        layout: LAYOUT_UKIFY_254,
+        prefix_names: true,
+        ukify_sbat: false,
+        unpredictable: &[],
+    },
+    StubRules {
+        first: 254,
+        last: 255,
+        measured: &[
+            ".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".uname", ".sbat",
+            ".pcrpkey",
+        ],
+        layout: LAYOUT_UKIFY_254,
+        prefix_names: true,
+        ukify_sbat: true,
+        unpredictable: &[],
+    },
+    StubRules {
+        first: 256,
+        last: 256,
+        measured: &[
+            ".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname",
+            ".sbat", ".pcrpkey",
+        ],
+        layout: LAYOUT_UKIFY_254,
+        prefix_names: true,
+        ukify_sbat: true,
+        unpredictable: &[],
+    },
+    StubRules {
+        first: 257,
+        last: 257,
+        measured: &[
+            ".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname",
+            ".sbat", ".pcrpkey", ".profile", ".dtbauto", ".hwids",
+        ],
+        layout: LAYOUT_UKIFY_257,
+        prefix_names: false,
+        ukify_sbat: true,
+        unpredictable: &[
+            (
+                ".profile",
+                "a multi-profile UKI: the boot picks which profile's sections the stub measures; pki-signer predicts single-profile UKIs only",
+            ),
+            (
+                ".dtbauto",
+                "the stub measures the .dtbauto that matches the machine's devicetree or hardware IDs, which is not known at build time",
+            ),
+        ],
+    },
+];
+
+impl StubRules {
+    /// The measured section the stub takes a section named `name` for.
+    pub fn role(&self, name: &str) -> Option<&'static str> {
+        self.measured.iter().copied().find(|m| {
+            if self.prefix_names {
+                name.starts_with(m)
+            } else {
+                name == *m
+            }
+        })
+    }
+
+    pub fn measures(&self, name: &str) -> bool {
+        self.measured.contains(&name)
+    }
+
+    /// Refuse the sections of a UKI this stub would measure in a way that
+    /// cannot be predicted: a name it takes for another section, or one it
+    /// decides at boot.
+    pub fn check_names<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+        v: &StubVersion,
+        path: &Path,
+    ) -> Result<()> {
+        for name in names {
+            if let Some((_, why)) = self.unpredictable.iter().find(|(n, _)| *n == name) {
+                return Err(Error::input(path, format!("section {name}: {why}")));
+            }
+            if let Some(role) = self.role(name).filter(|r| *r != name) {
+                return Err(Error::input(
+                    path,
+                    format!(
+                        "section {}: systemd-stub {} takes it as {role} (it compares only the first {} bytes of a name); rename it",
+                        name.escape_debug(),
+                        v.version,
+                        role.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
-/// The stub versions [`measured_sections`] knows.
-pub const KNOWN_STUB_VERSIONS: &str = "252";
+/// The rules of systemd-stub `major`, or None when pki-signer does not know it.
+pub fn stub_rules(major: u32) -> Option<&'static StubRules> {
+    STUB_RULES
+        .iter()
+        .find(|r| (r.first..=r.last).contains(&major))
+}
+
+/// The versions [`STUB_RULES`] covers, for messages: `252-257`.
+pub fn known_stub_versions() -> String {
+    let first = STUB_RULES.first().map_or(0, |r| r.first);
+    let last = STUB_RULES.last().map_or(0, |r| r.last);
+    format!("{first}-{last}")
+}
 
 /// What `.sdmagic` says: `#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -70,33 +211,36 @@ pub struct StubVersion {
     pub major: u32,
 }
 
-/// Parse the content of `.sdmagic`.
-pub fn parse_sdmagic(data: &[u8]) -> std::result::Result<StubVersion, String> {
+/// Parse the content of `.sdmagic` of the stub or UKI at `path`.
+pub fn parse_sdmagic(data: &[u8], path: &Path) -> Result<StubVersion> {
     let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-    let text = std::str::from_utf8(&data[..end]).map_err(|_| ".sdmagic is not text".to_string())?;
-    let rest = text
-        .split("systemd-stub ")
-        .nth(1)
-        .ok_or_else(|| format!(".sdmagic '{}' names no systemd-stub", text.escape_debug()))?;
+    let text = std::str::from_utf8(&data[..end])
+        .map_err(|_| Error::input(path, ".sdmagic is not text"))?;
+    let rest = text.split("systemd-stub ").nth(1).ok_or_else(|| {
+        let m = format!(".sdmagic '{}' names no systemd-stub", text.escape_debug());
+        Error::input(path, m)
+    })?;
     let version = rest.split_whitespace().next().unwrap_or("").to_string();
     let digits: String = version.chars().take_while(|c| c.is_ascii_digit()).collect();
     let major = digits.parse::<u32>().map_err(|_| {
-        format!(
+        let m = format!(
             ".sdmagic version '{}' has no number",
             version.escape_debug()
-        )
+        );
+        Error::input(path, m)
     })?;
     Ok(StubVersion { version, major })
 }
 
-/// The measured-section list of `v`, or an input error naming `path`.
-pub fn measured_for(v: &StubVersion, path: &Path) -> Result<&'static [&'static str]> {
-    measured_sections(v.major).ok_or_else(|| {
+/// The rules of the stub `v`, or an input error naming `path`.
+pub fn rules_for(v: &StubVersion, path: &Path) -> Result<&'static StubRules> {
+    stub_rules(v.major).ok_or_else(|| {
         Error::input(
             path,
             format!(
-                "systemd-stub {}: which sections this version measures into PCR 11 is not known to pki-signer (known: {KNOWN_STUB_VERSIONS}); refusing to guess",
-                v.version
+                "systemd-stub {}: which sections this version measures into PCR 11 is not known to pki-signer (known: {}); refusing to guess",
+                v.version,
+                known_stub_versions()
             ),
         )
     })
@@ -131,6 +275,7 @@ pub struct Uki {
     pub path: PathBuf,
     pub sections: Vec<SectionInfo>,
     pub file_size: u64,
+    pub dll_characteristics: u16,
     file: File,
 }
 
@@ -151,6 +296,7 @@ impl Uki {
             path: path.to_path_buf(),
             sections: info.sections,
             file_size: info.file_size,
+            dll_characteristics: img.dll_characteristics(),
             file,
         })
     }
@@ -222,21 +368,28 @@ impl Uki {
             Error::input(&self.path, "no .sdmagic section: not a systemd-stub image")
         })?;
         let data = self.read_small(s)?;
-        parse_sdmagic(&data).map_err(|m| Error::input(&self.path, m))
+        parse_sdmagic(&data, &self.path)
     }
 
-    /// The digests, in `banks`, of the measured sections, in measuring order.
-    pub fn measured_digests(&self, measured: &[&str], banks: &[Bank]) -> Result<SectionDigests> {
+    /// The digests, in `banks`, of the sections `rules`' stub measures, in
+    /// measuring order; a UKI it would measure unpredictably is refused.
+    pub fn measured_digests(
+        &self,
+        rules: &StubRules,
+        v: &StubVersion,
+        banks: &[Bank],
+    ) -> Result<SectionDigests> {
+        rules.check_names(self.sections.iter().map(|s| s.name.as_str()), v, &self.path)?;
         let mut all = vec![];
         for s in &self.sections {
-            if !measured.contains(&s.name.as_str()) || s.virtual_size == 0 {
+            if !rules.measures(&s.name) || s.virtual_size == 0 {
                 continue;
             }
             let mut h = MultiHasher::new(banks);
             self.stream(s, |c| h.update(c))?;
             all.push((s.name.clone(), h.finish()));
         }
-        canonical(measured, all, &self.path)
+        canonical(rules.measured, all, &self.path)
     }
 }
 
@@ -255,8 +408,8 @@ pub struct MeasureReport {
 pub fn measure_uki(path: &Path, banks: &[Bank], phases: &[String]) -> Result<MeasureReport> {
     let uki = Uki::open(path)?;
     let v = uki.stub_version()?;
-    let measured = measured_for(&v, path)?;
-    let digests = uki.measured_digests(measured, banks)?;
+    let rules = rules_for(&v, path)?;
+    let digests = uki.measured_digests(rules, &v, banks)?;
     Ok(MeasureReport {
         stub_version: v,
         sections: digests.iter().map(|(n, _)| n.clone()).collect(),
@@ -272,11 +425,12 @@ pub fn measure_inputs(
     phases: &[String],
 ) -> Result<MeasureReport> {
     let stub_pe = build::Stub::load(stub)?;
-    let measured = measured_for(&stub_pe.version, stub)?;
-    let parts = inputs.parts(None)?;
-    let mut all = vec![];
+    let rules = rules_for(&stub_pe.version, stub)?;
+    let parts = inputs.parts(None, rules.layout)?;
+    let edits = build::StubEdits::new(&stub_pe, rules, inputs)?;
+    let mut all = build::stub_digests(&stub_pe, rules, &edits, banks);
     for p in &parts {
-        if !measured.contains(&p.name) {
+        if !rules.measures(p.name) {
             continue;
         }
         let mut h = MultiHasher::new(banks);
@@ -288,7 +442,7 @@ pub fn measure_inputs(
             all.push((p.name.to_string(), h.finish()));
         }
     }
-    let digests = canonical(measured, all, stub)?;
+    let digests = canonical(rules.measured, all, stub)?;
     Ok(MeasureReport {
         stub_version: stub_pe.version,
         sections: digests.iter().map(|(n, _)| n.clone()).collect(),
@@ -341,7 +495,13 @@ pub struct ShowReport {
 pub fn show(path: &Path) -> Result<ShowReport> {
     let uki = Uki::open(path)?;
     let version = uki.stub_version().ok();
-    let measured = version.as_ref().and_then(|v| measured_sections(v.major));
+    // None also when this stub would measure the UKI unpredictably.
+    let rules = version.as_ref().and_then(|v| {
+        let r = stub_rules(v.major)?;
+        r.check_names(uki.sections.iter().map(|s| s.name.as_str()), v, path)
+            .ok()
+            .map(|()| (r, v.clone()))
+    });
     let sections = uki
         .sections
         .iter()
@@ -351,7 +511,7 @@ pub fn show(path: &Path) -> Result<ShowReport> {
             virtual_size: s.virtual_size,
             raw_offset: s.raw_offset,
             raw_size: s.raw_size,
-            measured: measured.map(|m| m.contains(&s.name.as_str())),
+            measured: rules.as_ref().map(|(r, _)| r.measures(&s.name)),
         })
         .collect();
     let mut report = ShowReport {
@@ -396,9 +556,9 @@ pub fn show(path: &Path) -> Result<ShowReport> {
     // Predictions for the default phases, to name the phase each policy is for.
     let banks: Vec<Bank> = pcrsig.keys().filter_map(|b| b.parse().ok()).collect();
     let phases: Vec<String> = pcr::DEFAULT_PHASES.iter().map(|s| s.to_string()).collect();
-    let predicted = match measured {
-        Some(m) => Some(pcr::predict_raw(
-            &uki.measured_digests(m, &banks)?,
+    let predicted = match &rules {
+        Some((r, v)) => Some(pcr::predict_raw(
+            &uki.measured_digests(r, v, &banks)?,
             &banks,
             &phases,
         )),
@@ -414,7 +574,27 @@ pub fn show(path: &Path) -> Result<ShowReport> {
     Ok(report)
 }
 
+/// `path`'s `.pcrpkey` is the key `key_bits` (subjectPublicKey bits) and
+/// every policy of its `.pcrsig` verifies with it, as `uki show` checks.
+pub fn check_pcr_policy(path: &Path, key_bits: &[u8]) -> Result<()> {
+    let show = show(path)?;
+    let failed = |m: String| Err(Error::Verify(format!("{}: {m}", path.display())));
+    if show.pcrpkey_fingerprint.as_deref() != Some(pcr::key_fingerprint(key_bits).as_str()) {
+        return failed(".pcrpkey is not the expected PCR key".into());
+    }
+    if !show.ok || show.policies.is_empty() {
+        let mut p = show.problems;
+        p.extend(show.policies.into_iter().flat_map(|p| p.problems));
+        if p.is_empty() {
+            p.push(".pcrsig holds no policy".into());
+        }
+        return failed(p.join("; "));
+    }
+    Ok(())
+}
+
 /// A public key from a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKey {
     pub spki_der: Vec<u8>,
     /// The subjectPublicKey BIT STRING content (RSAPublicKey DER for RSA).
@@ -444,20 +624,18 @@ pub fn public_key_from_pem(pem_bytes: &[u8]) -> std::result::Result<PublicKey, S
 
 /// Verify a policy signature made with `bank`'s hash.
 pub fn verify_policy_sig(key: &PublicKey, bank: Bank, pol: &[u8], sig: &[u8]) -> bool {
-    use crate::pkcs7::Hash;
     use crate::sigalg::{self, KeyKind, Scheme};
     use x509_parser::prelude::FromDer;
     let Ok((_, spki)) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&key.spki_der) else {
         return false;
     };
     let kind = sigalg::key_kind(&spki);
-    let hash = match bank {
-        Bank::Sha256 => Hash::Sha256,
-        Bank::Sha384 => Hash::Sha384,
-        Bank::Sha512 => Hash::Sha512,
-        Bank::Sha1 => {
+    let rsa = matches!(kind, Some(KeyKind::Rsa | KeyKind::RsaPss));
+    let hash = match bank.sig_hash() {
+        Some(h) => h,
+        None => {
             // Legacy: systemd-measure signs the sha1 bank with RSA-SHA1.
-            return kind == Some(KeyKind::Rsa)
+            return rsa
                 && aws_lc_rs::signature::UnparsedPublicKey::new(
                     &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
                     &key.key_bits,
@@ -467,9 +645,9 @@ pub fn verify_policy_sig(key: &PublicKey, bank: Bank, pol: &[u8], sig: &[u8]) ->
         }
     };
     let scheme = match kind {
-        Some(KeyKind::Rsa) => Scheme::RsaPkcs1(hash),
-        Some(_) => Scheme::Ecdsa(hash),
         None => return false,
+        Some(_) if rsa => Scheme::RsaPkcs1(hash),
+        Some(_) => Scheme::Ecdsa(hash),
     };
     sigalg::verify(&spki, scheme, pol, sig).is_ok()
 }
@@ -554,12 +732,50 @@ mod tests {
 
     #[test]
     fn sdmagic_parses_debian_stub() {
-        let v = parse_sdmagic(b"#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####\0").unwrap();
+        let p = Path::new("stub.efi");
+        let v = parse_sdmagic(b"#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####\0", p).unwrap();
         assert_eq!(v.major, 252);
         assert_eq!(v.version, "252.39-1~deb12u2");
-        assert!(parse_sdmagic(b"#### LoaderInfo: systemd-boot 252 ####").is_err());
-        assert!(parse_sdmagic(b"systemd-stub x").is_err());
-        assert!(measured_sections(253).is_none());
+        assert!(parse_sdmagic(b"#### LoaderInfo: systemd-boot 252 ####", p).is_err());
+        assert!(parse_sdmagic(b"systemd-stub x", p).is_err());
+        assert!(stub_rules(251).is_none() && stub_rules(258).is_none());
+        assert_eq!(known_stub_versions(), "252-257");
+    }
+
+    #[test]
+    fn rules_cover_each_version_once_and_measure_in_enum_order() {
+        for major in 252..=257 {
+            assert_eq!(
+                STUB_RULES
+                    .iter()
+                    .filter(|r| (r.first..=r.last).contains(&major))
+                    .count(),
+                1,
+                "{major}"
+            );
+        }
+        // Every later set keeps the earlier ones' order (systemd: "PLEASE DO NOT REORDER").
+        for w in STUB_RULES.windows(2) {
+            let later: Vec<&str> = w[1]
+                .measured
+                .iter()
+                .copied()
+                .filter(|n| w[0].measured.contains(n))
+                .collect();
+            assert_eq!(later, w[0].measured);
+        }
+        let p = Path::new("x.efi");
+        let v = |s: &str| parse_sdmagic(format!("systemd-stub {s}").as_bytes(), p).unwrap();
+        let old = stub_rules(254).unwrap();
+        assert_eq!(old.role(".linuxfoo"), Some(".linux"));
+        let err = old.check_names([".linuxfoo"], &v("254.1"), p).unwrap_err();
+        assert!(err.to_string().contains("takes it as .linux"), "{err}");
+        let new = stub_rules(257).unwrap();
+        assert_eq!(new.role(".linuxfoo"), None);
+        assert!(new.check_names([".linuxfoo"], &v("257.1"), p).is_ok());
+        let err = new.check_names([".profile"], &v("257.1"), p).unwrap_err();
+        assert!(err.to_string().contains("multi-profile"), "{err}");
+        assert!(new.check_names([".dtbauto"], &v("257.1"), p).is_err());
     }
 }
 

@@ -20,7 +20,8 @@ use aws_lc_rs::digest;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::keys::{KeyType, SigScheme, Signer};
+use crate::keys::{KeyType, Signer};
+use crate::sigalg::{Hash, Scheme};
 
 /// The PCR systemd-stub measures the UKI's sections into.
 pub const PCR_KERNEL_BOOT: u32 = 11;
@@ -76,16 +77,24 @@ impl Bank {
         digest::digest(self.algorithm(), data).as_ref().to_vec()
     }
 
-    /// The scheme the policy signature of this bank uses (systemd signs
-    /// with the bank's hash). SHA-1 signatures are not made.
-    pub fn sig_scheme(self) -> Result<SigScheme> {
-        match self {
-            Bank::Sha256 => Ok(SigScheme::RsaPkcs1Sha256),
-            Bank::Sha384 => Ok(SigScheme::RsaPkcs1Sha384),
-            Bank::Sha512 => Ok(SigScheme::RsaPkcs1Sha512),
-            Bank::Sha1 => Err(Error::Usage(
+    /// The hash of this bank's policy signature (systemd signs with the
+    /// bank's hash); None for SHA-1, which the algorithm module lacks.
+    /// The hash a policy of this bank is signed with; the sha1 bank's
+    /// (RSA-SHA1) is not made here.
+    pub fn signing_hash(self) -> Result<Hash> {
+        self.sig_hash().ok_or_else(|| {
+            Error::Usage(
                 "the sha1 bank's policy would need an RSA-SHA1 signature, which pki-signer does not make; sign sha256, sha384 or sha512 (--pcr-banks)".into(),
-            )),
+            )
+        })
+    }
+
+    pub fn sig_hash(self) -> Option<Hash> {
+        match self {
+            Bank::Sha256 => Some(Hash::Sha256),
+            Bank::Sha384 => Some(Hash::Sha384),
+            Bank::Sha512 => Some(Hash::Sha512),
+            Bank::Sha1 => None,
         }
     }
 }
@@ -356,7 +365,7 @@ pub fn check_policy_key(banks: &[Bank], key: &dyn Signer) -> Result<usize> {
         return Err(not_rsa(key));
     }
     for b in banks {
-        b.sig_scheme()?;
+        b.signing_hash()?;
     }
     Ok(bits.div_ceil(8) as usize)
 }
@@ -401,7 +410,8 @@ pub fn sign_policies(
     let pkfp = key_fingerprint(key.public_key());
     let mut out = PcrSig::new();
     for (bank, values) in predict_raw(sections, banks, phases) {
-        let scheme = bank.sig_scheme()?;
+        // check_policy_key: a plain RSA key, so PKCS#1 v1.5 with the bank's hash.
+        let scheme = Scheme::RsaPkcs1(bank.signing_hash()?);
         let mut entries = vec![];
         for (_, value) in values {
             let pol = policy_pcr_digest(bank, &value);

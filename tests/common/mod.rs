@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod pcr;
 pub mod softhsm;
 
 pub fn bin() -> &'static str {
@@ -112,6 +113,22 @@ pub fn systemd_boot() -> Option<&'static str> {
     }
     eprintln!("skipped: {SYSTEMD_BOOT} not available");
     None
+}
+
+/// A file a test needs, named by the environment variable `var` (scripts/test.sh
+/// prepares it; `how` says how). None (the test skips) when unset or missing,
+/// unless PKI_SIGNER_REQUIRE_PEERS=1.
+pub fn test_file(var: &str, how: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    if p.is_none() {
+        if std::env::var("PKI_SIGNER_REQUIRE_PEERS").as_deref() == Ok("1") {
+            panic!("{var} is required ({how})");
+        }
+        eprintln!("skipped: {var} not set ({how})");
+    }
+    p
 }
 
 pub fn openssl() -> PathBuf {

@@ -69,3 +69,58 @@ pub fn init_token(t: &Tools, dir: &Path, label: &str, so_pin: &str, pin: &str) -
     );
     conf
 }
+
+/// Write `file` (DER) into the token as an object of type `ty` (privkey,
+/// pubkey, cert) with `label` and `id`, as pkcs11-tool does; private keys may sign.
+#[allow(clippy::too_many_arguments, dead_code)]
+pub fn write_object(
+    t: &Tools,
+    conf: &Path,
+    dir: &Path,
+    pin: &str,
+    file: &str,
+    ty: &str,
+    label: &str,
+    id: &str,
+) {
+    let mut args = vec!["--module", MODULE, "--login", "--pin", pin];
+    args.extend([
+        "--write-object",
+        file,
+        "--type",
+        ty,
+        "--label",
+        label,
+        "--id",
+        id,
+    ]);
+    if ty == "privkey" {
+        args.push("--usage-sign");
+    }
+    let o = Command::new(&t.pkcs11_tool)
+        .args(&args)
+        .current_dir(dir)
+        .env("SOFTHSM2_CONF", conf)
+        .output()
+        .expect("run pkcs11-tool");
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+}
+
+/// `key` (a PEM private key) as unencrypted PKCS#8 DER at `out`, for
+/// pkcs11-tool --write-object (openssl pkcs8 -topk8).
+#[allow(dead_code)]
+pub fn pkcs8_der(key: &Path, out: &Path) {
+    let o = Command::new(super::openssl())
+        .args(["pkcs8", "-topk8", "-nocrypt", "-outform", "DER", "-in"])
+        .arg(key)
+        .arg("-out")
+        .arg(out)
+        .output()
+        .expect("run openssl");
+    assert!(
+        o.status.success(),
+        "openssl pkcs8 {}: {}",
+        key.display(),
+        stderr(&o)
+    );
+}

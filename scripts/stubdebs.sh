@@ -1,0 +1,128 @@
+# shellcheck shell=bash
+# scripts/stubdebs.sh -- the newer systemd stubs and tools the uki tests check
+# our output with, from Debian debs that are extracted, never installed.
+#
+# Usage:
+#   source scripts/stubdebs.sh && stubdebs_prepare
+#   bash scripts/stubdebs.sh            # same, then prints the exports
+#
+# Debian 12 ships systemd 252; the next stubs Debian ships are 254
+# (bookworm-backports) and 257 (trixie). Installing those suites' systemd
+# would replace the machine's own, so the debs are fetched with a private
+# apt configuration (its own sources, lists and cache under the cache
+# directory; the system's apt setup is left alone) and unpacked with
+# dpkg-deb -x:
+#   bookworm-backports: systemd-boot-efi (stub 254), systemd (its
+#     systemd-measure and ukify) and libsystemd-shared (the library
+#     systemd-measure links; found through LD_LIBRARY_PATH)
+#   trixie: systemd-boot-efi (stub 257), systemd-ukify (ukify 257, a Python
+#     script; it needs pefile, which virt-firmware already pulls into the venv)
+# Each is kept in ${PKI_SIGNER_CACHE:-$HOME/.cache/pki-signer}/debs/SUITE/PKG
+# and not fetched again once there (delete the directory to refresh it);
+# `apt-get update` of the private lists runs only when something is missing.
+#
+# Exports (read by tests/uki.rs and tests/tpm.rs):
+#   PKI_SIGNER_TEST_STUB_254     linuxx64.efi.stub of systemd-boot-efi 254
+#   PKI_SIGNER_TEST_STUB_257     linuxx64.efi.stub of systemd-boot-efi 257
+#   PKI_SIGNER_TEST_MEASURE_254  systemd-measure 254 (a wrapper that sets
+#                                LD_LIBRARY_PATH for libsystemd-shared-254)
+#   PKI_SIGNER_TEST_UKIFY_254    ukify 254 (from the systemd deb)
+#   PKI_SIGNER_TEST_UKIFY_257    ukify 257 (from systemd-ukify)
+#   PKI_SIGNER_TEST_PYTHON       the venv's python, which has pefile
+# Needs: apt-get, dpkg-deb, the Debian archive keyring (Debian 12 has it).
+# Returns non-zero on failure and leaves the caller's shell options alone.
+
+_stubdebs_repo_root() {
+	(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+}
+
+# _stubdebs_apt DIR ARGS...: apt-get with only the private configuration in DIR.
+_stubdebs_apt() {
+	local dir="$1"
+	shift
+	apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$dir/sources" \
+		-o Dir::State::Lists="$dir/lists" -o Dir::Cache="$dir/cache" \
+		-o APT::Sandbox::User=root "$@"
+}
+
+_stubdebs_updated=0
+
+# _stubdebs_fetch CACHE SUITE PKG: unpack PKG from SUITE into CACHE/debs/SUITE/PKG/root.
+_stubdebs_fetch() {
+	local cache="$1" suite="$2" pkg="$3"
+	local dest="$cache/debs/$suite/$pkg" apt="$cache/debs/apt" tmp deb
+	[ -f "$dest/version" ] && return 0
+	mkdir -p "$apt/sources" "$apt/lists/partial" "$apt/cache/archives/partial"
+	if [ "$_stubdebs_updated" = 0 ]; then
+		cat >"$apt/sources/debian-next.sources" <<-'EOF'
+			Types: deb
+			URIs: http://deb.debian.org/debian
+			Suites: bookworm-backports trixie
+			Components: main
+			Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+		EOF
+		echo "stubdebs: apt-get update (private lists: bookworm-backports, trixie)" >&2
+		_stubdebs_apt "$apt" update >&2 || return 1
+		_stubdebs_updated=1
+	fi
+	tmp="$(mktemp -d "$cache/debs/dl.XXXXXX")" || return 1
+	echo "stubdebs: downloading $pkg/$suite" >&2
+	if ! (cd "$tmp" && _stubdebs_apt "$apt" download "$pkg/$suite" >&2); then
+		rm -rf "$tmp"
+		return 1
+	fi
+	deb="$(ls -1 "$tmp"/*.deb | head -n1)"
+	mkdir -p "$tmp/root"
+	dpkg-deb -x "$deb" "$tmp/root" || { rm -rf "$tmp"; return 1; }
+	dpkg-deb -f "$deb" Version >"$tmp/version" || { rm -rf "$tmp"; return 1; }
+	rm -f "$deb"
+	rm -rf "$dest"
+	mkdir -p "$(dirname "$dest")"
+	mv "$tmp" "$dest"
+}
+
+stubdebs_prepare() {
+	local cache="${PKI_SIGNER_CACHE:-$HOME/.cache/pki-signer}"
+	local bpo="$cache/debs/bookworm-backports" trixie="$cache/debs/trixie"
+	mkdir -p "$cache/debs" || return 1
+	_stubdebs_fetch "$cache" bookworm-backports systemd-boot-efi || return 1
+	_stubdebs_fetch "$cache" bookworm-backports systemd || return 1
+	_stubdebs_fetch "$cache" bookworm-backports libsystemd-shared || return 1
+	_stubdebs_fetch "$cache" trixie systemd-boot-efi || return 1
+	_stubdebs_fetch "$cache" trixie systemd-ukify || return 1
+
+	local measure lib wrapper="$bpo/systemd-measure"
+	measure="$(ls -1 "$bpo"/systemd/root/{usr/,}lib/systemd/systemd-measure 2>/dev/null | head -n1)"
+	lib="$(dirname "$(ls -1 "$bpo"/libsystemd-shared/root/usr/lib/*/systemd/libsystemd-shared-*.so | head -n1)")"
+	if [ ! -x "$measure" ] || [ ! -d "$lib" ]; then
+		echo "stubdebs: no systemd-measure or libsystemd-shared in the debs" >&2
+		return 1
+	fi
+	# A wrapper, not an exported LD_LIBRARY_PATH: ukify runs it as its
+	# systemd-measure (--tools), and nothing else should see that library.
+	printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$lib" "$measure" >"$wrapper.tmp" &&
+		chmod +x "$wrapper.tmp" && mv "$wrapper.tmp" "$wrapper" || return 1
+	"$wrapper" --version >/dev/null || { echo "stubdebs: systemd-measure 254 does not run here" >&2; return 1; }
+
+	local venv="${PKI_SIGNER_VENV:-.venv}"
+	case "$venv" in /*) ;; *) venv="$(_stubdebs_repo_root)/$venv" ;; esac
+	if ! "$venv/bin/python" -c 'import pefile' 2>/dev/null; then
+		echo "stubdebs: pip installing pefile into $venv" >&2
+		"$venv/bin/python" -m pip install -q --disable-pip-version-check pefile >&2 || return 1
+	fi
+
+	PKI_SIGNER_TEST_STUB_254="$bpo/systemd-boot-efi/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+	PKI_SIGNER_TEST_STUB_257="$trixie/systemd-boot-efi/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+	PKI_SIGNER_TEST_MEASURE_254="$wrapper"
+	PKI_SIGNER_TEST_UKIFY_254="$(ls -1 "$bpo"/systemd/root/{usr/,}lib/systemd/ukify 2>/dev/null | head -n1)"
+	PKI_SIGNER_TEST_UKIFY_257="$trixie/systemd-ukify/root/usr/lib/systemd/ukify"
+	PKI_SIGNER_TEST_PYTHON="$venv/bin/python"
+	export PKI_SIGNER_TEST_STUB_254 PKI_SIGNER_TEST_STUB_257 PKI_SIGNER_TEST_MEASURE_254 \
+		PKI_SIGNER_TEST_UKIFY_254 PKI_SIGNER_TEST_UKIFY_257 PKI_SIGNER_TEST_PYTHON
+}
+
+# Run directly (not sourced): prepare, then show what a shell should export.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+	stubdebs_prepare || exit 1
+	env | grep '^PKI_SIGNER_TEST_' | sed 's/^/export /'
+fi
