@@ -15,6 +15,9 @@
 #   offline    `offline sign` of a request for 1000 EFI files with the key in a
 #              SoftHSM2 token, vs the token's own rate (one login, a C_Sign loop
 #              in PyKCS11); and the size of the request for the ~200 MB UKI
+#   uki-build  `uki build` (signed PCR policy + Authenticode) of Debian's kernel and a
+#              200 MB initrd vs `openssl dgst -sha256` over the inputs and the chain
+#              systemd-measure sign + objcopy + sbsign (scripts/bench/uki-peer-chain.sh)
 #
 # Environment:
 #   PKI_SIGNER_CACHE   where the UKI and the CSRs are kept between runs
@@ -22,7 +25,8 @@
 #   BENCH_PE_KEY_TYPE  key type of the PKI the pe sections sign with (default
 #                      rsa:2048, what UEFI db keys are; pe-batch adds rsa:4096)
 #   BENCH_UKI_MB, BENCH_BATCH_N, BENCH_CSR_N, BENCH_VERITY_MB
-#                      sizes (200, 1000, 10000, 1024), smaller for a quick try;
+#                      sizes (200, 1000, 10000, 1024), smaller for a quick try
+#                      (BENCH_UKI_MB: the pe sections' UKI and uki-build's initrd);
 #                      the offline section signs BENCH_BATCH_N files too
 #   PKI_SIGNER_VENV    venv for PyKCS11 (offline section; default <repo>/.venv)
 #
@@ -34,7 +38,7 @@
 set -euo pipefail
 export LC_ALL=C # '.' as decimal separator in EPOCHREALTIME, printf and awk
 
-SECTIONS=(pki pe-sign pe-verify pe-batch csr guestos-verity offline)
+SECTIONS=(pki pe-sign pe-verify pe-batch csr guestos-verity offline uki-build)
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 runs=5
@@ -144,6 +148,28 @@ report_row() {
 # raw_row LABEL FILE: every sample, in run order.
 raw_row() {
     printf '  %-34s %s\n' "$1" "$(col "$2" 1 | awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $1 }')"
+}
+
+# report_table PREFIX CASE=LABEL...: the header, then a row per case
+# (samples in $scratch/PREFIX-CASE).
+report_table() {
+    local prefix=$1 spec
+    shift
+    report_header
+    for spec in "$@"; do
+        report_row "${spec#*=}" "$scratch/$prefix-${spec%%=*}"
+    done
+}
+
+# samples PREFIX CASE=LABEL...: every sample of each case, in run order.
+samples() {
+    local prefix=$1 spec
+    shift
+    echo
+    echo "  samples (s, run order)"
+    for spec in "$@"; do
+        raw_row "${spec#*=}" "$scratch/$prefix-${spec%%=*}"
+    done
 }
 
 # interleave PREFIX FUNC CASE...: FUNC CASE RUN (untimed preparation, then
@@ -380,11 +406,7 @@ bench_pe_sign() {
         "pki-signer-nofsync=pki-signer, fsync off (eatmydata)"
         "durable-copy=dd conv=fsync (copy floor)"
     )
-    local spec
-    report_header
-    for spec in "${labels[@]}"; do
-        report_row "${spec#*=}" "$scratch/pe-sign-${spec%%=*}"
-    done
+    report_table pe-sign "${labels[@]}"
     echo
     ratio_table pe-sign pki-signer floor "${labels[@]}"
 
@@ -412,11 +434,7 @@ bench_pe_sign() {
         goal_row "pki-signer $how peak RSS KiB" "$rss" "goal <= 32768 (32 MiB)" "$(verdict "$rss" 32768)"
     done
 
-    echo
-    echo "  samples (s, run order)"
-    for spec in "${labels[@]}"; do
-        raw_row "${spec#*=}" "$scratch/pe-sign-${spec%%=*}"
-    done
+    samples pe-sign "${labels[@]}"
 }
 
 pe_verify_case() {
@@ -447,22 +465,15 @@ bench_pe_verify() {
         "sbverify=sbverify --cert"
         "osslsigncode=osslsigncode verify -CAfile root"
     )
-    local spec ratio
-    report_header
-    for spec in "${labels[@]}"; do
-        report_row "${spec#*=}" "$scratch/pe-verify-${spec%%=*}"
-    done
+    local ratio
+    report_table pe-verify "${labels[@]}"
     echo
     ratio_table pe-verify pki-signer floor "${labels[@]}"
     echo
     echo "  goals (medians)"
     ratio=$(div "$(med pe-verify-pki-signer)" "$(med pe-verify-floor)")
     goal_row "pki-signer / openssl dgst" "$ratio" "goal <= 1.300" "$(verdict "$ratio" 1.3)"
-    echo
-    echo "  samples (s, run order)"
-    for spec in "${labels[@]}"; do
-        raw_row "${spec#*=}" "$scratch/pe-verify-${spec%%=*}"
-    done
+    samples pe-verify "${labels[@]}"
 }
 
 pe_batch_case() {
@@ -529,10 +540,7 @@ bench_pe_batch() {
     interleave pe-batch pe_batch_case "${cases[@]}"
 
     local spec ratio
-    report_header
-    for spec in "${labels[@]}"; do
-        report_row "${spec#*=}" "$scratch/pe-batch-${spec%%=*}"
-    done
+    report_table pe-batch "${labels[@]}"
     echo
     printf '  %-34s %9s %12s\n' "case" "median s" "files/s"
     for spec in "${labels[@]}"; do
@@ -551,11 +559,7 @@ bench_pe_batch() {
     goal_row "pki-signer loop / 1 call (info)" "$ratio" "" ""
     ratio=$(div "$(med pe-batch-sbsign-loop)" "$(med pe-batch-pki-signer-nofsync)")
     goal_row "sbsign loop / 1 call fsync off (info)" "$ratio" "" ""
-    echo
-    echo "  samples (s, run order)"
-    for spec in "${labels[@]}"; do
-        raw_row "${spec#*=}" "$scratch/pe-batch-${spec%%=*}"
-    done
+    samples pe-batch "${labels[@]}"
     rm -rf "$in" "$scratch/batch-out"
 }
 
@@ -617,10 +621,7 @@ bench_csr() {
         "openssl-rsa4096=openssl loop, $csr_openssl_n CSRs, rsa4096"
     )
     local spec c n m kt ours theirs
-    report_header
-    for spec in "${labels[@]}"; do
-        report_row "${spec#*=}" "$scratch/csr-${spec%%=*}"
-    done
+    report_table csr "${labels[@]}"
     echo
     printf '  %-34s %12s %12s %16s\n' "case" "certs/s" "ms/cert" "s per $csr_n"
     for spec in "${labels[@]}"; do
@@ -640,11 +641,7 @@ bench_csr() {
         theirs=$(awk -v t="$(med "csr-openssl-$kt")" -v n="$csr_openssl_n" 'BEGIN { print t / n }')
         goal_row "openssl / pki-signer per cert ($kt)" "$(div "$theirs" "$ours")" "" ""
     done
-    echo
-    echo "  samples (s, run order)"
-    for spec in "${labels[@]}"; do
-        raw_row "${spec#*=}" "$scratch/csr-${spec%%=*}"
-    done
+    samples csr "${labels[@]}"
 }
 
 # ---------------------------------------------------------------- guestos-verity
@@ -735,22 +732,15 @@ CONF
         "veritysetup=veritysetup format"
         "gyroidos=veritysetup + sha256sum + sha1sum"
     )
-    local spec ratio
-    report_header
-    for spec in "${labels[@]}"; do
-        report_row "${spec#*=}" "$scratch/verity-${spec%%=*}"
-    done
+    local ratio
+    report_table verity "${labels[@]}"
     echo
     echo "  goals (medians)"
     ratio=$(div "$(med verity-pki-signer)" "$(med verity-veritysetup)")
     goal_row "pki-signer / veritysetup format alone" "$ratio" "goal <= 1.2" "$(verdict "$ratio" 1.2)"
     ratio=$(div "$(med verity-pki-signer)" "$(med verity-gyroidos)")
     goal_row "pki-signer / veritysetup + sha256sum + sha1sum" "$ratio" "(info)" ""
-    echo
-    echo "  samples (s, run order)"
-    for spec in "${labels[@]}"; do
-        raw_row "${spec#*=}" "$scratch/verity-${spec%%=*}"
-    done
+    samples verity "${labels[@]}"
 }
 
 # ---------------------------------------------------------------- offline
@@ -849,6 +839,135 @@ offline_case() {
     fi
 }
 
+# ---------------------------------------------------------------- uki-build
+
+# uki_setup: the inputs (Debian's kernel, a cached random initrd), a PKI
+# with the PCR key, the signer's certificate for sbsign, and swtpm for
+# systemd-measure sign (systemd 252 runs a trial policy session on a TPM).
+uki_setup() {
+    ensure_apt systemd systemd-boot-efi binutils sbsigntool swtpm \
+        libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0 libtss2-tcti-swtpm0
+    # shellcheck source=scripts/testbins.sh
+    source "$repo/scripts/testbins.sh"
+    testbins_kernel || die "could not fetch Debian's kernel"
+    uki_kernel=$PKI_SIGNER_TEST_VMLINUZ
+    uki_stub=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
+    uki_initrd=$cache/bench-uki/initrd-${uki_mb}MB.img
+    if [ ! -s "$uki_initrd" ]; then
+        echo "  making $uki_initrd (once, cached)" >&2
+        mkdir -p "${uki_initrd%/*}"
+        # Incompressible like a real initrd, the same on every machine.
+        openssl enc -aes-128-ctr -nosalt -K 000000000000000000000000000000ff \
+            -iv 00000000000000000000000000000000 </dev/zero 2>/dev/null |
+            head -c $((uki_mb * 1000 * 1000)) >"$uki_initrd.part" || true
+        [ "$(stat -c %s "$uki_initrd.part")" -eq $((uki_mb * 1000 * 1000)) ] ||
+            die "could not make $uki_initrd"
+        mv "$uki_initrd.part" "$uki_initrd"
+    fi
+    uki_dir=$scratch/uki
+    mkdir -p "$uki_dir"
+    printf 'ID=bench\nNAME="pki-signer benchmark"\n' >"$uki_dir/os-release"
+    printf 'console=ttyS0 quiet' >"$uki_dir/cmdline"
+    uki_pki=$uki_dir/pki
+    "$bin" pki init --uefi --dir "$uki_pki" --key-type "$pe_key_type" >/dev/null ||
+        die "pki init --uefi failed"
+    uki_cert=$uki_dir/ssig_subca.pem
+    openssl x509 -in "$uki_pki/ssig_subca.cert" -out "$uki_cert"
+
+    local i
+    mkdir -p "$uki_dir/tpm"
+    for i in 1 2 3 4 5; do
+        # The swtpm TCTI finds the control channel at port + 1.
+        uki_tpm_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        swtpm socket --tpm2 --tpmstate "dir=$uki_dir/tpm" \
+            --server "type=tcp,port=$uki_tpm_port,bindaddr=127.0.0.1" \
+            --ctrl "type=tcp,port=$((uki_tpm_port + 1)),bindaddr=127.0.0.1" \
+            --flags not-need-init,startup-clear >"$uki_dir/swtpm.log" 2>&1 &
+        bench_pids+=($!)
+        sleep 0.5
+        kill -0 "${bench_pids[-1]}" 2>/dev/null && return
+    done
+    die "swtpm did not start: $(tail -n 3 "$uki_dir/swtpm.log")"
+}
+
+uki_case() {
+    local out=$scratch/uki-out/uki.efi
+    fresh_dir "${out%/*}"
+    local ours=("$bin" uki build --linux "$uki_kernel" --initrd "$uki_initrd"
+        --cmdline-file "$uki_dir/cmdline" --os-release "$uki_dir/os-release" -o "$out"
+        --role ssig_subca --dir "$uki_pki" --pcr-role tpm2-pcr)
+    case $1 in
+        floor) run_case openssl dgst -sha256 "$uki_kernel" "$uki_initrd" ;;
+        pki-signer) run_case "${ours[@]}" ;;
+        pki-signer-nofsync) run_case eatmydata "${ours[@]}" ;;
+        peer-chain)
+            run_case bash "$repo/scripts/bench/uki-peer-chain.sh" "$out" "$uki_stub" "$uki_kernel" \
+                "$uki_initrd" "$uki_dir/os-release" "$uki_dir/cmdline" "$uki_pki/tpm2-pcr-private.pem" \
+                "$uki_pki/tpm2-pcr-public.pem" "$uki_tpm_port" "$uki_pki/ssig_subca.key" "$uki_cert" ;;
+        durable-copy) run_case dd if="$uki_ref" of="$out" bs=64K conv=fsync status=none ;;
+        *) die "uki_case: $1" ;;
+    esac
+    # Outside the timing, once per case: sbverify accepts the image, and
+    # pki-signer's .pcrsig is the one systemd-measure signed in the chain.
+    if [ "$2" = 1 ] && [[ $1 == pki-signer* || $1 == peer-chain ]]; then
+        sbverify --cert "$uki_cert" "$out" >/dev/null 2>&1 || die "$1: sbverify rejects $out"
+        "$bin" uki show "$out" >/dev/null || die "$1: uki show finds a bad .pcrsig in $out"
+        objcopy --dump-section ".pcrsig=$uki_dir/$1.pcrsig" "$out" "$scratch/uki-out/dump.efi" ||
+            die "$1: no .pcrsig in $out"
+        if [ "$1" = peer-chain ]; then
+            cmp -s "$uki_dir/peer-chain.pcrsig" "$uki_dir/pki-signer.pcrsig" ||
+                die "the chain's .pcrsig differs from pki-signer's"
+        else
+            [ -n "$uki_ref" ] || { uki_ref=$uki_dir/ref.efi && cp "$out" "$uki_ref"; }
+        fi
+    fi
+}
+
+# uki-build: a signed UKI with a signed PCR policy, from the same inputs,
+# by pki-signer in one call and by the chain of tools it replaces.
+bench_uki_build() {
+    uki_setup
+    uki_ref=
+    echo
+    echo "== uki build: Debian's kernel ($(stat -c %s "$uki_kernel") bytes) + a ${uki_mb} MB initrd," \
+        "signed PCR policy (sha256, 4 phases) and Authenticode, $runs runs each"
+    echo "  inputs in the page cache, output dir emptied and synced before each run;" \
+        "key ssig_subca $pe_key_type, PCR key tpm2-pcr (pki init --uefi)"
+    echo "  peer chain: systemd-measure sign ($(dpkg-query -W -f='${Version}' systemd 2>/dev/null))" \
+        "+ objcopy ($(objcopy --version | head -n1 | awk '{ print $NF }')) + sbsign (scripts/bench/uki-peer-chain.sh)"
+    load_note "start of section uki-build"
+    warm "$uki_kernel"
+    warm "$uki_initrd"
+    # pki-signer first: its first output is the reference the chain is compared with.
+    local cases=(pki-signer floor peer-chain pki-signer-nofsync durable-copy)
+    interleave uki uki_case "${cases[@]}"
+
+    local labels=(
+        "floor=openssl dgst -sha256 (floor)"
+        "pki-signer=pki-signer uki build"
+        "peer-chain=systemd-measure+objcopy+sbsign"
+        "pki-signer-nofsync=pki-signer, fsync off (eatmydata)"
+        "durable-copy=dd conv=fsync (copy floor)"
+    )
+    local ratio rss
+    report_table uki "${labels[@]}"
+    echo
+    ratio_table uki pki-signer floor "${labels[@]}"
+    echo
+    echo "  goals (medians)"
+    ratio=$(div "$(med uki-pki-signer)" "$(med uki-floor)")
+    goal_row "pki-signer / openssl dgst" "$ratio" "goal <= 1.300" "$(verdict "$ratio" 1.3)"
+    ratio=$(div "$(med uki-peer-chain)" "$(med uki-pki-signer)")
+    goal_row "peer chain / pki-signer" "$ratio" "goal >= 2.000" "$(verdict_ge "$ratio" 2)"
+    rss=$(peak uki-pki-signer)
+    goal_row "pki-signer peak RSS KiB" "$rss" "goal <= 32768 (32 MiB)" "$(verdict "$rss" 32768)"
+    ratio=$(div "$(med uki-pki-signer-nofsync)" "$(med uki-floor)")
+    goal_row "pki-signer fsync off / openssl dgst (info)" "$ratio" "" ""
+    ratio=$(div "$(med uki-pki-signer)" "$(med uki-durable-copy)")
+    goal_row "pki-signer / durable copy (info)" "$ratio" "" ""
+    samples uki "${labels[@]}"
+}
+
 # ---------------------------------------------------------------- main
 
 # shellcheck source=scripts/deps.sh
@@ -862,7 +981,16 @@ bin=${CARGO_TARGET_DIR:-$repo/target}/release/pki-signer
 [ -x "$bin" ] || die "$bin missing after the build"
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/pki-signer-bench.XXXXXX")
-trap 'rm -rf "$scratch"' EXIT
+# Processes a section started (swtpm) are stopped by their PID at exit.
+bench_pids=()
+cleanup() {
+    local p
+    for p in "${bench_pids[@]}"; do
+        kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+    done
+    rm -rf "$scratch"
+}
+trap cleanup EXIT
 
 machine_facts
 for s in "${SECTIONS[@]}"; do

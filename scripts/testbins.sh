@@ -1,10 +1,22 @@
 # shellcheck shell=bash
-# Sourced by scripts/test.sh: prepares the real binaries the PE tests sign and
-# exports their paths. Cached in ${PKI_SIGNER_CACHE:-$HOME/.cache/pki-signer}.
+# Sourced by scripts/test.sh (and by scripts/bench.sh, for the kernel):
+# prepares the real binaries the PE tests sign and exports their paths.
+# Cached in ${PKI_SIGNER_CACHE:-$HOME/.cache/pki-signer}.
 #   PKI_SIGNER_TEST_VMLINUZ  Debian's kernel as Debian ships it (signed by Debian)
 #   PKI_SIGNER_TEST_UKI      an unsigned UKI built with objcopy (tests/ovmf/make-uki.sh)
 
 testbins_prepare() {
+    testbins_kernel
+    local cache="${PKI_SIGNER_CACHE:-$HOME/.cache/pki-signer}"
+    local uki="$cache/test-uki.efi"
+    if [ ! -s "$uki" ]; then
+        bash tests/ovmf/make-uki.sh "$uki.part" >/dev/null && mv "$uki.part" "$uki"
+    fi
+    export PKI_SIGNER_TEST_UKI="$uki"
+}
+
+# testbins_kernel: PKI_SIGNER_TEST_VMLINUZ only (scripts/bench.sh uses it too).
+testbins_kernel() {
     local cache="${PKI_SIGNER_CACHE:-$HOME/.cache/pki-signer}"
     mkdir -p "$cache"
     local pkg
@@ -22,10 +34,4 @@ testbins_prepare() {
         rm -rf "$tmp"
     fi
     export PKI_SIGNER_TEST_VMLINUZ="$signed"
-
-    local uki="$cache/test-uki.efi"
-    if [ ! -s "$uki" ]; then
-        bash tests/ovmf/make-uki.sh "$uki.part" >/dev/null && mv "$uki.part" "$uki"
-    fi
-    export PKI_SIGNER_TEST_UKI="$uki"
 }

@@ -310,6 +310,61 @@ pub fn sync_while<R>(
     }
 }
 
+/// Written bytes after which [`SyncBehind`] asks for them to be made durable.
+const SYNC_BEHIND_STEP: u64 = 32 << 20;
+
+/// Counts what a writer of one large file wrote, and every
+/// [`SYNC_BEHIND_STEP`] bytes asks the thread of [`sync_behind`] to
+/// fdatasync it.
+pub struct SyncBehind {
+    tx: mpsc::Sender<()>,
+    unsynced: u64,
+}
+
+impl SyncBehind {
+    pub fn wrote(&mut self, n: u64) {
+        self.unsynced += n;
+        if self.unsynced >= SYNC_BEHIND_STEP {
+            // The thread only stops early on an error, which its join reports.
+            let _ = self.tx.send(());
+            self.unsynced = 0;
+        }
+    }
+}
+
+/// Run `write`, which writes a large file (`file`, named `path` in errors),
+/// while another thread fdatasyncs what it has written so far whenever
+/// [`SyncBehind::wrote`] asks: the disk works while the writer computes,
+/// and the final fsync has little left to wait for. Returns when both are
+/// done; the first error wins.
+pub fn sync_behind<T>(
+    file: &File,
+    path: &Path,
+    write: impl FnOnce(&mut SyncBehind) -> Result<T>,
+) -> Result<T> {
+    let syncing = file.try_clone().at(path)?;
+    let (tx, rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let syncer = s.spawn(move || -> Result<()> {
+            while rx.recv().is_ok() {
+                while rx.try_recv().is_ok() {}
+                syncing.sync_data().at(path)?;
+            }
+            Ok(())
+        });
+        let mut sync = SyncBehind { tx, unsynced: 0 };
+        let written = write(&mut sync);
+        // Closing the channel ends the thread once it is idle.
+        drop(sync);
+        let synced = syncer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("sync thread panicked".into())));
+        let v = written?;
+        synced?;
+        Ok(v)
+    })
+}
+
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }

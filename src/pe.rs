@@ -191,12 +191,10 @@ struct RawRange {
     end: u64,
 }
 
-/// An open, validated PE image.
-#[derive(Debug)]
-pub struct PeImage {
-    path: PathBuf,
-    file: File,
-    stamp: Stamp,
+/// What the headers say about the file's layout: everything the digest and
+/// a signed copy need.
+#[derive(Clone, Debug)]
+struct Layout {
     file_size: u64,
     machine: u16,
     pe32plus: bool,
@@ -213,6 +211,15 @@ pub struct PeImage {
     cert_table: Option<CertTableInfo>,
     /// Start of the certificate table, or the file size when there is none.
     data_end: u64,
+}
+
+/// An open, validated PE image.
+#[derive(Debug)]
+pub struct PeImage {
+    path: PathBuf,
+    file: File,
+    stamp: Stamp,
+    layout: Layout,
 }
 
 fn le16(b: &[u8], off: usize) -> Option<u16> {
@@ -327,16 +334,162 @@ fn fold32(x: u64) -> u64 {
     (x & 0xffff_ffff) + (x >> 32)
 }
 
-/// Zero the bytes of `buf` (which sits at file offset `pos`) that fall in
-/// `[start, start + len)`.
-fn zero_overlap(buf: &mut [u8], pos: u64, start: u64, len: u64) {
-    let buf_end = pos + buf.len() as u64;
-    let s = start.max(pos);
-    let e = (start + len).min(buf_end);
-    if s < e {
-        if let Some(part) = buf.get_mut((s - pos) as usize..(e - pos) as usize) {
-            part.fill(0);
+/// The Authenticode digest and checksum of an image computed from its bytes
+/// as they pass, in file order: by [`PeImage::digest`] as it reads an image,
+/// and by a writer as it writes one whose headers are final before its data
+/// (`uki build`), so that the image is not read back to be signed.
+pub struct DigestBuilder {
+    path: PathBuf,
+    checksum_offset: u64,
+    cert_dir_offset: u64,
+    /// Hashed ranges of the single pass, in file order and disjoint.
+    regions: Vec<ByteRange>,
+    next: usize,
+    /// "The rest" of an image with gaps between its sections, hashed after
+    /// the pass (see the module docs).
+    reread: Option<ByteRange>,
+    file_size: u64,
+    data_end: u64,
+    padded_end: u64,
+    hasher: Sha256,
+    sum: ChecksumAcc,
+    pos: u64,
+}
+
+impl DigestBuilder {
+    /// For an image being written: `headers` holds at least its first
+    /// `SizeOfHeaders` bytes, final (the CheckSum field and the certificate
+    /// directory entry do not count), and `len` is the length the image
+    /// will have. The headers are validated as [`PeImage::open`] does.
+    pub fn new(path: &Path, headers: &[u8], len: u64) -> Result<DigestBuilder> {
+        let layout = Layout::parse(path, len, &|buf, off| {
+            let src = usize::try_from(off)
+                .ok()
+                .and_then(|o| headers.get(o..o.checked_add(buf.len())?));
+            match src {
+                Some(src) => {
+                    buf.copy_from_slice(src);
+                    Ok(())
+                }
+                None => Err(Error::Internal(format!(
+                    "{}: the headers given end before [{off:#x}..{:#x})",
+                    path.display(),
+                    off + buf.len() as u64
+                ))),
+            }
+        })?;
+        DigestBuilder::for_layout(&layout, path)
+    }
+
+    fn for_layout(l: &Layout, path: &Path) -> Result<DigestBuilder> {
+        let data_end = l.data_end;
+        let padded_end =
+            align8(data_end).ok_or_else(|| Error::input(path, "image end overflows"))?;
+        let (regions, reread) = l.hashed_ranges();
+        Ok(DigestBuilder {
+            path: path.to_path_buf(),
+            checksum_offset: l.checksum_offset,
+            cert_dir_offset: l.cert_dir_offset,
+            regions,
+            next: 0,
+            reread,
+            file_size: l.file_size,
+            data_end,
+            padded_end,
+            hasher: Sha256::new(),
+            sum: ChecksumAcc::default(),
+            pos: 0,
+        })
+    }
+
+    /// How many bytes have passed.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// The image's next bytes. Bytes past the image data (an old
+    /// certificate table) are ignored.
+    pub fn update(&mut self, data: &[u8]) {
+        let pos = self.pos;
+        let keep = self.data_end.saturating_sub(pos).min(data.len() as u64) as usize;
+        let chunk = data.get(..keep).unwrap_or_default();
+        self.pos += data.len() as u64;
+        let end = pos + chunk.len() as u64;
+        while let Some(&(start, stop)) = self.regions.get(self.next) {
+            if start >= end {
+                break;
+            }
+            let s = start.max(pos);
+            let e = stop.min(end);
+            if s < e {
+                if let Some(part) = chunk.get((s - pos) as usize..(e - pos) as usize) {
+                    self.hasher.update(part);
+                }
+            }
+            if stop > end {
+                break;
+            }
+            self.next += 1;
         }
+        // The checksum counts the CheckSum field and the certificate
+        // directory entry as zero: their bytes are left out of the sum.
+        let mut at = pos;
+        for (skip, len) in [(self.checksum_offset, 4), (self.cert_dir_offset, 8)] {
+            let s = skip.clamp(at, end);
+            if let Some(part) = chunk.get((at - pos) as usize..(s - pos) as usize) {
+                self.sum.add(at, part);
+            }
+            at = (skip + len).clamp(at, end);
+        }
+        if let Some(part) = chunk.get((at - pos) as usize..) {
+            self.sum.add(at, part);
+        }
+    }
+
+    /// The digest of the image now in `file`, whose bytes up to the image
+    /// data's end all passed through [`DigestBuilder::update`]. For an image
+    /// with gaps between its sections, "the rest" (as long as the gaps) is
+    /// read back from `file`.
+    pub fn finish(mut self, file: &File) -> Result<ImageDigest> {
+        let bad = |msg: String| Error::input(&self.path, msg);
+        if self.pos < self.data_end {
+            return Err(bad(format!(
+                "image data ends at {:#x}, only {:#x} bytes were hashed",
+                self.data_end, self.pos
+            )));
+        }
+        let stamp = Stamp::of(&file.metadata().at(&self.path)?);
+        if stamp.len != self.file_size {
+            return Err(bad(format!(
+                "file is {:#x} bytes, its headers were read for {:#x}",
+                stamp.len, self.file_size
+            )));
+        }
+        if let Some((mut pos, stop)) = self.reread {
+            let mut buf = vec![0u8; BUF_SIZE.min((stop - pos).max(1) as usize)];
+            while pos < stop {
+                let n = (buf.len() as u64).min(stop - pos) as usize;
+                let chunk = buf.get_mut(..n).unwrap_or_default();
+                read_exact_at(file, &self.path, chunk, pos)?;
+                self.hasher.update(&*chunk);
+                pos += n as u64;
+            }
+        }
+        let sha256_unpadded: [u8; 32] = self.hasher.clone().finalize().into();
+        let zeros = [0u8; 8];
+        self.hasher.update(
+            zeros
+                .get(..(self.padded_end - self.data_end) as usize)
+                .unwrap_or_default(),
+        );
+        Ok(ImageDigest {
+            sha256: self.hasher.finalize().into(),
+            sha256_unpadded,
+            data_end: self.data_end,
+            padded_end: self.padded_end,
+            checksum_sum: self.sum.sum,
+            stamp,
+        })
     }
 }
 
@@ -353,16 +506,38 @@ struct SignedLayout {
     checksum: u32,
 }
 
-impl PeImage {
-    /// Open `path` and validate its headers, sections and certificate table.
-    pub fn open(path: &Path) -> Result<PeImage> {
-        let file = File::open(path).at(path)?;
-        let meta = file.metadata().at(path)?;
-        if !meta.is_file() {
-            return Err(Error::input(path, "not a regular file"));
+impl Layout {
+    /// The ranges the Authenticode digest covers, in file order and disjoint,
+    /// and "the rest" when it must be read again. The rest starts at
+    /// SUM_OF_BYTES_HASHED: without gaps between sections that is the end of
+    /// the last one and it joins the ranges (one pass); with gaps it lies
+    /// inside data already hashed and is read again afterwards.
+    fn hashed_ranges(&self) -> (Vec<ByteRange>, Option<ByteRange>) {
+        let mut regions: Vec<ByteRange> = vec![
+            (0, self.checksum_offset),
+            (self.checksum_offset + 4, self.cert_dir_offset),
+            (self.cert_dir_offset + 8, self.size_of_headers),
+        ];
+        regions.extend(self.raw.iter().map(|r| (r.start, r.end)));
+        let hashed: u64 =
+            self.size_of_headers + self.raw.iter().map(|r| r.end - r.start).sum::<u64>();
+        let last_end = self.raw.last().map_or(self.size_of_headers, |r| r.end);
+        if hashed == last_end {
+            regions.push((last_end, self.data_end));
+            (regions, None)
+        } else {
+            (regions, Some((hashed, self.data_end)))
         }
-        let stamp = Stamp::of(&meta);
-        let file_size = stamp.len;
+    }
+
+    /// Parse and validate the headers, sections and certificate table of a
+    /// file of `file_size` bytes; `fetch(buf, off)` reads `buf.len()` bytes
+    /// at `off` (only within the headers and the section table).
+    fn parse(
+        path: &Path,
+        file_size: u64,
+        fetch: &dyn Fn(&mut [u8], u64) -> Result<()>,
+    ) -> Result<Layout> {
         let bad = |msg: String| Error::input(path, msg);
         if file_size > u64::from(u32::MAX) {
             return Err(bad(format!(
@@ -378,7 +553,7 @@ impl PeImage {
                 )));
             }
             let mut buf = vec![0u8; len as usize];
-            read_exact_at(&file, path, &mut buf, off)?;
+            fetch(&mut buf, off)?;
             Ok(buf)
         };
 
@@ -539,10 +714,7 @@ impl PeImage {
             })
         };
 
-        Ok(PeImage {
-            path: path.to_path_buf(),
-            file,
-            stamp,
+        Ok(Layout {
             file_size,
             machine,
             pe32plus,
@@ -560,34 +732,55 @@ impl PeImage {
             cert_table,
         })
     }
+}
+
+impl PeImage {
+    /// Open `path` and validate its headers, sections and certificate table.
+    pub fn open(path: &Path) -> Result<PeImage> {
+        let file = File::open(path).at(path)?;
+        let meta = file.metadata().at(path)?;
+        if !meta.is_file() {
+            return Err(Error::input(path, "not a regular file"));
+        }
+        let stamp = Stamp::of(&meta);
+        let layout = Layout::parse(path, stamp.len, &|buf, off| {
+            read_exact_at(&file, path, buf, off)
+        })?;
+        Ok(PeImage {
+            path: path.to_path_buf(),
+            file,
+            stamp,
+            layout,
+        })
+    }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     pub fn file_size(&self) -> u64 {
-        self.file_size
+        self.layout.file_size
     }
 
     /// The optional header's DllCharacteristics (NX_COMPAT and the like).
     pub fn dll_characteristics(&self) -> u16 {
-        self.dll_characteristics
+        self.layout.dll_characteristics
     }
 
     /// True when the image has a (non-empty) certificate table.
     pub fn has_cert_table(&self) -> bool {
-        self.cert_table.is_some()
+        self.layout.cert_table.is_some()
     }
 
     pub fn info(&self) -> PeInfo {
         PeInfo {
-            machine: machine_name(self.machine),
-            pe32plus: self.pe32plus,
-            sections: self.sections.clone(),
-            size_of_headers: self.size_of_headers,
-            checksum: self.checksum,
-            cert_table: self.cert_table,
-            file_size: self.file_size,
+            machine: machine_name(self.layout.machine),
+            pe32plus: self.layout.pe32plus,
+            sections: self.layout.sections.clone(),
+            size_of_headers: self.layout.size_of_headers,
+            checksum: self.layout.checksum,
+            cert_table: self.layout.cert_table,
+            file_size: self.layout.file_size,
         }
     }
 
@@ -605,7 +798,7 @@ impl PeImage {
     /// The entries of the certificate table (empty when there is none), walked
     /// like EDK2: each entry starts at the previous one's `ALIGN8(dwLength)`.
     pub fn signatures(&self) -> Result<Vec<WinCertificate>> {
-        let Some(table) = self.cert_table else {
+        let Some(table) = self.layout.cert_table else {
             return Ok(Vec::new());
         };
         let bad = |msg: String| Error::input(&self.path, msg);
@@ -666,36 +859,19 @@ impl PeImage {
     }
 
     /// The ranges the Authenticode digest covers, in file order and disjoint,
-    /// and "the rest" when it must be read again. The rest starts at
-    /// SUM_OF_BYTES_HASHED: without gaps between sections that is the end of
-    /// the last one and it joins the ranges; with gaps it lies inside data
-    /// already hashed.
+    /// and "the rest" when it must be read again (see [`Layout::hashed_ranges`]).
     pub fn hashed_ranges(&self) -> (Vec<ByteRange>, Option<ByteRange>) {
-        let mut regions: Vec<(u64, u64)> = vec![
-            (0, self.checksum_offset),
-            (self.checksum_offset + 4, self.cert_dir_offset),
-            (self.cert_dir_offset + 8, self.size_of_headers),
-        ];
-        regions.extend(self.raw.iter().map(|r| (r.start, r.end)));
-        let hashed: u64 =
-            self.size_of_headers + self.raw.iter().map(|r| r.end - r.start).sum::<u64>();
-        let last_end = self.raw.last().map_or(self.size_of_headers, |r| r.end);
-        if hashed == last_end {
-            regions.push((last_end, self.data_end));
-            (regions, None)
-        } else {
-            (regions, Some((hashed, self.data_end)))
-        }
+        self.layout.hashed_ranges()
     }
 
     /// Where the image data ends: the certificate table, or the end of the file.
     pub fn data_end(&self) -> u64 {
-        self.data_end
+        self.layout.data_end
     }
 
     /// The file offset of the certificate-table data-directory entry.
     pub fn cert_dir_offset(&self) -> u64 {
-        self.cert_dir_offset
+        self.layout.cert_dir_offset
     }
 
     /// The Authenticode SHA-256 digest (see the module docs), and the checksum
@@ -706,69 +882,20 @@ impl PeImage {
 
     fn digest_with_buffer(&self, buf_size: usize) -> Result<ImageDigest> {
         self.check_unchanged()?;
-        let data_end = self.data_end;
-        let padded_end =
-            align8(data_end).ok_or_else(|| Error::input(&self.path, "image end overflows"))?;
-
-        let (regions, reread) = self.hashed_ranges();
-
-        let mut hasher = Sha256::new();
-        let mut sum = ChecksumAcc::default();
+        let mut builder = DigestBuilder::for_layout(&self.layout, &self.path)?;
+        let data_end = self.layout.data_end;
         let mut buf = vec![0u8; buf_size.max(1).min(data_end.max(1) as usize)];
         let mut pos = 0u64;
-        let mut next = 0usize;
         while pos < data_end {
             let n = (buf.len() as u64).min(data_end - pos) as usize;
             let chunk = buf.get_mut(..n).ok_or_else(|| self.internal("buffer"))?;
             self.read_at(chunk, pos)?;
-            let end = pos + n as u64;
-            while let Some(&(start, stop)) = regions.get(next) {
-                if start >= end {
-                    break;
-                }
-                let s = start.max(pos);
-                let e = stop.min(end);
-                if s < e {
-                    if let Some(part) = chunk.get((s - pos) as usize..(e - pos) as usize) {
-                        hasher.update(part);
-                    }
-                }
-                if stop > end {
-                    break;
-                }
-                next += 1;
-            }
-            zero_overlap(chunk, pos, self.checksum_offset, 4);
-            zero_overlap(chunk, pos, self.cert_dir_offset, 8);
-            sum.add(pos, chunk);
-            pos = end;
+            builder.update(chunk);
+            pos += n as u64;
         }
-        if let Some((mut pos, stop)) = reread {
-            while pos < stop {
-                let n = (buf.len() as u64).min(stop - pos) as usize;
-                let chunk = buf.get_mut(..n).ok_or_else(|| self.internal("buffer"))?;
-                self.read_at(chunk, pos)?;
-                hasher.update(&*chunk);
-                pos += n as u64;
-            }
-        }
-        let sha256_unpadded: [u8; 32] = hasher.clone().finalize().into();
-        let zeros = [0u8; 8];
-        hasher.update(
-            zeros
-                .get(..(padded_end - data_end) as usize)
-                .unwrap_or_default(),
-        );
-        let sha256: [u8; 32] = hasher.finalize().into();
+        let digest = builder.finish(&self.file)?;
         self.check_unchanged()?;
-        Ok(ImageDigest {
-            sha256,
-            sha256_unpadded,
-            data_end,
-            padded_end,
-            checksum_sum: sum.sum,
-            stamp: self.stamp,
-        })
+        Ok(digest)
     }
 
     /// Write a copy of the image to `out` with `sigs` (PKCS#7 DER blobs) as its
@@ -808,7 +935,7 @@ impl PeImage {
         let f = staged.file()?;
         // Errors name the output the user asked for ("OUT: No space left on
         // device"), not our temp file.
-        self.copy_prefix(f, out, self.data_end)?;
+        self.copy_prefix(f, out, self.layout.data_end)?;
         staged.close();
         Ok(staged)
     }
@@ -847,9 +974,9 @@ impl PeImage {
         // unaligned image, appends the zero padding.
         f.set_len(plan.table_offset).at(path)?;
         f.write_all_at(&plan.table, plan.table_offset).at(path)?;
-        f.write_all_at(&plan.cert_dir, self.cert_dir_offset)
+        f.write_all_at(&plan.cert_dir, self.layout.cert_dir_offset)
             .at(path)?;
-        f.write_all_at(&plan.checksum.to_le_bytes(), self.checksum_offset)
+        f.write_all_at(&plan.checksum.to_le_bytes(), self.layout.checksum_offset)
             .at(path)
     }
 
@@ -884,7 +1011,7 @@ impl PeImage {
 
     /// Lay out the new table and compute the new header fields.
     fn plan(&self, digest: &ImageDigest, sigs: &[Vec<u8>]) -> Result<SignedLayout> {
-        if digest.stamp != self.stamp || digest.data_end != self.data_end {
+        if digest.stamp != self.stamp || digest.data_end != self.layout.data_end {
             return Err(Error::Usage(format!(
                 "{}: the digest given was not computed from this image as it is now",
                 self.path.display()
@@ -929,7 +1056,7 @@ impl PeImage {
         let mut sum = ChecksumAcc {
             sum: digest.checksum_sum,
         };
-        sum.add(self.cert_dir_offset, &cert_dir);
+        sum.add(self.layout.cert_dir_offset, &cert_dir);
         sum.add(table_offset, &table);
         Ok(SignedLayout {
             keep: digest.data_end,
@@ -1285,6 +1412,71 @@ mod tests {
             PeImage::open(&out).unwrap().digest().unwrap().sha256,
             dg.sha256
         );
+    }
+
+    /// The builder fed an image's bytes as a writer would (any chunking)
+    /// gives what `PeImage::digest` reads from the file, checksum state
+    /// included, so the image can be signed in place with it.
+    #[test]
+    fn digest_builder_equals_digest_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let gaps = [(".a", 0x200, 0x400), (".bss", 0, 0), (".b", 0x700, 0x100)];
+        let images = [
+            image(),
+            build(false, SECTIONS, 0xa00),
+            build(true, &gaps, 0x800 + 5),
+        ];
+        for d in images {
+            let p = write(&dir, "a.efi", &d);
+            let img = PeImage::open(&p).unwrap();
+            let want = img.digest().unwrap();
+            for chunk in [1, 7, 0x200, 0x1000, d.len()] {
+                let mut b = DigestBuilder::new(&p, &d[..SOH], d.len() as u64).unwrap();
+                for c in d.chunks(chunk) {
+                    b.update(c);
+                }
+                assert_eq!(b.position(), d.len() as u64);
+                let file = File::open(&p).unwrap();
+                let got = b.finish(&file).unwrap();
+                // The partial sums may differ; they are congruent mod 0xffff.
+                let fin = |d: &ImageDigest| {
+                    ChecksumAcc {
+                        sum: d.checksum_sum,
+                    }
+                    .finish(0)
+                };
+                assert_eq!(fin(&got), fin(&want), "chunk {chunk}");
+                let same = ImageDigest {
+                    checksum_sum: want.checksum_sum,
+                    ..got
+                };
+                assert_eq!(same, want, "chunk {chunk}");
+            }
+            // Signed with it, the file verifies as if signed from a read.
+            let mut b = DigestBuilder::new(&p, &d, d.len() as u64).unwrap();
+            b.update(&d);
+            let got = b.finish(&File::open(&p).unwrap()).unwrap();
+            let out = dir.path().join("s.efi");
+            img.write_signed(&want, &[der_blob(64, 5)], &out).unwrap();
+            PeImage::open(&p)
+                .unwrap()
+                .write_signed_in_place(&got, &[der_blob(64, 5)])
+                .unwrap();
+            assert!(fs::read(&out).unwrap() == fs::read(&p).unwrap());
+        }
+        // Too few bytes, or a file of another length, are errors.
+        let d = image();
+        let p = write(&dir, "a.efi", &d);
+        let mut b = DigestBuilder::new(&p, &d[..SOH], d.len() as u64).unwrap();
+        b.update(&d[..100]);
+        let e = b.finish(&File::open(&p).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("only 0x64 bytes"), "{e}");
+        let mut b = DigestBuilder::new(&p, &d[..SOH], d.len() as u64 + 8).unwrap();
+        b.update(&d);
+        b.update(&[0; 8]);
+        assert!(b.finish(&File::open(&p).unwrap()).is_err());
+        // Headers cut short are refused, not read past.
+        assert!(DigestBuilder::new(&p, &d[..0x100], d.len() as u64).is_err());
     }
 
     #[test]

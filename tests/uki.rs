@@ -299,6 +299,10 @@ fn built_uki_is_accepted_by_peers_and_its_pcr_policy_verifies() {
         &[],
     ));
 
+    // The digest signed, computed as the image was written, is the one
+    // read back from the file.
+    assert_eq!(report["digest"], written_digest(d, "uki.efi"));
+
     // Authenticode: sbverify and osslsigncode.
     if let Some(sbverify) = peer("sbverify") {
         peer_ok(&sbverify, &["--cert", "ssig_subca.pem", "uki.efi"], d);
@@ -456,6 +460,39 @@ fn measure_sign_writes_pcrsig(tool: &Path, d: &Path, known: &[&str]) {
     );
 }
 
+/// `pe digest` of a signed image: the Authenticode SHA-256 `PeImage::digest`
+/// reads from the file.
+fn written_digest(d: &Path, uki: &str) -> serde_json::Value {
+    let v = json(run_in(d, &["pe", "digest", uki, "--json"]));
+    assert_eq!(v["sha256"], v["sha256_when_signed"], "{v}");
+    v["sha256"].clone()
+}
+
+/// A stub whose data does not end where its sections do (bytes after its
+/// symbol table, so the table stays): the UKI has a gap before its first new
+/// section, and "the rest" of the Authenticode digest is not in file order.
+/// The digest computed while writing still equals the one read back.
+#[test]
+fn one_pass_digest_of_a_uki_with_gaps() {
+    let Some(tmp) = setup_with_stub("stub-tail.efi", |s| s.extend_from_slice(b"tail!")) else {
+        return;
+    };
+    let d = tmp.path();
+    let report = json(build(
+        d,
+        "uki.efi",
+        &["--stub", "stub-tail.efi", "--json"],
+        &[],
+    ));
+    assert_eq!(report["digest"], written_digest(d, "uki.efi"));
+    ok(run_in(
+        d,
+        &["pe", "verify", "uki.efi", "--cert", "ssig_subca.pem"],
+    ));
+    let show = json(run_in(d, &["uki", "show", "uki.efi", "--json"]));
+    assert_eq!(show["ok"], true, "{show}");
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -596,6 +633,17 @@ fn show_fails_on_a_tampered_pcrsig_and_measure_reads_the_built_uki() {
 
 fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
+}
+
+/// [`setup`] plus a copy of the system stub, changed by `edit`, at `name`;
+/// None (skipped) where the stub is not installed.
+fn setup_with_stub(name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> Option<tempfile::TempDir> {
+    system_file(STUB, "systemd-boot-efi")?;
+    let tmp = setup();
+    let mut stub = fs::read(STUB).unwrap();
+    edit(&mut stub);
+    fs::write(tmp.path().join(name), &stub).unwrap();
+    Some(tmp)
 }
 
 /// `uki build` on a copy of `stub` whose `.sdmagic` says systemd-stub `to`

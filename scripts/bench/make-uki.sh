@@ -30,17 +30,7 @@ openssl enc -aes-128-ctr -nosalt -K 00000000000000000000000000000000 \
     head -c "$size" >"$work/linux" || true
 [ "$(stat -c %s "$work/linux")" -eq "$size" ] || { echo "$0: could not make $size bytes" >&2; exit 1; }
 
-# New sections go after the stub's last one, 4 KiB aligned (systemd-stub(7)).
-end=0
-while read -r vsize vma; do
-    e=$((16#$vma + 16#$vsize))
-    [ "$e" -gt "$end" ] && end=$e
-done < <(objdump -h -w "$stub" | awk '$1 ~ /^[0-9]+$/ { print $3, $4 }')
-off=$(((end + 4095) / 4096 * 4096))
-args=()
-for name in osrel cmdline linux; do
-    args+=(--add-section ".$name=$work/$name" --change-section-vma ".$name=$(printf '0x%x' "$off")")
-    off=$(((off + $(stat -c %s "$work/$name") + 4095) / 4096 * 4096))
-done
-objcopy "${args[@]}" "$stub" "$work/uki.efi"
+# shellcheck source=scripts/bench/add-sections.sh
+source "$(dirname "${BASH_SOURCE[0]}")/add-sections.sh"
+add_sections "$stub" "$work/uki.efi" ".osrel=$work/osrel" ".cmdline=$work/cmdline" ".linux=$work/linux"
 mv "$work/uki.efi" "$out"

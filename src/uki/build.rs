@@ -18,27 +18,31 @@
 //!   not measure it, merged as ukify does for those that do;
 //! - NX_COMPAT is cleared when the kernel lacks it (ukify 257).
 //!
-//! Every input is read once: each part is copied into the output while the
-//! banks' digests of it are computed. The Authenticode digest is then
-//! computed over the finished file (from the page cache), as `pe sign` does.
+//! One pass: the layout is known before anything is written (`.pcrsig` has
+//! a fixed length for a given key, banks and phases:
+//! [`pcr::pcrsig_len`]), so the headers are written final, then every input
+//! is read once and copied into the output while the banks' digests of the
+//! measured parts and the Authenticode digest and checksum of the image
+//! ([`DigestBuilder`]) are computed; the output is not read back. The
+//! signature is then appended in place, as `pe sign --in-place` does.
 
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::pcr::{self, Bank, MultiHasher, PcrSig, Predictions, SectionDigests};
-use super::{
-    canonical, open_stream, read_part, rules_for, stream_file, StubRules, StubVersion, Uki,
-};
+use super::{canonical, open_stream, read_part, rules_for, StubRules, StubVersion, Uki};
 use crate::authenticode::{self, SignOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::identity::Identity;
 use crate::keys::Signer;
-use crate::pe::PeImage;
+use crate::pe::{DigestBuilder, PeImage};
 
 const SECTION_HEADER: usize = 40;
 const IMAGE_SCN_CNT_CODE: u32 = 0x0000_0020;
@@ -270,24 +274,104 @@ impl Content {
 
     /// Stream the content through `f`, reading each file once.
     pub fn stream(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        match self {
-            Content::Bytes(b) => f(b),
-            Content::Files(files) => {
-                let pad = files.len() > 1;
-                for (p, len) in files {
-                    let (file, now) = open_stream(p)?;
-                    if now != *len {
-                        return Err(Error::input(p, "file changed while the UKI was built"));
-                    }
-                    stream_file(p, file, *len, &mut f)?;
-                    let zeros = [0u8; 3];
-                    let n = (round_up(*len, 4) - len) as usize;
-                    if pad && n > 0 {
-                        f(&zeros[..n])?;
-                    }
-                }
-                Ok(())
+        let mut r = ContentReader::new(self);
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = r.fill(&mut buf)?;
+            if n == 0 {
+                return Ok(());
             }
+            f(buf.get(..n).unwrap_or_default())?;
+        }
+    }
+}
+
+/// Size of the chunks inputs are read in.
+const CHUNK: usize = 256 << 10;
+
+/// Reads a [`Content`] front to back into buffers the caller gives, each
+/// file once; the padding after an initrd comes as a short chunk of its own.
+pub struct ContentReader<'a> {
+    content: &'a Content,
+    /// Bytes: the offset reached. Files: the next file to open.
+    next: usize,
+    file: Option<OpenPart<'a>>,
+    /// Zeros owed before the next file.
+    pad: usize,
+}
+
+struct OpenPart<'a> {
+    path: &'a Path,
+    file: File,
+    len: u64,
+    done: u64,
+}
+
+impl<'a> ContentReader<'a> {
+    pub fn new(content: &'a Content) -> ContentReader<'a> {
+        ContentReader {
+            content,
+            next: 0,
+            file: None,
+            pad: 0,
+        }
+    }
+
+    /// Read the next bytes into `buf`: how many, 0 at the end.
+    pub fn fill(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let files = match self.content {
+            Content::Bytes(b) => {
+                let rest = b.get(self.next..).unwrap_or_default();
+                let n = rest.len().min(buf.len());
+                buf[..n].copy_from_slice(&rest[..n]);
+                self.next += n;
+                return Ok(n);
+            }
+            Content::Files(files) => files,
+        };
+        loop {
+            if self.pad > 0 {
+                let n = self.pad.min(buf.len());
+                buf[..n].fill(0);
+                self.pad -= n;
+                return Ok(n);
+            }
+            if let Some(o) = &mut self.file {
+                let n = o.file.read(buf).at(o.path)?;
+                let done = o.done + n as u64;
+                if done > o.len || (n == 0 && done != o.len) {
+                    return Err(Error::input(
+                        o.path,
+                        format!(
+                            "file changed while it was read ({} bytes expected, {done} read)",
+                            o.len
+                        ),
+                    ));
+                }
+                if n > 0 {
+                    o.done = done;
+                    return Ok(n);
+                }
+                if files.len() > 1 {
+                    self.pad = (round_up(o.len, 4) - o.len) as usize;
+                }
+                self.file = None;
+                continue;
+            }
+            let Some((path, len)) = files.get(self.next) else {
+                return Ok(0);
+            };
+            self.next += 1;
+            let (file, now) = open_stream(path)?;
+            if now != *len {
+                return Err(Error::input(path, "file changed while the UKI was built"));
+            }
+            self.file = Some(OpenPart {
+                path,
+                file,
+                len: *len,
+                done: 0,
+            });
         }
     }
 }
@@ -538,6 +622,12 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
             "--pcrpkey is taken from the PCR key when the policy is signed".into(),
         ));
     }
+    // The policy's length is fixed by the key, banks and phases: `.pcrsig`
+    // is placed, and the headers final, before anything is hashed.
+    let pcrsig_len = match &o.pcr {
+        Some(p) => Some(pcr::pcrsig_len(&p.banks, &p.phases, p.key)?),
+        None => None,
+    };
     let mut parts = o.inputs.parts(pcrpkey, rules.layout)?;
     parts.retain(|p| !p.content.is_empty());
     if !parts.iter().any(|p| p.name == ".linux") {
@@ -549,10 +639,21 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
         &o.stub,
     )?;
     let mut bytes = stub.bytes.clone();
+    // The stub's own bytes as they will be in the UKI: its `.sbat` (and
+    // that section's VirtualSize) rewritten before the headers are made.
     let edits = StubEdits::new(&stub, rules, &o.inputs)?;
+    if let (Some(new), Some(s)) = (
+        &edits.sbat,
+        stub.sections.iter().find(|s| s.name == ".sbat"),
+    ) {
+        let start = s.raw_offset as usize;
+        bytes[start..start + s.raw_size as usize].fill(0);
+        bytes[start..start + new.len()].copy_from_slice(new);
+        put32(&mut bytes, s.header + 8, new.len() as u32);
+    }
 
     // Layout.
-    let n_new = parts.len() + usize::from(o.pcr.is_some());
+    let n_new = parts.len() + usize::from(pcrsig_len.is_some());
     let new_table_end = stub.table_end + n_new * SECTION_HEADER;
     let first_raw = stub
         .sections
@@ -585,7 +686,8 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
         .map(|s| u64::from(s.virtual_address) + u64::from(s.virtual_size))
         .max()
         .unwrap_or(0);
-    let mut next_raw = stub.data_end as u64;
+    let stub_end = stub.data_end.max(soh);
+    let mut next_raw = stub_end as u64;
     let mut placed = vec![];
     let too_big = || Error::Usage("the UKI would exceed the 4 GiB a PE image can address".into());
     let mut place = |name: &'static str, len: u64| -> Result<Placed> {
@@ -614,66 +716,125 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
     for p in &parts {
         placed.push(place(p.name, p.content.len())?);
     }
+    if let Some(len) = pcrsig_len {
+        placed.push(place(".pcrsig", len)?);
+    }
+    let hdr = headers(&stub, &bytes, soh, &placed, &edits);
+    let image_end = placed.last().map_or(stub_end as u64, |p| {
+        u64::from(p.raw_offset) + u64::from(p.raw_size)
+    });
 
-    // Write the stub's data and the parts, measuring as they pass.
+    // Write the image front to back. Every byte passes the Authenticode
+    // hasher on its way out, and those of measured parts the PCR banks too
+    // (on the thread that reads them). Another thread makes what is written
+    // durable meanwhile, so that little is left for the fsync at the end.
     let out = &o.output;
     fsutil::remove_stale_temps(out);
     let mut staged = fsutil::Staged::create(out, fsutil::tag::SIGNING, fsutil::PUBLIC_MODE)?;
-    let f = staged.file()?;
-    if let (Some(new), Some(s)) = (
-        &edits.sbat,
-        stub.sections.iter().find(|s| s.name == ".sbat"),
-    ) {
-        let start = s.raw_offset as usize;
-        bytes[start..start + s.raw_size as usize].fill(0);
-        bytes[start..start + new.len()].copy_from_slice(new);
-        put32(&mut bytes, s.header + 8, new.len() as u32);
-    }
-    let body = (stub.size_of_headers as usize).min(stub.data_end);
-    f.write_all_at(&bytes[body..stub.data_end], body as u64)
-        .at(out)?;
-    let mut digests = vec![];
-    let mut writer = Writer { f, out };
-    for (p, at) in parts.iter().zip(&placed) {
-        let mut h = MultiHasher::new(&banks);
-        let is_measured = rules.measures(p.name);
-        let mut pos = u64::from(at.raw_offset);
-        p.content.stream(|chunk| {
-            if is_measured {
-                h.update(chunk);
+    let file = staged.file()?;
+    let (pe, digests, pkfp) = fsutil::sync_behind(file, out, |sync| {
+        let mut w = Emitter {
+            f: file,
+            out,
+            pe: DigestBuilder::new(out, &hdr, image_end)?,
+            sync,
+        };
+        w.emit(&hdr)?;
+        w.emit(bytes.get(soh..stub.data_end).unwrap_or_default())?;
+        let mut digests = vec![];
+        for (p, at) in parts.iter().zip(&placed) {
+            w.pad_to(u64::from(at.raw_offset))?;
+            let is_measured = rules.measures(p.name);
+            let d = stream_part(&p.content, if is_measured { &banks } else { &[] }, &mut w)?;
+            if w.pos() - u64::from(at.raw_offset) != u64::from(at.vs) {
+                return Err(Error::Usage(format!(
+                    "section {}: input size changed while it was read",
+                    p.name
+                )));
             }
-            writer.write(chunk, pos)?;
-            pos += chunk.len() as u64;
-            Ok(())
-        })?;
-        if pos - u64::from(at.raw_offset) != u64::from(at.vs) {
-            return Err(Error::Usage(format!(
-                "section {}: input size changed while it was read",
-                p.name
-            )));
+            if is_measured {
+                digests.push((p.name.to_string(), d));
+            }
         }
-        if is_measured {
-            digests.push((p.name.to_string(), h.finish()));
+        // Measured sections of the stub itself (.sbat from 254), as edited.
+        digests.extend(stub_digests(&stub, rules, &edits, &banks));
+        let digests = canonical(rules.measured, digests, &o.stub)?;
+
+        // The signed policy, last.
+        let mut pkfp = None;
+        if let (Some(p), Some(at)) = (&o.pcr, placed.last()) {
+            let (_, json): (PcrSig, Vec<u8>) =
+                pcr::sign_policies(&digests, &p.banks, &p.phases, p.key)?;
+            if json.len() as u64 != u64::from(at.vs) {
+                return Err(Error::Internal(format!(
+                    ".pcrsig is {} bytes, {} were laid out",
+                    json.len(),
+                    at.vs
+                )));
+            }
+            w.pad_to(u64::from(at.raw_offset))?;
+            w.emit(&json)?;
+            pkfp = Some(pcr::key_fingerprint(p.key.public_key()));
         }
-    }
-    // Measured sections of the stub itself (.sbat from 254).
-    digests.extend(stub_digests(&stub, rules, &edits, &banks));
-    let digests = canonical(rules.measured, digests, &o.stub)?;
+        w.pad_to(image_end)?;
+        Ok((w.pe, digests, pkfp))
+    })?;
+    let digest = pe.finish(&File::open(staged.tmp()).at(out)?)?;
+    staged.close();
     let predictions = pcr::predict(&digests, &banks, &phases);
 
-    // The signed policy, last.
-    let mut pkfp = None;
-    if let Some(p) = &o.pcr {
-        let (_, json): (PcrSig, Vec<u8>) =
-            pcr::sign_policies(&digests, &p.banks, &p.phases, p.key)?;
-        let at = place(".pcrsig", json.len() as u64)?;
-        writer.write(&json, u64::from(at.raw_offset))?;
-        placed.push(at);
-        pkfp = Some(pcr::key_fingerprint(p.key.public_key()));
-    }
+    // Authenticode, as `pe sign` makes it, appended in place.
+    let p7 = authenticode::sign_digest(
+        &digest.sha256,
+        &SignOptions {
+            signer: o.identity.signer.as_ref(),
+            cert: &o.identity.cert,
+            chain: &o.identity.chain,
+            signing_time: o.signing_time,
+        },
+    )?;
+    PeImage::open(staged.tmp())?.write_signed_in_place(&digest, &[p7])?;
+    staged.sync()?;
+    fsutil::publish(vec![staged])?;
 
-    // Headers.
-    let mut hdr = bytes[..soh].to_vec();
+    let measured_names: Vec<&str> = digests.iter().map(|(n, _)| n.as_str()).collect();
+    let mut sections: Vec<SectionReport> = stub
+        .sections
+        .iter()
+        .map(|s| SectionReport {
+            name: s.name.clone(),
+            virtual_address: s.virtual_address,
+            virtual_size: le32(&bytes, s.header + 8).unwrap_or(s.virtual_size),
+            raw_offset: s.raw_offset,
+            raw_size: s.raw_size,
+            measured: measured_names.contains(&s.name.as_str()),
+        })
+        .collect();
+    sections.extend(placed.iter().map(|p| SectionReport {
+        name: p.name.to_string(),
+        virtual_address: p.va,
+        virtual_size: p.vs,
+        raw_offset: p.raw_offset,
+        raw_size: p.raw_size,
+        measured: measured_names.contains(&p.name),
+    }));
+    Ok(BuildReport {
+        output: out.clone(),
+        stub: o.stub.clone(),
+        stub_version: stub.version,
+        sections,
+        pcr: predictions,
+        pcr_key_fingerprint: pkfp,
+        digest: digest.hex(),
+    })
+}
+
+/// The UKI's headers, `soh` bytes: the stub's (`bytes`, its `.sbat` already
+/// rewritten), with the new sections in the table and the counts and sizes
+/// that follow from them, and NX_COMPAT cleared if `edits` says so.
+/// `CheckSum` is zero until the image is signed.
+fn headers(stub: &Stub, bytes: &[u8], soh: usize, placed: &[Placed], edits: &StubEdits) -> Vec<u8> {
+    let mut hdr = bytes.get(..soh).unwrap_or(bytes).to_vec();
     hdr.resize(soh, 0);
     put32(&mut hdr, stub.opt + 60, soh as u32);
     let nsect = stub.sections.len() + placed.len();
@@ -712,71 +873,97 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
         let dc = le16(&hdr, stub.opt + 70).unwrap_or(0) & !IMAGE_DLLCHARACTERISTICS_NX_COMPAT;
         put16(&mut hdr, stub.opt + 70, dc);
     }
-    writer.write(&hdr, 0)?;
-    let end = placed.last().map_or(stub.data_end as u64, |p| {
-        u64::from(p.raw_offset) + u64::from(p.raw_size)
-    });
-    writer.f.set_len(end).at(out)?;
-    staged.close();
-
-    // Authenticode, as `pe sign` makes it.
-    let img = PeImage::open(staged.tmp())?;
-    let digest = img.digest()?;
-    let p7 = authenticode::sign_digest(
-        &digest.sha256,
-        &SignOptions {
-            signer: o.identity.signer.as_ref(),
-            cert: &o.identity.cert,
-            chain: &o.identity.chain,
-            signing_time: o.signing_time,
-        },
-    )?;
-    img.write_signed_in_place(&digest, &[p7])?;
-    staged.sync()?;
-    fsutil::publish(vec![staged])?;
-
-    let measured_names: Vec<&str> = digests.iter().map(|(n, _)| n.as_str()).collect();
-    let mut sections: Vec<SectionReport> = stub
-        .sections
-        .iter()
-        .map(|s| SectionReport {
-            name: s.name.clone(),
-            virtual_address: s.virtual_address,
-            virtual_size: le32(&bytes, s.header + 8).unwrap_or(s.virtual_size),
-            raw_offset: s.raw_offset,
-            raw_size: s.raw_size,
-            measured: measured_names.contains(&s.name.as_str()),
-        })
-        .collect();
-    sections.extend(placed.iter().map(|p| SectionReport {
-        name: p.name.to_string(),
-        virtual_address: p.va,
-        virtual_size: p.vs,
-        raw_offset: p.raw_offset,
-        raw_size: p.raw_size,
-        measured: measured_names.contains(&p.name),
-    }));
-    Ok(BuildReport {
-        output: out.clone(),
-        stub: o.stub.clone(),
-        stub_version: stub.version,
-        sections,
-        pcr: predictions,
-        pcr_key_fingerprint: pkfp,
-        digest: digest.hex(),
-    })
+    hdr
 }
 
-/// Positioned writes to the temp file; errors name the output.
-struct Writer<'a> {
+/// Chunks in flight between the thread reading a part and the one writing it.
+const BUFFERS: usize = 4;
+
+/// Writes the image front to back, each byte hashed on its way out and
+/// counted for the sync thread; errors name the output.
+struct Emitter<'a> {
     f: &'a File,
     out: &'a Path,
+    pe: DigestBuilder,
+    sync: &'a mut fsutil::SyncBehind,
 }
 
-impl Writer<'_> {
-    fn write(&mut self, data: &[u8], at: u64) -> Result<()> {
-        self.f.write_all_at(data, at).at(self.out)
+impl Emitter<'_> {
+    fn pos(&self) -> u64 {
+        self.pe.position()
     }
+
+    fn emit(&mut self, data: &[u8]) -> Result<()> {
+        self.f.write_all_at(data, self.pos()).at(self.out)?;
+        self.pe.update(data);
+        self.sync.wrote(data.len() as u64);
+        Ok(())
+    }
+
+    /// Zeros up to `at` (FileAlignment padding).
+    fn pad_to(&mut self, at: u64) -> Result<()> {
+        const ZEROS: [u8; 4096] = [0; 4096];
+        while self.pos() < at {
+            let n = (at - self.pos()).min(ZEROS.len() as u64) as usize;
+            self.emit(&ZEROS[..n])?;
+        }
+        Ok(())
+    }
+}
+
+/// Copy `content` to `w`, and return its digest in each of `banks`. A
+/// second thread reads it and computes the banks' digests while this one
+/// writes it and computes the Authenticode digest: on two cores, each byte
+/// costs one hash of time, not two. [`BUFFERS`] chunks bound the memory.
+fn stream_part(content: &Content, banks: &[Bank], w: &mut Emitter) -> Result<Vec<(Bank, Vec<u8>)>> {
+    std::thread::scope(|s| {
+        let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        let reader = s.spawn(move || {
+            let mut h = MultiHasher::new(banks);
+            let mut r = ContentReader::new(content);
+            let mut made = 0;
+            loop {
+                let mut buf = match free_rx.try_recv() {
+                    Ok(b) => b,
+                    Err(_) if made < BUFFERS => {
+                        made += 1;
+                        vec![0u8; CHUNK]
+                    }
+                    // The writer stopped (an error it reports).
+                    Err(_) => match free_rx.recv() {
+                        Ok(b) => b,
+                        Err(_) => break,
+                    },
+                };
+                let n = r.fill(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(buf.get(..n).unwrap_or_default());
+                if full_tx.send((buf, n)).is_err() {
+                    break;
+                }
+            }
+            Ok(h.finish())
+        });
+        let mut written = Ok(());
+        for (buf, n) in &full_rx {
+            written = w.emit(buf.get(..n).unwrap_or_default());
+            if written.is_err() {
+                break;
+            }
+            let _ = free_tx.send(buf);
+        }
+        // Unblocks the reader if this side stopped first.
+        drop(full_rx);
+        drop(free_tx);
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("reader thread panicked".into())));
+        written?;
+        read
+    })
 }
 
 /// The SBAT entries (lines) after the `sbat,` header of an SBAT text; None

@@ -14,7 +14,6 @@ pub mod pcr;
 pub mod repolicy;
 
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -720,35 +719,6 @@ pub(crate) fn open_stream(path: &Path) -> Result<(File, u64)> {
         return Err(Error::input(path, "not a regular file"));
     }
     Ok((f, md.len()))
-}
-
-/// Stream `path` (expected `len` bytes) through `f` in 256 KiB chunks.
-pub(crate) fn stream_file(
-    path: &Path,
-    mut file: File,
-    len: u64,
-    mut f: impl FnMut(&[u8]) -> Result<()>,
-) -> Result<()> {
-    let mut buf = vec![0u8; 256 << 10];
-    let mut done = 0u64;
-    loop {
-        let n = file.read(&mut buf).at(path)?;
-        if n == 0 {
-            break;
-        }
-        done += n as u64;
-        if done > len {
-            break;
-        }
-        f(&buf[..n])?;
-    }
-    if done != len {
-        return Err(Error::input(
-            path,
-            format!("file changed while it was read ({len} bytes expected, {done} read)"),
-        ));
-    }
-    Ok(())
 }
 
 /// Read a small input (os-release, splash, dtb, sbat, stub): bounded.

@@ -20,8 +20,8 @@ use aws_lc_rs::digest;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::keys::Signer;
-use crate::sigalg::Hash;
+use crate::keys::{KeyType, Signer};
+use crate::sigalg::{Hash, Scheme};
 
 /// The PCR systemd-stub measures the UKI's sections into.
 pub const PCR_KERNEL_BOOT: u32 = 11;
@@ -355,6 +355,48 @@ pub fn key_fingerprint(public_key: &[u8]) -> String {
     crate::codec::hex(digest::digest(&digest::SHA256, public_key).as_ref())
 }
 
+/// Refuse what [`sign_policies`] would refuse, before any section is hashed:
+/// a key that is not plain RSA, a bank whose policy cannot be signed.
+pub fn check_policy_key(banks: &[Bank], key: &dyn Signer) -> Result<usize> {
+    let KeyType::Rsa(bits) = key.key_type() else {
+        return Err(not_rsa(key));
+    };
+    if key.rsa_pss_only() {
+        return Err(not_rsa(key));
+    }
+    for b in banks {
+        b.signing_hash()?;
+    }
+    Ok(bits.div_ceil(8) as usize)
+}
+
+fn not_rsa(key: &dyn Signer) -> Error {
+    Error::Usage(format!(
+        "the PCR policy key {} is {}; systemd's TPM2 policy signatures are RSA PKCS#1 v1.5 (use an RSA key, e.g. pki init --uefi's tpm2-pcr-private.pem)",
+        key.origin(),
+        key.key_type()
+    ))
+}
+
+/// The length of the JSON [`sign_policies`] returns for these banks, phases
+/// and key, known before anything is signed: every value in it has a fixed
+/// length (hex digests, the base64 of an RSA PKCS#1 v1.5 signature, which
+/// is as long as the modulus). `uki build` lays out `.pcrsig` with it.
+pub fn pcrsig_len(banks: &[Bank], phases: &[String], key: &dyn Signer) -> Result<u64> {
+    let sig_len = check_policy_key(banks, key)?;
+    let entry = PcrSigEntry {
+        pcrs: vec![PCR_KERNEL_BOOT],
+        pkfp: key_fingerprint(key.public_key()),
+        pol: crate::codec::hex(&[0u8; 32]),
+        sig: base64_encode(&vec![0u8; sig_len]),
+    };
+    let sig: PcrSig = banks
+        .iter()
+        .map(|b| (b.name().to_string(), vec![entry.clone(); phases.len()]))
+        .collect();
+    Ok(pcrsig_json(&sig)?.len() as u64)
+}
+
 /// Sign the policy of every bank and phase with `key`, as `systemd-measure
 /// sign` does. Returns the JSON exactly as systemd-measure prints it with
 /// `--json=short` (compact, banks sorted, newline at the end).
@@ -364,27 +406,25 @@ pub fn sign_policies(
     phases: &[String],
     key: &dyn Signer,
 ) -> Result<(PcrSig, Vec<u8>)> {
-    if !key.key_type().is_rsa() || key.rsa_pss_only() {
-        return Err(Error::Usage(format!(
-            "the PCR policy key {} is {}; systemd's TPM2 policy signatures are RSA PKCS#1 v1.5 (use an RSA key, e.g. pki init --uefi's tpm2-pcr-private.pem)",
-            key.origin(),
-            key.key_type()
-        )));
-    }
-    for b in banks {
-        b.signing_hash()?;
-    }
+    let sig_len = check_policy_key(banks, key)?;
     let pkfp = key_fingerprint(key.public_key());
     let mut out = PcrSig::new();
     for (bank, values) in predict_raw(sections, banks, phases) {
-        let hash = bank
-            .sig_hash()
-            .ok_or_else(|| Error::Internal("sha1 bank".into()))?;
-        let scheme = key.scheme_with(hash)?;
+        // check_policy_key: a plain RSA key, so PKCS#1 v1.5 with the bank's hash.
+        let scheme = Scheme::RsaPkcs1(bank.signing_hash()?);
         let mut entries = vec![];
         for (_, value) in values {
             let pol = policy_pcr_digest(bank, &value);
             let sig = key.sign(scheme, &pol)?;
+            // RFC 8017 I2OSP: a PKCS#1 v1.5 signature has the modulus's length.
+            if sig.len() != sig_len {
+                return Err(Error::Usage(format!(
+                    "the PCR policy key {} made a {}-byte signature; a {} key makes {sig_len}-byte ones",
+                    key.origin(),
+                    sig.len(),
+                    key.key_type()
+                )));
+            }
             entries.push(PcrSigEntry {
                 pcrs: vec![PCR_KERNEL_BOOT],
                 pkfp: pkfp.clone(),
@@ -394,9 +434,15 @@ pub fn sign_policies(
         }
         out.insert(bank.name().to_string(), entries);
     }
-    let mut json = serde_json::to_vec(&out).map_err(|e| Error::Internal(e.to_string()))?;
-    json.push(b'\n');
+    let json = pcrsig_json(&out)?;
     Ok((out, json))
+}
+
+/// `systemd-measure sign --json=short`'s output for `sig`.
+fn pcrsig_json(sig: &PcrSig) -> Result<Vec<u8>> {
+    let mut json = serde_json::to_vec(sig).map_err(|e| Error::Internal(e.to_string()))?;
+    json.push(b'\n');
+    Ok(json)
 }
 
 /// Parse a `.pcrsig` section (trailing NULs and whitespace allowed).
@@ -510,5 +556,36 @@ mod tests {
         let d1 = policy_pcr_digest(Bank::Sha256, &[0; 32]);
         let d2 = policy_pcr_digest(Bank::Sha384, &[0; 48]);
         assert_ne!(d1, d2);
+    }
+
+    /// `.pcrsig` is laid out before it is signed: its predicted length is
+    /// the real one, for every bank and phase count.
+    #[test]
+    fn pcrsig_length_is_known_before_signing() {
+        use crate::keys::{FileKey, KeyType};
+        let key = |kt: KeyType| {
+            FileKey::from_pkcs8(&kt.generate().unwrap(), std::path::Path::new("k")).unwrap()
+        };
+        let rsa = key(KeyType::Rsa(2048));
+        let sections: SectionDigests = vec![(
+            ".linux".into(),
+            Bank::ALL.iter().map(|&b| (b, b.hash(b"kernel"))).collect(),
+        )];
+        for banks in [
+            vec![Bank::Sha256],
+            vec![Bank::Sha256, Bank::Sha384, Bank::Sha512],
+        ] {
+            for phases in [parse_phases(&[]).unwrap(), vec![String::new()]] {
+                let (_, json) = sign_policies(&sections, &banks, &phases, &rsa).unwrap();
+                let want = pcrsig_len(&banks, &phases, &rsa).unwrap();
+                assert_eq!(json.len() as u64, want, "{banks:?} {phases:?}");
+            }
+        }
+        let ec = key(KeyType::EcP256);
+        let e = pcrsig_len(&[Bank::Sha256], &[], &ec)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RSA PKCS#1 v1.5"), "{e}");
+        assert!(pcrsig_len(&[Bank::Sha1], &[], &rsa).is_err());
     }
 }
