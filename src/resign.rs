@@ -973,15 +973,7 @@ impl Job<'_> {
                 ),
             ));
         }
-        let p7 = authenticode::sign_digest(
-            &digest.sha256,
-            &authenticode::SignOptions {
-                signer: self.p.id.signer.as_ref(),
-                cert: &self.p.id.cert,
-                chain: &self.p.id.chain,
-                signing_time: self.signing_time,
-            },
-        )?;
+        let p7 = self.sign_digest(&digest.sha256)?;
         if self.dry_run {
             let sig = authenticode::parse(&p7, self.src)?;
             authenticode::verify_signature(&sig, &digest.sha256).map_err(|e| {
@@ -1066,15 +1058,7 @@ impl Job<'_> {
         let mut staged = rp.stage(self.src, self.dest, &pcrsig)?;
         let img = PeImage::open(staged.tmp())?;
         let digest = img.digest()?;
-        let p7 = authenticode::sign_digest(
-            &digest.sha256,
-            &authenticode::SignOptions {
-                signer: self.p.id.signer.as_ref(),
-                cert: &self.p.id.cert,
-                chain: &self.p.id.chain,
-                signing_time: self.signing_time,
-            },
-        )?;
+        let p7 = self.sign_digest(&digest.sha256)?;
         img.write_signed_in_place(&digest, &[p7])?;
         self.uki_done(staged.tmp(), pcr)
             .map_err(|e| e.not_verified(self.src, "the re-signed UKI"))?;
@@ -1094,6 +1078,19 @@ impl Job<'_> {
     fn uki_done(&self, path: &Path, pcr: &dyn crate::keys::Signer) -> Result<()> {
         self.check_pe(path)?;
         crate::uki::check_pcr_policy(path, pcr.public_key())
+    }
+
+    /// The production Authenticode signature over `digest`.
+    fn sign_digest(&self, digest: &[u8; 32]) -> Result<Vec<u8>> {
+        authenticode::sign_digest(
+            digest,
+            &authenticode::SignOptions {
+                signer: self.p.id.signer.as_ref(),
+                cert: &self.p.id.cert,
+                chain: &self.p.id.chain,
+                signing_time: self.signing_time,
+            },
+        )
     }
 
     fn by_build_key(&self, p7: &[u8]) -> bool {
