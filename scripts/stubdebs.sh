@@ -47,6 +47,18 @@ _stubdebs_apt() {
 
 _stubdebs_updated=0
 
+# The first of the given paths that exists, or nothing.
+_stubdebs_first() {
+	local p
+	for p in "$@"; do
+		if [ -e "$p" ]; then
+			printf '%s\n' "$p"
+			return 0
+		fi
+	done
+	return 0
+}
+
 # _stubdebs_fetch CACHE SUITE PKG: unpack PKG from SUITE into CACHE/debs/SUITE/PKG/root.
 _stubdebs_fetch() {
 	local cache="$1" suite="$2" pkg="$3"
@@ -71,7 +83,7 @@ _stubdebs_fetch() {
 		rm -rf "$tmp"
 		return 1
 	fi
-	deb="$(ls -1 "$tmp"/*.deb | head -n1)"
+	deb="$(_stubdebs_first "$tmp"/*.deb)"
 	mkdir -p "$tmp/root"
 	dpkg-deb -x "$deb" "$tmp/root" || { rm -rf "$tmp"; return 1; }
 	dpkg-deb -f "$deb" Version >"$tmp/version" || { rm -rf "$tmp"; return 1; }
@@ -92,8 +104,10 @@ stubdebs_prepare() {
 	_stubdebs_fetch "$cache" trixie systemd-ukify || return 1
 
 	local measure lib wrapper="$bpo/systemd-measure"
-	measure="$(ls -1 "$bpo"/systemd/root/{usr/,}lib/systemd/systemd-measure 2>/dev/null | head -n1)"
-	lib="$(dirname "$(ls -1 "$bpo"/libsystemd-shared/root/usr/lib/*/systemd/libsystemd-shared-*.so | head -n1)")"
+	# The first that exists (no `ls | head`: scripts/test.sh runs with
+	# pipefail, and ls fails for the path that does not).
+	measure="$(_stubdebs_first "$bpo"/systemd/root/{usr/,}lib/systemd/systemd-measure)"
+	lib="$(dirname "$(_stubdebs_first "$bpo"/libsystemd-shared/root/usr/lib/*/systemd/libsystemd-shared-*.so)")"
 	if [ ! -x "$measure" ] || [ ! -d "$lib" ]; then
 		echo "stubdebs: no systemd-measure or libsystemd-shared in the debs" >&2
 		return 1
@@ -114,7 +128,7 @@ stubdebs_prepare() {
 	PKI_SIGNER_TEST_STUB_254="$bpo/systemd-boot-efi/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 	PKI_SIGNER_TEST_STUB_257="$trixie/systemd-boot-efi/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 	PKI_SIGNER_TEST_MEASURE_254="$wrapper"
-	PKI_SIGNER_TEST_UKIFY_254="$(ls -1 "$bpo"/systemd/root/{usr/,}lib/systemd/ukify 2>/dev/null | head -n1)"
+	PKI_SIGNER_TEST_UKIFY_254="$(_stubdebs_first "$bpo"/systemd/root/{usr/,}lib/systemd/ukify)"
 	PKI_SIGNER_TEST_UKIFY_257="$trixie/systemd-ukify/root/usr/lib/systemd/ukify"
 	PKI_SIGNER_TEST_PYTHON="$venv/bin/python"
 	export PKI_SIGNER_TEST_STUB_254 PKI_SIGNER_TEST_STUB_257 PKI_SIGNER_TEST_MEASURE_254 \
