@@ -1110,37 +1110,6 @@ fn regenerate_testdata_malformed_offline() {
     }
 }
 
-/// `uki build` on the build host (SOURCE_DATE_EPOCH fixed), keys as given.
-fn uki_build(b: &Path, out: &str, keys: &[&str]) -> Output {
-    let td = |f: &str| format!("{}/testdata/uki/{f}", env!("CARGO_MANIFEST_DIR"));
-    let (linux, osrel) = (td("linux.bin"), td("os-release"));
-    let mut args = vec![
-        "uki",
-        "build",
-        "--linux",
-        &linux,
-        "--os-release",
-        &osrel,
-        "--initrd",
-        "initrd",
-        "--cmdline",
-        "console=ttyS0 quiet",
-        "--uname",
-        "6.1.0-test",
-        "--pcr-banks",
-        "sha256,sha512",
-        "-o",
-        out,
-    ];
-    args.extend(keys);
-    Command::new(bin())
-        .args(&args)
-        .current_dir(b)
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .output()
-        .unwrap()
-}
-
 /// A UKI the build made with its development keys, PCR policy included,
 /// goes through one request, one visit to the token (the PCR key and the
 /// image key in one login) and one completion. The result is what `uki
@@ -1162,6 +1131,10 @@ fn a_uki_gets_its_pcr_policy_and_image_signature_in_one_visit() {
     fs::write(b.join("initrd"), initrd).unwrap();
     let devdir = dev().join("pki");
     let dev_keys = [
+        "--uname",
+        "6.1.0-test",
+        "--pcr-banks",
+        "sha256,sha512",
         "--role",
         "ssig_subca",
         "--dir",
@@ -1169,7 +1142,7 @@ fn a_uki_gets_its_pcr_policy_and_image_signature_in_one_visit() {
         "--pcr-role",
         "tpm2-pcr",
     ];
-    ok(uki_build(&b, "uki.efi", &dev_keys));
+    ok(common::pcr::uki_build(&b, "uki.efi", &dev_keys));
     let keys = build_keys(&b);
     let req = |extra: &[&str]| {
         let mut args = vec![
@@ -1287,10 +1260,14 @@ fn a_uki_gets_its_pcr_policy_and_image_signature_in_one_visit() {
     // What uki build makes with the production keys, byte for byte.
     let pk = p.join("pki");
     let pcr_key = pk.join("tpm2-pcr-private.pem");
-    ok(uki_build(
+    ok(common::pcr::uki_build(
         &b,
         "direct.efi",
         &[
+            "--uname",
+            "6.1.0-test",
+            "--pcr-banks",
+            "sha256,sha512",
             "--role",
             "ssig_subca",
             "--dir",

@@ -1056,31 +1056,15 @@ fn a_uki_gets_the_production_pcr_policy_and_signature() {
     let t = tempfile::tempdir().unwrap().keep();
     fs::create_dir_all(t.join("deploy")).unwrap();
     fs::write(t.join("initrd"), vec![7u8; 100_001]).unwrap();
-    let td = |f: &str| format!("{}/testdata/uki/{f}", env!("CARGO_MANIFEST_DIR"));
-    let (linux, osrel) = (td("linux.bin"), td("os-release"));
-    ok(run_in(
-        &t,
-        &[
-            "uki",
-            "build",
-            "--linux",
-            &linux,
-            "--os-release",
-            &osrel,
-            "--initrd",
-            "initrd",
-            "--cmdline",
-            "quiet",
-            "--role",
-            "ssig_subca",
-            "--dir",
-            s(dev()),
-            "--pcr-role",
-            "tpm2-pcr",
-            "-o",
-            "uki.efi",
-        ],
-    ));
+    let dev_keys = [
+        "--role",
+        "ssig_subca",
+        "--dir",
+        s(dev()),
+        "--pcr-role",
+        "tpm2-pcr",
+    ];
+    ok(common::pcr::uki_build(&t, "uki.efi", &dev_keys));
     ok(run_in(
         &t,
         &[
@@ -1104,16 +1088,7 @@ fn a_uki_gets_the_production_pcr_policy_and_signature() {
     assert!(fs::read(t.join("deploy/uki.efi")).unwrap() == built);
 
     let ossl = openssl();
-    let gen = [
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        "pcr.pem",
-    ];
-    peer_ok(&ossl, &gen, &t);
+    openssl_rsa_key(&t, "pcr.pem");
     peer_ok(
         &ossl,
         &["pkey", "-in", "pcr.pem", "-pubout", "-out", "pcr-pub.pem"],

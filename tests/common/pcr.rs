@@ -5,9 +5,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
-use super::{openssl, peer, peer_ok, stderr};
+use super::{bin, openssl, peer, peer_ok, stderr};
 
 pub const MEASURE: &str = "/usr/lib/systemd/systemd-measure";
 
@@ -70,4 +70,32 @@ pub fn verify_policies(d: &Path, banks: &[&str], key: &Path) -> Option<usize> {
         n += 1;
     }
     Some(n)
+}
+
+/// `uki build` in `d` of testdata's kernel and os-release and `d/initrd`,
+/// SOURCE_DATE_EPOCH fixed, with `extra` (keys, banks...) added.
+#[allow(dead_code)]
+pub fn uki_build(d: &Path, out: &str, extra: &[&str]) -> Output {
+    let (linux, osrel) = (testdata("linux.bin"), testdata("os-release"));
+    let mut args = vec![
+        "uki",
+        "build",
+        "--linux",
+        &linux,
+        "--os-release",
+        &osrel,
+        "--initrd",
+        "initrd",
+        "--cmdline",
+        "quiet",
+        "-o",
+        out,
+    ];
+    args.extend(extra);
+    Command::new(bin())
+        .args(&args)
+        .current_dir(d)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .expect("run pki-signer")
 }
