@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = uki::show(&path);
     let _ = uki::measure_uki(&path, &[pcr::Bank::Sha256], &["enter-initrd".to_string()]);
     // As section contents.
-    let _ = uki::parse_sdmagic(data);
+    let _ = uki::parse_sdmagic(data, Path::new("fuzz.efi"));
     let key = uki::public_key_from_pem(data).ok();
     if let Ok(sig) = pcr::parse_pcrsig(data) {
         let _ = uki::check_policies(&sig, key.as_ref(), None);
