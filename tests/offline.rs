@@ -1130,11 +1130,13 @@ fn a_uki_gets_its_pcr_policy_and_image_signature_in_one_visit() {
     let initrd: Vec<u8> = (0..300_001u32).map(|i| (i * 13 % 251) as u8).collect();
     fs::write(b.join("initrd"), initrd).unwrap();
     let devdir = dev().join("pki");
+    // The same UKI shape for the build's UKI and the direct production one.
+    const SHAPE: [&str; 4] = ["--uname", "6.1.0-test", "--pcr-banks", "sha256,sha512"];
     let dev_keys = [
-        "--uname",
-        "6.1.0-test",
-        "--pcr-banks",
-        "sha256,sha512",
+        SHAPE[0],
+        SHAPE[1],
+        SHAPE[2],
+        SHAPE[3],
         "--role",
         "ssig_subca",
         "--dir",
@@ -1264,10 +1266,10 @@ fn a_uki_gets_its_pcr_policy_and_image_signature_in_one_visit() {
         &b,
         "direct.efi",
         &[
-            "--uname",
-            "6.1.0-test",
-            "--pcr-banks",
-            "sha256,sha512",
+            SHAPE[0],
+            SHAPE[1],
+            SHAPE[2],
+            SHAPE[3],
             "--role",
             "ssig_subca",
             "--dir",
