@@ -5,6 +5,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    pki_signer::pkcs11::take_turns_on_softhsm();
     std::process::exit(pki_signer_cli::run());
 }
 

@@ -217,7 +217,9 @@ fn ckr(e: &CkError) -> String {
 /// Modules are loaded and initialised once per process: C_Initialize may be
 /// called only once, and every key and certificate on the same module must
 /// share the login state that lives in that one library instance.
-fn module(uri: &Pkcs11Uri) -> Result<(PathBuf, Pkcs11)> {
+///
+/// Returns the module and the one slot whose token the URI names.
+fn token(uri: &Pkcs11Uri) -> Result<(PathBuf, Pkcs11, Slot, String)> {
     let path = match &uri.module_path {
         Some(p) => p.clone(),
         None => match std::env::var_os(MODULE_ENV) {
@@ -229,17 +231,21 @@ fn module(uri: &Pkcs11Uri) -> Result<(PathBuf, Pkcs11)> {
             }
         },
     };
-    static MODULES: OnceLock<Mutex<Vec<(PathBuf, Pkcs11)>>> = OnceLock::new();
+    // The SoftHSM2 turn lock (if any) lives as long as the module.
+    type Loaded = (PathBuf, Pkcs11, Option<std::fs::File>);
+    static MODULES: OnceLock<Mutex<Vec<Loaded>>> = OnceLock::new();
     let mut loaded = MODULES
         .get_or_init(|| Mutex::new(Vec::new()))
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if let Some((_, ctx)) = loaded.iter().find(|(p, _)| *p == path) {
-        return Ok((path, ctx.clone()));
+    if let Some((_, ctx, _)) = loaded.iter().find(|(p, _, _)| *p == path) {
+        let (slot, label) = find_token(uri, &path, ctx)?;
+        return Ok((path, ctx.clone(), slot, label));
     }
     if !path.is_file() {
         return Err(uri.err(format!("PKCS#11 module {} not found", path.display())));
     }
+    let lock = softhsm_lock(&path);
     let ctx = Pkcs11::new(&path).map_err(|e| {
         uri.err(format!(
             "cannot load PKCS#11 module {}: {}",
@@ -247,18 +253,78 @@ fn module(uri: &Pkcs11Uri) -> Result<(PathBuf, Pkcs11)> {
             ckr(&e)
         ))
     })?;
-    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => {
-            return Err(uri.err(format!(
-                "PKCS#11 module {} failed to initialise: {}",
-                path.display(),
-                ckr(&e)
-            )))
+    initialize(uri, &path, &ctx)?;
+    // SoftHSM2 reads its token files once, in C_Initialize, and leaves out a
+    // token whose file another process is rewriting at that moment ("Token
+    // integrity check failed"): parallel bitbake tasks signing on one token
+    // see it vanish. It is back at the next C_Initialize. Nothing else holds
+    // this context yet, so finalising it here is safe.
+    let mut found = find_token(uri, &path, &ctx);
+    for ms in [20, 100, 400] {
+        if found.is_ok() {
+            break;
         }
+        let _ = ctx.clone().finalize();
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        initialize(uri, &path, &ctx)?;
+        found = find_token(uri, &path, &ctx);
     }
-    loaded.push((path.clone(), ctx.clone()));
-    Ok((path, ctx))
+    loaded.push((path.clone(), ctx.clone(), lock));
+    let (slot, label) = found?;
+    Ok((path, ctx, slot, label))
+}
+
+/// SoftHSM2's file store is not safe for concurrent processes: one that
+/// reads the token while another rewrites it loses the token, or fails its
+/// login or a listing with CKR_GENERAL_ERROR (SoftHSMv2 issue 757). Parallel
+/// bitbake tasks signing with one SoftHSM2 token would fail at random, so
+/// pki-signer processes take turns on SoftHSM2 modules: an exclusive lock,
+/// held until the process exits. Other modules (real HSMs) are not locked.
+/// None when the lock cannot be had; the retries in `token` remain.
+///
+/// Only processes that ask for it take turns (the command line does): a
+/// program that uses this library and also runs pki-signer children would
+/// otherwise hold the lock they wait for.
+fn softhsm_lock(module: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !TAKE_TURNS.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let name = module.file_name()?.to_str()?;
+    if !name.starts_with("libsofthsm") {
+        return None;
+    }
+    let uid = rustix::process::getuid().as_raw();
+    let lock = std::env::temp_dir().join(format!("pki-signer-{uid}-softhsm.lock"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&lock)
+        .ok()?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).ok()?;
+    Some(file)
+}
+
+static TAKE_TURNS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Make this process take turns with other pki-signer processes on SoftHSM2
+/// modules (see `softhsm_lock`). Call it before the first key is opened.
+pub fn take_turns_on_softhsm() {
+    TAKE_TURNS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn initialize(uri: &Pkcs11Uri, path: &Path, ctx: &Pkcs11) -> Result<()> {
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(e) => Err(uri.err(format!(
+            "PKCS#11 module {} failed to initialise: {}",
+            path.display(),
+            ckr(&e)
+        ))),
+    }
 }
 
 /// The one slot whose token matches the URI's token attributes.
@@ -353,8 +419,7 @@ struct Opened {
 /// wants it. Login state is per module instance, so a second key on the same
 /// token finds the user logged in already: one login per run.
 fn open_session(uri: &Pkcs11Uri, need_login: bool) -> Result<Opened> {
-    let (path, ctx) = module(uri)?;
-    let (slot, token) = find_token(uri, &path, &ctx)?;
+    let (_, ctx, slot, token) = token(uri)?;
     let session = ctx.open_ro_session(slot).map_err(|e| {
         uri.err(format!(
             "cannot open a session on token '{token}': {}",
@@ -955,8 +1020,7 @@ impl TokenWriter {
                 "name only the token (pkcs11:token=NAME): the keys are labelled with their role names",
             ));
         }
-        let (path, ctx) = module(&uri)?;
-        let (slot, token) = find_token(&uri, &path, &ctx)?;
+        let (_, ctx, slot, token) = token(&uri)?;
         let info = ctx
             .get_token_info(slot)
             .map_err(|e| uri.err(format!("token '{token}': {}", ckr(&e))))?;
