@@ -1377,3 +1377,79 @@ fn plan_records_the_uki_and_resign_refuses_a_development_pcr_policy() {
     );
     assert!(t.contains("Verified OK"), "{t}");
 }
+
+/// Without `--uname`, `.uname` comes from the kernel as ukify finds it (the
+/// release the bzImage header points to), so that the same command line
+/// gives ukify's sections; with `--uname`, the given text wins.
+#[test]
+fn uname_comes_from_the_kernel_as_ukify_takes_it() {
+    let prep = "scripts/stubdebs.sh prepares it";
+    let (Some(python), Some(ukify), Some(stub), Some(kernel)) = (
+        test_file("PKI_SIGNER_TEST_PYTHON", prep),
+        test_file("PKI_SIGNER_TEST_UKIFY_257", prep),
+        test_file("PKI_SIGNER_TEST_STUB_257", prep),
+        test_file("PKI_SIGNER_TEST_VMLINUZ", "scripts/test.sh prepares it"),
+    ) else {
+        return;
+    };
+    let tmp = setup();
+    let d = tmp.path();
+    let (stub, kernel, osrel) = (
+        stub.to_str().unwrap(),
+        kernel.to_str().unwrap(),
+        testdata("os-release"),
+    );
+    let ours = |out: &str, extra: &[&str]| {
+        let mut a = vec!["uki", "build", "--stub", stub, "--linux", kernel];
+        a.extend(["--cmdline", "quiet", "--os-release", &osrel]);
+        a.extend(["--role", "ssig_subca", "-o", out]);
+        a.extend(extra);
+        ok(run_in(d, &a))
+    };
+    let o = ours("ours.efi", &[]);
+    assert!(stdout(&o).contains("(from the kernel)"), "{}", stdout(&o));
+    let o = Command::new(&python)
+        .arg(&ukify)
+        .args([
+            "build",
+            "--stub",
+            stub,
+            "--linux",
+            kernel,
+            "--cmdline",
+            "quiet",
+        ])
+        .args([
+            "--os-release",
+            &format!("@{osrel}"),
+            "--output",
+            "theirs.efi",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ukify: {}", stderr(&o));
+    let objcopy = peer("objcopy").expect("objcopy");
+    let uname = |f: &str| {
+        let out = format!("{f}.uname");
+        peer_ok(
+            &objcopy,
+            &["-O", "binary", "--only-section=.uname", f, &out],
+            d,
+        );
+        fs::read(d.join(out)).unwrap()
+    };
+    let theirs = uname("theirs.efi");
+    assert!(theirs.starts_with(b"6."), "{theirs:?}");
+    assert_eq!(uname("ours.efi"), theirs);
+    let names = |f: &str| -> Vec<String> {
+        layout(&json(run_in(d, &["uki", "show", f, "--json"])))
+            .into_iter()
+            .map(|s| s.0)
+            .collect()
+    };
+    assert_eq!(names("ours.efi"), names("theirs.efi"));
+
+    ours("given.efi", &["--uname", "given"]);
+    assert_eq!(uname("given.efi"), b"given");
+}

@@ -1,6 +1,7 @@
 //! The UKI readers: a systemd stub's headers and `.sdmagic` (`uki build`),
 //! a UKI's sections (`uki show` / `uki measure`), `.pcrsig` JSON and
-//! `.pcrpkey` PEM, and the policy check that combines them.
+//! `.pcrpkey` PEM, the policy check that combines them, and the kernel
+//! release `uki build` finds in a kernel.
 #![no_main]
 
 #[path = "common.rs"]
@@ -20,6 +21,8 @@ fuzz_target!(|data: &[u8]| {
     let path = common::scratch_with("in.efi", data);
     let _ = uki::show(&path);
     let _ = uki::measure_uki(&path, &[pcr::Bank::Sha256], &["enter-initrd".to_string()]);
+    // As a kernel whose release `uki build` looks for.
+    let _ = build::kernel_uname(&path);
     // As section contents.
     let _ = uki::parse_sdmagic(data, Path::new("fuzz.efi"));
     let key = uki::public_key_from_pem(data).ok();

@@ -23,7 +23,7 @@
 #                              INITRAMFS_FSTYPES; empty without INITRAMFS_IMAGE
 #   PKI_SIGNER_UKI_OS_RELEASE  ${RECIPE_SYSROOT}${prefix}/lib/os-release
 #   PKI_SIGNER_UKI_DTB         the UKI_DEVICETREE blob in DEPLOY_DIR_IMAGE (one)
-#   PKI_SIGNER_UKI_UNAME       KERNEL_VERSION, if set (.uname)
+#   PKI_SIGNER_UKI_UNAME       KERNEL_VERSION, if set (.uname; else the kernel's own, as ukify)
 #   PKI_SIGNER_UKI_SPLASH, PKI_SIGNER_UKI_SBAT   a BMP (.splash), SBAT lines for the stub's .sbat
 #   UKI_CMDLINE, UKI_FILENAME  as uki.bbclass has them
 #

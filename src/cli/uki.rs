@@ -246,6 +246,9 @@ pub(super) fn run(cmd: UkiCmd) -> Result<i32> {
                         ""
                     }
                 );
+                if let (Some(u), None) = (&report.uname, &parts.uname) {
+                    println!("  .uname {} (from the kernel)", esc(u));
+                }
                 print_predictions(&report.pcr);
             }
             Ok(0)

@@ -592,6 +592,8 @@ pub struct BuildReport {
     pub pcr_key_fingerprint: Option<String>,
     /// Authenticode SHA-256 that was signed (hex).
     pub digest: String,
+    /// `.uname`, as given or as found in the kernel.
+    pub uname: Option<String>,
 }
 
 /// A new section's header fields.
@@ -628,7 +630,15 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
         Some(p) => Some(pcr::pcrsig_len(&p.banks, &p.phases, p.key)?),
         None => None,
     };
-    let mut parts = o.inputs.parts(pcrpkey, rules.layout)?;
+    // ukify takes `.uname` from the kernel when none is given; so does this,
+    // so that the two build the same UKI from the same command line.
+    let mut inputs = o.inputs.clone();
+    if inputs.uname.is_none() {
+        if let Some(k) = &inputs.linux {
+            inputs.uname = kernel_uname(k)?;
+        }
+    }
+    let mut parts = inputs.parts(pcrpkey, rules.layout)?;
     parts.retain(|p| !p.content.is_empty());
     if !parts.iter().any(|p| p.name == ".linux") {
         return Err(Error::Usage("--linux is needed".into()));
@@ -641,7 +651,7 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
     let mut bytes = stub.bytes.clone();
     // The stub's own bytes as they will be in the UKI: its `.sbat` (and
     // that section's VirtualSize) rewritten before the headers are made.
-    let edits = StubEdits::new(&stub, rules, &o.inputs)?;
+    let edits = StubEdits::new(&stub, rules, &inputs)?;
     if let (Some(new), Some(s)) = (
         &edits.sbat,
         stub.sections.iter().find(|s| s.name == ".sbat"),
@@ -826,7 +836,85 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
         pcr: predictions,
         pcr_key_fingerprint: pkfp,
         digest: digest.hex(),
+        uname: inputs.uname,
     })
+}
+
+/// The kernel release a kernel image names, found as ukify finds it: in an
+/// x86 bzImage, the version string the real-mode header points to
+/// (Documentation/arch/x86/boot.rst, `kernel_version`); in other images,
+/// the first `Linux version N.… (` banner. None when there is neither
+/// (ukify then adds no `.uname` either).
+pub fn kernel_uname(kernel: &Path) -> Result<Option<String>> {
+    let (file, len) = open_stream(kernel)?;
+    let mut head = [0u8; 0x210];
+    if len >= head.len() as u64 {
+        file.read_exact_at(&mut head, 0).at(kernel)?;
+        if &head[0x202..0x206] == b"HdrS" {
+            let off = u64::from(u16::from_le_bytes([head[0x20e], head[0x20f]])) + 0x200;
+            let mut text = vec![0u8; 128.min(len.saturating_sub(off)) as usize];
+            file.read_exact_at(&mut text, off).at(kernel)?;
+            let text = text.split(|&b| b == 0).next().unwrap_or_default();
+            if let Some(r) = bzimage_release(text) {
+                return Ok(Some(r));
+            }
+        }
+    }
+    banner_release(&file, len, kernel)
+}
+
+/// `6.1.0-9-amd64` of `6.1.0-9-amd64 (debian-kernel@lists.debian.org) #1 SMP …`:
+/// the release, a space, a parenthesised builder without spaces, a space, `#`.
+fn bzimage_release(text: &[u8]) -> Option<String> {
+    let sp = text.iter().position(|&b| b == b' ')?;
+    let (release, rest) = text.split_at(sp);
+    let ok = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._+-".contains(b);
+    if release.is_empty() || !release.iter().all(ok) {
+        return None;
+    }
+    let builder = rest.strip_prefix(b" (")?;
+    let close = builder.iter().position(|&b| b == b')' || b == b' ')?;
+    if close == 0 || builder[close] != b')' || !builder[close + 1..].starts_with(b" #") {
+        return None;
+    }
+    String::from_utf8(release.to_vec()).ok()
+}
+
+/// The release of the first `Linux version D.S (` in the file, where S runs
+/// to the next whitespace; read in blocks that overlap by a banner's length.
+fn banner_release(file: &File, len: u64, path: &Path) -> Result<Option<String>> {
+    const TAG: &[u8] = b"Linux version ";
+    const MAX: usize = 256;
+    let mut buf = vec![0u8; (1 << 20) + MAX];
+    let mut pos = 0u64;
+    while pos < len {
+        let n = (buf.len() as u64).min(len - pos) as usize;
+        file.read_exact_at(&mut buf[..n], pos).at(path)?;
+        let block = &buf[..n];
+        let mut from = 0;
+        while let Some(i) = find(&block[from..], TAG) {
+            let at = from + i + TAG.len();
+            let tail = &block[at..];
+            let ws = tail.iter().position(|b| b" \t\n\r\x0b\x0c".contains(b));
+            if tail.len() >= 2 && tail[0].is_ascii_digit() && tail[1] == b'.' {
+                if let Some(ws) = ws.filter(|&w| w >= 3) {
+                    if tail[ws..].starts_with(b" (") {
+                        return Ok(String::from_utf8(tail[..ws].to_vec()).ok());
+                    }
+                }
+            }
+            from = at;
+        }
+        if pos + n as u64 >= len {
+            break;
+        }
+        pos += (n - MAX) as u64;
+    }
+    Ok(None)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The UKI's headers, `soh` bytes: the stub's (`bytes`, its `.sbat` already
@@ -1059,4 +1147,72 @@ fn merge_sbat(
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        std::fs::write(&p, bytes).unwrap();
+        (d, p)
+    }
+
+    fn bzimage(version: &[u8], len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        b[0x202..0x206].copy_from_slice(b"HdrS");
+        b[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
+        b[0x500..0x500 + version.len()].copy_from_slice(version);
+        b
+    }
+
+    #[test]
+    fn the_release_is_read_as_ukify_reads_it() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (
+                b"6.1.0-9-amd64 (debian-kernel@lists.debian.org) #1 SMP",
+                Some("6.1.0-9-amd64"),
+            ),
+            (b"6.6.1+git (oe-user@oe-host) #1 PREEMPT", Some("6.6.1+git")),
+            // Not the header's shape: capitals, a space in the builder, no '#'.
+            (b"6.1.0-Custom (a@b) #1", None),
+            (b"6.1.0 (a b) #1", None),
+            (b"6.1.0 (a@b) 1", None),
+            (b" (a@b) #1", None),
+            (b"", None),
+        ];
+        for (text, want) in cases {
+            let (_d, p) = kernel(&bzimage(text, 0x1000));
+            assert_eq!(kernel_uname(&p).unwrap().as_deref(), *want, "{text:?}");
+        }
+        // The pointer past the end, and a file shorter than the header.
+        let mut b = bzimage(b"", 0x1000);
+        b.truncate(0x400);
+        b[0x20e..0x210].copy_from_slice(&0xffffu16.to_le_bytes());
+        let (_d, p) = kernel(&b);
+        assert_eq!(kernel_uname(&p).unwrap(), None);
+        let (_d, p) = kernel(b"MZ");
+        assert_eq!(kernel_uname(&p).unwrap(), None);
+    }
+
+    #[test]
+    fn other_kernels_give_their_banner_even_across_read_blocks() {
+        let banner = b"Linux version 6.12.0-rc1 (builder@host) (gcc 14) #1 SMP";
+        for at in [0usize, 100, (1 << 20) - 20, (1 << 20) + 300, 3 << 20] {
+            let mut b = vec![b'x'; at + banner.len() + 10];
+            b[at..at + banner.len()].copy_from_slice(banner);
+            // An earlier near-miss: no digit-dot after the tag.
+            b[..14].copy_from_slice(b"Linux version ");
+            let (_d, p) = kernel(&b);
+            assert_eq!(
+                kernel_uname(&p).unwrap().as_deref(),
+                Some("6.12.0-rc1"),
+                "at {at}"
+            );
+        }
+        let (_d, p) = kernel(b"Linux version 6.1 was built");
+        assert_eq!(kernel_uname(&p).unwrap(), None);
+    }
 }
