@@ -7,31 +7,20 @@
 #   bash scripts/stubdebs.sh            # same, then prints the exports
 #
 # Debian 12 ships systemd 252; the next stubs Debian ships are 254
-# (bookworm-backports) and 257 (trixie). Installing those suites' systemd
-# would replace the machine's own, so the debs are fetched with a private
-# apt configuration (its own sources, lists and cache under the cache
-# directory; the system's apt setup is left alone) and unpacked with
-# dpkg-deb -x:
+# (bookworm-backports), 257 (trixie) and 262 (forky; sid has 262 too).
+# Installing those suites' systemd would replace the machine's own, so the
+# debs are fetched with a private apt configuration (its own sources, lists
+# and cache under the cache directory; the system's apt setup is left alone)
+# and unpacked with dpkg-deb -x:
 #   bookworm-backports: systemd-boot-efi (stub 254), systemd (its
 #     systemd-measure and ukify) and libsystemd-shared (the library
 #     systemd-measure links; found through LD_LIBRARY_PATH)
 #   trixie: systemd-boot-efi (stub 257), systemd-ukify (ukify 257, a Python
 #     script; it needs pefile, which virt-firmware already pulls into the venv)
-# Each is kept in ${PKI_SIGNER_CACHE:-$HOME/.cache/pki-signer}/debs/SUITE/PKG
-# and not fetched again once there (delete the directory to refresh it);
-# `apt-get update` of the private lists runs only when something is missing.
-#
-# Exports (read by tests/uki.rs and tests/tpm.rs):
-#   PKI_SIGNER_TEST_STUB_254     linuxx64.efi.stub of systemd-boot-efi 254
-#   PKI_SIGNER_TEST_STUB_257     linuxx64.efi.stub of systemd-boot-efi 257
-#   PKI_SIGNER_TEST_MEASURE_254  systemd-measure 254 (a wrapper that sets
-#                                LD_LIBRARY_PATH for libsystemd-shared-254)
-#   PKI_SIGNER_TEST_UKIFY_254    ukify 254 (from the systemd deb)
-#   PKI_SIGNER_TEST_UKIFY_257    ukify 257 (from systemd-ukify)
-#   PKI_SIGNER_TEST_PYTHON       the venv's python, which has pefile
-# Needs: apt-get, dpkg-deb, the Debian archive keyring (Debian 12 has it).
-# Returns non-zero on failure and leaves the caller's shell options alone.
-
+#   forky: systemd-boot-efi (stub 262), systemd-ukify (ukify 262),
+#     systemd-tpm (systemd-measure 262 moved there) and libsystemd-shared
+#     262. That systemd-measure runs on Debian 12 (its newest glibc symbol is
+#     GLIBC_2.34; Debian 12 has 2.36), so it is a peer too.
 _stubdebs_repo_root() {
 	(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 }
@@ -69,11 +58,11 @@ _stubdebs_fetch() {
 		cat >"$apt/sources/debian-next.sources" <<-'EOF'
 			Types: deb
 			URIs: http://deb.debian.org/debian
-			Suites: bookworm-backports trixie
+			Suites: bookworm-backports trixie forky
 			Components: main
 			Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 		EOF
-		echo "stubdebs: apt-get update (private lists: bookworm-backports, trixie)" >&2
+		echo "stubdebs: apt-get update (private lists: bookworm-backports, trixie, forky)" >&2
 		_stubdebs_apt "$apt" update >&2 || return 1
 		_stubdebs_updated=1
 	fi
@@ -93,30 +82,46 @@ _stubdebs_fetch() {
 	mv "$tmp" "$dest"
 }
 
-stubdebs_prepare() {
-	local cache="${PKI_SIGNER_CACHE:-$HOME/.cache/pki-signer}"
-	local bpo="$cache/debs/bookworm-backports" trixie="$cache/debs/trixie"
-	mkdir -p "$cache/debs" || return 1
-	_stubdebs_fetch "$cache" bookworm-backports systemd-boot-efi || return 1
-	_stubdebs_fetch "$cache" bookworm-backports systemd || return 1
-	_stubdebs_fetch "$cache" bookworm-backports libsystemd-shared || return 1
-	_stubdebs_fetch "$cache" trixie systemd-boot-efi || return 1
-	_stubdebs_fetch "$cache" trixie systemd-ukify || return 1
-
-	local measure lib wrapper="$bpo/systemd-measure"
-	# The first that exists (no `ls | head`: scripts/test.sh runs with
-	# pipefail, and ls fails for the path that does not).
-	measure="$(_stubdebs_first "$bpo"/systemd/root/{usr/,}lib/systemd/systemd-measure)"
-	lib="$(dirname "$(_stubdebs_first "$bpo"/libsystemd-shared/root/usr/lib/*/systemd/libsystemd-shared-*.so)")"
+# _stubdebs_measure_wrapper WRAPPER MEASURE LIBDIR VERSION: write WRAPPER, a
+# script that runs MEASURE with LIBDIR (its libsystemd-shared) on
+# LD_LIBRARY_PATH, and check that it runs here.
+_stubdebs_measure_wrapper() {
+	local wrapper="$1" measure="$2" lib="$3" version="$4"
 	if [ ! -x "$measure" ] || [ ! -d "$lib" ]; then
-		echo "stubdebs: no systemd-measure or libsystemd-shared in the debs" >&2
+		echo "stubdebs: no systemd-measure $version or libsystemd-shared in the debs" >&2
 		return 1
 	fi
 	# A wrapper, not an exported LD_LIBRARY_PATH: ukify runs it as its
 	# systemd-measure (--tools), and nothing else should see that library.
 	printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$lib" "$measure" >"$wrapper.tmp" &&
 		chmod +x "$wrapper.tmp" && mv "$wrapper.tmp" "$wrapper" || return 1
-	"$wrapper" --version >/dev/null || { echo "stubdebs: systemd-measure 254 does not run here" >&2; return 1; }
+	"$wrapper" --version >/dev/null || { echo "stubdebs: systemd-measure $version does not run here" >&2; return 1; }
+}
+
+stubdebs_prepare() {
+	local cache="${PKI_SIGNER_CACHE:-$HOME/.cache/pki-signer}"
+	local bpo="$cache/debs/bookworm-backports" trixie="$cache/debs/trixie" forky="$cache/debs/forky"
+	mkdir -p "$cache/debs" || return 1
+	_stubdebs_fetch "$cache" bookworm-backports systemd-boot-efi || return 1
+	_stubdebs_fetch "$cache" bookworm-backports systemd || return 1
+	_stubdebs_fetch "$cache" bookworm-backports libsystemd-shared || return 1
+	_stubdebs_fetch "$cache" trixie systemd-boot-efi || return 1
+	_stubdebs_fetch "$cache" trixie systemd-ukify || return 1
+	_stubdebs_fetch "$cache" forky systemd-boot-efi || return 1
+	_stubdebs_fetch "$cache" forky systemd-ukify || return 1
+	_stubdebs_fetch "$cache" forky systemd-tpm || return 1
+	_stubdebs_fetch "$cache" forky libsystemd-shared || return 1
+
+	# The first that exists (no `ls | head`: scripts/test.sh runs with
+	# pipefail, and ls fails for the path that does not).
+	_stubdebs_measure_wrapper "$bpo/systemd-measure" \
+		"$(_stubdebs_first "$bpo"/systemd/root/{usr/,}lib/systemd/systemd-measure)" \
+		"$(dirname "$(_stubdebs_first "$bpo"/libsystemd-shared/root/usr/lib/*/systemd/libsystemd-shared-*.so)")" \
+		254 || return 1
+	_stubdebs_measure_wrapper "$forky/systemd-measure" \
+		"$forky/systemd-tpm/root/usr/lib/systemd/systemd-measure" \
+		"$(dirname "$(_stubdebs_first "$forky"/libsystemd-shared/root/usr/lib/*/systemd/libsystemd-shared-*.so)")" \
+		262 || return 1
 
 	local venv="${PKI_SIGNER_VENV:-.venv}"
 	case "$venv" in /*) ;; *) venv="$(_stubdebs_repo_root)/$venv" ;; esac
@@ -125,14 +130,19 @@ stubdebs_prepare() {
 		"$venv/bin/python" -m pip install -q --disable-pip-version-check pefile >&2 || return 1
 	fi
 
-	PKI_SIGNER_TEST_STUB_254="$bpo/systemd-boot-efi/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
-	PKI_SIGNER_TEST_STUB_257="$trixie/systemd-boot-efi/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
-	PKI_SIGNER_TEST_MEASURE_254="$wrapper"
+	local efi=root/usr/lib/systemd/boot/efi/linuxx64.efi.stub
+	PKI_SIGNER_TEST_STUB_254="$bpo/systemd-boot-efi/$efi"
+	PKI_SIGNER_TEST_STUB_257="$trixie/systemd-boot-efi/$efi"
+	PKI_SIGNER_TEST_STUB_262="$forky/systemd-boot-efi/$efi"
+	PKI_SIGNER_TEST_MEASURE_254="$bpo/systemd-measure"
+	PKI_SIGNER_TEST_MEASURE_262="$forky/systemd-measure"
 	PKI_SIGNER_TEST_UKIFY_254="$(_stubdebs_first "$bpo"/systemd/root/{usr/,}lib/systemd/ukify)"
 	PKI_SIGNER_TEST_UKIFY_257="$trixie/systemd-ukify/root/usr/lib/systemd/ukify"
+	PKI_SIGNER_TEST_UKIFY_262="$forky/systemd-ukify/root/usr/lib/systemd/ukify"
 	PKI_SIGNER_TEST_PYTHON="$venv/bin/python"
-	export PKI_SIGNER_TEST_STUB_254 PKI_SIGNER_TEST_STUB_257 PKI_SIGNER_TEST_MEASURE_254 \
-		PKI_SIGNER_TEST_UKIFY_254 PKI_SIGNER_TEST_UKIFY_257 PKI_SIGNER_TEST_PYTHON
+	export PKI_SIGNER_TEST_STUB_254 PKI_SIGNER_TEST_STUB_257 PKI_SIGNER_TEST_STUB_262 \
+		PKI_SIGNER_TEST_MEASURE_254 PKI_SIGNER_TEST_MEASURE_262 PKI_SIGNER_TEST_UKIFY_254 \
+		PKI_SIGNER_TEST_UKIFY_257 PKI_SIGNER_TEST_UKIFY_262 PKI_SIGNER_TEST_PYTHON
 }
 
 # Run directly (not sourced): prepare, then show what a shell should export.

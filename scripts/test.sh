@@ -25,7 +25,7 @@ ensure_apt systemd swtpm libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0 libtss2-tc
 # OVMF + QEMU + swtpm (+ swtpm-tools) + virt-firmware (venv) for the firmware and TPM proofs
 # (tests/firmware.rs, tests/tpm.rs: PKI_SIGNER_TEST_VMLINUZ from testbins_prepare below).
 ovmf_deps
-# systemd-stub 254 and 257, systemd-measure 254, ukify 254 and 257, from Debian debs extracted
+# systemd-stub 254, 257 and 262, systemd-measure 254 and 262, ukify 254, 257 and 262, from Debian debs extracted
 # into the cache (tests/uki.rs, tests/tpm.rs: the stubs newer than Debian 12's); after ovmf_deps,
 # whose venv has pefile for ukify.
 stubdebs_prepare

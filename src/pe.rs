@@ -205,6 +205,7 @@ struct Layout {
     size_of_headers: u64,
     checksum: u32,
     dll_characteristics: u16,
+    size_of_image: u32,
     sections: Vec<SectionInfo>,
     /// Raw data of the sections with SizeOfRawData != 0, sorted by offset.
     raw: Vec<RawRange>,
@@ -604,6 +605,7 @@ impl Layout {
         let size_of_headers = u64::from(le32(&opt, 60).unwrap_or(0));
         let checksum = le32(&opt, 64).unwrap_or(0);
         let dll_characteristics = le16(&opt, 70).unwrap_or(0);
+        let size_of_image = le32(&opt, 56).unwrap_or(0);
         let n_dirs = u64::from(le32(&opt, dd_rel as usize - 4).unwrap_or(0));
         if n_dirs <= CERT_DIR_INDEX {
             return Err(bad(format!(
@@ -723,6 +725,7 @@ impl Layout {
             size_of_headers,
             checksum,
             dll_characteristics,
+            size_of_image,
             sections,
             raw: raw
                 .into_iter()
@@ -765,6 +768,11 @@ impl PeImage {
     /// The optional header's DllCharacteristics (NX_COMPAT and the like).
     pub fn dll_characteristics(&self) -> u16 {
         self.layout.dll_characteristics
+    }
+
+    /// The optional header's SizeOfImage: how much the loader maps.
+    pub fn size_of_image(&self) -> u32 {
+        self.layout.size_of_image
     }
 
     /// True when the image has a (non-empty) certificate table.

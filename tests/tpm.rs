@@ -1,6 +1,6 @@
 //! The TPM proof of `uki build`'s PCR 11 prediction: a UKI built by
 //! `pki-signer uki build` (a systemd-stub: Debian 12's 252, bookworm-backports'
-//! 254 or trixie's 257, each measuring a different set of sections; Debian's
+//! 254, trixie's 257 or forky's 262, each measuring a different set of sections; Debian's
 //! kernel, a busybox initrd, `.pcrsig` signed by the PKI's PCR key) boots in OVMF with
 //! Secure Boot enforced (our PK/KEK/db) and a software TPM 2.0 (swtpm behind
 //! QEMU's tpm-tis); systemd-stub measures the sections into PCR 11 and the
@@ -136,6 +136,13 @@ fn ovmf_with_swtpm_measures_what_uki_measure_predicts_on_systemd_stub_254() {
 #[test]
 fn ovmf_with_swtpm_measures_what_uki_measure_predicts_on_systemd_stub_257() {
     prove_on_stub_from("PKI_SIGNER_TEST_STUB_257", 257);
+}
+
+/// systemd-stub 262 (the rules of 258-262): `.efifw` known too, `.sbat`
+/// without ukify 257's trailing NUL, the layout ukify 262 makes.
+#[test]
+fn ovmf_with_swtpm_measures_what_uki_measure_predicts_on_systemd_stub_262() {
+    prove_on_stub_from("PKI_SIGNER_TEST_STUB_262", 262);
 }
 
 /// [`prove_on`] the stub the environment variable `var` names.

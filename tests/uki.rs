@@ -1,11 +1,11 @@
 //! `uki build / measure / show`, checked by peers: systemd-measure (Debian's
-//! systemd 252, and bookworm-backports' 254 for a UKI on stub 254) predicts
-//! the same PCR 11 values for the same sections, an independent Python
-//! PolicyPCR computation gives the same policy digests, `openssl dgst
-//! -verify` accepts the policy signatures, `systemd-measure sign` (run
-//! against swtpm) writes the same .pcrsig byte for byte, sbverify /
-//! osslsigncode accept the Authenticode signature, and ukify 254 and 257
-//! build the same UKI from the same inputs.
+//! systemd 252, bookworm-backports' 254 for a UKI on stub 254, forky's 262
+//! for one on stub 262) predicts the same PCR 11 values for the same
+//! sections, an independent Python PolicyPCR computation gives the same
+//! policy digests, `openssl dgst -verify` accepts the policy signatures,
+//! `systemd-measure sign` (run against swtpm) writes the same .pcrsig byte
+//! for byte, sbverify / osslsigncode accept the Authenticode signature, and
+//! ukify 254, 257 and 262 build the same UKI from the same inputs.
 
 mod common;
 
@@ -147,6 +147,11 @@ const MEASURED_252: &[&str] = &[
 /// systemd-measure 254 adds `.uname` and `.sbat`.
 const MEASURED_254: &[&str] = &[
     "linux", "osrel", "cmdline", "initrd", "splash", "dtb", "uname", "sbat", "pcrpkey",
+];
+/// systemd-measure 262 takes these too.
+const MEASURED_262: &[&str] = &[
+    "linux", "osrel", "cmdline", "initrd", "ucode", "splash", "dtb", "uname", "sbat", "pcrpkey",
+    "profile", "dtbauto", "hwids", "efifw",
 ];
 
 /// systemd-measure's arguments for the sections of `known` extracted to `dir`.
@@ -429,14 +434,18 @@ fn built_uki_is_accepted_by_peers_and_its_pcr_policy_verifies() {
 /// `d/s`, for the sha256 and sha512 banks, prints `s/pcrsig` byte for byte.
 /// Its trial policy session needs a TPM: swtpm.
 fn measure_sign_writes_pcrsig(tool: &Path, d: &Path, known: &[&str]) {
+    measure_sign_writes_pcrsig_for(tool, d, known, &["sha256", "sha512"]);
+}
+
+/// [`measure_sign_writes_pcrsig`] for `banks`.
+fn measure_sign_writes_pcrsig_for(tool: &Path, d: &Path, known: &[&str], banks: &[&str]) {
     let Some(tpm) = Swtpm::start(d) else {
         return;
     };
     let mut args = vec!["sign".to_string()];
     args.extend(measure_args(d, "s", known));
+    args.extend(banks.iter().map(|b| format!("--bank={b}")));
     args.extend([
-        "--bank=sha256".into(),
-        "--bank=sha512".into(),
         "--private-key=pki/tpm2-pcr-private.pem".into(),
         "--public-key=pki/tpm2-pcr-public.pem".into(),
         format!("--tpm2-device=swtpm:host=127.0.0.1,port={}", tpm.port),
@@ -897,27 +906,101 @@ fn stub_254_uki_measures_and_signs_as_systemd_measure_254() {
     let (Some(stub), Some(measure)) = (stub_254(), measure_254()) else {
         return;
     };
+    // ukify 254-256's order, .pcrsig last; .sbat as ukify 254 writes it: the
+    // stub's entries, then ukify's uki entry, a NUL.
+    let names = [
+        ".osrel", ".cmdline", ".uname", ".pcrpkey", ".initrd", ".linux", ".pcrsig",
+    ];
+    measures_and_signs_as(
+        &stub,
+        &measure,
+        254,
+        MEASURED_254,
+        &names,
+        "\n\0",
+        &["sha512", "sha256"],
+    );
+}
+
+/// The same for systemd-stub 262 and forky's systemd-measure 262 (which runs
+/// on Debian 12): ukify 257's order, and `.sbat` as ukify 262 writes it,
+/// without the NUL. systemd-measure 262 signs every bank's policy with
+/// SHA-256, pki-signer with the bank's hash: on 262 it signs sha256 only,
+/// and refuses sha512 with one line.
+#[test]
+fn stub_262_uki_measures_and_signs_as_systemd_measure_262() {
+    let prep = "scripts/stubdebs.sh prepares it";
+    let (Some(stub), Some(measure)) = (
+        test_file("PKI_SIGNER_TEST_STUB_262", prep),
+        test_file("PKI_SIGNER_TEST_MEASURE_262", prep),
+    ) else {
+        return;
+    };
+    let names = [
+        ".osrel", ".cmdline", ".uname", ".pcrpkey", ".linux", ".initrd", ".pcrsig",
+    ];
+    measures_and_signs_as(
+        &stub,
+        &measure,
+        262,
+        MEASURED_262,
+        &names,
+        "\n",
+        &["sha256"],
+    );
+    let tmp = setup();
+    let d = tmp.path();
+    let stub = stub.to_str().unwrap();
+    let err = fails(
+        build(
+            d,
+            "u.efi",
+            &["--stub", stub, "--pcr-banks", "sha256,sha512"],
+            &[],
+        ),
+        2,
+    );
+    assert!(err.contains("--pcr-banks sha256"), "{err}");
+    assert!(!d.join("u.efi").exists());
+}
+
+/// A UKI built on `stub` (systemd-stub `major`, its policy signed for
+/// `sign_banks`) ends with the sections `names`, its `.sbat` is the stub's
+/// entries, ukify's `uki` entry and `sbat_end`, and `measure` (that
+/// release's systemd-measure, taking the sections `known`) calculates what
+/// the build report, `uki measure` of the UKI and of the parts predict (sha256
+/// and sha512), and signs its `.pcrsig` byte for byte.
+fn measures_and_signs_as(
+    stub: &Path,
+    measure: &Path,
+    major: u32,
+    known: &[&str],
+    names: &[&str],
+    sbat_end: &str,
+    sign_banks: &[&str],
+) {
     let stub = stub.to_str().unwrap();
     let tmp = setup();
     let d = tmp.path();
     let report = json(build(
         d,
         "uki.efi",
-        &["--stub", stub, "--pcr-banks", "sha512,sha256", "--json"],
+        &[
+            "--stub",
+            stub,
+            "--pcr-banks",
+            &sign_banks.join(","),
+            "--json",
+        ],
         &[],
     ));
-    assert_eq!(report["stub_version"]["major"], 254, "{report}");
+    assert_eq!(report["stub_version"]["major"], major, "{report}");
 
-    // ukify 254-256's order, .pcrsig last.
-    let names = extract(d, "uki.efi", "s");
-    assert_eq!(
-        names[names.len() - 7..],
-        [".osrel", ".cmdline", ".uname", ".pcrpkey", ".initrd", ".linux", ".pcrsig"]
-    );
-    // .sbat as ukify writes it: the stub's entries, then ukify's uki entry, a NUL.
+    let got = extract(d, "uki.efi", "s");
+    assert_eq!(got[got.len() - names.len()..], *names);
     extract(d, stub, "stub");
     let want = format!(
-        "{}{UKI_SBAT}\n\0",
+        "{}{UKI_SBAT}{sbat_end}",
         sbat_text(&fs::read(d.join("stub/sbat")).unwrap())
     );
     assert_eq!(
@@ -926,7 +1009,7 @@ fn stub_254_uki_measures_and_signs_as_systemd_measure_254() {
     );
 
     let mut args = vec!["calculate".to_string()];
-    args.extend(measure_args(d, "s", MEASURED_254));
+    args.extend(measure_args(d, "s", known));
     assert!(
         args.iter().any(|a| a.starts_with("--sbat="))
             && args.iter().any(|a| a.starts_with("--uname=")),
@@ -937,9 +1020,12 @@ fn stub_254_uki_measures_and_signs_as_systemd_measure_254() {
         "--bank=sha512".into(),
         "--json=short".into(),
     ]);
-    let theirs = systemd_measure_with(&measure, d, &args);
+    let theirs = systemd_measure_with(measure, d, &args);
     assert_eq!(theirs.as_object().unwrap().len(), 2, "{theirs}");
-    assert_eq!(report["pcr"], theirs, "build report");
+    assert_eq!(report["pcr"].as_object().unwrap().len(), sign_banks.len());
+    for b in sign_banks {
+        assert_eq!(report["pcr"][b], theirs[b], "build report");
+    }
     let banks = ["--pcr-banks", "sha256,sha512", "--json"];
     let mut a = vec!["uki", "measure", "uki.efi"];
     a.extend(banks);
@@ -975,7 +1061,7 @@ fn stub_254_uki_measures_and_signs_as_systemd_measure_254() {
         .iter()
         .all(|p| p["phase"].is_string()));
 
-    measure_sign_writes_pcrsig(&measure, d, MEASURED_254);
+    measure_sign_writes_pcrsig_for(measure, d, known, sign_banks);
 }
 
 /// (name, virtual address, virtual size, raw offset, raw size) of each section `uki show` lists.
@@ -998,8 +1084,9 @@ fn layout(show: &serde_json::Value) -> Vec<(String, u64, u64, u64, u64)> {
 }
 
 /// ukify, given the same inputs and stub (bookworm-backports' ukify 254 on
-/// stub 254, trixie's ukify 257 on stub 257; its PCR steps run by systemd-
-/// measure 254, signing against swtpm), builds the UKI `uki build` builds:
+/// stub 254, trixie's ukify 257 on stub 257, forky's ukify 262 on stub 262;
+/// its PCR steps run by systemd-measure 254, signing against swtpm, or
+/// forky's systemd-measure 262 for ukify 262), builds the UKI `uki build` builds:
 /// `uki show` lists the same sections in the same order at the same
 /// addresses (except that ukify 254 puts `.pcrsig` before `.linux`, pki-signer
 /// always last), every section holds the same bytes (`.pcrsig`: the same
@@ -1007,12 +1094,13 @@ fn layout(show: &serde_json::Value) -> Vec<(String, u64, u64, u64, u64)> {
 /// PCR 11 values are those `uki measure` predicts for our UKI. Twice: with
 /// Debian's kernel (NX_COMPAT, no `.sbat`), and with systemd-boot's EFI binary
 /// as `.linux`, a PE image with a `.sbat` (merged into the UKI's) and without
-/// NX_COMPAT (which ukify 257 then clears in the UKI, as `uki build` does).
+/// NX_COMPAT (which ukify 257 and 262 then clear in the UKI, as `uki build` does).
 #[test]
 fn ukify_builds_the_same_uki_from_the_same_inputs() {
     let prep = "scripts/stubdebs.sh prepares it";
-    let (Some(measure), Some(python), Some(kernel)) = (
+    let (Some(measure), Some(measure262), Some(python), Some(kernel)) = (
         measure_254(),
+        test_file("PKI_SIGNER_TEST_MEASURE_262", prep),
         test_file("PKI_SIGNER_TEST_PYTHON", prep),
         test_file("PKI_SIGNER_TEST_VMLINUZ", "scripts/test.sh prepares it"),
     ) else {
@@ -1021,8 +1109,11 @@ fn ukify_builds_the_same_uki_from_the_same_inputs() {
     let tmp = setup();
     let d = tmp.path();
     fs::write(d.join("cmdline"), "console=ttyS0 quiet").unwrap();
-    fs::create_dir(d.join("tools")).unwrap();
-    std::os::unix::fs::symlink(&measure, d.join("tools/systemd-measure")).unwrap();
+    // ukify runs the systemd-measure in its --tools directory.
+    for (tools, m) in [("tools254", &measure), ("tools262", &measure262)] {
+        fs::create_dir(d.join(tools)).unwrap();
+        std::os::unix::fs::symlink(m, d.join(tools).join("systemd-measure")).unwrap();
+    }
     let Some(tpm) = Swtpm::start(d) else {
         return;
     };
@@ -1032,8 +1123,24 @@ fn ukify_builds_the_same_uki_from_the_same_inputs() {
     let objdump = peer("objdump").expect("objdump");
     let osrel = testdata("os-release");
     let runs = [
-        (254, "PKI_SIGNER_TEST_STUB_254", "PKI_SIGNER_TEST_UKIFY_254"),
-        (257, "PKI_SIGNER_TEST_STUB_257", "PKI_SIGNER_TEST_UKIFY_257"),
+        (
+            254,
+            "PKI_SIGNER_TEST_STUB_254",
+            "PKI_SIGNER_TEST_UKIFY_254",
+            "tools254",
+        ),
+        (
+            257,
+            "PKI_SIGNER_TEST_STUB_257",
+            "PKI_SIGNER_TEST_UKIFY_257",
+            "tools254",
+        ),
+        (
+            262,
+            "PKI_SIGNER_TEST_STUB_262",
+            "PKI_SIGNER_TEST_UKIFY_262",
+            "tools262",
+        ),
     ]
     .into_iter()
     .flat_map(|r| {
@@ -1042,7 +1149,7 @@ fn ukify_builds_the_same_uki_from_the_same_inputs() {
             (r, "sdboot", sdboot),
         ]
     });
-    for ((major, stub_var, ukify_var), tag, kernel) in runs {
+    for ((major, stub_var, ukify_var, tools), tag, kernel) in runs {
         let (Some(stub), Some(ukify)) = (test_file(stub_var, prep), test_file(ukify_var, prep))
         else {
             continue;
@@ -1080,7 +1187,7 @@ fn ukify_builds_the_same_uki_from_the_same_inputs() {
             ])
             .args(["--pcr-private-key", "pki/tpm2-pcr-private.pem"])
             .args(["--pcr-public-key", "pki/tpm2-pcr-public.pem"])
-            .args(["--pcr-banks", "sha256", "--tools", "tools", "--measure"])
+            .args(["--pcr-banks", "sha256", "--tools", tools, "--measure"])
             .env(
                 "SYSTEMD_TPM2_DEVICE",
                 format!("swtpm:host=127.0.0.1,port={}", tpm.port),
@@ -1096,7 +1203,7 @@ fn ukify_builds_the_same_uki_from_the_same_inputs() {
         );
         let version = major;
         let major = format!("{major} ({tag})");
-        if version == 257 {
+        if version >= 257 {
             // ukify 254 keeps the stub's DllCharacteristics whatever the kernel's.
             let dll = |f: &str| {
                 peer_ok(&objdump, &["-p", f], d)
@@ -1190,37 +1297,61 @@ fn rename_section(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
 }
 
 /// What the newer stubs would measure unpredictably is refused with one
-/// line: a version past 257, a multi-profile UKI or `.dtbauto` on 257, and
-/// on 254 a name the stub takes for a measured section.
+/// line: a version past 262, a multi-profile UKI or `.dtbauto` on 257 and
+/// 262, `.efifw` on 262 (on 257 it is just another section), a measured
+/// section past SizeOfImage, and on 254 a name the stub takes for a measured
+/// section.
 #[test]
 fn newer_stubs_refuse_what_cannot_be_predicted() {
     let prep = "scripts/stubdebs.sh prepares it";
-    let (Some(s254), Some(s257)) = (stub_254(), test_file("PKI_SIGNER_TEST_STUB_257", prep)) else {
+    let (Some(s254), Some(s257), Some(s262)) = (
+        stub_254(),
+        test_file("PKI_SIGNER_TEST_STUB_257", prep),
+        test_file("PKI_SIGNER_TEST_STUB_262", prep),
+    ) else {
         return;
     };
     let tmp = setup();
     let d = tmp.path();
-    let err = refused_as(d, &s257, "257", "258");
-    assert!(err.contains("252-257"), "{err}");
+    let err = refused_as(d, &s262, "262", "263");
+    assert!(err.contains("252-262"), "{err}");
 
-    ok(build(
-        d,
-        "u257.efi",
-        &["--stub", s257.to_str().unwrap()],
-        &[],
-    ));
-    let u257 = fs::read(d.join("u257.efi")).unwrap();
-    for (name, why) in [(".profile", "multi-profile"), (".dtbauto", "machine")] {
-        fs::write(d.join("x.efi"), rename_section(&u257, ".uname", name)).unwrap();
+    let profile = (".profile", "multi-profile");
+    let dtbauto = (".dtbauto", "machine");
+    let efifw = (".efifw", "firmware ID");
+    for (major, stub, refused, plain) in [
+        (
+            257,
+            &s257,
+            vec![profile, dtbauto],
+            vec![".unamex", ".efifw"],
+        ),
+        (262, &s262, vec![profile, dtbauto, efifw], vec![".unamex"]),
+    ] {
+        let name = format!("u{major}.efi");
+        ok(build(d, &name, &["--stub", stub.to_str().unwrap()], &[]));
+        let u = fs::read(d.join(&name)).unwrap();
+        for (section, why) in refused {
+            fs::write(d.join("x.efi"), rename_section(&u, ".uname", section)).unwrap();
+            let err = fails(run_in(d, &["uki", "measure", "x.efi"]), 2);
+            assert!(err.contains(section) && err.contains(why), "{major}: {err}");
+            // show still lists it, without claiming what is measured.
+            let show = json(run_in(d, &["uki", "show", "x.efi", "--json"]));
+            assert!(show["sections"][0]["measured"].is_null(), "{show}");
+        }
+        // All 8 bytes are compared: `.unamex` is just another section.
+        for section in plain {
+            fs::write(d.join("x.efi"), rename_section(&u, ".uname", section)).unwrap();
+            ok(run_in(d, &["uki", "measure", "x.efi"]));
+        }
+        // SizeOfImage cut to the headers: every section lies past it.
+        let mut x = u.clone();
+        let opt = u32::from_le_bytes(x[0x3c..0x40].try_into().unwrap()) as usize + 24;
+        x[opt + 56..opt + 60].copy_from_slice(&0x1000u32.to_le_bytes());
+        fs::write(d.join("x.efi"), &x).unwrap();
         let err = fails(run_in(d, &["uki", "measure", "x.efi"]), 2);
-        assert!(err.contains(name) && err.contains(why), "{err}");
-        // show still lists it, without claiming what is measured.
-        let show = json(run_in(d, &["uki", "show", "x.efi", "--json"]));
-        assert!(show["sections"][0]["measured"].is_null(), "{show}");
+        assert!(err.contains("past SizeOfImage"), "{major}: {err}");
     }
-    // 257 compares all 8 bytes: `.unamex` is just another section.
-    fs::write(d.join("x.efi"), rename_section(&u257, ".uname", ".unamex")).unwrap();
-    ok(run_in(d, &["uki", "measure", "x.efi"]));
 
     ok(build(
         d,

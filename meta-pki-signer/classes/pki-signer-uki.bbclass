@@ -33,7 +33,8 @@
 #   PKI_SIGNER_UKI_PCR_ROLE    tpm2-pcr: the PCR policy key (`pki init --uefi` makes it);
 #                              empty: a UKI without .pcrpkey and .pcrsig
 #   PKI_SIGNER_UKI_PHASES      boot phases whose PCR 11 value the policy allows
-#   PKI_SIGNER_UKI_PCR_BANKS   PCR banks the policy is signed for (sha256, sha384, sha512, sha1)
+#   PKI_SIGNER_UKI_PCR_BANKS   PCR banks the policy is signed for (sha256, sha384, sha512, sha1;
+#                              stubs 258 and later: sha256 only)
 #
 # Production and HSM keys replace either role as in pki-signer.bbclass, with
 # varflags; the PCR key has no certificate, its public key (PEM) takes the
@@ -74,7 +75,7 @@ PKI_SIGNER_ROLES += "${PKI_SIGNER_UKI_ROLES}"
 PKI_SIGNER_UKI_ROLE[doc] = "Role whose key Authenticode-signs the UKI; its certificate must be in UEFI db."
 PKI_SIGNER_UKI_PCR_ROLE[doc] = "tpm2-pcr: sign the UKI's PCR 11 policy into .pcrsig with the PCR key; empty: no policy."
 PKI_SIGNER_UKI_PHASES[doc] = "Boot phases (systemd-measure's --phase) whose PCR 11 values the signed policy allows."
-PKI_SIGNER_UKI_PCR_BANKS[doc] = "PCR banks the policy is signed for: sha256, sha384, sha512, sha1."
+PKI_SIGNER_UKI_PCR_BANKS[doc] = "PCR banks the policy is signed for: sha256, sha384, sha512, sha1 (stubs 258 and later: sha256 only)."
 PKI_SIGNER_UKI_STUB[doc] = "systemd-stub the UKI is built on (uki.bbclass: DEPLOY_DIR_IMAGE/linuxEFI_ARCH.efi.stub)."
 PKI_SIGNER_UKI_KERNEL[doc] = "Kernel image of the UKI (uki.bbclass: DEPLOY_DIR_IMAGE/UKI_KERNEL_FILENAME)."
 PKI_SIGNER_UKI_INITRDS[doc] = "Initrds of the UKI, concatenated (uki.bbclass: the INITRAMFS_IMAGE in DEPLOY_DIR_IMAGE)."

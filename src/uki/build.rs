@@ -16,7 +16,7 @@
 //! - several initrds are concatenated, each padded to 4 bytes (ukify);
 //! - `.sbat` is rewritten in place: `--sbat` lines added for stubs that do
 //!   not measure it, merged as ukify does for those that do;
-//! - NX_COMPAT is cleared when the kernel lacks it (ukify 257).
+//! - NX_COMPAT is cleared when the kernel lacks it (ukify 257 and 262).
 //!
 //! One pass: the layout is known before anything is written (`.pcrsig` has
 //! a fixed length for a given key, banks and phases:
@@ -36,7 +36,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::pcr::{self, Bank, MultiHasher, PcrSig, Predictions, SectionDigests};
-use super::{canonical, open_stream, read_part, rules_for, StubRules, StubVersion, Uki};
+use super::{canonical, open_stream, read_part, rules_for, SbatStyle, StubRules, StubVersion, Uki};
 use crate::authenticode::{self, SignOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
@@ -480,7 +480,7 @@ pub struct StubEdits {
     /// The new `.sbat`, or None to keep the stub's.
     pub sbat: Option<Vec<u8>>,
     /// Clear NX_COMPAT: the stub claims it but the kernel does not, and the
-    /// image must not promise what its kernel cannot keep (ukify 257).
+    /// image must not promise what its kernel cannot keep (ukify 257 and 262).
     pub clear_nx: bool,
 }
 
@@ -491,17 +491,17 @@ impl StubEdits {
             Some(p) => Some((read_part(p)?, p.as_path())),
             None => None,
         };
-        let sbat = if rules.ukify_sbat {
+        let sbat = if rules.sbat == SbatStyle::Stub {
+            match user {
+                Some(u) => Some(merge_sbat(stub, None, Some(u), SbatStyle::Stub)?),
+                None => None,
+            }
+        } else {
             // The stub measures .sbat: write it as ukify does (stub, kernel,
             // then --sbat or ukify's default), so that ukify's UKI and ours
             // measure the same.
             let kernel_sbat = kernel.as_ref().and_then(|k| k.sbat.as_deref());
-            Some(merge_sbat(stub, kernel_sbat, user, true)?)
-        } else {
-            match user {
-                Some(u) => Some(merge_sbat(stub, None, Some(u), false)?),
-                None => None,
-            }
+            Some(merge_sbat(stub, kernel_sbat, user, rules.sbat)?)
         };
         let clear_nx = stub.dll_characteristics & IMAGE_DLLCHARACTERISTICS_NX_COMPAT != 0
             && kernel.is_some_and(|k| !k.nx_compat);
@@ -611,6 +611,13 @@ struct Placed {
 pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
     let stub = Stub::load(&o.stub)?;
     let rules = rules_for(&stub.version, &o.stub)?;
+    if let Some(why) = o
+        .pcr
+        .as_ref()
+        .and_then(|p| rules.check_policy_banks(&p.banks, &stub.version))
+    {
+        return Err(Error::input(&o.stub, why));
+    }
     let (pcrpkey, banks, phases) = match &o.pcr {
         Some(p) => {
             let spki = crate::x509::spki_der(p.key);
@@ -1064,18 +1071,20 @@ fn sbat_entries(text: &str) -> Option<Vec<&str>> {
 
 /// The `.sbat` of the UKI: the stub's entries, then the kernel's (`kernel`:
 /// its `.sbat`, ignored when it is not an SBAT, as ukify does), then those
-/// of `user` (`--sbat`; its `sbat,` line, if any, dropped). `ukify`: as
-/// ukify 254 and later write it, which the stub then measures: one
-/// canonical `sbat,` line, ukify's `uki` entry when no `--sbat` is given, and
-/// a NUL after the last newline. Otherwise the stub's own text is extended,
-/// as pki-signer always did for the stubs that do not measure `.sbat`. The
+/// of `user` (`--sbat`; its `sbat,` line, if any, dropped). `style`
+/// [`SbatStyle::UkifyNul`] or [`SbatStyle::Ukify`]: as ukify 254-257 or 262
+/// write it, which the stub then measures: one canonical `sbat,` line,
+/// ukify's `uki` entry when no `--sbat` is given, and (254-257) a NUL after
+/// the last newline. [`SbatStyle::Stub`]: the stub's own text extended, as
+/// pki-signer always did for the stubs that do not measure `.sbat`. The
 /// result must fit the stub's section.
 fn merge_sbat(
     stub: &Stub,
     kernel: Option<&[u8]>,
     user: Option<(Vec<u8>, &Path)>,
-    ukify: bool,
+    style: SbatStyle,
 ) -> Result<Vec<u8>> {
+    let ukify = style != SbatStyle::Stub;
     let s = stub
         .sections
         .iter()
@@ -1133,7 +1142,7 @@ fn merge_sbat(
     };
     let mut out = lines.join("\n").into_bytes();
     out.push(b'\n');
-    if ukify {
+    if style == SbatStyle::UkifyNul {
         out.push(0);
     }
     if out.len() > s.raw_size as usize {

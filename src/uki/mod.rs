@@ -47,7 +47,8 @@ pub fn default_stub() -> Result<PathBuf> {
 /// What pki-signer knows of a range of systemd-stub versions (major numbers,
 /// inclusive), from systemd's source at those tags: `unified_sections[]`
 /// (src/fundamental/tpm-pcr.c, later uki.c), the stub's measuring loop and
-/// section lookup (src/boot/efi/stub.c and pe.c), and that release's ukify.
+/// section lookup (src/boot/efi/stub.c and pe.c, src/boot/ from 257), and
+/// that release's ukify.
 #[derive(Debug)]
 pub struct StubRules {
     pub first: u32,
@@ -63,12 +64,32 @@ pub struct StubRules {
     /// Up to 256 the stub compares only `strlen(name)` bytes of a section
     /// name, so `.linuxfoo` is taken as `.linux`; from 257 all 8 bytes.
     pub prefix_names: bool,
-    /// `.sbat` is measured (254 on), so `uki build` writes it as that
-    /// release's ukify does and a UKI from ukify predicts the same.
-    pub ukify_sbat: bool,
+    /// How `uki build` writes `.sbat`.
+    pub sbat: SbatStyle,
+    /// Sign PCR policies for the sha256 bank only. systemd-measure 262 signs
+    /// every bank's policy with RSA-SHA256 (systemd PR 41051, in 260 or 261;
+    /// systemd's check has always accepted only that); pki-signer signs a
+    /// bank's policy with the bank's hash, as systemd-measure 252-259 did, so
+    /// for the stubs of those newer releases it signs sha256 only rather
+    /// than differ from their systemd-measure.
+    pub sha256_policies_only: bool,
     /// Sections whose measurement the stub decides at boot, with why a UKI
     /// carrying one is refused.
     pub unpredictable: &'static [(&'static str, &'static str)],
+}
+
+/// How `uki build` writes the UKI's `.sbat` (the stub's section, rewritten
+/// in place).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SbatStyle {
+    /// The stub's own text, `--sbat` lines added (252-253 do not measure it).
+    Stub,
+    /// As ukify 254-257 merges it (its `merge_sbat`): one `sbat,` line, the
+    /// stub's, the kernel's and `--sbat`'s entries (ukify's `uki` entry when
+    /// no `--sbat`), and a NUL after the last newline.
+    UkifyNul,
+    /// As ukify 262 merges it: the same lines, ending at the last newline.
+    Ukify,
 }
 
 /// ukify 254-256's order (and pki-signer's for 252-253, which had no ukify
@@ -76,16 +97,24 @@ pub struct StubRules {
 const LAYOUT_UKIFY_254: &[&str] = &[
     ".osrel", ".cmdline", ".dtb", ".uname", ".splash", ".pcrpkey", ".initrd", ".linux",
 ];
-/// ukify 257 moved `.linux` before `.initrd`.
+/// ukify 257 moved `.linux` before `.initrd`; ukify 262 keeps that order for
+/// these sections (it puts `.dtbauto`/`.hwids` after `.dtb`, `.efifw`/`.ucode`
+/// after `.initrd`, none of which `uki build` writes).
 const LAYOUT_UKIFY_257: &[&str] = &[
     ".osrel", ".cmdline", ".dtb", ".uname", ".splash", ".pcrpkey", ".linux", ".initrd",
 ];
 
-/// Every systemd-stub version pki-signer predicts PCR 11 for. 252, 254 and
-/// 257 (Debian 12, bookworm-backports, Debian 13) are checked against real
-/// stubs, systemd-measure and firmware in tests/; 253, 255 and 256 only by
-/// reading the source, which measures as the neighbouring releases do.
-pub const STUB_RULES: [StubRules; 4] = [
+const PROFILE_WHY: &str = "a multi-profile UKI: the boot picks which profile's sections the stub measures; pki-signer predicts single-profile UKIs only";
+const DTBAUTO_WHY: &str = "the stub measures the .dtbauto that matches the machine's devicetree or hardware IDs, which is not known at build time";
+
+/// Every systemd-stub version pki-signer predicts PCR 11 for. 252, 254, 257
+/// and 262 (Debian 12, bookworm-backports, Debian 13, forky/sid) are checked
+/// against real stubs, systemd-measure and firmware in tests/; 253, 255,
+/// 256 and 258-261 only by reading the source, which measures as the
+/// neighbouring releases do (258-261 as 262: same `unified_sections[]`,
+/// measuring loop and name matching in the 262 source, and the NEWS of
+/// 258-262 names no other change to what the stub measures).
+pub const STUB_RULES: [StubRules; 5] = [
     StubRules {
         first: 252,
         last: 253,
@@ -94,7 +123,8 @@ pub const STUB_RULES: [StubRules; 4] = [
         ],
         layout: LAYOUT_UKIFY_254,
         prefix_names: true,
-        ukify_sbat: false,
+        sbat: SbatStyle::Stub,
+        sha256_policies_only: false,
         unpredictable: &[],
     },
     StubRules {
@@ -106,7 +136,8 @@ pub const STUB_RULES: [StubRules; 4] = [
         ],
         layout: LAYOUT_UKIFY_254,
         prefix_names: true,
-        ukify_sbat: true,
+        sbat: SbatStyle::UkifyNul,
+        sha256_policies_only: false,
         unpredictable: &[],
     },
     StubRules {
@@ -118,7 +149,8 @@ pub const STUB_RULES: [StubRules; 4] = [
         ],
         layout: LAYOUT_UKIFY_254,
         prefix_names: true,
-        ukify_sbat: true,
+        sbat: SbatStyle::UkifyNul,
+        sha256_policies_only: false,
         unpredictable: &[],
     },
     StubRules {
@@ -130,21 +162,54 @@ pub const STUB_RULES: [StubRules; 4] = [
         ],
         layout: LAYOUT_UKIFY_257,
         prefix_names: false,
-        ukify_sbat: true,
+        sbat: SbatStyle::UkifyNul,
+        sha256_policies_only: false,
+        unpredictable: &[(".profile", PROFILE_WHY), (".dtbauto", DTBAUTO_WHY)],
+    },
+    // 258 added `.efifw` (NEWS 258; last in `unified_sections[]`, measured
+    // like the others, but only the copy whose firmware ID matches the
+    // machine's, via `.hwids`: src/boot/pe.c); a section whose VirtualAddress
+    // + VirtualSize passes SizeOfImage is skipped by 262's pe.c (pki-signer
+    // refuses such a UKI for every version). Stub 258's `.sbat` is padded to
+    // 1 KiB, which needs ukify 257.9 or later (NEWS 258). ukify 262 no longer
+    // ends `.sbat` with a NUL; when between 258 and 262 that changed is not
+    // in the source, so a UKI from ukify 258-261 may differ from ours in that
+    // byte (each predicts its own `.sbat`, so PCR 11 is right either way).
+    StubRules {
+        first: 258,
+        last: 262,
+        measured: &[
+            ".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname",
+            ".sbat", ".pcrpkey", ".profile", ".dtbauto", ".hwids", ".efifw",
+        ],
+        layout: LAYOUT_UKIFY_257,
+        prefix_names: false,
+        sbat: SbatStyle::Ukify,
+        sha256_policies_only: true,
         unpredictable: &[
+            (".profile", PROFILE_WHY),
+            (".dtbauto", DTBAUTO_WHY),
             (
-                ".profile",
-                "a multi-profile UKI: the boot picks which profile's sections the stub measures; pki-signer predicts single-profile UKIs only",
-            ),
-            (
-                ".dtbauto",
-                "the stub measures the .dtbauto that matches the machine's devicetree or hardware IDs, which is not known at build time",
+                ".efifw",
+                "the stub measures the .efifw whose firmware ID matches the machine's hardware IDs, which is not known at build time",
             ),
         ],
     },
 ];
 
 impl StubRules {
+    /// Refuse to sign policies for `banks` where [`Self::sha256_policies_only`]
+    /// says so; the one-line reason.
+    pub fn check_policy_banks(&self, banks: &[Bank], v: &StubVersion) -> Option<String> {
+        let other = banks.iter().find(|b| **b != Bank::Sha256)?;
+        self.sha256_policies_only.then(|| {
+            format!(
+                "systemd-stub {}: pki-signer signs the {other} bank's PCR policy with {other}, the systemd-measure of this release with SHA-256; sign the sha256 bank only (--pcr-banks sha256)",
+                v.version
+            )
+        })
+    }
+
     /// The measured section the stub takes a section named `name` for.
     pub fn role(&self, name: &str) -> Option<&'static str> {
         self.measured.iter().copied().find(|m| {
@@ -196,7 +261,7 @@ pub fn stub_rules(major: u32) -> Option<&'static StubRules> {
         .find(|r| (r.first..=r.last).contains(&major))
 }
 
-/// The versions [`STUB_RULES`] covers, for messages: `252-257`.
+/// The versions [`STUB_RULES`] covers, for messages: `252-262`.
 pub fn known_stub_versions() -> String {
     let first = STUB_RULES.first().map_or(0, |r| r.first);
     let last = STUB_RULES.last().map_or(0, |r| r.last);
@@ -276,6 +341,7 @@ pub struct Uki {
     pub sections: Vec<SectionInfo>,
     pub file_size: u64,
     pub dll_characteristics: u16,
+    pub size_of_image: u32,
     file: File,
 }
 
@@ -297,6 +363,7 @@ impl Uki {
             sections: info.sections,
             file_size: info.file_size,
             dll_characteristics: img.dll_characteristics(),
+            size_of_image: img.size_of_image(),
             file,
         })
     }
@@ -384,6 +451,18 @@ impl Uki {
         for s in &self.sections {
             if !rules.measures(&s.name) || s.virtual_size == 0 {
                 continue;
+            }
+            // systemd-stub 262 skips such a section (src/boot/pe.c); older
+            // stubs measure memory past the loaded image.
+            let end = u64::from(s.virtual_address) + u64::from(s.virtual_size);
+            if end > u64::from(self.size_of_image) {
+                return Err(Error::input(
+                    &self.path,
+                    format!(
+                        "section {} ends at {end:#x}, past SizeOfImage {:#x}: the stub skips it (262) or reads past the loaded image",
+                        s.name, self.size_of_image
+                    ),
+                ));
             }
             let mut h = MultiHasher::new(banks);
             self.stream(s, |c| h.update(c))?;
@@ -622,34 +701,45 @@ pub fn public_key_from_pem(pem_bytes: &[u8]) -> std::result::Result<PublicKey, S
     })
 }
 
-/// Verify a policy signature made with `bank`'s hash.
+/// Verify a policy signature: made with `bank`'s hash, as systemd-measure
+/// signed up to 259 at least (RSA-SHA1 for the sha1 bank), or with SHA-256
+/// whatever the bank, as systemd-measure 262 signs (systemd PR 41051) and
+/// the only one systemd's own check (src/shared/tpm2-util.c, 257 and 262)
+/// accepts.
 pub fn verify_policy_sig(key: &PublicKey, bank: Bank, pol: &[u8], sig: &[u8]) -> bool {
-    use crate::sigalg::{self, KeyKind, Scheme};
+    use crate::sigalg::{self, Hash, KeyKind, Scheme};
     use x509_parser::prelude::FromDer;
     let Ok((_, spki)) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&key.spki_der) else {
         return false;
     };
-    let kind = sigalg::key_kind(&spki);
-    let rsa = matches!(kind, Some(KeyKind::Rsa | KeyKind::RsaPss));
-    let hash = match bank.sig_hash() {
-        Some(h) => h,
+    let Some(kind) = sigalg::key_kind(&spki) else {
+        return false;
+    };
+    let rsa = matches!(kind, KeyKind::Rsa | KeyKind::RsaPss);
+    let with = |hash| {
+        let scheme = if rsa {
+            Scheme::RsaPkcs1(hash)
+        } else {
+            Scheme::Ecdsa(hash)
+        };
+        sigalg::verify(&spki, scheme, pol, sig).is_ok()
+    };
+    if with(Hash::Sha256) {
+        return true;
+    }
+    match bank.sig_hash() {
+        Some(Hash::Sha256) => false,
+        Some(hash) => with(hash),
+        // Legacy: systemd-measure signed the sha1 bank with RSA-SHA1.
         None => {
-            // Legacy: systemd-measure signs the sha1 bank with RSA-SHA1.
-            return rsa
-                && aws_lc_rs::signature::UnparsedPublicKey::new(
-                    &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
-                    &key.key_bits,
-                )
-                .verify(pol, sig)
-                .is_ok();
+            rsa && aws_lc_rs::signature::UnparsedPublicKey::new(
+                &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+                &key.key_bits,
+            )
+            .verify(pol, sig)
+            .is_ok()
         }
-    };
-    let scheme = match kind {
-        None => return false,
-        Some(_) if rsa => Scheme::RsaPkcs1(hash),
-        Some(_) => Scheme::Ecdsa(hash),
-    };
-    sigalg::verify(&spki, scheme, pol, sig).is_ok()
+    }
 }
 
 /// Check every policy of `pcrsig`: key fingerprint, signature, and which
@@ -738,13 +828,13 @@ mod tests {
         assert_eq!(v.version, "252.39-1~deb12u2");
         assert!(parse_sdmagic(b"#### LoaderInfo: systemd-boot 252 ####", p).is_err());
         assert!(parse_sdmagic(b"systemd-stub x", p).is_err());
-        assert!(stub_rules(251).is_none() && stub_rules(258).is_none());
-        assert_eq!(known_stub_versions(), "252-257");
+        assert!(stub_rules(251).is_none() && stub_rules(263).is_none());
+        assert_eq!(known_stub_versions(), "252-262");
     }
 
     #[test]
     fn rules_cover_each_version_once_and_measure_in_enum_order() {
-        for major in 252..=257 {
+        for major in 252..=262 {
             assert_eq!(
                 STUB_RULES
                     .iter()
@@ -776,6 +866,13 @@ mod tests {
         let err = new.check_names([".profile"], &v("257.1"), p).unwrap_err();
         assert!(err.to_string().contains("multi-profile"), "{err}");
         assert!(new.check_names([".dtbauto"], &v("257.1"), p).is_err());
+        assert!(new.check_names([".efifw"], &v("257.1"), p).is_ok());
+        let r262 = stub_rules(258).unwrap();
+        assert!(std::ptr::eq(r262, stub_rules(262).unwrap()));
+        assert_eq!(r262.measured.last(), Some(&".efifw"));
+        let err = r262.check_names([".efifw"], &v("262-1"), p).unwrap_err();
+        assert!(err.to_string().contains("firmware ID"), "{err}");
+        assert!(r262.check_names([".linuxfoo"], &v("262-1"), p).is_ok());
     }
 }
 

@@ -126,6 +126,9 @@ pub fn plan(path: &Path, new_spki: &[u8]) -> Result<Repolicy> {
     for b in &banks {
         b.signing_hash()?;
     }
+    if let Some(why) = rules.check_policy_banks(&banks, &version) {
+        return Err(Error::input(path, why));
+    }
 
     // One pass: the file's hash, the Authenticode prefix of the new image
     // and the measured sections' digests, with the new .pcrpkey in place.
