@@ -919,7 +919,17 @@ fn stub_254_uki_measures_and_signs_as_systemd_measure_254() {
         &names,
         "\n\0",
         &["sha512", "sha256"],
+        &[],
     );
+    // 254 does not load microcode: `--microcode` is refused.
+    let tmp = setup();
+    let d = tmp.path();
+    fs::write(d.join("ucode.cpio"), b"microcode").unwrap();
+    let stub = stub.to_str().unwrap();
+    let a = ["--stub", stub, "--microcode", "ucode.cpio"];
+    let err = fails(build(d, "u.efi", &a, &[]), 2);
+    assert!(err.contains("does not know .ucode"), "{err}");
+    assert!(!d.join("u.efi").exists());
 }
 
 /// The same for systemd-stub 262 and forky's systemd-measure 262 (which runs
@@ -936,8 +946,9 @@ fn stub_262_uki_measures_and_signs_as_systemd_measure_262() {
     ) else {
         return;
     };
+    // With microcode, which systemd-measure 262 takes as --ucode.
     let names = [
-        ".osrel", ".cmdline", ".uname", ".pcrpkey", ".linux", ".initrd", ".pcrsig",
+        ".osrel", ".cmdline", ".uname", ".pcrpkey", ".linux", ".initrd", ".ucode", ".pcrsig",
     ];
     measures_and_signs_as(
         &stub,
@@ -947,6 +958,7 @@ fn stub_262_uki_measures_and_signs_as_systemd_measure_262() {
         &names,
         "\n",
         &["sha256"],
+        &["--microcode", "ucode.cpio"],
     );
     let tmp = setup();
     let d = tmp.path();
@@ -969,7 +981,9 @@ fn stub_262_uki_measures_and_signs_as_systemd_measure_262() {
 /// entries, ukify's `uki` entry and `sbat_end`, and `measure` (that
 /// release's systemd-measure, taking the sections `known`) calculates what
 /// the build report, `uki measure` of the UKI and of the parts predict (sha256
-/// and sha512), and signs its `.pcrsig` byte for byte.
+/// and sha512), and signs its `.pcrsig` byte for byte. `extra` goes to the
+/// build and to `uki measure` of the parts (`ucode.cpio` is there).
+#[allow(clippy::too_many_arguments)]
 fn measures_and_signs_as(
     stub: &Path,
     measure: &Path,
@@ -978,22 +992,16 @@ fn measures_and_signs_as(
     names: &[&str],
     sbat_end: &str,
     sign_banks: &[&str],
+    extra: &[&str],
 ) {
     let stub = stub.to_str().unwrap();
     let tmp = setup();
     let d = tmp.path();
-    let report = json(build(
-        d,
-        "uki.efi",
-        &[
-            "--stub",
-            stub,
-            "--pcr-banks",
-            &sign_banks.join(","),
-            "--json",
-        ],
-        &[],
-    ));
+    fs::write(d.join("ucode.cpio"), b"070701 early microcode stand-in").unwrap();
+    let banks = sign_banks.join(",");
+    let mut a = vec!["--stub", stub, "--pcr-banks", &banks, "--json"];
+    a.extend(extra);
+    let report = json(build(d, "uki.efi", &a, &[]));
     assert_eq!(report["stub_version"]["major"], major, "{report}");
 
     let got = extract(d, "uki.efi", "s");
@@ -1052,6 +1060,7 @@ fn measures_and_signs_as(
         "pki/tpm2-pcr-public.pem",
     ];
     a.extend(banks);
+    a.extend(extra);
     assert_eq!(json(run_in(d, &a)), theirs, "uki measure of the parts");
     let show = json(run_in(d, &["uki", "show", "uki.efi", "--json"]));
     assert_eq!(show["ok"], true, "{show}");
@@ -1109,6 +1118,7 @@ fn ukify_builds_the_same_uki_from_the_same_inputs() {
     let tmp = setup();
     let d = tmp.path();
     fs::write(d.join("cmdline"), "console=ttyS0 quiet").unwrap();
+    fs::write(d.join("ucode.cpio"), b"070701 early microcode stand-in").unwrap();
     // ukify runs the systemd-measure in its --tools directory.
     for (tools, m) in [("tools254", &measure), ("tools262", &measure262)] {
         fs::create_dir(d.join(tools)).unwrap();
@@ -1159,7 +1169,7 @@ fn ukify_builds_the_same_uki_from_the_same_inputs() {
             format!("ours{major}-{tag}.efi"),
             format!("ukify{major}-{tag}.efi"),
         );
-        let common = [
+        let mut common = vec![
             "--linux",
             kernel,
             "--initrd",
@@ -1169,8 +1179,13 @@ fn ukify_builds_the_same_uki_from_the_same_inputs() {
             "--uname",
             "6.1.0-test",
         ];
+        if major >= 262 {
+            // ukify 254 has no --microcode; ukify 257 runs systemd-measure
+            // 254 here, which has no --ucode.
+            common.extend(["--microcode", "ucode.cpio"]);
+        }
         let mut a = vec!["uki", "build", "--stub", stub, "-o", &ours];
-        a.extend(common);
+        a.extend(&common);
         a.extend(["--cmdline-file", "cmdline", "--os-release", &osrel]);
         a.extend(["--role", "ssig_subca", "--pcr-role", "tpm2-pcr"]);
         ok(run_in(d, &a));
@@ -1178,7 +1193,7 @@ fn ukify_builds_the_same_uki_from_the_same_inputs() {
         let o = Command::new(&python)
             .arg(&ukify)
             .args(["build", "--stub", stub, "--output", &theirs])
-            .args(common)
+            .args(&common)
             .args([
                 "--cmdline",
                 "@cmdline",

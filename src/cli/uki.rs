@@ -38,6 +38,9 @@ pub(super) struct PartArgs {
     /// SBAT CSV lines to add to the stub's .sbat.
     #[arg(long, value_name = "FILE")]
     sbat: Option<PathBuf>,
+    /// CPU microcode, an early cpio the stub (256 and later) puts before the initrds [.ucode].
+    #[arg(long, value_name = "FILE")]
+    microcode: Option<PathBuf>,
     /// systemd-stub to build on (its version decides what is measured).
     /// Default: /usr/lib/systemd/boot/efi/linuxx64.efi.stub.
     #[arg(long, value_name = "FILE")]
@@ -55,6 +58,7 @@ impl PartArgs {
             || self.splash.is_some()
             || self.dtb.is_some()
             || self.sbat.is_some()
+            || self.microcode.is_some()
     }
 
     fn inputs(&self, pcrpkey: Option<PathBuf>) -> Result<build::Inputs> {
@@ -73,6 +77,7 @@ impl PartArgs {
             dtb: self.dtb.clone(),
             pcrpkey,
             sbat: self.sbat.clone(),
+            microcode: self.microcode.clone(),
         })
     }
 

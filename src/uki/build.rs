@@ -395,6 +395,8 @@ pub struct Inputs {
     /// A PEM public key for `.pcrpkey` (measure only; build takes it from the PCR key).
     pub pcrpkey: Option<PathBuf>,
     pub sbat: Option<PathBuf>,
+    /// `.ucode`: microcode the stub (256 on) hands to the kernel before the initrds.
+    pub microcode: Option<PathBuf>,
 }
 
 impl Inputs {
@@ -443,6 +445,10 @@ impl Inputs {
         if let Some(p) = &self.linux {
             let (_, len) = open_stream(p)?;
             add(".linux", Some(Content::Files(vec![(p.clone(), len)])));
+        }
+        if let Some(p) = &self.microcode {
+            let (_, len) = open_stream(p)?;
+            add(".ucode", Some(Content::Files(vec![(p.clone(), len)])));
         }
         v.sort_by_key(|p| layout.iter().position(|n| *n == p.name));
         Ok(v)
@@ -649,6 +655,14 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
     parts.retain(|p| !p.content.is_empty());
     if !parts.iter().any(|p| p.name == ".linux") {
         return Err(Error::Usage("--linux is needed".into()));
+    }
+    // A section this stub does not know would be carried along and ignored
+    // at boot: microcode that is never loaded.
+    if let Some(p) = parts.iter().find(|p| !rules.measured.contains(&p.name)) {
+        return Err(Error::Usage(format!(
+            "systemd-stub {} does not know {} sections: build on a newer stub",
+            stub.version.version, p.name
+        )));
     }
     rules.check_names(
         stub.sections.iter().map(|s| s.name.as_str()),

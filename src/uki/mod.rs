@@ -95,13 +95,15 @@ pub enum SbatStyle {
 /// ukify 254-256's order (and pki-signer's for 252-253, which had no ukify
 /// that measured `.uname`).
 const LAYOUT_UKIFY_254: &[&str] = &[
-    ".osrel", ".cmdline", ".dtb", ".uname", ".splash", ".pcrpkey", ".initrd", ".linux",
+    ".osrel", ".cmdline", ".dtb", ".uname", ".splash", ".pcrpkey", ".initrd", ".linux", ".ucode",
 ];
 /// ukify 257 moved `.linux` before `.initrd`; ukify 262 keeps that order for
-/// these sections (it puts `.dtbauto`/`.hwids` after `.dtb`, `.efifw`/`.ucode`
-/// after `.initrd`, none of which `uki build` writes).
+/// these sections (it puts `.dtbauto`/`.hwids` after `.dtb` and `.efifw`
+/// after `.initrd`, which `uki build` does not write). `.ucode` comes last,
+/// as in ukify 257 and 262; for 256, whose ukify source is not at hand, the
+/// same (the stub finds sections by name and measures in its own order).
 const LAYOUT_UKIFY_257: &[&str] = &[
-    ".osrel", ".cmdline", ".dtb", ".uname", ".splash", ".pcrpkey", ".linux", ".initrd",
+    ".osrel", ".cmdline", ".dtb", ".uname", ".splash", ".pcrpkey", ".linux", ".initrd", ".ucode",
 ];
 
 const PROFILE_WHY: &str = "a multi-profile UKI: the boot picks which profile's sections the stub measures; pki-signer predicts single-profile UKIs only";
