@@ -656,9 +656,13 @@ pub fn build(o: &BuildOptions<'_>) -> Result<BuildReport> {
     if !parts.iter().any(|p| p.name == ".linux") {
         return Err(Error::Usage("--linux is needed".into()));
     }
-    // A section this stub does not know would be carried along and ignored
-    // at boot: microcode that is never loaded.
-    if let Some(p) = parts.iter().find(|p| !rules.measured.contains(&p.name)) {
+    // Microcode on a stub that does not know `.ucode` (before 256) would be
+    // carried along and never loaded. (`.uname` on 252-253 is only not
+    // measured; the kernel does not need it.)
+    if let Some(p) = parts
+        .iter()
+        .find(|p| p.name == ".ucode" && !rules.measured.contains(&p.name))
+    {
         return Err(Error::Usage(format!(
             "systemd-stub {} does not know {} sections: build on a newer stub",
             stub.version.version, p.name
