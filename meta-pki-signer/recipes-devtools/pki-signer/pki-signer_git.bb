@@ -21,7 +21,7 @@ PV = "0.1.0+git"
 
 # destsuffix=${BP} is where S points in every supported release.
 SRC_URI = "${PKI_SIGNER_GIT_URI};branch=${PKI_SIGNER_GIT_BRANCH};destsuffix=${BP}"
-SRCREV ?= "45c2cf84ae8e1678a6530eb7fd639aa8f0fb7d21"
+SRCREV ?= "98b794a90cbb2b4d505a9508c236b8ec8e0dd195"
 
 inherit cargo
 
