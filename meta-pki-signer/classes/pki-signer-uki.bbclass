@@ -25,6 +25,7 @@
 #   PKI_SIGNER_UKI_DTB         the UKI_DEVICETREE blob in DEPLOY_DIR_IMAGE (one)
 #   PKI_SIGNER_UKI_UNAME       KERNEL_VERSION, if set (.uname; else the kernel's own, as ukify)
 #   PKI_SIGNER_UKI_SPLASH, PKI_SIGNER_UKI_SBAT   a BMP (.splash), SBAT lines for the stub's .sbat
+#   PKI_SIGNER_UKI_MICROCODE   an early microcode cpio (.ucode; systemd-stub 256 and later)
 #   UKI_CMDLINE, UKI_FILENAME  as uki.bbclass has them
 #
 # The keys, and what is signed with them:
@@ -68,6 +69,7 @@ PKI_SIGNER_UKI_DTB ?= "${@' '.join(os.path.join(d.getVar('DEPLOY_DIR_IMAGE'), os
 PKI_SIGNER_UKI_UNAME ?= "${@d.getVar('KERNEL_VERSION') or ''}"
 PKI_SIGNER_UKI_SPLASH ?= ""
 PKI_SIGNER_UKI_SBAT ?= ""
+PKI_SIGNER_UKI_MICROCODE ?= ""
 
 PKI_SIGNER_UKI_ROLES = "${PKI_SIGNER_UKI_ROLE} ${PKI_SIGNER_UKI_PCR_ROLE}"
 PKI_SIGNER_ROLES += "${PKI_SIGNER_UKI_ROLES}"
@@ -84,6 +86,7 @@ PKI_SIGNER_UKI_DTB[doc] = "Devicetree blob of the UKI (uki.bbclass: UKI_DEVICETR
 PKI_SIGNER_UKI_UNAME[doc] = "Kernel release for .uname (uki.bbclass: KERNEL_VERSION)."
 PKI_SIGNER_UKI_SPLASH[doc] = "BMP splash image for .splash; empty: none."
 PKI_SIGNER_UKI_SBAT[doc] = "SBAT CSV lines added to the stub's .sbat; empty: the stub's own."
+PKI_SIGNER_UKI_MICROCODE[doc] = "Early microcode cpio for .ucode (systemd-stub 256 and later); empty: none."
 
 def pki_signer_uki_default_initrd(d):
     """The initramfs uki.bbclass puts into the UKI: INITRAMFS_IMAGE-MACHINE.TYPE in DEPLOY_DIR_IMAGE."""
@@ -101,7 +104,8 @@ def pki_signer_uki_part_args(d):
     for initrd in (d.getVar("PKI_SIGNER_UKI_INITRDS") or "").split():
         args += ["--initrd", initrd]
     for var, opt in (("PKI_SIGNER_UKI_DTB", "--dtb"), ("PKI_SIGNER_UKI_UNAME", "--uname"),
-                     ("PKI_SIGNER_UKI_SPLASH", "--splash"), ("PKI_SIGNER_UKI_SBAT", "--sbat")):
+                     ("PKI_SIGNER_UKI_SPLASH", "--splash"), ("PKI_SIGNER_UKI_SBAT", "--sbat"),
+                     ("PKI_SIGNER_UKI_MICROCODE", "--microcode")):
         value = (d.getVar(var) or "").strip()
         if value:
             args += [opt, value]
@@ -115,7 +119,7 @@ def pki_signer_uki_files(d):
              ("os-release (PKI_SIGNER_UKI_OS_RELEASE)", d.getVar("PKI_SIGNER_UKI_OS_RELEASE"))]
     for initrd in (d.getVar("PKI_SIGNER_UKI_INITRDS") or "").split():
         files.append(("the initramfs (PKI_SIGNER_UKI_INITRDS, from INITRAMFS_IMAGE)", initrd))
-    for var in ("PKI_SIGNER_UKI_DTB", "PKI_SIGNER_UKI_SPLASH", "PKI_SIGNER_UKI_SBAT"):
+    for var in ("PKI_SIGNER_UKI_DTB", "PKI_SIGNER_UKI_SPLASH", "PKI_SIGNER_UKI_SBAT", "PKI_SIGNER_UKI_MICROCODE"):
         if (d.getVar(var) or "").strip():
             files.append((var, d.getVar(var).strip()))
     return files

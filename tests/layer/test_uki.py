@@ -97,7 +97,8 @@ def test_do_uki_says_which_input_is_missing(make_build, dev_pki):
 def test_uki_bbclass_variables_choose_the_inputs(make_parse_build):
     build = make_parse_build('INITRAMFS_IMAGE = "my-initramfs"\nINITRAMFS_FSTYPES = "cpio.zst cpio.gz"\n'
                              'UKI_KERNEL_FILENAME = "Image"\nUKI_DEVICETREE = "vendor/board.dtb"\n'
-                             'KERNEL_VERSION = "6.18.1-yocto"\nUKI_CMDLINE = "root=PARTLABEL=\'root a\' quiet"\n')
+                             'KERNEL_VERSION = "6.18.1-yocto"\nUKI_CMDLINE = "root=PARTLABEL=\'root a\' quiet"\n'
+                             'PKI_SIGNER_UKI_MICROCODE = "${DEPLOY_DIR_IMAGE}/microcode.cpio"\n')
     d = build.parse(UKI)
     deploy = d.getVar("DEPLOY_DIR_IMAGE")
     assert d.getVar("PKI_SIGNER_UKI_STUB") == deploy + "/linuxx64.efi.stub"
@@ -108,6 +109,8 @@ def test_uki_bbclass_variables_choose_the_inputs(make_parse_build):
     args = d.expand("${@pki_signer_uki_part_args(d)}")
     assert "--cmdline 'root=PARTLABEL='\"'\"'root a'\"'\"' quiet'" in args
     assert "--uname 6.18.1-yocto" in args and "--dtb %s/board.dtb" % deploy in args
+    assert "--microcode %s/microcode.cpio" % deploy in args
+    assert "'PKI_SIGNER_UKI_MICROCODE', '%s/microcode.cpio'" % deploy in d.expand("${@repr(pki_signer_uki_files(d))}")
     pcr = d.expand("${@pki_signer_uki_pcr_args(d)}")
     assert pcr.startswith("--pcr-role tpm2-pcr --phases enter-initrd --phases enter-initrd:leave-initrd ")
     assert pcr.endswith("--pcr-banks sha256")
