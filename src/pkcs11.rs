@@ -278,15 +278,17 @@ fn token(uri: &Pkcs11Uri) -> Result<(PathBuf, Pkcs11, Slot, String)> {
 /// reads the token while another rewrites it loses the token, or fails its
 /// login or a listing with CKR_GENERAL_ERROR (SoftHSMv2 issue 757). Parallel
 /// bitbake tasks signing with one SoftHSM2 token would fail at random, so
-/// pki-signer processes take turns on SoftHSM2 modules: an exclusive lock,
-/// held until the process exits. Other modules (real HSMs) are not locked.
-/// None when the lock cannot be had; the retries in `token` remain.
+/// pki-signer processes take turns on SoftHSM2 modules: an exclusive flock on
+/// the configuration file the module reads ($SOFTHSM2_CONF, else the user's
+/// or /etc/softhsm's softhsm2.conf), so processes that share a token store
+/// take turns and others do not; nothing is created. It is held until the
+/// process exits. Other modules (real HSMs) are not locked. None when the
+/// lock cannot be had; the retries in `token` remain.
 ///
 /// Only processes that ask for it take turns (the command line does): a
 /// program that uses this library and also runs pki-signer children would
 /// otherwise hold the lock they wait for.
 fn softhsm_lock(module: &Path) -> Option<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
     if !TAKE_TURNS.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
@@ -294,16 +296,14 @@ fn softhsm_lock(module: &Path) -> Option<std::fs::File> {
     if !name.starts_with("libsofthsm") {
         return None;
     }
-    let uid = rustix::process::getuid().as_raw();
-    let lock = std::env::temp_dir().join(format!("pki-signer-{uid}-softhsm.lock"));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&lock)
-        .ok()?;
+    let conf = match std::env::var_os("SOFTHSM2_CONF") {
+        Some(c) if !c.is_empty() => PathBuf::from(c),
+        _ => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".config/softhsm2/softhsm2.conf"))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("/etc/softhsm/softhsm2.conf")),
+    };
+    let file = std::fs::File::open(conf).ok()?;
     rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).ok()?;
     Some(file)
 }
